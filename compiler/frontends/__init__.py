@@ -1,0 +1,1 @@
+"""Front ends: Keras and ONNX models into the tapeout IR."""

@@ -1,0 +1,275 @@
+"""The tapeout IR: plain, typed graph data.
+
+Conventions (every front end converts into these, every emitter lowers out of them):
+- Tensors are channels-last: images are [N, H, W, C], sequences [N, W, C].
+- Dimension 0 of every activation tensor is the batch; it is symbolic (a str,
+  normally ``BATCH``), every other dimension is a static int.
+- Weights are constants (NumPy arrays in ``Graph.constants``) fed to nodes as
+  ordinary inputs, so folding and fusion work on them like on any other value.
+- Nodes are kept in topological order.
+
+What each op means is defined by the reference interpreter
+(``tapeout.compiler.interpreter``); ``tapeout.compiler.ops`` holds the op
+schemas (attributes, defaults, shape inference, MAC counting).
+"""
+
+from __future__ import annotations
+
+import copy as _copy
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+Dim = int | str
+BATCH = "N"
+
+
+class IRError(Exception):
+    """A graph is malformed (bad wiring, shapes that do not agree, unknown op)."""
+
+
+@dataclass(frozen=True)
+class TensorType:
+    shape: tuple[Dim, ...]
+    dtype: str = "float32"
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    def __str__(self) -> str:
+        return f"{self.dtype}[{', '.join(str(d) for d in self.shape)}]"
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An activation fused into a dense or conv node.
+
+    ``op`` is the name of a unary activation op of the op set ("relu", "clip",
+    "leaky_relu", ...); ``attrs`` are that op's attributes as sorted pairs so the
+    object stays hashable and compares by value.
+    """
+
+    op: str = "identity"
+    attrs: tuple[tuple[str, Any], ...] = ()
+
+    @staticmethod
+    def of(op: str, **attrs: Any) -> "Activation":
+        return Activation(op, tuple(sorted(attrs.items())))
+
+    @property
+    def is_identity(self) -> bool:
+        return self.op == "identity"
+
+    def attr_dict(self) -> dict[str, Any]:
+        return dict(self.attrs)
+
+    def __str__(self) -> str:
+        if not self.attrs:
+            return self.op
+        return f"{self.op}({', '.join(f'{k}={v}' for k, v in self.attrs)})"
+
+
+LINEAR = Activation()
+
+
+@dataclass
+class Node:
+    op: str
+    name: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def attr(self, key: str) -> Any:
+        """The attribute, or the op schema's default for it."""
+        if key in self.attrs:
+            return self.attrs[key]
+        from tapeout.compiler.ops import get_schema
+
+        return get_schema(self.op).defaults[key]
+
+
+@dataclass
+class Graph:
+    name: str
+    inputs: list[str]
+    outputs: list[str]
+    nodes: list[Node] = field(default_factory=list)
+    constants: dict[str, np.ndarray] = field(default_factory=dict)
+    # Type of every graph input and node output (constants carry their own).
+    types: dict[str, TensorType] = field(default_factory=dict)
+    # Layout of each graph input/output in the *source* model ("NHWC", "NCHW",
+    # "NWC", "NCW", "NC", ...), so artifacts can keep the user's I/O convention.
+    io_layouts: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    # ----------------------------------------------------------------- queries
+    def type_of(self, value: str) -> TensorType:
+        if value in self.constants:
+            c = self.constants[value]
+            return TensorType(tuple(int(d) for d in c.shape), str(c.dtype))
+        try:
+            return self.types[value]
+        except KeyError:
+            raise IRError(f"value {value!r} has no type (run infer_shapes)") from None
+
+    def producers(self) -> dict[str, Node]:
+        return {out: n for n in self.nodes for out in n.outputs}
+
+    def consumers(self) -> dict[str, list[Node]]:
+        users: dict[str, list[Node]] = {}
+        for n in self.nodes:
+            for i in n.inputs:
+                if i:
+                    users.setdefault(i, []).append(n)
+        return users
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def is_constant(self, value: str) -> bool:
+        return value in self.constants
+
+    def unique_name(self, base: str) -> str:
+        taken = set(self.constants) | set(self.types) | {n.name for n in self.nodes}
+        taken |= {o for n in self.nodes for o in n.outputs} | set(self.inputs)
+        if base not in taken:
+            return base
+        i = 1
+        while f"{base}_{i}" in taken:
+            i += 1
+        return f"{base}_{i}"
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.nodes)
+
+    # ----------------------------------------------------------------- editing
+    def copy(self) -> "Graph":
+        """A deep copy; constant arrays are shared (passes replace, never mutate, them)."""
+        return Graph(
+            name=self.name,
+            inputs=list(self.inputs),
+            outputs=list(self.outputs),
+            nodes=[Node(n.op, n.name, list(n.inputs), list(n.outputs), _copy.deepcopy(n.attrs)) for n in self.nodes],
+            constants=dict(self.constants),
+            types=dict(self.types),
+            io_layouts=dict(self.io_layouts),
+            metadata=dict(self.metadata),
+        )
+
+    def add_constant(self, base: str, array: np.ndarray) -> str:
+        name = self.unique_name(base)
+        self.constants[name] = np.ascontiguousarray(array)
+        return name
+
+    def replace_uses(self, old: str, new: str) -> None:
+        """Point every consumer (and graph output) of ``old`` at ``new``."""
+        for n in self.nodes:
+            n.inputs = [new if i == old else i for i in n.inputs]
+        self.outputs = [new if o == old else o for o in self.outputs]
+
+    def topo_sort(self) -> None:
+        produced = {out: n for n in self.nodes for out in n.outputs}
+        order: list[Node] = []
+        state: dict[str, int] = {}
+
+        def visit(n: Node) -> None:
+            s = state.get(n.name)
+            if s == 2:
+                return
+            if s == 1:
+                raise IRError(f"cycle through node {n.name!r}")
+            state[n.name] = 1
+            for i in n.inputs:
+                p = produced.get(i)
+                if p is not None:
+                    visit(p)
+            state[n.name] = 2
+            order.append(n)
+
+        for n in self.nodes:
+            visit(n)
+        self.nodes = order
+
+    def remove_unused_constants(self) -> None:
+        used = {i for n in self.nodes for i in n.inputs} | set(self.outputs)
+        self.constants = {k: v for k, v in self.constants.items() if k in used}
+        live = used | {o for n in self.nodes for o in n.outputs} | set(self.inputs)
+        self.types = {k: v for k, v in self.types.items() if k in live}
+
+    # -------------------------------------------------------- shapes and checks
+    def infer_shapes(self) -> None:
+        """Recompute the type of every node output from the graph inputs."""
+        from tapeout.compiler.ops import infer_node
+
+        for n in self.nodes:
+            in_types = [self.type_of(i) if i else None for i in n.inputs]
+            out_types = infer_node(n, in_types, self)
+            for o, t in zip(n.outputs, out_types):
+                self.types[o] = t
+
+    def check(self) -> None:
+        """Validate wiring, op names, attributes and shapes; raise IRError on the first problem."""
+        from tapeout.compiler.ops import check_node_attrs, infer_node
+
+        names: set[str] = set()
+        defined: set[str] = set(self.constants)
+        for i in self.inputs:
+            if i not in self.types:
+                raise IRError(f"graph input {i!r} has no type")
+            if not self.types[i].shape or not isinstance(self.types[i].shape[0], str):
+                raise IRError(f"graph input {i!r} must have a symbolic batch dimension, got {self.types[i]}")
+            defined.add(i)
+        for n in self.nodes:
+            if n.name in names:
+                raise IRError(f"duplicate node name {n.name!r}")
+            names.add(n.name)
+            for i in n.inputs:
+                if i and i not in defined:
+                    raise IRError(f"node {n.name!r} ({n.op}) reads {i!r}, which is not defined before it")
+            check_node_attrs(n)
+            in_types = [self.type_of(i) if i else None for i in n.inputs]
+            expected = infer_node(n, in_types, self)
+            for o, t in zip(n.outputs, expected):
+                if o in defined:
+                    raise IRError(f"value {o!r} is defined twice (again by node {n.name!r})")
+                have = self.types.get(o)
+                if have is not None and have != t:
+                    raise IRError(f"node {n.name!r} ({n.op}) output {o!r} is typed {have} but infers to {t}")
+                defined.add(o)
+        for o in self.outputs:
+            if o not in defined:
+                raise IRError(f"graph output {o!r} is not produced by any node")
+
+    # ------------------------------------------------------------------- dumps
+    def dump(self) -> str:
+        """A readable text form, one line per node."""
+        lines = [f"graph {self.name}("]
+        for i in self.inputs:
+            lay = self.io_layouts.get(i, "")
+            lines.append(f"    {i}: {self.types.get(i)}{'  # source layout ' + lay if lay else ''}")
+        lines.append(") {")
+        for n in self.nodes:
+            args = ", ".join(_fmt_input(self, i) for i in n.inputs)
+            attrs = ", ".join(f"{k}={_fmt_attr(v)}" for k, v in sorted(n.attrs.items()))
+            outs = ", ".join(f"{o}: {self.types.get(o)}" for o in n.outputs)
+            lines.append(f"    {outs} = {n.op}({args}){' {' + attrs + '}' if attrs else ''}  # {n.name}")
+        lines.append(f"    return {', '.join(self.outputs)}")
+        lines.append("}")
+        return "\n".join(lines)
+
+
+def _fmt_input(g: Graph, name: str) -> str:
+    if name in g.constants:
+        c = g.constants[name]
+        return f"%{name}<{c.dtype}{list(c.shape)}>"
+    return name
+
+
+def _fmt_attr(v: Any) -> str:
+    return str(v) if isinstance(v, Activation) else repr(v)

@@ -1,0 +1,1 @@
+"""Runners: one per kind of model or artifact."""

@@ -1,0 +1,1 @@
+"""Back ends: each lowers the IR to the artifacts of one kind of hardware."""

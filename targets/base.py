@@ -1,0 +1,47 @@
+"""What every back end is: a small class with a name, variants, options, emit() and a runner.
+
+Target modules import their heavy tools (onnx, tensorflow, hls4ml, tensorrt) inside
+methods, never at module level, so the registry can be imported by `tapeout --help`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from tapeout.compiler.ir import Graph
+from tapeout.runtime.protocol import Runner
+
+
+@dataclass
+class EmitResult:
+    artifacts: list[str]  # paths relative to the variant's output folder
+    notes: list[str] = field(default_factory=list)  # what the emitter decided, for the report
+    extra: dict[str, Any] = field(default_factory=dict)  # target-specific report fields
+
+
+class Target:
+    name: ClassVar[str]
+    variants: ClassVar[tuple[str, ...]]
+    default_variant: ClassVar[str]
+    # Python modules the target needs to emit / to run its artifact.
+    requires: ClassVar[tuple[str, ...]] = ()
+    description: ClassVar[str] = ""
+
+    def __init__(self, variant: str | None = None, **options: Any) -> None:
+        self.variant = variant or self.default_variant
+        self.options = options
+
+    @classmethod
+    def missing_requirements(cls) -> list[str]:
+        return [m for m in cls.requires if importlib.util.find_spec(m) is None]
+
+    def emit(self, graph: Graph, outdir: Path) -> EmitResult:
+        """Write this variant's artifacts for ``graph`` into ``outdir`` (an empty folder)."""
+        raise NotImplementedError
+
+    def runner(self, outdir: Path) -> Runner:
+        """A runner executing the artifact written into ``outdir``."""
+        raise NotImplementedError

@@ -1,0 +1,1 @@
+"""ONNX back end."""
