@@ -1,0 +1,38 @@
+# The two commands of the README: `make demo` and `make test`.
+# Both create .venv when missing and install tapeout with the pinned stack (constraints.txt).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.tapeout-installed
+DEMO_OUT ?= out/demo
+# pytest-xdist workers: CI machines have 2 cores.
+JOBS   ?= 2
+
+.PHONY: demo test install freeze bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[all,test]"
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/tapeout compile samples/digits_cnn/model.keras -t onnx -o $(DEMO_OUT) \
+		--eval samples/digits_cnn/eval.npz --calibration samples/digits_cnn/calibration.npz
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/compile_speed.py
+
+# Re-pin the stack from the current environment.
+freeze:
+	{ echo "# Known-good pinned stack (pip constraints). Regenerate with: make freeze"; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v -i '^tapeout'; } > constraints.txt
+
+clean:
+	rm -rf out build *.egg-info

@@ -1,0 +1,279 @@
+"""The `tapeout` command: a thin layer over tapeout.compiler.api.
+
+Exit codes: 0 ok, 1 verification failed, 2 bad input or usage, 3 missing tool,
+4 internal error (a bug: rerun with --debug for the traceback), 130 interrupted.
+Nothing heavy is imported at module level: `tapeout --help` must stay instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Sequence, TextIO
+
+from tapeout.compiler.version import __version__
+
+EXIT_OK, EXIT_VERIFY, EXIT_USAGE, EXIT_TOOL, EXIT_INTERNAL = 0, 1, 2, 3, 4
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"tapeout: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="tapeout", description="Compile trained Keras/ONNX models into verified deployment "
+                "artifacts (ONNX, TFLite, TensorRT, hls4ml).",
+                epilog="exit codes: 0 ok, 1 verification failed, 2 bad input or usage, 3 missing tool, "
+                       "4 internal error")
+    p.add_argument("--version", action="version", version=f"tapeout {__version__}")
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    c = sub.add_parser("compile", parents=[common], help="compile a model for one or more targets and verify each artifact")
+    c.add_argument("model", metavar="MODEL", help=".keras, Keras 2 .h5, architecture .json (with --weights) or .onnx")
+    c.add_argument("--weights", metavar="W", help="weights .h5 for an architecture .json")
+    c.add_argument("-t", "--target", dest="targets", action="append", metavar="TARGET[:VARIANT]", required=True,
+                   help="repeatable; `tapeout targets` lists them (onnx = onnx:fp32)")
+    c.add_argument("-o", "--output", dest="outdir", metavar="OUTDIR", required=True,
+                   help="artifacts go to OUTDIR/TARGET-VARIANT/, the report to OUTDIR/report.json")
+    c.add_argument("--calibration", metavar="DATA", help=".npz/.npy calibration inputs, or 'synthetic'")
+    c.add_argument("--eval", dest="eval_data", metavar="DATA", help=".npz with inputs and optional labels y")
+    _tolerance_flags(c)
+    c.add_argument("--no-verify", action="store_true", help="emit artifacts without running them")
+    c.add_argument("--no-timings", action="store_true",
+                   help="write seconds as null so identical builds give byte-identical reports")
+    c.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+
+    i = sub.add_parser("inspect", parents=[common], help="show the imported graph: nodes, shapes, parameters, MACs")
+    i.add_argument("model", metavar="MODEL")
+    i.add_argument("--weights", metavar="W")
+    i.add_argument("--optimize", action="store_true", help="show the graph after the default passes")
+    i.add_argument("--dump", action="store_true", help="print the IR text form instead of the table")
+    i.add_argument("--json", action="store_true")
+
+    v = sub.add_parser("verify", parents=[common], help="compare an artifact against its source model")
+    v.add_argument("source", metavar="SOURCE")
+    v.add_argument("artifact", metavar="ARTIFACT")
+    v.add_argument("--weights", metavar="W", help="weights .h5 when SOURCE is an architecture .json")
+    v.add_argument("--data", metavar="FILE", help=".npz/.npy inputs (synthetic when omitted)")
+    _tolerance_flags(v)
+    v.add_argument("--json", action="store_true")
+
+    t = sub.add_parser("targets", parents=[common], help="list targets, variants and whether their tools are installed")
+    t.add_argument("--json", action="store_true")
+    return p
+
+
+def _tolerance_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--atol", type=float, metavar="X", help="absolute tolerance (default 1e-4)")
+    p.add_argument("--rtol", type=float, metavar="X", help="relative tolerance (default 1e-4); an element "
+                   "passes when within atol OR rtol")
+
+
+# ---------------------------------------------------------------- output
+def _console(stream: TextIO):
+    from rich.console import Console
+
+    return Console(file=stream, highlight=False, soft_wrap=False)
+
+
+def _fmt_size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _fmt(x: float | None, spec: str = ".2e") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def print_compile_summary(report: Any, out: TextIO) -> None:
+    from rich.table import Table
+
+    con = _console(out)
+    g = report.graph
+    con.print(f"source  {report.source['path']} ({report.source['format']}), {g['source_nodes']} nodes "
+              f"-> {g['nodes']} after passes, {g['params']:,} params, {g['macs']:,} MACs")
+    changed = [p["name"] for p in report.passes if p["changed"]]
+    con.print(f"passes  {', '.join(changed) if changed else 'nothing to change'}")
+    d = report.data
+    if d["kind"]:
+        con.print(f"data    {d['kind']}, {d['samples']} samples" +
+                  (" (synthetic inputs: no --eval or --calibration data given)" if d["kind"] == "synthetic" else ""))
+    table = Table(title=None, show_edge=False)
+    for col in ("target", "artifact", "size", "seconds", "verified", "max abs err", "cosine", "top-1 agree",
+                "accuracy src/art"):
+        table.add_column(col, justify="left" if col in ("target", "artifact", "verified") else "right")
+    for t in report.targets:
+        v = t.verification
+        verdict = "skipped" if v is None else ("[green]pass[/green]" if v.passed else "[red]FAIL[/red]")
+        acc = "-"
+        if v is not None and v.accuracy:
+            acc = f"{v.accuracy['source']:.4f}/{v.accuracy['artifact']:.4f}"
+        table.add_row(f"{t.target}:{t.variant}", ", ".join(t.artifacts), _fmt_size(t.size_bytes),
+                      f"{t.seconds:.2f}", verdict, _fmt(v.max_abs_err if v else None),
+                      _fmt(v.cosine if v else None, ".6f"), _fmt(v.top1_agreement if v else None, ".4f"), acc)
+    con.print(table)
+    con.print(f"report  {os.path.join(report.outdir, 'report.json')}")
+
+
+def print_inspect(result: Any, out: TextIO) -> None:
+    from rich.table import Table
+
+    con = _console(out)
+    table = Table(show_edge=False)
+    for col in ("node", "op", "output", "params", "MACs"):
+        table.add_column(col, justify="right" if col in ("params", "MACs") else "left")
+    for r in result.rows:
+        table.add_row(r.name, r.op, r.shape, f"{r.params:,}", f"{r.macs:,}")
+    tot = result.totals
+    table.add_section()
+    table.add_row("total", f"{tot['nodes']} nodes", "", f"{tot['params']:,}", f"{tot['macs']:,}")
+    con.print(table)
+
+
+def print_comparison(result: Any, out: TextIO) -> None:
+    con = _console(out)
+    for o in result.outputs:
+        verdict = "pass" if o.passed else "FAIL"
+        extra = f", top-1 agreement {o.top1_agreement:.4f}" if o.top1_agreement is not None else ""
+        con.print(f"{verdict}  {o.name}: max abs err {o.max_abs_err:.3e}, mean {o.mean_abs_err:.3e}, "
+                  f"cosine {o.cosine:.6f}{extra}", markup=False)
+    con.print(f"{'PASSED' if result.passed else 'FAILED'} on {result.samples} samples ({result.data_kind} data)")
+
+
+# -------------------------------------------------------------- commands
+def _cmd_compile(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from tapeout.compiler.api import compile_model
+    from tapeout.compiler.quiet import captured_output
+
+    status = _Status(err, enabled=not args.json)
+    with status, captured_output(enabled=not args.debug):
+        report = compile_model(args.model, args.targets, args.outdir, weights=args.weights,
+                               calibration=args.calibration, eval_data=args.eval_data, atol=args.atol,
+                               rtol=args.rtol, verify_artifacts=not args.no_verify,
+                               timings=not args.no_timings, progress=status.update)
+    if args.json:
+        out.write(report.dumps(timings=not args.no_timings))
+    else:
+        print_compile_summary(report, out)
+    return report.exit_code
+
+
+def _cmd_inspect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from tapeout.compiler.api import inspect_model
+    from tapeout.compiler.quiet import captured_output
+
+    with captured_output(enabled=not args.debug):
+        result = inspect_model(args.model, args.weights, optimize=args.optimize)
+    if args.json:
+        out.write(json.dumps(result.to_json(), indent=2) + "\n")
+    elif args.dump:
+        out.write(result.graph.dump() + "\n")
+    else:
+        print_inspect(result, out)
+    return EXIT_OK
+
+
+def _cmd_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from tapeout.compiler.api import verify_artifact
+    from tapeout.compiler.quiet import captured_output
+
+    with captured_output(enabled=not args.debug):
+        result = verify_artifact(args.source, args.artifact, weights=args.weights, data=args.data,
+                                 atol=args.atol, rtol=args.rtol)
+    if args.json:
+        out.write(json.dumps(result.to_json(), indent=2) + "\n")
+    else:
+        print_comparison(result, out)
+    return EXIT_OK if result.passed else EXIT_VERIFY
+
+
+def _cmd_targets(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from tapeout.targets.registry import TARGETS
+
+    rows = [{"target": name, "variants": list(cls.variants), "default": cls.default_variant,
+             "missing": cls.missing_requirements(), "description": cls.description}
+            for name, cls in sorted(TARGETS.items())]
+    if args.json:
+        out.write(json.dumps(rows, indent=2) + "\n")
+        return EXIT_OK
+    from rich.table import Table
+
+    table = Table(show_edge=False)
+    for col in ("target", "variants (default first)", "tools", "what"):
+        table.add_column(col)
+    for r in rows:
+        variants = [r["default"]] + [v for v in r["variants"] if v != r["default"]]
+        tools = "installed" if not r["missing"] else "missing: " + ", ".join(r["missing"])
+        table.add_row(r["target"], ", ".join(variants), tools, r["description"])
+    _console(out).print(table)
+    return EXIT_OK
+
+
+COMMANDS = {"compile": _cmd_compile, "inspect": _cmd_inspect, "verify": _cmd_verify, "targets": _cmd_targets}
+
+
+class _Status:
+    """A spinner naming the current step, on an interactive stderr only."""
+
+    def __init__(self, stream: TextIO, enabled: bool) -> None:
+        self._enabled = enabled and stream.isatty()
+        self._stream = stream
+        self._status = None
+
+    def __enter__(self) -> "_Status":
+        if self._enabled:
+            # A duplicate of fd 2: the real terminal stays reachable while library output is captured.
+            dup = os.fdopen(os.dup(self._stream.fileno()), "w")
+            self._status = _console(dup).status("starting")
+            self._status.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._status is not None:
+            self._status.__exit__(*exc)
+
+    def update(self, step: str) -> None:
+        if self._status is not None:
+            self._status.update(step)
+
+
+def _exit_code_of(exc: BaseException) -> int | None:
+    code = getattr(exc, "exit_code", None)
+    return code if isinstance(code, int) else None
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(out)
+        return EXIT_USAGE
+    try:
+        return COMMANDS[args.command](args, out, err)
+    except KeyboardInterrupt:
+        err.write("tapeout: interrupted; nothing was written to the output folder\n")
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one place that turns errors into exit codes
+        code = _exit_code_of(exc)
+        if args.debug:
+            import traceback
+
+            traceback.print_exc(file=err)
+        if code is not None:
+            err.write(f"tapeout: error: {exc}\n")
+            return code
+        err.write(f"tapeout: internal error: {type(exc).__name__}: {exc} "
+                  f"(a bug in tapeout; rerun with --debug for the traceback)\n")
+        return EXIT_INTERNAL

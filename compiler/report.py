@@ -1,0 +1,117 @@
+"""The compile report: what report.json holds, as typed objects.
+
+Later issues add fields; they never rename or remove these. ``seconds`` are the
+only fields that vary between identical runs; ``timings=False`` writes them as
+null so two reports of the same build are byte-identical.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tapeout.compiler.version import __version__
+
+
+def _round(x: float | None, digits: int = 9) -> float | None:
+    if x is None:
+        return None
+    return float(f"{x:.{digits}g}")
+
+
+@dataclass
+class Verification:
+    passed: bool
+    runner: str
+    samples: int
+    data: str  # "eval", "calibration" or "synthetic"
+    max_abs_err: float | None
+    mean_abs_err: float | None
+    cosine: float | None
+    top1_agreement: float | None
+    atol: float
+    rtol: float
+    accuracy: dict[str, float] | None = None
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None  # the artifact could not be run at all
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "passed": self.passed, "runner": self.runner, "samples": self.samples, "data": self.data,
+            "max_abs_err": _round(self.max_abs_err), "mean_abs_err": _round(self.mean_abs_err),
+            "cosine": _round(self.cosine), "top1_agreement": _round(self.top1_agreement),
+            "atol": self.atol, "rtol": self.rtol, "outputs": self.outputs,
+        }
+        if self.accuracy is not None:
+            d["accuracy"] = {k: _round(v) for k, v in self.accuracy.items()}
+        if self.error:
+            d["error"] = self.error
+        return d
+
+
+@dataclass
+class TargetReport:
+    target: str
+    variant: str
+    artifacts: list[str]  # relative to the output folder
+    size_bytes: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+    verification: Verification | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def folder(self) -> str:
+        return f"{self.target}-{self.variant}"
+
+    @property
+    def passed(self) -> bool:
+        return self.verification is None or self.verification.passed
+
+    def to_json(self, timings: bool = True) -> dict[str, Any]:
+        d = {
+            "target": self.target, "variant": self.variant, "artifacts": self.artifacts,
+            "size_bytes": self.size_bytes, "seconds": round(self.seconds, 3) if timings else None,
+            "notes": self.notes,
+            "verification": self.verification.to_json() if self.verification else None,
+        }
+        d.update(self.extra)
+        return d
+
+
+@dataclass
+class CompileReport:
+    source: dict[str, Any]
+    graph: dict[str, Any]
+    passes: list[dict[str, Any]]
+    data: dict[str, Any]
+    targets: list[TargetReport] = field(default_factory=list)
+    outdir: str = ""
+    tapeout_version: str = __version__
+
+    @property
+    def passed(self) -> bool:
+        return all(t.passed for t in self.targets)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+    def to_json(self, timings: bool = True) -> dict[str, Any]:
+        return {
+            "tapeout_version": self.tapeout_version,
+            "source": self.source,
+            "graph": self.graph,
+            "passes": self.passes,
+            "data": self.data,
+            "targets": [t.to_json(timings) for t in self.targets],
+            "passed": self.passed,
+        }
+
+    def dumps(self, timings: bool = True) -> str:
+        return json.dumps(self.to_json(timings), indent=2, sort_keys=False) + "\n"
+
+    def write(self, path: Path, timings: bool = True) -> None:
+        path.write_text(self.dumps(timings))

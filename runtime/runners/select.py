@@ -1,0 +1,45 @@
+"""Choose a runner for a model or artifact file by its suffix.
+
+An explicit table (suffix -> factory); each factory imports its runner module
+only when called, so picking a runner never imports a framework.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from tapeout.runtime.errors import RuntimeInputError
+from tapeout.runtime.protocol import Runner
+
+
+def _keras(path: Path, weights: Path | None) -> Runner:
+    from tapeout.runtime.runners.keras import KerasRunner
+
+    return KerasRunner(path, weights=weights)
+
+
+def _onnx(path: Path, weights: Path | None) -> Runner:
+    from tapeout.runtime.runners.onnxrt import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner(path)
+
+
+RUNNERS: dict[str, Callable[[Path, Path | None], Runner]] = {
+    ".keras": _keras,
+    ".h5": _keras,
+    ".hdf5": _keras,
+    ".json": _keras,
+    ".onnx": _onnx,
+}
+
+
+def runner_for(path: str | Path, weights: str | Path | None = None) -> Runner:
+    p = Path(path)
+    factory = RUNNERS.get(p.suffix.lower())
+    if factory is None:
+        raise RuntimeInputError(f"{p}: no runner for {p.suffix or 'files without a suffix'}; "
+                                f"known: {', '.join(sorted(RUNNERS))}")
+    if not p.is_file():
+        raise RuntimeInputError(f"{p}: no such file")
+    return factory(p, Path(weights) if weights else None)
