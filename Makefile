@@ -27,6 +27,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[all,test,bench]"
 	$(BIN)/python benchmarks/compile_speed.py
 
 # Re-pin the stack from the current environment.
