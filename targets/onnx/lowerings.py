@@ -1,0 +1,238 @@
+"""One lowering per IR op: ``LOWERINGS[op](builder, node)`` appends the ONNX nodes.
+
+Spatial ops (conv, pools, batch norm, resize) run channels-first; elementwise ops run in
+whatever layout their inputs already have; flatten/reshape/matmul/dense on rank > 2 need
+channels-last element order. ``Builder.get`` inserts a Transpose only where layouts differ.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from tapeout.compiler.errors import UsageError
+from tapeout.compiler.ir import Node
+from tapeout.compiler.ops import ACTIVATION_OPS
+from tapeout.targets.onnx.activations import emit_activation
+from tapeout.targets.onnx.builder import Builder
+from tapeout.targets.onnx.layout import flatten_row_order, physical_axes, physical_axis
+
+Lowering = Callable[[Builder, Node], None]
+LOWERINGS: dict[str, Lowering] = {}
+
+
+def _lowers(*ops: str) -> Callable[[Lowering], Lowering]:
+    def deco(fn: Lowering) -> Lowering:
+        for op in ops:
+            LOWERINGS[op] = fn
+        return fn
+
+    return deco
+
+
+def _optional(n: Node, i: int) -> str:
+    return n.inputs[i] if len(n.inputs) > i and n.inputs[i] else ""
+
+
+def _with_activation(b: Builder, n: Node, op_type: str, inputs: list[str], cf: bool, **attrs) -> None:
+    """The main node named as the IR node, then its fused activation as a separate node."""
+    out = n.outputs[0]
+    act = n.attr("activation")
+    pre = out if act.is_identity else b.fresh(f"{out}/linear")
+    b.add(op_type, inputs, pre, n.name, **attrs)
+    rank = b.rank(out)
+    if not act.is_identity:
+        emit_activation(b, act.op, act.attr_dict(), pre, out, b.fresh(f"{n.name}/{act.op}"), rank, cf)
+    b.define(out, out, cf)
+
+
+def _spatial_attrs(n: Node, nsp: int, pads_key: str = "pads") -> dict:
+    strides = n.attrs.get("strides") or (1,) * nsp
+    pads = n.attrs.get(pads_key) or ((0, 0),) * nsp
+    return {"strides": [int(s) for s in strides],
+            "pads": [int(p[0]) for p in pads] + [int(p[1]) for p in pads]}
+
+
+# ----------------------------------------------------------------- dense/conv
+@_lowers("dense")
+def _dense(b: Builder, n: Node) -> None:
+    x, w, bias = n.inputs[0], n.inputs[1], _optional(n, 2)
+    if b.rank(x) == 2:
+        order = b.row_orders.get(x)
+        w_name = b.get(w) if order is None else b.derived(w, f"rows_of_{x}", lambda a: a[order])
+        _with_activation(b, n, "Gemm", [b.get(x), w_name, b.get(bias) if bias else ""], False)
+        return
+    # Rank > 2: MatMul over the last (channel) axis, so channels-last.
+    xw = [b.get(x, False), b.get(w)]
+    if bias:
+        mm = b.add_aux("MatMul", xw, f"{n.outputs[0]}/matmul")
+        _with_activation(b, n, "Add", [mm, b.get(bias)], False)
+    else:
+        _with_activation(b, n, "MatMul", xw, False)
+
+
+@_lowers("conv")
+def _conv(b: Builder, n: Node) -> None:
+    x, w, bias = n.inputs[0], n.inputs[1], _optional(n, 2)
+    nsp = b.rank(x) - 2
+    # [*K, C/g, F] -> [F, C/g, *K]
+    perm = [nsp + 1, nsp, *range(nsp)]
+    if w in b.graph.constants:
+        w_name = b.derived(w, "oi" + "k" * nsp, lambda a: a.transpose(perm))
+    else:
+        w_name = b.add_aux("Transpose", [b.get(w)], f"{w}/oi{'k' * nsp}", perm=perm)
+    attrs = _spatial_attrs(n, nsp)
+    attrs["dilations"] = [int(d) for d in (n.attrs.get("dilations") or (1,) * nsp)]
+    attrs["kernel_shape"] = [int(k) for k in b.graph.type_of(w).shape[:nsp]]
+    attrs["group"] = int(n.attr("groups"))
+    _with_activation(b, n, "Conv", [b.get(x, True), w_name, b.get(bias) if bias else ""], True, **attrs)
+
+
+@_lowers("matmul")
+def _matmul(b: Builder, n: Node) -> None:
+    b.add("MatMul", [b.get(i, False) for i in n.inputs], n.outputs[0], n.name)
+    b.define(n.outputs[0], n.outputs[0], False)
+
+
+# -------------------------------------------------------------- normalisation
+@_lowers("batch_norm")
+def _batch_norm(b: Builder, n: Node) -> None:
+    ins = [b.get(n.inputs[0], True)] + [b.get(i) for i in n.inputs[1:]]
+    b.add("BatchNormalization", ins, n.outputs[0], n.name, epsilon=float(n.attr("epsilon")))
+    b.define(n.outputs[0], n.outputs[0], True)
+
+
+@_lowers("affine")
+def _affine(b: Builder, n: Node) -> None:
+    out = n.outputs[0]
+    rank = b.rank(out)
+    cf = b.common_layout(n.inputs, rank)
+    x, scale, shift = (b.operand(i, cf, rank) for i in n.inputs)
+    scaled = b.add_aux("Mul", [x, scale], f"{out}/scaled")
+    b.add("Add", [scaled, shift], out, n.name)
+    b.define(out, out, cf)
+
+
+# ---------------------------------------------------------------- activations
+def _activation(b: Builder, n: Node) -> None:
+    x = n.inputs[0]
+    cf = b.is_cf(x)
+    emit_activation(b, n.op, n.attrs, b.get(x), n.outputs[0], n.name, b.rank(x), cf)
+    b.define(n.outputs[0], n.outputs[0], cf)
+
+
+_lowers(*ACTIVATION_OPS, "dropout")(_activation)
+
+
+# -------------------------------------------------------------------- pooling
+@_lowers("max_pool", "avg_pool")
+def _pool(b: Builder, n: Node) -> None:
+    x = n.inputs[0]
+    kernel = [int(k) for k in n.attrs["kernel"]]
+    attrs = _spatial_attrs(n, len(kernel))
+    attrs["kernel_shape"] = kernel
+    if n.op == "avg_pool":
+        attrs["count_include_pad"] = int(bool(n.attr("count_include_pad")))
+    b.add("MaxPool" if n.op == "max_pool" else "AveragePool", [b.get(x, True)], n.outputs[0], n.name, **attrs)
+    b.define(n.outputs[0], n.outputs[0], True)
+
+
+@_lowers("global_avg_pool", "global_max_pool")
+def _global_pool(b: Builder, n: Node) -> None:
+    out = n.outputs[0]
+    op_type = "GlobalAveragePool" if n.op == "global_avg_pool" else "GlobalMaxPool"
+    x = b.get(n.inputs[0], True)
+    if n.attr("keepdims"):
+        b.add(op_type, [x], out, n.name)
+    else:
+        # [N, C, 1, ...] -> [N, C]: spatial dims are 1, so the element order is layout-free.
+        pooled = b.add_aux(op_type, [x], f"{out}/pooled")
+        b.add("Flatten", [pooled], out, n.name, axis=1)
+    b.define(out, out, True)
+
+
+# ------------------------------------------------------------------- binaries
+_BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "maximum": "Max", "minimum": "Min"}
+
+
+@_lowers(*_BINARY)
+def _binary(b: Builder, n: Node) -> None:
+    out = n.outputs[0]
+    rank = b.rank(out)
+    cf = b.common_layout(n.inputs, rank)
+    b.add(_BINARY[n.op], [b.operand(i, cf, rank) for i in n.inputs], out, n.name)
+    b.define(out, out, cf)
+
+
+@_lowers("concat")
+def _concat(b: Builder, n: Node) -> None:
+    out = n.outputs[0]
+    rank = b.rank(out)
+    cf = b.common_layout(n.inputs, rank)
+    axis = physical_axis(int(n.attrs["axis"]), rank, cf)
+    b.add("Concat", [b.operand(i, cf, rank) for i in n.inputs], out, n.name, axis=axis)
+    b.define(out, out, cf)
+
+
+# -------------------------------------------------------------------- shaping
+@_lowers("flatten")
+def _flatten(b: Builder, n: Node) -> None:
+    x, out = n.inputs[0], n.outputs[0]
+    users = b.consumers.get(out, [])
+    # A channels-first input feeding only a dense with constant weights: flatten as is and
+    # reorder the weight rows instead (no Transpose at run time).
+    trick = (b.rank(x) >= 3 and b.is_cf(x) and out not in b.graph.outputs and len(users) == 1
+             and users[0].op == "dense" and users[0].inputs[0] == out
+             and users[0].inputs[1] in b.graph.constants and out not in users[0].inputs[1:])
+    if trick:
+        shape = b.graph.type_of(x).shape
+        b.row_orders[out] = flatten_row_order(shape[1:])
+    b.add("Flatten", [b.get(x, True if trick else False)], out, n.name, axis=1)
+    b.define(out, out, False)
+
+
+@_lowers("reshape")
+def _reshape(b: Builder, n: Node) -> None:
+    out = n.outputs[0]
+    # 0 copies the (dynamic) batch dim.
+    shape = b.int64s(f"{n.name}/shape", [0, *(int(d) for d in n.attrs["shape"])])
+    b.add("Reshape", [b.get(n.inputs[0], False), shape], out, n.name)
+    b.define(out, out, False)
+
+
+@_lowers("transpose")
+def _transpose(b: Builder, n: Node) -> None:
+    x, out = n.inputs[0], n.outputs[0]
+    rank, cf = b.rank(x), b.is_cf(x)
+    perm = [int(p) for p in n.attrs["perm"]]
+    q = physical_axes(rank, cf)
+    # The output keeps the input's storage layout; compose the logical perm with it.
+    onnx_perm = [q.index(perm[q[j]]) for j in range(rank)]
+    if onnx_perm == list(range(rank)):
+        b.add("Identity", [b.get(x)], out, n.name)
+    else:
+        b.add("Transpose", [b.get(x)], out, n.name, perm=onnx_perm)
+    b.define(out, out, cf)
+
+
+@_lowers("pad")
+def _pad(b: Builder, n: Node) -> None:
+    x, out = n.inputs[0], n.outputs[0]
+    rank, cf = b.rank(x), b.is_cf(x)
+    pads = [tuple(int(v) for v in p) for p in n.attrs["pads"]]
+    phys = [pads[a] for a in physical_axes(rank, cf)]
+    pads_name = b.int64s(f"{n.name}/pads", [p[0] for p in phys] + [p[1] for p in phys])
+    b.add("Pad", [b.get(x), pads_name, b.scalar(float(n.attr("value")))], out, n.name, mode="constant")
+    b.define(out, out, cf)
+
+
+@_lowers("resize")
+def _resize(b: Builder, n: Node) -> None:
+    if n.attr("mode") != "nearest":
+        raise UsageError(f"node {n.name!r}: the onnx target supports only nearest resize, not {n.attr('mode')!r}")
+    out = n.outputs[0]
+    scales = b.initializer(f"{n.name}/scales", np.array([1, 1, *n.attrs["scales"]], np.float32))
+    b.add("Resize", [b.get(n.inputs[0], True), "", scales], out, n.name, mode="nearest",
+          coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    b.define(out, out, True)

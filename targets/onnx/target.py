@@ -1,0 +1,38 @@
+"""The "onnx" target: one fp32 model.onnx, run by onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tapeout.compiler.ir import Graph
+from tapeout.runtime.protocol import Runner
+from tapeout.targets.base import EmitResult, Target
+
+
+class OnnxTarget(Target):
+    name = "onnx"
+    variants = ("fp32",)
+    default_variant = "fp32"
+    requires = ("onnx", "onnxruntime")
+    description = "ONNX model (opset 17, float32, source I/O layout), verified with onnxruntime"
+
+    def emit(self, graph: Graph, outdir: Path) -> EmitResult:
+        # onnx is imported here, not at module level, so `tapeout --help` stays light.
+        from tapeout.targets.onnx.emit import MIN_OPSET, graph_to_onnx
+
+        opset = int(self.options.get("opset", MIN_OPSET))
+        model = graph_to_onnx(graph, opset=opset)
+        (outdir / "model.onnx").write_bytes(model.SerializeToString())
+        transposes = sum(n.op_type == "Transpose" for n in model.graph.node)
+        layouts = ", ".join(f"{k}={graph.io_layouts[k]}" for k in [*graph.inputs, *graph.outputs]
+                            if k in graph.io_layouts)
+        notes = [f"opset {opset}, {len(model.graph.node)} nodes, channels-first inside",
+                 f"{transposes} Transpose node(s)"]
+        if layouts:
+            notes.append(f"I/O layouts kept from the source: {layouts}")
+        return EmitResult(["model.onnx"], notes, extra={"opset": opset, "transposes": transposes})
+
+    def runner(self, outdir: Path) -> Runner:
+        from tapeout.runtime.runners.onnxrt import OnnxRuntimeRunner
+
+        return OnnxRuntimeRunner(outdir / "model.onnx")
