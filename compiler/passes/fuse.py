@@ -1,0 +1,174 @@
+"""Fusions: batch norm into conv/dense weights, activations into their producer, shape-op chains."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tapeout.compiler.ir import Activation, Graph, Node
+from tapeout.compiler.ops import get_schema
+from tapeout.compiler.passes.base import CompositePass, RewritePass, absorb_into_producer, bypass, sole_consumer
+
+LINEAR_OPS = ("conv", "dense")
+
+
+def _bn_affine(graph: Graph, bn: Node) -> tuple[np.ndarray, np.ndarray] | None:
+    """The batch norm as y = x * s + t (float64), or None when its parameters are not constants."""
+    if not all(i in graph.constants for i in bn.inputs[1:]):
+        return None
+    scale, bias, mean, var = (graph.constants[i].astype(np.float64) for i in bn.inputs[1:])
+    s = scale / np.sqrt(var + float(bn.attr("epsilon")))
+    return s, bias - mean * s
+
+
+def _weights(graph: Graph, node: Node) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """(weights, bias or None) of a conv/dense whose parameters are constants, else None."""
+    params = [i for i in node.inputs[1:] if i]
+    if not all(i in graph.constants for i in params):
+        return None
+    w = graph.constants[node.inputs[1]]
+    b = graph.constants[node.inputs[2]] if len(node.inputs) > 2 and node.inputs[2] else None
+    return w, b
+
+
+def _set_params(graph: Graph, node: Node, w: np.ndarray, b: np.ndarray, dtype: np.dtype) -> None:
+    # New constants (never written into the shared arrays of the input graph).
+    node.inputs[1] = graph.add_constant(f"{node.name}_w", w.astype(dtype))
+    bias = graph.add_constant(f"{node.name}_b", b.astype(dtype))
+    node.inputs[2:] = [bias]
+
+
+def _is_linear(node: Node) -> bool:
+    return node.op in LINEAR_OPS and node.attr("activation").is_identity
+
+
+class FuseBatchNorm(RewritePass):
+    """Fold inference batch norms into an adjacent conv/dense.
+
+    Into the preceding conv/dense (its output feeds only the BN, no fused activation):
+    scale the output channels of the weights and shift the bias.
+
+    Into the following conv/dense (the BN output feeds only that node): scale the weights'
+    input channels and push the shift through the weights into the bias. A conv must have
+    no padding: its pads hold zeros in the normalized domain, which the folded conv would
+    read as zeros in the raw domain, missing the shift at the borders.
+    """
+
+    name = "fuse-batch-norm"
+
+    def rewrite(self, graph: Graph) -> list[str]:
+        details = []
+        for bn in [n for n in graph.nodes if n.op == "batch_norm"]:
+            msg = self._into_producer(graph, bn) or self._into_consumer(graph, bn)
+            if msg:
+                details.append(msg)
+        return details
+
+    @staticmethod
+    def _into_producer(graph: Graph, bn: Node) -> str | None:
+        prod = graph.producers().get(bn.inputs[0])
+        if prod is None or not _is_linear(prod) or sole_consumer(graph, prod.outputs[0]) is not bn:
+            return None
+        st, wb = _bn_affine(graph, bn), _weights(graph, prod)
+        if st is None or wb is None:
+            return None
+        (s, t), (w, b) = st, wb
+        b64 = np.zeros(w.shape[-1]) if b is None else b.astype(np.float64)
+        # The output channel is the last weight axis for both conv [*K, Cg, F] and dense [K, M].
+        _set_params(graph, prod, w.astype(np.float64) * s, b64 * s + t, w.dtype)
+        absorb_into_producer(graph, prod, bn)
+        return f"folded batch_norm {bn.name!r} into {prod.op} {prod.name!r}"
+
+    @staticmethod
+    def _into_consumer(graph: Graph, bn: Node) -> str | None:
+        user = sole_consumer(graph, bn.outputs[0])
+        if user is None or user.op not in LINEAR_OPS or user.inputs[0] != bn.outputs[0]:
+            return None
+        if user.op == "conv" and any(a or b for a, b in (user.attrs.get("pads") or ())):
+            return None
+        st, wb = _bn_affine(graph, bn), _weights(graph, user)
+        if st is None or wb is None:
+            return None
+        (s, t), (w, b) = st, wb
+        w64 = w.astype(np.float64)
+        b64 = np.zeros(w.shape[-1]) if b is None else b.astype(np.float64)
+        if user.op == "dense":
+            new_w, new_b = w64 * s[:, None], b64 + t @ w64
+        else:
+            # Per (input channel within group, output channel) factor: output f of group g
+            # reads input channels g*Cg .. g*Cg+Cg-1.
+            groups = int(user.attr("groups"))
+            cg, f = w.shape[-2], w.shape[-1]
+            group_of = np.arange(f) // (f // groups)
+            s_cf = s.reshape(groups, cg)[group_of].T  # [Cg, F]
+            t_cf = t.reshape(groups, cg)[group_of].T
+            new_w = w64 * s_cf
+            new_b = b64 + (w64 * t_cf).reshape(-1, f).sum(axis=0)
+        _set_params(graph, user, new_w, new_b, w.dtype)
+        user.inputs[0] = bn.inputs[0]
+        graph.nodes.remove(bn)
+        return f"folded batch_norm {bn.name!r} into the following {user.op} {user.name!r}"
+
+
+class FuseActivation(RewritePass):
+    """Move a unary activation into the conv/dense producing its input as ``attrs["activation"]``.
+
+    softmax is fused only into dense and only over the last axis: that is the classifier
+    head every target supports; softmax after a conv stays a separate node.
+    """
+
+    name = "fuse-activation"
+    FUSABLE = ("relu", "clip", "leaky_relu", "elu", "sigmoid", "hard_sigmoid", "tanh", "swish",
+               "hard_swish", "gelu", "softmax")
+
+    def rewrite(self, graph: Graph) -> list[str]:
+        details = []
+        for act in [n for n in graph.nodes if n.op in self.FUSABLE]:
+            prod = graph.producers().get(act.inputs[0])
+            if prod is None or not _is_linear(prod) or sole_consumer(graph, prod.outputs[0]) is not act:
+                continue
+            attrs = {**get_schema(act.op).defaults, **act.attrs}
+            if act.op == "softmax":
+                rank = graph.type_of(act.inputs[0]).rank
+                if prod.op != "dense" or attrs["axis"] % rank != rank - 1:
+                    continue
+                attrs["axis"] = -1
+            prod.attrs["activation"] = Activation.of(act.op, **attrs)
+            absorb_into_producer(graph, prod, act)
+            details.append(f"fused {act.op} {act.name!r} into {prod.op} {prod.name!r}")
+        return details
+
+
+class FuseReshapeTranspose(RewritePass):
+    """Collapse chains of reshape/flatten into the last one and transposes into one composed perm.
+
+    reshape and flatten both reinterpret the non-batch elements in row-major order, so
+    only the last of a chain matters. A transpose with the identity perm is removed.
+    """
+
+    name = "fuse-reshape-transpose"
+    SHAPE_OPS = ("reshape", "flatten")
+
+    def rewrite(self, graph: Graph) -> list[str]:
+        details = []
+        for n in list(graph.nodes):
+            if n not in graph.nodes or n.op not in (*self.SHAPE_OPS, "transpose"):
+                continue
+            prev = graph.producers().get(n.inputs[0])
+            same_kind = prev is not None and (prev.op == n.op == "transpose"
+                                              or (prev.op in self.SHAPE_OPS and n.op in self.SHAPE_OPS))
+            if same_kind and sole_consumer(graph, prev.outputs[0]) is n:
+                if n.op == "transpose":
+                    p1, p2 = prev.attrs["perm"], n.attrs["perm"]
+                    n.attrs["perm"] = tuple(int(p1[i]) for i in p2)
+                n.inputs[0] = prev.inputs[0]
+                graph.nodes.remove(prev)
+                details.append(f"merged {prev.op} {prev.name!r} into {n.op} {n.name!r}")
+            if n.op == "transpose" and tuple(n.attrs["perm"]) == tuple(range(len(n.attrs["perm"]))):
+                if bypass(graph, n):
+                    details.append(f"removed identity transpose {n.name!r}")
+        return details
+
+
+class Fuse(CompositePass):
+    name = "fuse"
+    passes = (FuseBatchNorm, FuseActivation, FuseReshapeTranspose)

@@ -1,0 +1,25 @@
+"""Every pass by its name, and the pipeline the compiler runs by default."""
+
+from __future__ import annotations
+
+from tapeout.compiler.passes.base import Pass
+from tapeout.compiler.passes.canonicalize import Canonicalize, FoldConstants, MergePad, RemoveDead, RemoveIdentity
+from tapeout.compiler.passes.fuse import Fuse, FuseActivation, FuseBatchNorm, FuseReshapeTranspose
+from tapeout.compiler.passes.pipeline import Pipeline
+
+PASSES: dict[str, type[Pass]] = {
+    "canonicalize": Canonicalize,
+    "remove-identity": RemoveIdentity,
+    "fold-constants": FoldConstants,
+    "remove-dead": RemoveDead,
+    "merge-pad": MergePad,
+    "fuse": Fuse,
+    "fuse-batch-norm": FuseBatchNorm,
+    "fuse-activation": FuseActivation,
+    "fuse-reshape-transpose": FuseReshapeTranspose,
+}
+
+
+def default_pipeline() -> Pipeline:
+    """canonicalize, then fuse; fusing leaves nothing canonicalize would clean up again."""
+    return Pipeline([Canonicalize(), Fuse()])
