@@ -186,8 +186,9 @@ def _flatten(b: Builder, n: Node) -> None:
              and users[0].op == "dense" and users[0].inputs[0] == out
              and users[0].inputs[1] in b.graph.constants and out not in users[0].inputs[1:])
     if trick:
-        shape = b.graph.type_of(x).shape
-        b.row_orders[out] = flatten_row_order(shape[1:])
+        order = flatten_row_order(b.graph.type_of(x).shape[1:])
+        if np.any(order != np.arange(order.size)):  # all-1 spatial dims: same order, keep the weights
+            b.row_orders[out] = order
     b.add("Flatten", [b.get(x, True if trick else False)], out, n.name, axis=1)
     b.define(out, out, False)
 

@@ -123,3 +123,11 @@ def test_target_module_does_not_import_onnx() -> None:
     code = "import sys, tapeout.targets.onnx.target; print('onnx' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_flatten_of_1x1_spatial_keeps_the_dense_weights(maker, check) -> None:
+    m = maker(x=((4, 4, 2), "NHWC"))
+    pooled = m.node("global_max_pool", m.conv("x", 3, (1, 1)), keepdims=True)
+    model = check(m.done(m.dense(m.node("flatten", pooled), 2)))
+    assert not any("rows_of" in t.name for t in model.graph.initializer)
+    assert len(_transposes(model)) == 1
