@@ -1,0 +1,185 @@
+"""fuse-batch-norm, fuse-activation, fuse-reshape-transpose and the fuse composite."""
+
+import pytest
+
+from tapeout.compiler.ir import Activation
+from tapeout.compiler.passes.fuse import Fuse, FuseActivation, FuseBatchNorm, FuseReshapeTranspose
+
+BN_RTOL = 1e-4
+
+
+def _conv(b, x, c_in, c_out, name="conv", groups=1, bias=True, **attrs):
+    ins = [x, b.rand(f"{name}_w", 3, 3, c_in // groups, c_out)] + ([b.rand(f"{name}_b", c_out)] if bias else [])
+    return b.node("conv", ins, name, groups=groups, **attrs)
+
+
+# ------------------------------------------------------------ fuse-batch-norm
+@pytest.mark.parametrize("groups, bias", [(1, True), (1, False), (4, True)])
+def test_bn_folded_into_preceding_conv(builder, apply, equivalent, op_list, groups, bias):
+    b = builder()
+    x = b.input("x", 6, 6, 4)
+    c = _conv(b, x, 4, 8, groups=groups, bias=bias, pads=((1, 1), (1, 1)))
+    g = b.build(b.node("batch_norm", [c, *b.bn_params("bn", 8)], "bn", epsilon=1e-3))
+    res = apply(FuseBatchNorm(), g)
+    assert op_list(res.graph) == ["conv"] and res.graph.outputs == ["bn_out"]
+    assert len(res.graph.node("conv").inputs) == 3
+    assert res.details == ["folded batch_norm 'bn' into conv 'conv'"]
+    equivalent(g, res.graph, rtol=BN_RTOL, atol=1e-5)
+
+
+def test_bn_folded_into_preceding_dense(builder, apply, equivalent, op_list):
+    b = builder()
+    d = b.node("dense", [b.input("x", 5), b.rand("w", 5, 3), b.rand("b", 3)], "d")
+    h = b.node("batch_norm", [d, *b.bn_params("bn", 3)], "bn")
+    g = b.build(b.node("relu", [h], "r"))
+    res = apply(FuseBatchNorm(), g)
+    assert op_list(res.graph) == ["dense", "relu"]
+    equivalent(g, res.graph, rtol=BN_RTOL, atol=1e-5)
+
+
+def test_bn_not_folded_back_into_conv_with_activation_or_shared_output(builder, apply):
+    b = builder()
+    c = _conv(b, b.input("x", 6, 6, 2), 2, 3, activation=Activation.of("relu"))
+    g = b.build(b.node("batch_norm", [c, *b.bn_params("bn", 3)], "bn"))
+    assert not apply(FuseBatchNorm(), g).changed
+    b = builder()
+    c = _conv(b, b.input("x", 6, 6, 2), 2, 3)
+    g = b.build(b.node("batch_norm", [c, *b.bn_params("bn", 3)], "bn"), b.node("relu", [c], "other"))
+    assert not apply(FuseBatchNorm(), g).changed
+
+
+@pytest.mark.parametrize("groups, c_out", [(1, 5), (2, 6), (4, 8)])  # (4, 8): depthwise, multiplier 2
+def test_bn_folded_into_following_unpadded_conv(builder, apply, equivalent, op_list, groups, c_out):
+    b = builder()
+    h = b.node("batch_norm", [b.input("x", 6, 6, 4), *b.bn_params("bn", 4)], "bn")
+    g = b.build(_conv(b, h, 4, c_out, groups=groups, strides=(2, 1)))
+    res = apply(FuseBatchNorm(), g)
+    assert op_list(res.graph) == ["conv"] and res.graph.node("conv").inputs[0] == "x"
+    equivalent(g, res.graph, rtol=BN_RTOL, atol=1e-5)
+
+
+def test_bn_folded_into_following_dense(builder, apply, equivalent, op_list):
+    b = builder()
+    h = b.node("batch_norm", [b.input("x", 2, 5), *b.bn_params("bn", 5)], "bn")
+    g = b.build(b.node("dense", [h, b.rand("w", 5, 3)], "d"))
+    res = apply(FuseBatchNorm(), g)
+    assert op_list(res.graph) == ["dense"]
+    equivalent(g, res.graph, rtol=BN_RTOL, atol=1e-5)
+
+
+def test_bn_not_folded_into_following_padded_conv(builder, apply):
+    b = builder()
+    h = b.node("batch_norm", [b.input("x", 6, 6, 4), *b.bn_params("bn", 4)], "bn")
+    g = b.build(_conv(b, h, 4, 4, pads=((1, 1), (1, 1))))
+    res = apply(FuseBatchNorm(), g)
+    assert not res.changed and [n.op for n in res.graph.nodes] == ["batch_norm", "conv"]
+
+
+# ------------------------------------------------------------ fuse-activation
+@pytest.mark.parametrize("op, attrs", [("relu", {}), ("clip", {"min": 0.0, "max": 6.0}),
+                                       ("leaky_relu", {"alpha": 0.1}), ("hard_sigmoid", {}),
+                                       ("gelu", {"approximate": True}), ("swish", {})])
+def test_activation_fused_into_conv(builder, apply, equivalent, op_list, op, attrs):
+    b = builder()
+    c = _conv(b, b.input("x", 5, 5, 2), 2, 3)
+    g = b.build(b.node(op, [c], "act", **attrs))
+    res = apply(FuseActivation(), g)
+    assert op_list(res.graph) == ["conv"] and res.graph.outputs == ["act_out"]
+    act = res.graph.node("conv").attrs["activation"]
+    assert act.op == op and all(act.attr_dict()[k] == v for k, v in attrs.items())
+    equivalent(g, res.graph)
+
+
+def test_softmax_fused_into_dense_over_last_axis_only(builder, apply, equivalent, op_list):
+    b = builder()
+    d = b.node("dense", [b.input("x", 4), b.rand("w", 4, 3)], "d")
+    g = b.build(b.node("softmax", [d], "sm", axis=1))
+    res = apply(FuseActivation(), g)
+    assert op_list(res.graph) == ["dense"]
+    assert res.graph.node("d").attrs["activation"] == Activation.of("softmax", axis=-1)
+    equivalent(g, res.graph)
+    b = builder()
+    d = b.node("dense", [b.input("x", 2, 4), b.rand("w", 4, 3)], "d")
+    g = b.build(b.node("softmax", [d], "sm", axis=1))
+    assert not apply(FuseActivation(), g).changed
+
+
+def test_softmax_after_conv_not_fused(builder, apply):
+    b = builder()
+    g = b.build(b.node("softmax", [_conv(b, b.input("x", 5, 5, 2), 2, 3)], "sm"))
+    assert not apply(FuseActivation(), g).changed
+
+
+def test_activation_not_fused_when_producer_has_one_or_output_is_shared(builder, apply):
+    b = builder()
+    c = _conv(b, b.input("x", 5, 5, 2), 2, 3, activation=Activation.of("relu"))
+    g = b.build(b.node("sigmoid", [c], "act"))
+    assert not apply(FuseActivation(), g).changed
+    b = builder()
+    d = b.node("dense", [b.input("x", 4), b.rand("w", 4, 3)], "d")
+    g = b.build(b.node("relu", [d], "act"), d)
+    assert not apply(FuseActivation(), g).changed
+
+
+# ---------------------------------------------------- fuse-reshape-transpose
+def test_reshape_flatten_chains_collapse(builder, apply, equivalent, op_list):
+    b = builder()
+    x = b.input("x", 2, 3, 4)
+    h = b.node("reshape", [x], "r1", shape=(6, 4))
+    h = b.node("reshape", [h], "r2", shape=(4, -1))
+    h = b.node("flatten", [h], "f")
+    y = b.node("reshape", [h], "r3", shape=(3, 8))
+    g = b.build(y)
+    res = apply(FuseReshapeTranspose(), g)
+    assert op_list(res.graph) == ["reshape"] and res.graph.node("r3").inputs == ["x"]
+    equivalent(g, res.graph)
+
+
+def test_reshape_into_flatten(builder, apply, equivalent, op_list):
+    b = builder()
+    h = b.node("reshape", [b.input("x", 2, 6)], "r", shape=(3, 4))
+    g = b.build(b.node("flatten", [h], "f"))
+    res = apply(FuseReshapeTranspose(), g)
+    assert op_list(res.graph) == ["flatten"]
+    equivalent(g, res.graph)
+
+
+def test_transposes_compose_and_identity_perm_vanishes(builder, apply, equivalent, op_list):
+    b = builder()
+    x = b.input("x", 2, 3, 4)
+    h = b.node("transpose", [x], "t1", perm=(0, 2, 3, 1))
+    y = b.node("transpose", [h], "t2", perm=(0, 2, 1, 3))
+    g = b.build(y)
+    res = apply(FuseReshapeTranspose(), g)
+    assert op_list(res.graph) == ["transpose"]
+    equivalent(g, res.graph)
+    b = builder()
+    h = b.node("transpose", [b.input("x", 2, 3, 4)], "t1", perm=(0, 2, 3, 1))
+    h = b.node("transpose", [h], "t2", perm=(0, 3, 1, 2))
+    g = b.build(b.node("relu", [h], "r"))
+    res = apply(FuseReshapeTranspose(), g)
+    assert op_list(res.graph) == ["relu"] and res.graph.node("r").inputs == ["x"]
+    equivalent(g, res.graph)
+
+
+def test_shape_chain_with_shared_intermediate_is_kept(builder, apply):
+    b = builder()
+    h = b.node("reshape", [b.input("x", 2, 6)], "r1", shape=(3, 4))
+    g = b.build(b.node("flatten", [h], "f"), b.node("relu", [h], "other"))
+    assert not apply(FuseReshapeTranspose(), g).changed
+    b = builder()
+    h = b.node("transpose", [b.input("x", 2, 3)], "t1", perm=(0, 2, 1))
+    g = b.build(b.node("transpose", [h], "t2", perm=(0, 2, 1)), h)
+    assert not apply(FuseReshapeTranspose(), g).changed
+
+
+# ----------------------------------------------------------------------- fuse
+def test_fuse_composite_conv_bn_relu(builder, apply, equivalent, op_list):
+    b = builder()
+    c = _conv(b, b.input("x", 6, 6, 2), 2, 4, pads=((1, 1), (1, 1)))
+    h = b.node("batch_norm", [c, *b.bn_params("bn", 4)], "bn")
+    g = b.build(b.node("relu", [h], "relu"))
+    res = apply(Fuse(), g)
+    assert op_list(res.graph) == ["conv"] and res.graph.node("conv").attrs["activation"] == Activation.of("relu")
+    assert len(res.graph.constants) == 2  # the fused weights and bias; the originals are gone
+    equivalent(g, res.graph, rtol=BN_RTOL, atol=1e-5)
