@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from tapeout.compiler.ir import Graph
+from tapeout.compiler.ir import Graph, Node
 from tapeout.compiler.passes.base import CompositePass, RewritePass, bypass, sole_consumer
 
 NO_OPS = ("identity", "dropout")  # dropout is the identity at inference
@@ -103,7 +103,7 @@ class MergePad(RewritePass):
         return details
 
     @staticmethod
-    def _legal(p, user) -> bool:
+    def _legal(p: Node, user: Node) -> bool:
         pads = [tuple(x) for x in p.attrs["pads"]]
         if len(pads) < 3 or pads[-1] != (0, 0):  # channel padding cannot live in a window op
             return False
