@@ -14,3 +14,9 @@ class RuntimeUnavailable(Exception):
     """The package that runs an artifact (onnxruntime, TensorFlow...) is not installed."""
 
     exit_code = 3
+
+
+def one_line(exc: BaseException) -> str:
+    """The first non-empty line of a library's exception, for a one-line user message."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__

@@ -1,0 +1,222 @@
+"""Compare a candidate's outputs (an artifact) with a reference's (the source model).
+
+Elementwise judgement follows Polygraphy: an element passes when abs_err <= atol OR
+rel_err <= rtol, with rel_err = abs_err / |reference|. Matching NaNs and equal infinities
+pass; a NaN or infinity on one side only fails. A tolerance may instead judge an output
+by cosine similarity and/or top-1 agreement (classifiers whose logits may drift).
+Results round floats to 9 significant digits so saved reports are deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from tapeout.runtime.errors import RuntimeInputError
+
+ANY_OUTPUT = "*"
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float = 1e-5
+    rtol: float = 1e-5
+    # When either is set the output is judged by these instead of elementwise.
+    min_cosine: float | None = None
+    min_top1_agreement: float | None = None
+
+    @property
+    def elementwise(self) -> bool:
+        return self.min_cosine is None and self.min_top1_agreement is None
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else float(f"{float(x):.9g}")
+
+
+@dataclass
+class OutputComparison:
+    name: str
+    passed: bool
+    shape: list[int]  # the reference's
+    elements: int
+    mismatches: int  # elements failing both atol and rtol, non-finite mismatches included
+    nonfinite_mismatches: int
+    max_abs_err: float | None
+    mean_abs_err: float | None
+    p99_abs_err: float | None
+    max_rel_err: float | None  # relative stats cover elements whose reference is non-zero
+    mean_rel_err: float | None
+    p99_rel_err: float | None
+    cosine: float | None
+    top1_agreement: float | None  # only for [N, C>1] outputs
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    reason: str | None = None  # why it failed when no numbers apply (missing output, shape mismatch)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k, v in d.items():
+            if isinstance(v, float):
+                d[k] = _round(v)
+        d["tolerance"] = {k: _round(v) for k, v in d["tolerance"].items()}
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "OutputComparison":
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        kwargs["tolerance"] = Tolerance(**d.get("tolerance", {}))
+        return cls(**kwargs)
+
+
+@dataclass
+class ComparisonResult:
+    outputs: list[OutputComparison]
+    passed: bool
+    samples: int
+    data_kind: str
+    accuracy: dict[str, float] | None = None  # {"source": .., "artifact": ..} top-1 vs labels
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "samples": self.samples,
+            "data_kind": self.data_kind,
+            "accuracy": None if self.accuracy is None else {k: _round(v) for k, v in self.accuracy.items()},
+            "notes": list(self.notes),
+            "outputs": [o.to_json() for o in self.outputs],
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "ComparisonResult":
+        return cls([OutputComparison.from_json(o) for o in d["outputs"]], bool(d["passed"]), int(d["samples"]),
+                   str(d["data_kind"]), d.get("accuracy"), list(d.get("notes", [])))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ComparisonResult":
+        return cls.from_json(json.loads(Path(path).read_text()))
+
+    def summary(self) -> str:
+        failed = [o.name for o in self.outputs if not o.passed]
+        worst = max((o.max_abs_err for o in self.outputs if o.max_abs_err is not None), default=None)
+        parts = [f"{'PASSED' if self.passed else 'FAILED'}: {len(self.outputs)} output(s) on "
+                 f"{self.samples} {self.data_kind} sample(s)"]
+        if worst is not None:
+            parts.append(f"max abs err {worst:.3e}")
+        if failed:
+            parts.append(f"failing: {', '.join(failed)}")
+        if self.accuracy:
+            parts.append(f"accuracy source {self.accuracy['source']:.4f} / artifact {self.accuracy['artifact']:.4f}")
+        return ", ".join(parts)
+
+
+def _tolerance_for(name: str, tolerances: Tolerance | Mapping[str, Tolerance]) -> Tolerance:
+    if isinstance(tolerances, Tolerance):
+        return tolerances
+    return tolerances.get(name) or tolerances.get(ANY_OUTPUT) or Tolerance()
+
+
+def _is_classifier(a: np.ndarray) -> bool:
+    return a.ndim == 2 and a.shape[1] > 1
+
+
+def _failed(name: str, ref: np.ndarray, tol: Tolerance, reason: str) -> OutputComparison:
+    return OutputComparison(name, False, list(ref.shape), int(ref.size), int(ref.size), 0,
+                            None, None, None, None, None, None, None, None, tol, reason)
+
+
+def _stats(x: np.ndarray) -> tuple[float, float, float]:
+    if x.size == 0:
+        return 0.0, 0.0, 0.0
+    return float(x.max()), float(x.mean()), float(np.percentile(x, 99))
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 or nb == 0.0:
+        return 1.0 if na == nb else 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def compare_output(name: str, ref: np.ndarray, cand: np.ndarray, tol: Tolerance) -> OutputComparison:
+    ref, cand = np.asarray(ref), np.asarray(cand)
+    if ref.shape != cand.shape:
+        return _failed(name, ref, tol, f"shape mismatch: reference {list(ref.shape)}, candidate {list(cand.shape)}")
+    a, b = ref.astype(np.float64).ravel(), cand.astype(np.float64).ravel()
+    finite = np.isfinite(a) & np.isfinite(b)
+    # Non-finite pairs pass only when identical (NaN with NaN, +inf with +inf).
+    same_nonfinite = ~finite & ((np.isnan(a) & np.isnan(b)) | (a == b))
+    nonfinite_bad = int(np.count_nonzero(~finite & ~same_nonfinite))
+    fa, fb = a[finite], b[finite]
+    abs_err = np.abs(fa - fb)
+    denom = np.abs(fa)
+    nonzero = denom > 0
+    rel_err = abs_err[nonzero] / denom[nonzero]
+    # A zero reference element can only pass through atol.
+    within = (abs_err <= tol.atol) | (nonzero & (abs_err <= tol.rtol * denom))
+    mismatches = int(np.count_nonzero(~within)) + nonfinite_bad
+    max_abs, mean_abs, p99_abs = _stats(abs_err)
+    max_rel, mean_rel, p99_rel = _stats(rel_err)
+    cosine = _cosine(fa, fb)
+    top1 = None
+    if _is_classifier(ref):
+        top1 = float(np.mean(ref.argmax(axis=1) == cand.argmax(axis=1))) if len(ref) else 1.0
+    if tol.elementwise:
+        passed = mismatches == 0
+    else:
+        passed = nonfinite_bad == 0
+        if tol.min_cosine is not None:
+            passed = passed and cosine >= tol.min_cosine
+        if tol.min_top1_agreement is not None:
+            passed = passed and top1 is not None and top1 >= tol.min_top1_agreement
+    return OutputComparison(name, bool(passed), list(ref.shape), int(ref.size), mismatches, nonfinite_bad,
+                            max_abs, mean_abs, p99_abs, max_rel, mean_rel, p99_rel, cosine, top1, tol)
+
+
+def _accuracy(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
+              labels: np.ndarray) -> dict[str, float] | None:
+    """Top-1 accuracy of both sides on the first classifier-shaped output both have."""
+    for name, ref in reference.items():
+        ref = np.asarray(ref)
+        cand = candidate.get(name)
+        if not _is_classifier(ref) or cand is None or np.shape(cand) != ref.shape:
+            continue
+        ids = np.asarray(labels)
+        ids = ids.argmax(axis=1) if ids.ndim == 2 else ids.ravel()
+        if len(ids) != len(ref):
+            raise RuntimeInputError(f"{len(ids)} labels for {len(ref)} samples of output '{name}'")
+        return {"source": float(np.mean(ref.argmax(axis=1) == ids)),
+                "artifact": float(np.mean(np.asarray(cand).argmax(axis=1) == ids))}
+    return None
+
+
+def compare(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
+            tolerances: Tolerance | Mapping[str, Tolerance] = Tolerance(), labels: np.ndarray | None = None,
+            data_kind: str = "synthetic", samples: int | None = None) -> ComparisonResult:
+    """Compare every reference output with the candidate output of the same name.
+
+    ``tolerances`` is one Tolerance for all outputs or a dict by output name with an optional
+    "*" fallback. A reference output the candidate lacks fails; extra candidate outputs are noted.
+    """
+    outputs = []
+    for name, ref in reference.items():
+        tol = _tolerance_for(name, tolerances)
+        if name not in candidate:
+            outputs.append(_failed(name, np.asarray(ref), tol, "missing from the candidate's outputs"))
+        else:
+            outputs.append(compare_output(name, ref, candidate[name], tol))
+    notes = [f"candidate output '{n}' has no reference output; not compared" for n in candidate if n not in reference]
+    if samples is None:
+        first = next((np.asarray(r) for r in reference.values()), None)
+        samples = int(first.shape[0]) if first is not None and first.ndim else 0
+    accuracy = _accuracy(reference, candidate, labels) if labels is not None else None
+    passed = bool(outputs) and all(o.passed for o in outputs)
+    return ComparisonResult(outputs, passed, samples, data_kind, accuracy, notes)
