@@ -16,7 +16,7 @@ class RuntimeUnavailable(Exception):
     exit_code = 3
 
 
-def one_line(exc: BaseException) -> str:
-    """The first non-empty line of a library's exception, for a one-line user message."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[0] if lines else type(exc).__name__
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """A library's (often multi-line) exception message as one line of at most ``limit`` characters."""
+    text = " ".join(ln.strip() for ln in str(exc).splitlines() if ln.strip()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
