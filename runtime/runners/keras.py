@@ -1,0 +1,117 @@
+"""Runs a Keras source model: Keras 3 ``.keras``, legacy tf_keras ``.h5``, or ``.json`` + weights.
+
+Inputs are named after the InputLayers and outputs after the output layers, the names the
+Keras front end gives the graph's inputs and outputs, so artifacts compare by name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tapeout.runtime.errors import RuntimeInputError, RuntimeUnavailable, one_line
+from tapeout.runtime.protocol import IOSpec, Runner
+
+LEGACY_SUFFIXES = (".h5", ".hdf5")
+
+
+def _layer_name(tensor: Any) -> str:
+    """The name of the layer that produced a Keras 3 symbolic tensor."""
+    history = getattr(tensor, "_keras_history", None)
+    return history.operation.name if history is not None else tensor.name
+
+
+def _dtype_name(dtype: Any) -> str:
+    return getattr(dtype, "name", None) or str(dtype)  # tf.DType (tf_keras) or str (Keras 3)
+
+
+class KerasRunner(Runner):
+    name = "keras"
+
+    def __init__(self, path: str | Path, weights: str | Path | None = None, safe_mode: bool = True) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.weights = Path(weights) if weights is not None else None
+        self.safe_mode = safe_mode
+        self._model: Any = None
+        self._inputs: list[str] = []
+        self._outputs: list[str] = []
+        self._specs: list[IOSpec] = []
+
+    # loading ---------------------------------------------------------------
+    def _load(self) -> Any:
+        suffix = self.path.suffix.lower()
+        if suffix == ".json":
+            if self.weights is None:
+                raise RuntimeInputError(f"{self.path}: an architecture JSON needs its weights file")
+            import tf_keras
+
+            model = tf_keras.models.model_from_json(self.path.read_text())
+            model.load_weights(str(self.weights))
+            return model
+        if self.weights is not None:
+            raise RuntimeInputError(f"{self.path}: a weights file applies to an architecture .json only")
+        if suffix in LEGACY_SUFFIXES:
+            import tf_keras
+
+            return tf_keras.models.load_model(str(self.path), compile=False)
+        if suffix == ".keras":
+            import keras
+
+            return keras.saving.load_model(str(self.path), safe_mode=self.safe_mode, compile=False)
+        raise RuntimeInputError(f"{self.path}: not a Keras model file (.keras, .h5, .hdf5 or .json)")
+
+    def _open(self) -> None:
+        for f in (self.path, self.weights):
+            if f is not None and not f.is_file():
+                raise RuntimeInputError(f"{f}: no such file")
+        try:
+            model = self._load()
+        except RuntimeInputError:
+            raise
+        except ImportError as exc:
+            raise RuntimeUnavailable(f"running {self.path.name} needs {exc.name or 'TensorFlow/Keras'}: "
+                                     "pip install 'tapeout[keras]'") from None
+        except Exception as exc:  # Keras/h5py raise many unrelated types for unreadable files
+            raise RuntimeInputError(f"{self.path}: cannot load the Keras model ({one_line(exc)})") from None
+        legacy = hasattr(model, "input_names")  # tf_keras models carry their layer names directly
+        self._inputs = list(model.input_names) if legacy else [_layer_name(t) for t in model.inputs]
+        names = getattr(model, "output_names", None)
+        self._outputs = list(names) if names else [_layer_name(t) for t in model.outputs]
+        self._specs = [
+            IOSpec(name, tuple("N" if i == 0 and d is None else d for i, d in enumerate(t.shape)),
+                   _dtype_name(t.dtype))
+            for name, t in zip(self._inputs, model.inputs)
+        ]
+        self._model = model
+
+    def _close(self) -> None:
+        self._model = None
+
+    # protocol --------------------------------------------------------------
+    def input_specs(self) -> list[IOSpec]:
+        self.open()
+        return list(self._specs)
+
+    def output_names(self) -> list[str]:
+        self.open()
+        return list(self._outputs)
+
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [n for n in self._inputs if n not in feeds]
+        if missing:
+            raise RuntimeInputError(f"{self.path}: no data for input(s) {', '.join(missing)}; "
+                                    f"the model takes {', '.join(self._inputs)}")
+        arrays = [np.asarray(feeds[s.name], dtype=s.dtype) for s in self._specs]
+        # Calling the model directly: model.predict is slow and prints progress bars.
+        try:
+            result = self._model(arrays[0] if len(arrays) == 1 else arrays, training=False)
+        except Exception as exc:  # shape errors from the data come back as framework errors
+            raise RuntimeInputError(f"{self.path}: the model could not run these inputs ({one_line(exc)})") from None
+        if isinstance(result, dict):
+            result = [result[n] for n in self._outputs] if set(result) == set(self._outputs) else list(result.values())
+        elif not isinstance(result, (list, tuple)):
+            result = [result]
+        return {n: np.asarray(r) for n, r in zip(self._outputs, result)}
