@@ -1,0 +1,286 @@
+"""Keras front end: Keras 3 ``.keras``, legacy Keras 2 ``.h5`` and JSON + weights ``.h5`` into the IR.
+
+Safety: the stored architecture (config.json in the zip, ``model_config`` in the
+h5, or the JSON text) is checked against the supported layer table *before* any
+Keras loader runs, so a Lambda or custom class is refused without executing code
+from the file.
+
+Conversion walks the live functional graph from the model outputs back through
+each tensor's ``_keras_history`` (layer, node index, tensor index) and that
+node's input tensors. Keras 3 and tf_keras share this structure (only the name
+of a node's input list differs), Sequential models expose theirs through
+``model.inputs``/``model.outputs``, and a model used as a layer is inlined by
+converting its own graph with its inputs bound to the caller's values.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from tapeout.compiler.errors import FrontendError
+from tapeout.compiler.frontends.keras_layers import CONVERTERS, MODEL_CLASSES, SUPPORTED_CLASSES, Emitter
+from tapeout.compiler.ir import BATCH, Graph, IRError, TensorType
+
+_LAYOUTS = {2: "NC", 3: "NWC", 4: "NHWC", 5: "NDHWC"}
+
+
+# ------------------------------------------------------------ safety check
+def _layer_configs(cfg: dict) -> list[dict]:
+    """Every layer entry of a (possibly nested) model config, depth first."""
+    out = []
+    for layer in (cfg.get("config") or {}).get("layers") or []:
+        out.append(layer)
+        if layer.get("class_name") in MODEL_CLASSES:
+            out.extend(_layer_configs(layer))
+    return out
+
+
+def _refuse(path: Path, name: Any, cls: Any, why: str) -> FrontendError:
+    return FrontendError(f"{path}: layer {name!r} ({cls}) {why}; supported layers: {', '.join(SUPPORTED_CLASSES)}")
+
+
+def check_config(path: Path, cfg: Any) -> None:
+    """Refuse Lambda, custom and unsupported classes from the stored config alone."""
+    from tapeout.compiler.frontends.keras_layers import ACTIVATION_NAMES
+
+    if not isinstance(cfg, dict) or cfg.get("class_name") not in MODEL_CLASSES:
+        got = cfg.get("class_name") if isinstance(cfg, dict) else type(cfg).__name__
+        raise FrontendError(f"{path}: expected a Keras Functional or Sequential model, got {got!r}")
+    for layer in _layer_configs(cfg):
+        cls = layer.get("class_name")
+        name = layer.get("name") or (layer.get("config") or {}).get("name")
+        module = layer.get("module")
+        registered = layer.get("registered_name")
+        custom = (module is not None and not str(module).startswith("keras")) or registered not in (None, cls)
+        if cls in ("Lambda", "TFOpLambda", "SlicingOpLambda") or custom:
+            raise _refuse(path, name, cls, "holds code: tapeout does not execute code from model files")
+        if cls not in SUPPORTED_CLASSES:
+            raise _refuse(path, name, cls, "is not supported")
+        act = (layer.get("config") or {}).get("activation")
+        if isinstance(act, dict):
+            act = act.get("config") if act.get("class_name") == "function" else act
+        if act is not None and act not in ACTIVATION_NAMES:
+            raise FrontendError(f"{path}: layer {name!r} ({cls}) has activation {act!r}, which is not supported; "
+                                f"supported: {', '.join(ACTIVATION_NAMES)}")
+
+
+# ------------------------------------------------------------------ loading
+def _load_keras3(path: Path, safe_mode: bool) -> Any:
+    if not zipfile.is_zipfile(path):
+        raise FrontendError(f"{path}: not a Keras 3 .keras archive (not a zip file)")
+    try:
+        with zipfile.ZipFile(path) as z:
+            cfg = json.loads(z.read("config.json"))
+    except (KeyError, ValueError, zipfile.BadZipFile, OSError) as e:
+        raise FrontendError(f"{path}: not a readable Keras 3 archive ({type(e).__name__}: {e})") from None
+    check_config(path, cfg)
+    import keras
+
+    try:
+        return keras.saving.load_model(path, safe_mode=safe_mode, compile=False)
+    except Exception as e:  # any loader failure on a bad file is the user's input problem
+        raise FrontendError(f"{path}: Keras could not load the model: {_one_line(e)}") from None
+
+
+def _load_h5(path: Path) -> Any:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get("model_config")
+    except OSError as e:
+        raise FrontendError(f"{path}: not a readable HDF5 file ({_one_line(e)})") from None
+    if raw is None:
+        raise FrontendError(f"{path}: this .h5 holds no model architecture (weights only?); "
+                            "pass the architecture .json with this file as its weights")
+    try:
+        cfg = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    except ValueError as e:
+        raise FrontendError(f"{path}: the stored model_config is not valid JSON ({e})") from None
+    check_config(path, cfg)
+    import tf_keras
+
+    try:
+        return tf_keras.models.load_model(path, compile=False)
+    except Exception as e:  # see _load_keras3
+        raise FrontendError(f"{path}: tf_keras could not load the model: {_one_line(e)}") from None
+
+
+def _load_json(path: Path, weights: Path | None) -> Any:
+    if weights is None:
+        raise FrontendError(f"{path}: an architecture JSON needs its weights .h5 (--weights)")
+    if not weights.is_file():
+        raise FrontendError(f"{weights}: no such weights file")
+    try:
+        text = path.read_text()
+        cfg = json.loads(text)
+    except (ValueError, OSError) as e:
+        raise FrontendError(f"{path}: not a readable JSON architecture ({_one_line(e)})") from None
+    check_config(path, cfg)
+    import tf_keras
+
+    try:
+        model = tf_keras.models.model_from_json(text)
+    except Exception as e:  # see _load_keras3
+        raise FrontendError(f"{path}: tf_keras could not build the model: {_one_line(e)}") from None
+    try:
+        model.load_weights(weights)
+    except Exception as e:  # see _load_keras3
+        raise FrontendError(f"{weights}: could not load the weights: {_one_line(e)}") from None
+    return model
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:300]}"
+
+
+def load_keras(path: str | Path, weights: str | Path | None = None, *, safe_mode: bool = True) -> Graph:
+    """Load a Keras model file into a shape-checked IR graph."""
+    from tapeout.compiler.quiet import quiet_environment
+
+    quiet_environment()
+    p = Path(path)
+    if not p.is_file():
+        raise FrontendError(f"{p}: no such model file")
+    suffix = p.suffix.lower()
+    if suffix == ".keras":
+        model, fmt = _load_keras3(p, safe_mode), "keras"
+    elif suffix in (".h5", ".hdf5"):
+        model, fmt = _load_h5(p), "keras2-h5"
+    elif suffix == ".json":
+        model, fmt = _load_json(p, Path(weights) if weights is not None else None), "keras2-json"
+    else:
+        raise FrontendError(f"{p}: not a Keras model file (expected .keras, .h5 or .json)")
+    graph = model_to_graph(model)
+    graph.metadata["source_format"] = fmt
+    return graph
+
+
+# --------------------------------------------------------------- conversion
+def _flat(x: Any) -> list[Any]:
+    if isinstance(x, dict):
+        return [t for k in sorted(x) for t in _flat(x[k])]
+    if isinstance(x, (list, tuple)):
+        return [t for v in x for t in _flat(v)]
+    return [x]
+
+
+def _history(t: Any) -> tuple[Any, int, int]:
+    h = t._keras_history
+    return h[0], int(h[1]), int(h[2])
+
+
+def _key(t: Any) -> tuple[int, int, int]:
+    layer, node_index, tensor_index = _history(t)
+    return id(layer), node_index, tensor_index
+
+
+def _node_io(t: Any) -> tuple[Any, list[Any], list[Any]]:
+    layer, node_index, _ = _history(t)
+    node = layer._inbound_nodes[node_index]
+    ins = node.input_tensors if hasattr(node, "input_tensors") and not hasattr(node, "keras_inputs") \
+        else node.keras_inputs
+    outs = node.output_tensors if hasattr(node, "output_tensors") else node.outputs
+    return layer, _flat(ins), _flat(outs)
+
+
+def _emit_model(model: Any, e: Emitter, feeds: dict[tuple, str]) -> list[str]:
+    """Emit ``model``'s graph with its inputs bound by ``feeds``; returns its output values."""
+    values = dict(feeds)
+    outputs = _flat(model.outputs)
+    stack = list(outputs)
+    while stack:
+        t = stack[-1]
+        if _key(t) in values:
+            stack.pop()
+            continue
+        layer, ins, outs = _node_io(t)
+        missing = [x for x in ins if _key(x) not in values]
+        if missing:
+            stack.extend(missing)
+            continue
+        stack.pop()
+        cls = type(layer).__name__
+        in_values = [values[_key(x)] for x in ins]
+        if cls in MODEL_CLASSES:
+            inner = {_key(x): v for x, v in zip(_flat(layer.inputs), in_values)}
+            produced = _emit_model(layer, e, inner)
+        elif cls in CONVERTERS:
+            cfg = layer.get_config()
+            try:
+                produced = [CONVERTERS[cls](e, layer, cfg, in_values)]
+            except IRError as err:
+                raise FrontendError(f"layer {layer.name!r} ({cls}): {err}") from None
+        else:
+            raise FrontendError(f"layer {layer.name!r} ({cls}) is not supported; "
+                                f"supported layers: {', '.join(SUPPORTED_CLASSES)}")
+        if len(produced) != len(outs):
+            raise FrontendError(f"layer {layer.name!r} ({cls}) has {len(outs)} outputs; only "
+                                f"{len(produced)} could be mapped")
+        for x, v in zip(outs, produced):
+            values[_key(x)] = v
+    return [values[_key(t)] for t in outputs]
+
+
+def _input_type(model_name: str, name: str, t: Any) -> TensorType:
+    shape = tuple(t.shape)
+    dtype = str(getattr(t.dtype, "name", t.dtype))
+    if "float" not in dtype:
+        raise FrontendError(f"model {model_name!r}: input {name!r} has dtype {dtype}; only float inputs are supported")
+    if len(shape) < 2 or any(d is None for d in shape[1:]):
+        raise FrontendError(f"model {model_name!r}: input {name!r} has shape {shape}; every dimension but the "
+                            "batch must be static (give keras.Input a full shape)")
+    return TensorType((BATCH, *(int(d) for d in shape[1:])), "float32")
+
+
+def _rename(graph: Graph, old: str, new: str) -> None:
+    for n in graph.nodes:
+        n.inputs = [new if i == old else i for i in n.inputs]
+        n.outputs = [new if o == old else o for o in n.outputs]
+    graph.outputs = [new if o == old else o for o in graph.outputs]
+    graph.types[new] = graph.types.pop(old)
+
+
+def model_to_graph(model: Any) -> Graph:
+    """Convert a loaded Keras 3 or tf_keras functional/Sequential model."""
+    try:
+        inputs, outputs = _flat(model.inputs), _flat(model.outputs)
+    except (AttributeError, ValueError):
+        raise FrontendError(f"model {model.name!r} has no defined inputs; build it on a keras.Input") from None
+    graph = Graph(name=model.name, inputs=[], outputs=[])
+    feeds = {}
+    for t in inputs:
+        name = _history(t)[0].name
+        graph.types[name] = _input_type(model.name, name, t)
+        graph.inputs.append(name)
+        graph.io_layouts[name] = _LAYOUTS.get(len(t.shape), "")
+        feeds[_key(t)] = name
+    graph.outputs = _emit_model(model, Emitter(graph), feeds)
+    _name_outputs(graph, model, outputs)
+    try:
+        graph.infer_shapes()
+        graph.check()
+    except IRError as e:
+        raise FrontendError(f"model {model.name!r}: the converted graph is inconsistent: {e}") from None
+    for value, t in zip(graph.outputs, outputs):
+        want = (BATCH, *tuple(t.shape)[1:])
+        if graph.types[value].shape != want:
+            raise FrontendError(f"model {model.name!r}: output {value!r} infers to {graph.types[value]} but Keras "
+                                f"says {tuple(t.shape)}")
+        graph.io_layouts[value] = _LAYOUTS.get(len(want), "")
+    return graph
+
+
+def _name_outputs(graph: Graph, model: Any, outputs: list[Any]) -> None:
+    """Give graph outputs the model's output names where that does not clash."""
+    names = list(getattr(model, "output_names", None) or [_history(t)[0].name for t in outputs])
+    produced = {o for n in graph.nodes for o in n.outputs}
+    for value, want in zip(list(graph.outputs), names):
+        if value == want or value not in produced or graph.outputs.count(value) > 1:
+            continue
+        if graph.unique_name(want) == want:
+            _rename(graph, value, want)
