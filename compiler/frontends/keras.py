@@ -182,8 +182,8 @@ def _key(t: Any) -> tuple[int, int, int]:
 def _node_io(t: Any) -> tuple[Any, list[Any], list[Any]]:
     layer, node_index, _ = _history(t)
     node = layer._inbound_nodes[node_index]
-    ins = node.input_tensors if hasattr(node, "input_tensors") and not hasattr(node, "keras_inputs") \
-        else node.keras_inputs
+    # tf_keras names the flat list of a node's Keras inputs keras_inputs, Keras 3 input_tensors
+    ins = node.keras_inputs if hasattr(node, "keras_inputs") else node.input_tensors
     outs = node.output_tensors if hasattr(node, "output_tensors") else node.outputs
     return layer, _flat(ins), _flat(outs)
 

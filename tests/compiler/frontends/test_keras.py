@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -211,6 +209,22 @@ def test_tf_keras_lambda_refused_in_h5(tmp_path):
     tf_keras.Model(inp, out).save(path, save_format="h5")
     LAMBDA_RAN.clear()
     with pytest.raises(FrontendError, match=r"'sneaky' \(Lambda\)"):
+        load_keras(path)
+    assert LAMBDA_RAN == []
+
+
+def test_custom_class_refused(keras, tmp_path):
+    @keras.saving.register_keras_serializable(package="tapeout_test")
+    class Doubler(keras.layers.Layer):
+        def call(self, x):
+            LAMBDA_RAN.append(True)
+            return x * 2.0
+
+    inp = keras.Input((3,))
+    path = tmp_path / "custom.keras"
+    keras.Model(inp, Doubler(name="twice")(inp)).save(path)
+    LAMBDA_RAN.clear()
+    with pytest.raises(FrontendError, match=r"'twice' \(Doubler\).*does not execute code"):
         load_keras(path)
     assert LAMBDA_RAN == []
 
