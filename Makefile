@@ -15,7 +15,9 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# A fresh venv carries an old setuptools that cannot read pyproject's SPDX license field.
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt setuptools wheel
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[all,test]"
 	touch $@
 
@@ -33,7 +35,7 @@ bench: $(STAMP)
 # Re-pin the stack from the current environment.
 freeze:
 	{ echo "# Known-good pinned stack (pip constraints). Regenerate with: make freeze"; \
-	  $(BIN)/python -m pip freeze --exclude-editable | grep -v -i '^tapeout'; } > constraints.txt
+	  $(BIN)/python -m pip freeze --all --exclude-editable | grep -v -i -E '^(tapeout|pip)=='; } > constraints.txt
 
 clean:
 	rm -rf out build *.egg-info

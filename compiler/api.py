@@ -23,10 +23,10 @@ from tapeout.compiler.ops import graph_macs, graph_params, node_macs
 from tapeout.compiler.quiet import quiet_environment
 from tapeout.compiler.report import CompileReport, TargetReport, Verification
 from tapeout.runtime.compare import ComparisonResult, Tolerance, compare
-from tapeout.runtime.data import Dataset, batches, load_data, synthesize
+from tapeout.runtime.data import Dataset, load_data, synthesize
 from tapeout.runtime.protocol import IOSpec, Runner
 from tapeout.runtime.runners.select import runner_for
-from tapeout.runtime.verify import verify
+from tapeout.runtime.verify import run_batches, verify
 from tapeout.targets.base import Target
 from tapeout.targets.registry import parse_target
 
@@ -110,14 +110,6 @@ def choose_data(specs: Sequence[IOSpec], eval_data: str | Path | None, calibrati
     return synthesize(list(specs), num_samples=samples, seed=0)
 
 
-def run_dataset(runner: Runner, dataset: Dataset, batch_size: int = 32) -> dict[str, np.ndarray]:
-    parts: dict[str, list[np.ndarray]] = {}
-    for feeds in batches(dataset, batch_size):
-        for k, v in runner.infer(feeds).items():
-            parts.setdefault(k, []).append(np.asarray(v))
-    return {k: np.concatenate(v, axis=0) for k, v in parts.items()}
-
-
 def _summarize(result: ComparisonResult, runner: str, tol: Tolerance) -> Verification:
     outs = result.outputs
 
@@ -199,7 +191,7 @@ def compile_model(
         progress("source run")
         with runner_for(model, weights) as source:
             dataset = choose_data(source.input_specs(), eval_data, calibration)
-            reference = run_dataset(source, dataset)
+            reference = run_batches(source, dataset)
             source_name = source.name
     data_info = {"kind": dataset.kind if dataset else None,
                  "samples": dataset.num_samples if dataset else 0,
@@ -243,7 +235,7 @@ def _verify_target(target: Target, tdir: Path, dataset: Dataset, reference: dict
                    tol: Tolerance, source_name: str) -> Verification:
     runner = target.runner(tdir)
     with runner:
-        candidate = run_dataset(runner, dataset)
+        candidate = run_batches(runner, dataset)
         name = runner.name
     result = compare(reference, candidate, tol, labels=dataset.labels, data_kind=dataset.kind)
     return _summarize(result, f"{name} vs {source_name}", tol)

@@ -80,7 +80,9 @@ def _tolerance_flags(p: argparse.ArgumentParser) -> None:
 def _console(stream: TextIO):
     from rich.console import Console
 
-    return Console(file=stream, highlight=False, soft_wrap=False)
+    # Piped output (CI logs, build systems) gets a wide fixed width so table cells are never cut.
+    is_tty = hasattr(stream, "isatty") and stream.isatty()
+    return Console(file=stream, highlight=False, soft_wrap=False, width=None if is_tty else 200)
 
 
 def _fmt_size(n: int) -> str:
@@ -144,9 +146,17 @@ def print_comparison(result: Any, out: TextIO) -> None:
     con = _console(out)
     for o in result.outputs:
         verdict = "pass" if o.passed else "FAIL"
+        if o.max_abs_err is None:  # missing output or shape mismatch: no numbers to show
+            con.print(f"{verdict}  {o.name}: {o.reason or 'not comparable'}", markup=False)
+            continue
         extra = f", top-1 agreement {o.top1_agreement:.4f}" if o.top1_agreement is not None else ""
-        con.print(f"{verdict}  {o.name}: max abs err {o.max_abs_err:.3e}, mean {o.mean_abs_err:.3e}, "
-                  f"cosine {o.cosine:.6f}{extra}", markup=False)
+        con.print(f"{verdict}  {o.name}: max abs err {o.max_abs_err:.3e}, mean {_fmt(o.mean_abs_err, '.3e')}, "
+                  f"cosine {_fmt(o.cosine, '.6f')}, {o.mismatches} of {o.elements} elements out of tolerance"
+                  f"{extra}", markup=False)
+    for note in result.notes:
+        con.print(f"note  {note}", markup=False)
+    if result.accuracy:
+        con.print(f"accuracy  source {result.accuracy['source']:.4f}, artifact {result.accuracy['artifact']:.4f}")
     con.print(f"{'PASSED' if result.passed else 'FAILED'} on {result.samples} samples ({result.data_kind} data)")
 
 

@@ -34,6 +34,10 @@ class Runner:
         self._opened = False
 
     # lifecycle -----------------------------------------------------------
+    @property
+    def opened(self) -> bool:
+        return self._opened
+
     def open(self) -> "Runner":
         if not self._opened:
             self._open()

@@ -40,8 +40,8 @@ def verify(reference: Runner, candidate: Runner, dataset: Dataset,
 
     Runners the caller has not opened are opened here and closed afterwards.
     """
-    # Runner keeps its open state in _opened; only what we open here is ours to close.
-    opened_here = [r for r in (reference, candidate) if not r._opened]
+    # Only what we open here is ours to close.
+    opened_here = [r for r in (reference, candidate) if not r.opened]
     try:
         for r in opened_here:
             r.open()

@@ -199,6 +199,49 @@ def test_verify_fails_on_a_wrong_artifact(tiny_cnn_path, tmp_path, monkeypatch):
     assert "FAILED" in out
 
 
+# ------------------------------------------------------------ legacy Keras 2 files
+@pytest.fixture(scope="module")
+def legacy_files(tmp_path_factory):
+    """A Keras 2 model saved by tf-keras as a full .h5 and as architecture JSON + weights .h5."""
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(0)
+    L = tf_keras.layers
+    inp = tf_keras.Input((8, 8, 2), name="pixels")
+    x = L.Conv2D(4, 3, padding="same", name="conv")(inp)
+    x = L.BatchNormalization(name="bn")(x)
+    x = L.ReLU(name="act")(x)
+    x = L.MaxPooling2D(name="pool")(x)
+    x = L.Flatten(name="flat")(x)
+    out = L.Dense(3, activation="softmax", name="scores")(x)
+    model = tf_keras.Model(inp, out, name="legacy")
+    rng = np.random.default_rng(2)
+    model.get_layer("bn").set_weights([rng.uniform(0.5, 1.5, 4) for _ in range(4)])
+    d = tmp_path_factory.mktemp("legacy")
+    model.save(d / "full.h5", save_format="h5")
+    (d / "arch.json").write_text(model.to_json())
+    model.save_weights(d / "weights.h5")
+    np.savez(d / "eval.npz", x=rng.normal(size=(6, 8, 8, 2)).astype(np.float32), y=rng.integers(0, 3, 6))
+    return d
+
+
+@pytest.mark.parametrize("form", ["full-h5", "json+weights"])
+def test_legacy_keras2_files_compile_and_verify(legacy_files, tmp_path, form):
+    d = legacy_files
+    model = ["full.h5"] if form == "full-h5" else ["arch.json", "--weights", str(d / "weights.h5")]
+    code, out, err = run_cli("compile", d / model[0], *model[1:], "-t", "onnx", "-o", tmp_path / "o",
+                             "--eval", d / "eval.npz", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["source"]["format"] == ("keras2-h5" if form == "full-h5" else "keras2-json")
+    v = report["targets"][0]["verification"]
+    assert v["passed"] and v["data"] == "eval" and v["samples"] == 6 and v["max_abs_err"] < 1e-4
+    assert v["accuracy"]["source"] == v["accuracy"]["artifact"]
+    artifact = tmp_path / "o" / "onnx-fp32" / "model.onnx"
+    code, out, err = run_cli("verify", d / model[0], *model[1:], artifact, "--data", d / "eval.npz")
+    assert code == 0 and "PASSED on 6 samples" in out, err
+
+
 # ------------------------------------------------------------ bad inputs
 def test_truncated_h5(tmp_path, tiny_cnn_path):
     import tf_keras
