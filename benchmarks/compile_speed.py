@@ -55,6 +55,7 @@ def main() -> int:
     src = work / "mobilenetv2.keras"
     model.save(src)
     x = np.random.default_rng(0).standard_normal((1, args.size, args.size, 3)).astype(np.float32)
+    model(x)  # Keras's exporter refuses a model that has never been called
 
     def tapeout_compile() -> None:
         compile_model(src, ["onnx"], work / "tapeout", verify_artifacts=False)

@@ -200,7 +200,7 @@ def compile_model(
     summary = graph_summary(graph)
     summary["source_nodes"] = nodes_in
     report = CompileReport(source=info.to_json(), graph=summary, passes=piped.to_json(), data=data_info,
-                           outdir=str(outdir))
+                           outdir=str(outdir), notes=list(graph.metadata.get("notes", [])))
 
     parent = outdir.parent if outdir.parent != Path("") else Path(".")
     parent.mkdir(parents=True, exist_ok=True)

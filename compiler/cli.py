@@ -106,6 +106,8 @@ def print_compile_summary(report: Any, out: TextIO) -> None:
               f"-> {g['nodes']} after passes, {g['params']:,} params, {g['macs']:,} MACs")
     changed = [p["name"] for p in report.passes if p["changed"]]
     con.print(f"passes  {', '.join(changed) if changed else 'nothing to change'}")
+    for note in report.notes:
+        con.print(f"note    {note}", markup=False)
     d = report.data
     if d["kind"]:
         con.print(f"data    {d['kind']}, {d['samples']} samples" +

@@ -89,6 +89,7 @@ class CompileReport:
     data: dict[str, Any]
     targets: list[TargetReport] = field(default_factory=list)
     outdir: str = ""
+    notes: list[str] = field(default_factory=list)  # what the front end decided (batch, layouts, ...)
     tapeout_version: str = __version__
 
     @property
@@ -105,6 +106,7 @@ class CompileReport:
             "source": self.source,
             "graph": self.graph,
             "passes": self.passes,
+            "notes": self.notes,
             "data": self.data,
             "targets": [t.to_json(timings) for t in self.targets],
             "passed": self.passed,
