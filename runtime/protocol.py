@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from tapeout.runtime.errors import RuntimeInputError
+
 Dim = int | str | None
 
 
@@ -76,3 +78,34 @@ class Runner:
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+
+class FileRunner(Runner):
+    """A runner over a model file whose ``_open`` fills ``_specs`` and ``_outputs``.
+
+    Gives the protocol's spec queries and the one check every file runner makes on feeds.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._specs: list[IOSpec] = []
+        self._outputs: list[str] = []
+
+    def _label(self) -> str:
+        return str(getattr(self, "path", self.name))
+
+    def input_specs(self) -> list[IOSpec]:
+        self.open()
+        return list(self._specs)
+
+    def output_names(self) -> list[str]:
+        self.open()
+        return list(self._outputs)
+
+    def _typed_feeds(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The feeds in input order, cast to each input's dtype; one clear error for a missing one."""
+        missing = [s.name for s in self._specs if s.name not in feeds]
+        if missing:
+            raise RuntimeInputError(f"{self._label()}: no data for input(s) {', '.join(missing)}; "
+                                    f"the model takes {', '.join(s.name for s in self._specs)}")
+        return [np.asarray(feeds[s.name], dtype=s.dtype) for s in self._specs]

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from tapeout.runtime.errors import RuntimeInputError, RuntimeUnavailable, one_line
-from tapeout.runtime.protocol import IOSpec, Runner
+from tapeout.runtime.protocol import FileRunner, IOSpec
 
 LEGACY_SUFFIXES = (".h5", ".hdf5")
 
@@ -27,7 +27,7 @@ def _dtype_name(dtype: Any) -> str:
     return getattr(dtype, "name", None) or str(dtype)  # tf.DType (tf_keras) or str (Keras 3)
 
 
-class KerasRunner(Runner):
+class KerasRunner(FileRunner):
     name = "keras"
 
     def __init__(self, path: str | Path, weights: str | Path | None = None, safe_mode: bool = True) -> None:
@@ -37,8 +37,6 @@ class KerasRunner(Runner):
         self.safe_mode = safe_mode
         self._model: Any = None
         self._inputs: list[str] = []
-        self._outputs: list[str] = []
-        self._specs: list[IOSpec] = []
 
     # loading ---------------------------------------------------------------
     def _load(self) -> Any:
@@ -90,21 +88,8 @@ class KerasRunner(Runner):
     def _close(self) -> None:
         self._model = None
 
-    # protocol --------------------------------------------------------------
-    def input_specs(self) -> list[IOSpec]:
-        self.open()
-        return list(self._specs)
-
-    def output_names(self) -> list[str]:
-        self.open()
-        return list(self._outputs)
-
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = [n for n in self._inputs if n not in feeds]
-        if missing:
-            raise RuntimeInputError(f"{self.path}: no data for input(s) {', '.join(missing)}; "
-                                    f"the model takes {', '.join(self._inputs)}")
-        arrays = [np.asarray(feeds[s.name], dtype=s.dtype) for s in self._specs]
+        arrays = self._typed_feeds(feeds)
         # Calling the model directly: model.predict is slow and prints progress bars.
         try:
             result = self._model(arrays[0] if len(arrays) == 1 else arrays, training=False)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from tapeout.runtime.errors import RuntimeInputError, RuntimeUnavailable, one_line
-from tapeout.runtime.protocol import IOSpec, Runner
+from tapeout.runtime.protocol import FileRunner, IOSpec
 
 # onnxruntime type strings whose element name is not a NumPy dtype name.
 _ORT_DTYPES = {"float": "float32", "double": "float64"}
@@ -20,7 +20,7 @@ def _numpy_dtype(ort_type: str) -> str:
     return _ORT_DTYPES.get(elem, elem)
 
 
-class OnnxRuntimeRunner(Runner):
+class OnnxRuntimeRunner(FileRunner):
     name = "onnxruntime"
 
     def __init__(self, model: str | Path | bytes, providers: list[str] | None = None) -> None:
@@ -28,8 +28,6 @@ class OnnxRuntimeRunner(Runner):
         self.model = model
         self.providers = providers or ["CPUExecutionProvider"]
         self._session: Any = None
-        self._specs: list[IOSpec] = []
-        self._outputs: list[str] = []
 
     def _label(self) -> str:
         return "ONNX model bytes" if isinstance(self.model, bytes) else str(self.model)
@@ -55,20 +53,8 @@ class OnnxRuntimeRunner(Runner):
     def _close(self) -> None:
         self._session = None
 
-    def input_specs(self) -> list[IOSpec]:
-        self.open()
-        return list(self._specs)
-
-    def output_names(self) -> list[str]:
-        self.open()
-        return list(self._outputs)
-
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = [s.name for s in self._specs if s.name not in feeds]
-        if missing:
-            raise RuntimeInputError(f"{self._label()}: no data for input(s) {', '.join(missing)}; "
-                                    f"the model takes {', '.join(s.name for s in self._specs)}")
-        cast = {s.name: np.asarray(feeds[s.name], dtype=s.dtype) for s in self._specs}
+        cast = dict(zip([s.name for s in self._specs], self._typed_feeds(feeds)))
         try:
             results = self._session.run(self._outputs, cast)
         except Exception as exc:  # shape/type errors from the data come back as untyped runtime errors
