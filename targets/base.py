@@ -12,7 +12,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from tapeout.compiler.ir import Graph
+from tapeout.runtime.compare import Tolerance
 from tapeout.runtime.protocol import Runner
+
+# Quantized artifacts are judged like a classifier's user would judge them (cosine and top-1
+# agreement with the source), not elementwise: int8 rounding moves every logit a little.
+QUANTIZED_TOLERANCE = Tolerance(min_cosine=0.99, min_top1_agreement=0.99)
 
 
 @dataclass
@@ -33,6 +38,20 @@ class Target:
     def __init__(self, variant: str | None = None, **options: Any) -> None:
         self.variant = variant or self.default_variant
         self.options = options
+
+    @classmethod
+    def quant_scheme(cls, variant: str) -> str | None:
+        """The quantization scheme ``variant`` consumes ("int8", "int16x8", "fp16"), None for float.
+
+        The compiler runs the quantize pass with it (calibrating first when activations are
+        quantized) and hands ``emit`` the annotated graph; see docs/quantization.md.
+        """
+        return None
+
+    @classmethod
+    def default_tolerance(cls, variant: str) -> Tolerance | None:
+        """How ``variant``'s artifact is verified when the user gives no --atol/--rtol; None: elementwise defaults."""
+        return QUANTIZED_TOLERANCE if cls.quant_scheme(variant) in ("int8", "int16x8") else None
 
     @classmethod
     def missing_requirements(cls) -> list[str]:
