@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from tapeout.compiler.errors import DataError
@@ -56,19 +58,29 @@ def _last_uses(graph: Graph) -> dict[int, list[str]]:
     return out
 
 
-def run(graph: Graph, feeds: dict[str, np.ndarray], *, keep_intermediates: bool = False) -> dict[str, np.ndarray]:
+ValueHook = Callable[[str, np.ndarray], np.ndarray]
+
+
+def run(graph: Graph, feeds: dict[str, np.ndarray], *, keep_intermediates: bool = False,
+        value_hook: ValueHook | None = None) -> dict[str, np.ndarray]:
     """Run ``graph`` on ``feeds``; return its outputs by name.
 
     With ``keep_intermediates`` every computed value (graph inputs and node outputs,
     not constants) is returned by name in execution order; otherwise values are
     dropped as soon as their last consumer has run, to bound memory.
+
+    ``value_hook(name, array)`` is called on every graph input and node output as soon
+    as it exists; what it returns replaces the value. Calibration uses it to observe
+    ranges without keeping every tensor; quantization simulation to round values.
     """
     env: dict[str, np.ndarray] = dict(_validated_feeds(graph, feeds))
+    if value_hook is not None:
+        env = {k: value_hook(k, v) for k, v in env.items()}
     frees = {} if keep_intermediates else _last_uses(graph)
     for idx, node in enumerate(graph.nodes):
         args = [(graph.constants[i] if i in graph.constants else env[i]) if i else None for i in node.inputs]
         for o, v in zip(node.outputs, eval_node(node, args)):
-            env[o] = v
+            env[o] = v if value_hook is None else value_hook(o, v)
         for value in frees.get(idx, ()):
             env.pop(value, None)
     if keep_intermediates:

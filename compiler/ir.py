@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy as _copy
 from dataclasses import dataclass, field
+from dataclasses import replace as _dc_replace
 from typing import Any, Iterator
 
 import numpy as np
@@ -74,6 +75,73 @@ class Activation:
 LINEAR = Activation()
 
 
+@dataclass(frozen=True)
+class TensorQuant:
+    """How one value or constant is quantized: written by the quantize pass, read by every
+    quantized back end (TFLite, ONNX QDQ, TensorRT, hls4ml), so they all share one calibration.
+
+    Integer dtypes: ``real = (q - zero_point) * scale`` with ``q`` clamped to ``[qmin, qmax]``.
+    ``scale``/``zero_point`` hold one entry (per-tensor) or one per channel along ``axis``
+    (an axis of the IR's channels-last tensor). ``rmin``/``rmax`` are the float range the
+    parameters came from (per channel when per-channel). "float16" has no scale: the value is
+    stored in half precision. See docs/quantization.md.
+    """
+
+    dtype: str  # "int8", "int16", "int32"/"int64" (biases), "float16"
+    role: str  # "activation", "weight", "bias" or "constant" (another constant operand)
+    scale: tuple[float, ...] = ()
+    zero_point: tuple[int, ...] = ()
+    axis: int | None = None
+    qmin: int = 0
+    qmax: int = 0
+    rmin: tuple[float, ...] = ()
+    rmax: tuple[float, ...] = ()
+
+    @property
+    def is_integer(self) -> bool:
+        return self.dtype.startswith("int")
+
+    @property
+    def per_channel(self) -> bool:
+        return self.axis is not None
+
+    def __str__(self) -> str:
+        if not self.is_integer:
+            return f"{self.role} {self.dtype} range=[{_g(min(self.rmin, default=0))}, {_g(max(self.rmax, default=0))}]"
+        if self.per_channel:
+            return (f"{self.role} {self.dtype}[{self.qmin}, {self.qmax}] per-channel axis={self.axis} "
+                    f"({len(self.scale)} scales in [{_g(min(self.scale))}, {_g(max(self.scale))}])")
+        return (f"{self.role} {self.dtype}[{self.qmin}, {self.qmax}] scale={_g(self.scale[0])} "
+                f"zero_point={self.zero_point[0]} range=[{_g(self.rmin[0])}, {_g(self.rmax[0])}]")
+
+
+@dataclass
+class Quantization:
+    """The quantize pass's annotations for one scheme ("int8", "int16x8", "fp16")."""
+
+    scheme: str
+    tensors: dict[str, TensorQuant] = field(default_factory=dict)  # value or constant name -> params
+    float_nodes: tuple[str, ...] = ()  # nodes kept in float (excluded by name)
+
+    def of(self, name: str) -> TensorQuant | None:
+        return self.tensors.get(name)
+
+
+@dataclass
+class Calibration:
+    """Activation ranges measured by ``tapeout.compiler.calibration`` on calibration data."""
+
+    method: str  # "minmax", "percentile" or "entropy"
+    data: str  # "calibration" (the user's file) or "synthetic"
+    samples: int
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # value -> (min, max) chosen
+    percentile: float | None = None  # for method "percentile"
+
+    def describe(self) -> str:
+        how = f"percentile {self.percentile:g}" if self.method == "percentile" else self.method
+        return f"{how} on {self.samples} {self.data} samples"
+
+
 @dataclass
 class Node:
     op: str
@@ -104,6 +172,10 @@ class Graph:
     # "NWC", "NCW", "NC", ...), so artifacts can keep the user's I/O convention.
     io_layouts: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
+    # Activation ranges from calibration; None until calibrated (tapeout.compiler.calibration).
+    calibration: Calibration | None = None
+    # Quantization annotations; None until the quantize pass ran (tapeout.compiler.passes.quantize).
+    quant: Quantization | None = None
 
     # ----------------------------------------------------------------- queries
     def type_of(self, value: str) -> TensorType:
@@ -160,6 +232,9 @@ class Graph:
             types=dict(self.types),
             io_layouts=dict(self.io_layouts),
             metadata=dict(self.metadata),
+            calibration=None if self.calibration is None else _dc_replace(
+                self.calibration, ranges=dict(self.calibration.ranges)),
+            quant=None if self.quant is None else _dc_replace(self.quant, tensors=dict(self.quant.tensors)),
         )
 
     def add_constant(self, base: str, array: np.ndarray) -> str:
@@ -201,6 +276,8 @@ class Graph:
         self.constants = {k: v for k, v in self.constants.items() if k in used}
         live = used | {o for n in self.nodes for o in n.outputs} | set(self.inputs)
         self.types = {k: v for k, v in self.types.items() if k in live}
+        if self.quant is not None:
+            self.quant.tensors = {k: v for k, v in self.quant.tensors.items() if k in live}
 
     # -------------------------------------------------------- shapes and checks
     def infer_shapes(self) -> None:
@@ -245,6 +322,13 @@ class Graph:
         for o in self.outputs:
             if o not in defined:
                 raise IRError(f"graph output {o!r} is not produced by any node")
+        if self.quant is not None:
+            for name in self.quant.tensors:
+                if name not in defined:
+                    raise IRError(f"quantization annotation for {name!r}, which is not a value of the graph")
+            for name in self.quant.float_nodes:
+                if name not in names:
+                    raise IRError(f"node {name!r} is marked float but is not in the graph")
 
     # ------------------------------------------------------------------- dumps
     def dump(self) -> str:
@@ -261,6 +345,10 @@ class Graph:
             lines.append(f"    {outs} = {n.op}({args}){' {' + attrs + '}' if attrs else ''}  # {n.name}")
         lines.append(f"    return {', '.join(self.outputs)}")
         lines.append("}")
+        if self.calibration is not None:
+            lines.append(f"calibration: {self.calibration.describe()}")
+        if self.quant is not None:
+            lines.extend(_dump_quant(self))
         return "\n".join(lines)
 
 
@@ -273,3 +361,25 @@ def _fmt_input(g: Graph, name: str) -> str:
 
 def _fmt_attr(v: Any) -> str:
     return str(v) if isinstance(v, Activation) else repr(v)
+
+
+def _g(x: float) -> str:
+    return f"{x:.6g}"
+
+
+def _dump_quant(g: Graph) -> list[str]:
+    """The annotations in graph order: inputs, then each node's constants and outputs."""
+    q = g.quant
+    assert q is not None
+    order = list(g.inputs) + [v for n in g.nodes for v in [*n.inputs, *n.outputs] if v]
+    seen: set[str] = set()
+    lines = [f"quant {q.scheme} {{"]
+    for name in order:
+        if name in seen or name not in q.tensors:
+            continue
+        seen.add(name)
+        lines.append(f"    {name}: {q.tensors[name]}")
+    if q.float_nodes:
+        lines.append(f"    kept float: {', '.join(q.float_nodes)}")
+    lines.append("}")
+    return lines
