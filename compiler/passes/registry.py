@@ -6,6 +6,7 @@ from tapeout.compiler.passes.base import Pass
 from tapeout.compiler.passes.canonicalize import Canonicalize, FoldConstants, MergePad, RemoveDead, RemoveIdentity
 from tapeout.compiler.passes.fuse import Fuse, FuseActivation, FuseBatchNorm, FuseReshapeTranspose
 from tapeout.compiler.passes.pipeline import Pipeline
+from tapeout.compiler.passes.quantize import Quantize, SplitActivations
 
 PASSES: dict[str, type[Pass]] = {
     "canonicalize": Canonicalize,
@@ -17,6 +18,9 @@ PASSES: dict[str, type[Pass]] = {
     "fuse-batch-norm": FuseBatchNorm,
     "fuse-activation": FuseActivation,
     "fuse-reshape-transpose": FuseReshapeTranspose,
+    # Quantization (run by compile_model for quantized targets, not in the default pipeline).
+    "split-activations": SplitActivations,
+    "quantize": Quantize,
 }
 
 
