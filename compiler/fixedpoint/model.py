@@ -176,7 +176,8 @@ def run_fixed(graph: Graph, plan: PrecisionPlan, feeds: dict[str, np.ndarray], *
     """Run ``graph`` as hls4ml's C++ would with ``plan``'s types.
 
     Returns the graph outputs by name, or with ``keep_intermediates`` every layer's output
-    keyed by hls layer name (plus the graph inputs by name).
+    keyed by hls layer name (plus the graph inputs, by name) instead: a layer may share its
+    name with an IR value, so the two are never mixed in one dict.
     """
     alias = _alias_map(graph)
     env: dict[str, Fx] = {}
@@ -189,14 +190,13 @@ def run_fixed(graph: Graph, plan: PrecisionPlan, feeds: dict[str, np.ndarray], *
         env[layer.output] = y
         if keep_intermediates:
             trace[layer.name] = y
+    if keep_intermediates:
+        return trace
     outs: dict[str, Fx] = {}
     for o in graph.outputs:
         src = env[alias.get(o, o)]
         shape = (src.raw.shape[0], *(d for d in graph.types[o].shape[1:])) if o in graph.types else src.raw.shape
         outs[o] = Fx(src.raw.reshape(shape), src.type)
-    if keep_intermediates:
-        trace.update(outs)
-        return trace
     return outs
 
 

@@ -1,0 +1,111 @@
+"""Run an hls4ml project's C simulation: its compiled bridge library, through ctypes.
+
+The library (``firmware/myproject-<stamp>.so``, built by the project's ``build_lib.sh``)
+exports ``myproject_double(in..., out...)`` taking flat double arrays for one sample, and the
+trace hooks ``allocate_trace_storage`` / ``collect_trace_output`` / ``free_trace_storage``.
+This is what hls4ml's ``predict`` calls; here it needs only NumPy and the manifest the
+target wrote (``tapeout_csim.json``), not TensorFlow or hls4ml. With ``build=True`` a
+missing library is built with g++ first.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tapeout.runtime.errors import RuntimeInputError, RuntimeUnavailable
+from tapeout.runtime.protocol import FileRunner, IOSpec
+
+MANIFEST = "tapeout_csim.json"
+
+
+class _TraceData(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("data", ctypes.c_void_p)]
+
+
+class Hls4mlCsimRunner(FileRunner):
+    name = "hls4ml-csim"
+
+    def __init__(self, project: str | Path, *, build: bool = True) -> None:
+        super().__init__()
+        self.path = Path(project)
+        self.build = build
+        self._lib: ctypes.CDLL | None = None
+        self._manifest: dict[str, Any] = {}
+        self._out_shapes: list[tuple[int, ...]] = []
+
+    # ------------------------------------------------------------ lifecycle
+    def _open(self) -> None:
+        mf = self.path / MANIFEST
+        if not mf.is_file():
+            raise RuntimeInputError(f"{self.path}: not an hls4ml project written by tapeout (no {MANIFEST})")
+        self._manifest = json.loads(mf.read_text())
+        lib = self.path / self._manifest["library"]
+        if not lib.is_file():
+            if not self.build:
+                raise RuntimeUnavailable(f"{lib}: C-simulation library not built (run {self._manifest['build']})")
+            proc = subprocess.run(["bash", self._manifest["build"]], cwd=self.path, capture_output=True, text=True)
+            if proc.returncode != 0 or not lib.is_file():
+                raise RuntimeUnavailable(f"{self.path}: building the C simulation failed (needs g++): "
+                                         + " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-3:]))
+        self._lib = ctypes.CDLL(str(lib.resolve()))
+        proj = self._manifest["project"]
+        fn = getattr(self._lib, f"{proj}_double")
+        n_io = len(self._manifest["inputs"]) + len(self._manifest["outputs"])
+        fn.argtypes = [np.ctypeslib.ndpointer(np.float64, flags="C_CONTIGUOUS")] * n_io
+        fn.restype = None
+        self._fn = fn
+        self._specs = [IOSpec(i["name"], ("N", *i["shape"]), "float32") for i in self._manifest["inputs"]]
+        self._outputs = [o["name"] for o in self._manifest["outputs"]]
+        self._out_shapes = [tuple(o["shape"]) for o in self._manifest["outputs"]]
+
+    def _close(self) -> None:
+        self._lib = None
+
+    # ----------------------------------------------------------------- run
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.run(feeds)[0]
+
+    def run(self, feeds: dict[str, np.ndarray], *, trace: bool = False
+            ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Outputs by name and, with ``trace``, every traced layer's output by hls4ml layer name."""
+        self.open()
+        xs = [np.asarray(a, np.float64) for a in self._typed_feeds(feeds)]
+        n = xs[0].shape[0] if xs else 0
+        for s, x in zip(self._specs, xs):
+            want = tuple(int(d) for d in s.shape[1:])
+            if x.shape[1:] != want or x.shape[0] != n:
+                raise RuntimeInputError(f"input {s.name!r} has shape {x.shape}, expected (N, {', '.join(map(str, want))})"
+                                        f" with the same N for every input")
+        flat = [np.ascontiguousarray(x.reshape(n, -1)) for x in xs]
+        outs = [np.zeros((n, int(np.prod(shp))), np.float64) for shp in self._out_shapes]
+        layers = [(t["name"], int(t["size"])) for t in self._manifest.get("trace", [])] if trace else []
+        traces = {name: np.zeros((n, size), np.float64) for name, size in layers}
+        assert self._lib is not None
+        if trace:
+            self._lib.allocate_trace_storage(ctypes.c_size_t(8))
+        try:
+            buf = (_TraceData * len(layers))()
+            for i in range(n):
+                row_out = [np.zeros(o.shape[1], np.float64) for o in outs]
+                self._fn(*[f[i] for f in flat], *row_out)
+                for o, r in zip(outs, row_out):
+                    o[i] = r
+                if trace:
+                    self._lib.collect_trace_output(buf)
+                    sizes = dict(layers)
+                    for entry in buf:
+                        name = entry.name.decode()
+                        if name in traces:
+                            ptr = ctypes.cast(entry.data, ctypes.POINTER(ctypes.c_double))
+                            traces[name][i] = np.ctypeslib.as_array(ptr, shape=(sizes[name],))
+        finally:
+            if trace:
+                self._lib.free_trace_storage()
+        result = {name: o.reshape(n, *shp) for name, o, shp in zip(self._outputs, outs, self._out_shapes)}
+        return result, traces

@@ -1,0 +1,86 @@
+"""Write an hls4ml project deterministically and build its C-simulation library.
+
+hls4ml's writer puts a random stamp (the library's file name) and absolute paths (the output
+folder, the Keras model) into ``build_lib.sh`` and ``hls4ml_config.yml``; they are replaced by
+fixed, relative values so two builds of the same model are byte-identical and the folder can be
+moved. ``tapeout_csim.json`` tells the C-simulation runner what the library computes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from tapeout.compiler.errors import MissingToolError, UsageError
+from tapeout.compiler.quiet import captured_output
+from tapeout.targets.hls4ml.config import BACKENDS, PROJECT
+
+STAMP = "tapeout"
+MANIFEST = "tapeout_csim.json"
+
+
+def convert(keras_model: Any, config: dict[str, Any], outdir: Path, *, variant: str, part: str,
+            clock_period: float, io_type: str, trace: bool = True) -> Any:
+    """hls4ml's ModelGraph for ``keras_model`` (its printing captured), written into ``outdir``."""
+    with captured_output():
+        import hls4ml
+
+        model = hls4ml.converters.convert_from_keras_model(
+            keras_model, hls_config=config, output_dir=str(outdir), project_name=PROJECT,
+            backend=BACKENDS[variant], part=part, clock_period=clock_period, io_type=f"io_{io_type}")
+        # Trace hooks are compiled in only when the model-level flag is set (it is not read from
+        # hls_config); they sit behind #ifndef __SYNTHESIS__ and cost nothing in hardware.
+        model.config.trace_output = trace
+        model.write()
+    make_deterministic(outdir)
+    return model
+
+
+def make_deterministic(outdir: Path) -> None:
+    """Replace the random stamp and absolute paths hls4ml writes with fixed, relative ones."""
+    for path in sorted(p for p in outdir.rglob("*") if p.is_file() and p.suffix in ("", ".sh", ".yml", ".tcl", ".cpp",
+                                                                                      ".h", ".txt", ".json", ".py")):
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        new = re.sub(r"(LIB_STAMP=)\w+", rf"\g<1>{STAMP}", text)
+        new = re.sub(r"(?m)^Stamp: \w+$", f"Stamp: {STAMP}", new)
+        new = re.sub(r"(?m)^OutputDir: .*$", "OutputDir: .", new)
+        new = re.sub(r"(?m)^(KerasModel: !keras_model )'.*?([^/']+)'$", r"\1'\2'", new)
+        new = new.replace(str(outdir.resolve()), ".").replace(str(outdir), ".")
+        if new != text:
+            path.write_text(new)
+
+
+def library_path(project: Path) -> Path:
+    return project / "firmware" / f"{PROJECT}-{STAMP}.so"
+
+
+def build_csim(project: Path) -> Path:
+    """Compile the C-simulation bridge library with the project's own build_lib.sh (g++)."""
+    script = project / "build_lib.sh"
+    if not script.is_file():
+        raise UsageError(f"{project}: no build_lib.sh; this back end has no g++ C simulation")
+    try:
+        proc = subprocess.run(["bash", "build_lib.sh"], cwd=project, capture_output=True, text=True)
+    except FileNotFoundError as e:  # pragma: no cover - bash is everywhere tapeout runs
+        raise MissingToolError(f"cannot run build_lib.sh: {e}") from None
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+        raise MissingToolError(f"C-simulation build failed in {project}: " + " | ".join(tail))
+    lib = library_path(project)
+    if not lib.is_file():
+        raise MissingToolError(f"C-simulation build wrote no {lib.name}")
+    return lib
+
+
+def write_manifest(project: Path, *, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]],
+                   trace: list[dict[str, Any]]) -> None:
+    """What the runner needs without hls4ml: the library, I/O names and shapes, traced layers."""
+    data = {"project": PROJECT, "library": str(library_path(project).relative_to(project)), "build": "build_lib.sh",
+            "inputs": inputs, "outputs": outputs, "trace": trace}
+    (project / MANIFEST).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
