@@ -42,7 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="repeatable; `tapeout targets` lists them (onnx = onnx:fp32)")
     c.add_argument("-o", "--output", dest="outdir", metavar="OUTDIR", required=True,
                    help="artifacts go to OUTDIR/TARGET-VARIANT/, the report to OUTDIR/report.json")
-    c.add_argument("--calibration", metavar="DATA", help=".npz/.npy calibration inputs, or 'synthetic'")
+    c.add_argument("--calibration", metavar="DATA",
+                   help=".npz/.npy calibration inputs for quantized targets (int8 needs them), or 'synthetic' "
+                        "for random inputs (the report says so)")
+    c.add_argument("--calibration-method", choices=("minmax", "percentile", "entropy"), default="minmax",
+                   help="how activation ranges are chosen from the calibration data (default minmax)")
+    c.add_argument("--percentile", type=float, metavar="P",
+                   help="with --calibration-method percentile: keep the (100-P)..P percentiles (default 99.99)")
+    c.add_argument("--keep-float", action="append", default=[], metavar="LAYER",
+                   help="leave this layer in float in quantized targets (repeatable)")
     c.add_argument("--eval", dest="eval_data", metavar="DATA", help=".npz with inputs and optional labels y")
     _tolerance_flags(c)
     c.add_argument("--no-verify", action="store_true", help="emit artifacts without running them")
@@ -112,6 +120,16 @@ def print_compile_summary(report: Any, out: TextIO) -> None:
     if d["kind"]:
         con.print(f"data    {d['kind']}, {d['samples']} samples" +
                   (" (synthetic inputs: no --eval or --calibration data given)" if d["kind"] == "synthetic" else ""))
+    for t in report.targets:
+        q = t.extra.get("quantization")
+        if q:
+            cal = q["calibration"]
+            how = "no calibration"
+            if cal:
+                method = f"percentile {cal['percentile']:g}" if cal["method"] == "percentile" else cal["method"]
+                how = f"calibration {method} on {cal['samples']} {cal['data']} samples"
+            kept = f", kept float: {', '.join(q['float_layers'])}" if q["float_layers"] else ""
+            con.print(f"quant   {t.target}:{t.variant} {q['scheme']}, {how}{kept}", markup=False)
     table = Table(title=None, show_edge=False)
     for col in ("target", "artifact", "size", "seconds", "verified", "max abs err", "cosine", "top-1 agree",
                 "accuracy src/art"):
@@ -171,7 +189,9 @@ def _cmd_compile(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     with status, captured_output(enabled=not args.debug):
         report = compile_model(args.model, args.targets, args.outdir, weights=args.weights,
                                calibration=args.calibration, eval_data=args.eval_data, atol=args.atol,
-                               rtol=args.rtol, verify_artifacts=not args.no_verify,
+                               rtol=args.rtol, calibration_method=args.calibration_method,
+                               percentile=args.percentile, keep_float=args.keep_float,
+                               verify_artifacts=not args.no_verify,
                                timings=not args.no_timings, progress=status.update)
     if args.json:
         out.write(report.dumps(timings=not args.no_timings))
