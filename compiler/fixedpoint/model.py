@@ -171,6 +171,14 @@ def eval_layer(graph: Graph, layer: HlsLayer, lp: LayerPrecision, args: list[Fx]
     raise FixedTypeError(f"layer {layer.name!r}: kind {kind!r} is not modelled")  # pragma: no cover
 
 
+def _shaped(x: Fx, graph: Graph, value: str) -> Fx:
+    """``x`` in the shape of IR value ``value`` (a flatten/reshape only reinterprets the array)."""
+    t = graph.types.get(value)
+    if t is None or tuple(x.raw.shape[1:]) == tuple(t.shape[1:]):
+        return x
+    return Fx(x.raw.reshape(x.raw.shape[0], *(int(d) for d in t.shape[1:])), x.type)
+
+
 def run_fixed(graph: Graph, plan: PrecisionPlan, feeds: dict[str, np.ndarray], *,
               keep_intermediates: bool = False) -> dict[str, Fx]:
     """Run ``graph`` as hls4ml's C++ would with ``plan``'s types.
@@ -185,7 +193,7 @@ def run_fixed(graph: Graph, plan: PrecisionPlan, feeds: dict[str, np.ndarray], *
         env[i] = Fx.of(np.asarray(feeds[i], np.float64), plan.inputs[i])
     trace: dict[str, Fx] = dict(env) if keep_intermediates else {}
     for layer in hls_layers(graph):
-        args = [env[alias.get(v, v)] for v in layer.inputs]
+        args = [_shaped(env[alias.get(v, v)], graph, v) for v in layer.inputs]
         y = eval_layer(graph, layer, plan.of(layer.name), args)
         env[layer.output] = y
         if keep_intermediates:
