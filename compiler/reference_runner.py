@@ -9,22 +9,57 @@ from tapeout.compiler.ir import Graph
 from tapeout.runtime.protocol import IOSpec, Runner
 
 
+def _channels_first(layout: str | None, rank: int) -> bool:
+    """Source layouts such as NCHW/NCW (channel axis 1) on tensors with spatial axes."""
+    return rank >= 3 and bool(layout) and len(layout) >= 3 and layout[1] == "C"
+
+
+def _to_source(rank: int) -> list[int]:
+    return [0, rank - 1, *range(1, rank - 1)]  # [N, *S, C] -> [N, C, *S]
+
+
+def _to_ir(rank: int) -> list[int]:
+    return [0, *range(2, rank), 1]  # [N, C, *S] -> [N, *S, C]
+
+
 class ReferenceRunner(Runner):
+    """The interpreter as a runner.
+
+    With ``source_layout=True`` inputs are taken and outputs returned in the source
+    model's layout recorded in ``graph.io_layouts`` (NCHW for most ONNX models), so the
+    results compare directly with the source's runtime; by default tensors are in the
+    IR's channels-last layout.
+    """
+
     name = "reference"
 
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, *, source_layout: bool = False) -> None:
         super().__init__()
         self.graph = graph
+        self.source_layout = source_layout
+
+    def _transposed(self, value: str) -> bool:
+        rank = self.graph.type_of(value).rank
+        return self.source_layout and _channels_first(self.graph.io_layouts.get(value), rank)
 
     def input_specs(self) -> list[IOSpec]:
         specs = []
         for i in self.graph.inputs:
             t = self.graph.types[i]
-            specs.append(IOSpec(i, tuple(t.shape), t.dtype))
+            shape = tuple(t.shape)
+            if self._transposed(i):
+                shape = tuple(shape[a] for a in _to_source(len(shape)))
+            specs.append(IOSpec(i, shape, t.dtype))
         return specs
 
     def output_names(self) -> list[str]:
         return list(self.graph.outputs)
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return interpreter.run(self.graph, feeds)
+        if self.source_layout:
+            feeds = {k: np.transpose(v, _to_ir(np.ndim(v))) if k in self.graph.inputs and self._transposed(k)
+                     else v for k, v in feeds.items()}
+        out = interpreter.run(self.graph, feeds)
+        if self.source_layout:
+            out = {k: np.transpose(v, _to_source(v.ndim)) if self._transposed(k) else v for k, v in out.items()}
+        return out

@@ -1,0 +1,153 @@
+"""Handlers for shape ops: Flatten, Reshape, Squeeze, Unsqueeze, Transpose, Concat.
+
+A Transpose moves no data: it only changes how the IR tensor maps to ONNX axes, so
+pairs of transposes cancel and a transpose before a conv is absorbed. A reshape moves
+data only when ``plan_reshape`` says the element order really changes (channel
+shuffle); a flatten of a channels-last tensor stays flattened in IR order until a
+consumer needs ONNX order (a dense layer never does: it permutes its weight rows).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Sequence
+
+import numpy as np
+
+from tapeout.compiler.frontends.onnx_context import Bound, Context, Handler, OnnxNode, Value, registrar
+from tapeout.compiler.frontends.onnx_layout import Layout, after_transpose, plan_reshape, reshape_target
+
+HANDLERS: dict[str, Handler] = {}
+handles = registrar(HANDLERS)
+
+
+def reshape(ctx: Context, x: Value, dst: Sequence[int], name: str) -> Value:
+    """``x`` reshaped to the ONNX shape ``dst`` (batch at axis 0, as ``ctx.batch``)."""
+    src = ctx.onnx_shape(x)
+    dst = tuple(int(d) for d in dst)
+    if not dst or dst[0] != ctx.batch:
+        raise ctx.fail(f"reshapes {list(src)} to {list(dst)}, which changes the batch axis "
+                       f"(its first dimension must stay {ctx.batch})")
+    if x.layout.flat is not None:
+        if dst == src:
+            return x
+        x = ctx.unflat(x)
+    plan = plan_reshape(src, x.layout.perm, dst)
+    if plan.flatten:
+        return ctx.flatten(x, name)
+    if plan.before is not None:
+        x = ctx.with_perm(x, plan.before)
+    return ctx.reshape_to(x, plan.after, dst, name)
+
+
+@handles("Reshape")
+def _reshape(ctx: Context, n: OnnxNode) -> list[Bound]:
+    x = ctx.value(0)
+    target = ctx.need_const(1, "shape")
+    src = ctx.onnx_shape(x)
+    allowzero = bool(int(n.attr("allowzero", 0)))
+    try:
+        dst = reshape_target(src, [int(d) for d in np.asarray(target).reshape(-1)], allowzero)
+    except ValueError as e:
+        raise ctx.fail(str(e)) from None
+    return [reshape(ctx, x, dst, n.outputs[0])]
+
+
+@handles("Flatten")
+def _flatten(ctx: Context, n: OnnxNode) -> list[Bound]:
+    x = ctx.value(0)
+    src = ctx.onnx_shape(x)
+    rank = len(src)
+    axis = int(n.attr("axis", 1))
+    axis = axis + rank if axis < 0 else axis
+    if not 0 <= axis <= rank:
+        raise ctx.fail(f"axis {axis} is out of range for rank {rank}")
+    if axis == 0:
+        if ctx.fixed_batch != 1:
+            raise ctx.fail("axis 0 flattens the whole batch into one row; only a model with a fixed batch "
+                           "of 1 can do that")
+        ctx.note(f"Flatten {n.label!r} has axis 0, which ties the model to batch 1; it is imported as a "
+                 "per-sample flatten, identical at batch 1 (run the compiled model at batch 1 to keep "
+                 "the source's meaning)")
+        ctx.tied_batch = True
+    elif math.prod(src[1:axis]) != 1:
+        raise ctx.fail(f"axis {axis} merges the batch with axes 1..{axis - 1}; not supported")
+    return [reshape(ctx, x, (src[0], math.prod(src[max(axis, 1):])), n.outputs[0])]
+
+
+def _axes(ctx: Context, n: OnnxNode, rank: int) -> list[int] | None:
+    raw = n.attr("axes") if ctx.opset < 13 else ctx.const(1)
+    if ctx.opset >= 13 and ctx.has(1) and raw is None:
+        raise ctx.fail("axes (input 1) must be a constant")
+    if raw is None:
+        return None
+    return sorted(ctx.axis(int(a), rank) for a in np.asarray(raw, np.int64).reshape(-1))
+
+
+@handles("Squeeze")
+def _squeeze(ctx: Context, n: OnnxNode) -> list[Bound]:
+    x = ctx.value(0)
+    src = ctx.onnx_shape(x)
+    axes = _axes(ctx, n, len(src))
+    if axes is None:
+        if ctx.fixed_batch == 1:
+            raise ctx.fail("squeezing every unit axis would remove the batch axis of this batch-1 model; "
+                           "give explicit axes")
+        axes = [a for a in range(1, len(src)) if src[a] == 1]
+    if 0 in axes:
+        raise ctx.fail("removing the batch axis is not supported")
+    if any(src[a] != 1 for a in axes):
+        raise ctx.fail(f"axes {axes} of shape {list(src)} are not all of size 1")
+    dst = [d for a, d in enumerate(src) if a not in axes]
+    return [reshape(ctx, x, dst, n.outputs[0])]
+
+
+@handles("Unsqueeze")
+def _unsqueeze(ctx: Context, n: OnnxNode) -> list[Bound]:
+    x = ctx.value(0)
+    src = list(ctx.onnx_shape(x))
+    raw = n.attr("axes") if ctx.opset < 13 else ctx.need_const(1, "axes")
+    rank = len(src) + len(np.asarray(raw).reshape(-1))
+    axes = sorted(ctx.axis(int(a), rank) for a in np.asarray(raw, np.int64).reshape(-1))
+    if 0 in axes:
+        raise ctx.fail("inserting an axis before the batch axis is not supported")
+    for a in axes:
+        src.insert(a, 1)
+    return [reshape(ctx, x, src, n.outputs[0])]
+
+
+@handles("Transpose")
+def _transpose(ctx: Context, n: OnnxNode) -> list[Bound]:
+    x = ctx.value(0)
+    rank = x.layout.rank
+    perm = [int(p) for p in (n.attr("perm") or range(rank - 1, -1, -1))]
+    if sorted(perm) != list(range(rank)):
+        raise ctx.fail(f"perm {perm} is not a permutation of {rank} axes")
+    if perm[0] != 0:
+        raise ctx.fail(f"perm {perm} moves the batch axis; not supported")
+    if perm == list(range(rank)):
+        return [x]
+    x = ctx.unflat(x)
+    return [Value(x.ir, Layout(after_transpose(x.layout.perm, perm)))]
+
+
+@handles("Concat")
+def _concat(ctx: Context, n: OnnxNode) -> list[Bound]:
+    names = [i for i in n.inputs if i]
+    bound = [ctx.bound(name) for name in names]
+    if any(isinstance(b, np.ndarray) for b in bound):
+        raise ctx.fail("concatenating a constant with computed values is not supported (it would need a copy "
+                       "per sample)")
+    values = [ctx.unflat(b) for b in bound]
+    rank = values[0].layout.rank
+    if any(v.layout.rank != rank for v in values):
+        raise ctx.fail("inputs have different ranks")
+    axis = ctx.axis(int(n.attr("axis")), rank)
+    if axis == 0:
+        raise ctx.fail("concatenating along the batch axis is not supported")
+    if len(values) == 1:
+        return [values[0]]
+    perm = Counter(v.layout.perm for v in values).most_common(1)[0][0]
+    ins = [ctx.with_perm(v, perm).ir for v in values]
+    return [Value(ctx.emit("concat", ins, n.outputs[0], axis=perm.index(axis)), Layout(perm))]
