@@ -53,11 +53,32 @@ class OnnxRuntimeRunner(FileRunner):
     def _close(self) -> None:
         self._session = None
 
-    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        cast = dict(zip([s.name for s in self._specs], self._typed_feeds(feeds)))
+    def _run(self, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
+        cast = dict(zip([s.name for s in self._specs], arrays))
         try:
             results = self._session.run(self._outputs, cast)
         except Exception as exc:  # shape/type errors from the data come back as untyped runtime errors
             raise RuntimeInputError(f"{self._label()}: onnxruntime could not run these inputs "
                                     f"({one_line(exc)})") from None
         return dict(zip(self._outputs, results))
+
+    def _fixed_batch(self) -> int | None:
+        """The static batch (dim 0) every input shares, for models exported with a fixed batch."""
+        dims = {s.shape[0] for s in self._specs if s.shape}
+        return dims.pop() if len(dims) == 1 and all(isinstance(d, int) for d in dims) else None
+
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        arrays = self._typed_feeds(feeds)
+        fixed = self._fixed_batch()
+        count = arrays[0].shape[0] if arrays and arrays[0].ndim else None
+        if fixed is None or count is None or count == fixed:
+            return self._run(arrays)
+        # A fixed-batch model (a batch-1 export, say) fed another number of samples: run it
+        # `fixed` samples at a time, padding the last chunk with copies of its last sample.
+        parts: list[dict[str, np.ndarray]] = []
+        for start in range(0, count, fixed):
+            chunk = [a[start:start + fixed] for a in arrays]
+            real = chunk[0].shape[0]
+            chunk = [np.concatenate([c, np.repeat(c[-1:], fixed - real, axis=0)]) for c in chunk]
+            parts.append({k: v[:real] for k, v in self._run(chunk).items()})
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
