@@ -1,0 +1,243 @@
+"""Automatic per-layer precision: integer bits from observed ranges, fractional bits as few as
+the user's budget allows, judged on the NumPy bit-accurate model (no C++ per candidate).
+
+1. Ranges: the float reference interpreter runs the calibration data; every layer's input,
+   pre-activation sum and output gets its max |value|; weights and biases their max |value|.
+2. Integer bits: ``ceil(log2(max * margin)) + 1`` (sign). Results saturate (``AP_SAT``) and round
+   (``AP_RND``), so a calibration outlier clips instead of wrapping; weights round to nearest.
+3. Fractional bits: start generous, then for each layer in order lower the weight's and then the
+   result's fractional bits by bisection while the whole model still meets the budget (top-1
+   agreement with the float model >= ``min_agreement``, and/or max |error| <= ``max_abs_error``).
+   Accumulators keep every product bit (``F_acc = F_x + F_w``), so only the chosen types round.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from tapeout.compiler import interpreter
+from tapeout.compiler.fixedpoint.model import (DEFAULT_SOFTMAX_TABLE, DEFAULT_TABLE, HlsLayer, LayerPrecision,
+                                               PrecisionPlan, hls_layers, predict_fixed)
+from tapeout.compiler.fixedpoint.types import FixedType, fixed
+from tapeout.compiler.ir import LINEAR, Graph, Node
+
+MARGIN = 1.25  # headroom over the largest calibration value
+START_FRAC = 12
+MIN_FRAC = 0
+MAX_INT_BITS = 24
+
+
+# The search holds the calibration data to a stricter agreement than the user asked for, so the
+# chosen types keep the budget on data they were not picked on: it allows this share of the
+# disagreements the budget would allow (0.995 -> searched at 0.9995).
+GUARD = 0.1
+
+
+@dataclass(frozen=True)
+class Budget:
+    min_agreement: float | None = 0.995
+    max_abs_error: float | None = None
+
+    def guarded(self) -> "Budget":
+        if self.min_agreement is None:
+            return self
+        return Budget(1.0 - (1.0 - self.min_agreement) * GUARD, self.max_abs_error)
+
+
+@dataclass
+class SearchResult:
+    plan: PrecisionPlan
+    ranges: dict[str, float]  # hls layer name (and "<layer>:weight") -> observed max |value|
+    agreement: float | None
+    max_abs_error: float
+    evaluations: int
+    per_layer: list[dict] = field(default_factory=list)
+    met: bool = True  # False: even the widest start missed the budget (the plan is that start)
+
+
+def int_bits(maxabs: float, margin: float = MARGIN) -> int:
+    """Integer bits (sign included) holding ``maxabs * margin``."""
+    if maxabs <= 0 or not math.isfinite(maxabs):
+        return 1
+    return min(MAX_INT_BITS, max(1, math.ceil(math.log2(maxabs * margin)) + 1))
+
+
+def observed_ranges(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, float]:
+    """max |value| of every graph input, hls layer output, pre-activation sum and constant operand."""
+    values = interpreter.run(graph, feeds, keep_intermediates=True)
+    out: dict[str, float] = {i: float(np.max(np.abs(values[i]))) for i in graph.inputs}
+    for layer in hls_layers(graph):
+        n = layer.node
+        if layer.kind in ("dense", "conv"):
+            args = [graph.constants[i] if i in graph.constants else values[i] if i else None for i in n.inputs]
+            linear = Node(n.op, n.name, n.inputs, n.outputs, {**n.attrs, "activation": LINEAR})
+            pre = interpreter.eval_node(linear, args)[0]
+            out[layer.name] = float(np.max(np.abs(pre)))
+            out[f"{layer.name}:weight"] = float(np.max(np.abs(graph.constants[n.inputs[1]])))
+            if len(n.inputs) > 2 and n.inputs[2]:
+                out[f"{layer.name}:bias"] = float(np.max(np.abs(graph.constants[n.inputs[2]])))
+        else:
+            out[layer.name] = float(np.max(np.abs(values[layer.output])))
+    return out
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> float | None:
+    if a.ndim < 2 or a.shape[-1] < 2:
+        return None
+    return float(np.mean(np.argmax(a.reshape(len(a), -1), -1) == np.argmax(b.reshape(len(b), -1), -1)))
+
+
+class _Evaluator:
+    def __init__(self, graph: Graph, feeds: dict[str, np.ndarray], budget: Budget) -> None:
+        self.graph, self.feeds, self.budget = graph, feeds, budget
+        self.reference = interpreter.run(graph, feeds)
+        self.count = 0
+
+    def score(self, plan: PrecisionPlan) -> tuple[float | None, float]:
+        self.count += 1
+        got = predict_fixed(self.graph, plan, self.feeds)
+        agree, err = [], 0.0
+        for o in self.graph.outputs:
+            ref = np.asarray(self.reference[o], np.float64)
+            err = max(err, float(np.max(np.abs(got[o] - ref))))
+            a = _agreement(got[o], ref)
+            if a is not None:
+                agree.append(a)
+        return (min(agree) if agree else None), err
+
+    def ok(self, plan: PrecisionPlan) -> bool:
+        agree, err = self.score(plan)
+        if self.budget.min_agreement is not None and agree is not None and agree < self.budget.min_agreement:
+            return False
+        if self.budget.max_abs_error is not None and err > self.budget.max_abs_error:
+            return False
+        return True
+
+
+def _resolve_input_types(graph: Graph, plan: PrecisionPlan, layers: list[HlsLayer]) -> dict[str, FixedType]:
+    """The type of every IR value a layer reads (through flatten/reshape aliases)."""
+    from tapeout.compiler.fixedpoint.model import _alias_map
+
+    alias = _alias_map(graph)
+    types: dict[str, FixedType] = dict(plan.inputs)
+    for layer in layers:
+        types[layer.output] = plan.layers[layer.name].result
+    return {v: types[alias.get(v, v)] for layer in layers for v in layer.inputs}
+
+
+def _finish(graph: Graph, plan: PrecisionPlan, layers: list[HlsLayer], ranges: dict[str, float]) -> PrecisionPlan:
+    src = _resolve_input_types(graph, plan, layers)
+    for layer in layers:
+        lp = plan.layers[layer.name]
+        if layer.kind in ("dense", "conv") and lp.weight is not None:
+            x = src[layer.inputs[0]]
+            f = x.frac + lp.weight.frac
+            i = max(int_bits(ranges[layer.name], 2.0), lp.bias.integer if lp.bias else 1)
+            plan.layers[layer.name] = replace(lp, accum=fixed(i + f, i))
+        elif layer.kind in ("max_pool", "avg_pool"):
+            x = src[layer.inputs[0]]
+            plan.layers[layer.name] = replace(lp, accum=fixed(x.width + 4, x.integer + 4))
+    return plan
+
+
+def initial_plan(graph: Graph, ranges: dict[str, float], frac: int = START_FRAC) -> PrecisionPlan:
+    layers = hls_layers(graph)
+    plan = PrecisionPlan({i: fixed(int_bits(ranges[i]) + frac, int_bits(ranges[i]), "AP_RND", "AP_SAT")
+                          for i in graph.inputs})
+    for layer in layers:
+        ib = int_bits(ranges[layer.name])
+        res = fixed(ib + frac, ib, "AP_RND", "AP_SAT")
+        if layer.kind in ("dense", "conv"):
+            wi = int_bits(ranges[f"{layer.name}:weight"], 1.0)
+            bi = int_bits(ranges.get(f"{layer.name}:bias", 0.0), 1.0)
+            plan.layers[layer.name] = LayerPrecision(result=res, weight=fixed(wi + frac, wi, "AP_RND"),
+                                                     bias=fixed(bi + frac, bi, "AP_RND"), accum=res)
+        elif layer.kind == "softmax":
+            plan.layers[layer.name] = LayerPrecision(result=fixed(17, 1, "AP_RND", "AP_SAT"),
+                                                     table=DEFAULT_SOFTMAX_TABLE, inv_table=DEFAULT_SOFTMAX_TABLE,
+                                                     accum=DEFAULT_SOFTMAX_TABLE)
+        elif layer.kind in ("sigmoid", "tanh"):
+            plan.layers[layer.name] = LayerPrecision(result=fixed(11, 2, "AP_RND", "AP_SAT"), table=DEFAULT_TABLE)
+        else:
+            plan.layers[layer.name] = LayerPrecision(result=res)
+    return _finish(graph, plan, layers, ranges)
+
+
+def _set_frac(t: FixedType, f: int) -> FixedType:
+    return FixedType(t.integer + f, t.integer, t.signed, t.rounding, t.overflow)
+
+
+def search(graph: Graph, feeds: dict[str, np.ndarray], budget: Budget = Budget()) -> SearchResult:
+    """The smallest per-layer weight/result fractional bits meeting ``budget`` on ``feeds``."""
+    ranges = observed_ranges(graph, feeds)
+    layers = hls_layers(graph)
+    ev = _Evaluator(graph, feeds, budget.guarded())
+    plan = initial_plan(graph, ranges)
+    if not ev.ok(plan):
+        plan = initial_plan(graph, ranges, frac=START_FRAC + 6)
+        if not ev.ok(plan):
+            # Lookup tables (softmax/sigmoid/tanh) bound the accuracy whatever the widths: report it.
+            agree, err = ev.score(plan)
+            rows = [{"layer": l.name, "kind": l.kind, "range": ranges.get(l.name),
+                     **{k: str(v) for k, v in plan.layers[l.name].types().items()}} for l in layers]
+            return SearchResult(plan, ranges, agree, err, ev.count, rows, met=False)
+    for layer in layers:
+        keys = ["weight", "bias", "result"] if layer.kind in ("dense", "conv") else ["result"]
+        if layer.kind in ("softmax", "sigmoid", "tanh"):
+            # Probabilities are what the user reads: a graph output keeps 16 fractional bits
+            # (top-1 on a few-bit softmax is decided by ties).
+            keys = [] if layer.output in graph.outputs else ["result"]
+        for key in keys:
+            cur: FixedType = getattr(plan.layers[layer.name], key)
+            lo, hi = MIN_FRAC, cur.frac  # hi is known good
+            while lo < hi:
+                mid = (lo + hi) // 2
+                trial = PrecisionPlan(dict(plan.inputs), dict(plan.layers))
+                trial.layers[layer.name] = replace(trial.layers[layer.name], **{key: _set_frac(cur, mid)})
+                trial = _finish(graph, trial, layers, ranges)
+                if ev.ok(trial):
+                    hi = mid
+                else:
+                    lo = mid + 1
+            plan.layers[layer.name] = replace(plan.layers[layer.name], **{key: _set_frac(cur, hi)})
+            plan = _finish(graph, plan, layers, ranges)
+    agree, err = ev.score(plan)
+    rows = [{"layer": l.name, "kind": l.kind, "range": ranges.get(l.name),
+             **{k: str(v) for k, v in plan.layers[l.name].types().items()}} for l in layers]
+    return SearchResult(plan, ranges, agree, err, ev.count, rows)
+
+
+def uniform_plan(graph: Graph, t: FixedType) -> PrecisionPlan:
+    """Every input, weight, bias and result in ``t``; accumulators exact (as hls4ml infers them)."""
+    layers = hls_layers(graph)
+    plan = PrecisionPlan({i: t for i in graph.inputs})
+    for layer in layers:
+        if layer.kind in ("dense", "conv"):
+            plan.layers[layer.name] = LayerPrecision(result=t, weight=t, bias=t, accum=t)
+        elif layer.kind == "softmax":
+            plan.layers[layer.name] = LayerPrecision(result=t, table=DEFAULT_SOFTMAX_TABLE,
+                                                     inv_table=DEFAULT_SOFTMAX_TABLE, accum=DEFAULT_SOFTMAX_TABLE)
+        elif layer.kind in ("sigmoid", "tanh"):
+            plan.layers[layer.name] = LayerPrecision(result=t, table=DEFAULT_TABLE)
+        else:
+            plan.layers[layer.name] = LayerPrecision(result=t)
+    ranges = {layer.name: 2.0 ** (t.integer - 1) for layer in layers}
+    return _finish(graph, plan, layers, ranges)
+
+
+def weight_bits(graph: Graph, plan: PrecisionPlan) -> tuple[int, float]:
+    """Total weight-memory bits (weights and biases) and the mean bits per weight."""
+    total, count = 0, 0
+    for layer in hls_layers(graph):
+        lp = plan.layers[layer.name]
+        n = layer.node
+        if layer.kind in ("dense", "conv") and lp.weight is not None:
+            nw = int(graph.constants[n.inputs[1]].size)
+            total += nw * lp.weight.width
+            count += nw
+            if len(n.inputs) > 2 and n.inputs[2] and lp.bias is not None:
+                total += int(graph.constants[n.inputs[2]].size) * lp.bias.width
+    return total, (total / count if count else 0.0)
