@@ -25,6 +25,8 @@ class EmitResult:
     artifacts: list[str]  # paths relative to the variant's output folder
     notes: list[str] = field(default_factory=list)  # what the emitter decided, for the report
     extra: dict[str, Any] = field(default_factory=dict)  # target-specific report fields
+    # The artifacts the report's size_bytes counts (None: all); e.g. not a C copy of the model.
+    size_artifacts: list[str] | None = None
 
 
 class Target:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from tapeout.compiler.errors import UsageError
 from tapeout.targets.base import Target
 from tapeout.targets.onnx.target import OnnxTarget
+from tapeout.targets.tflite.target import TfliteTarget
 
 TARGETS: dict[str, type[Target]] = {
     OnnxTarget.name: OnnxTarget,
+    TfliteTarget.name: TfliteTarget,
 }
 
 

@@ -25,12 +25,19 @@ def _onnx(path: Path, weights: Path | None) -> Runner:
     return OnnxRuntimeRunner(path)
 
 
+def _tflite(path: Path, weights: Path | None) -> Runner:
+    from tapeout.runtime.runners.litert import LiteRTRunner
+
+    return LiteRTRunner(path)
+
+
 RUNNERS: dict[str, Callable[[Path, Path | None], Runner]] = {
     ".keras": _keras,
     ".h5": _keras,
     ".hdf5": _keras,
     ".json": _keras,
     ".onnx": _onnx,
+    ".tflite": _tflite,
 }
 
 

@@ -1,0 +1,159 @@
+"""IR graph -> Keras model -> one traced, frozen TensorFlow function -> a .tflite per variant.
+
+The Keras model and the traced function are built once per graph (keyed by its contents)
+and shared by every variant compiled from it in the same process (``trace``), so
+``-t tflite:fp32 -t tflite:fp16`` pays for the Keras build and TensorFlow tracing once.
+The function's variables are frozen to constants before conversion: TFLite then sees
+constant weights (so it fuses bias adds and activations into CONV_2D / FULLY_CONNECTED)
+and no resource variables. It is saved once as a SavedModel that every variant's converter
+reads. It returns a dict
+keyed by the IR's output names and takes inputs named after the IR's inputs, so the
+.tflite's signature keeps the source model's I/O names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tapeout.compiler.errors import TapeoutError
+from tapeout.compiler.ir import Graph, IRError
+from tapeout.compiler.quiet import captured_output, quiet_environment
+
+CACHE_SIZE = 2  # graphs whose traced function is kept (one compile command uses one)
+_TF_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/]*$")  # what TensorFlow accepts as a placeholder name
+
+
+class ConversionError(TapeoutError):
+    """TensorFlow's converter refused the emitted model: a tapeout bug, so exit code 4."""
+
+    exit_code = 4
+
+
+@dataclass
+class Traced:
+    keras: Any  # tapeout.targets.keras.emit.KerasModel
+    function: Any  # ConcreteFunction: {IR output name: tensor}, variables frozen to constants
+    saved: tempfile.TemporaryDirectory  # the function as a SavedModel (its "serving_default" signature)
+    input_names: list[str]  # signature input names, in graph.inputs order
+    seconds: float  # Keras build + trace + freeze
+
+
+_CACHE: list[tuple[str, Traced]] = []
+
+
+def fingerprint(graph: Graph) -> str:
+    """What the float Keras model depends on: I/O, types, layouts, nodes and constant contents.
+
+    Content, not object identity: the quantize pass hands each scheme an annotated copy of
+    the same graph, and an fp16 copy must still share the fp32 trace. Annotations are left out.
+    """
+    h = hashlib.sha256()
+    h.update(repr((graph.name, graph.inputs, graph.outputs, sorted(graph.io_layouts.items()))).encode())
+    h.update(repr(sorted((k, str(v)) for k, v in graph.types.items())).encode())
+    for n in graph.nodes:
+        h.update(repr((n.op, n.name, n.inputs, n.outputs, sorted((k, repr(v)) for k, v in n.attrs.items()))).encode())
+    for name in sorted(graph.constants):
+        a = np.ascontiguousarray(graph.constants[name])
+        h.update(f"{name}:{a.dtype}:{a.shape};".encode())
+        h.update(a.data)
+    return h.hexdigest()
+
+
+def trace(graph: Graph) -> tuple[Traced, bool]:
+    """The traced function for ``graph`` and whether it came from the cache."""
+    key = fingerprint(graph)
+    for k, traced in _CACHE:
+        if k == key:
+            return traced, True
+    traced = _trace(graph)
+    _CACHE.insert(0, (key, traced))
+    del _CACHE[CACHE_SIZE:]
+    return traced, False
+
+
+def clear_cache() -> None:
+    _CACHE.clear()
+
+
+def _spec_name(name: str) -> str:
+    return name if _TF_NAME.match(name) else "x" + re.sub(r"[^A-Za-z0-9_.\-/]", "_", name)
+
+
+def _trace(graph: Graph) -> Traced:
+    quiet_environment()
+    t0 = time.perf_counter()
+    with captured_output():
+        import tensorflow as tf
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+        from tapeout.targets.keras.emit import graph_to_keras
+
+        if len(set(graph.outputs)) != len(graph.outputs):
+            raise IRError(f"graph outputs {graph.outputs} repeat a value; TFLite outputs need distinct names")
+        emitted = graph_to_keras(graph)
+        model = emitted.model
+        names = [_spec_name(n) for n in emitted.input_names]
+        specs = [tf.TensorSpec(t.shape, t.dtype, name=n) for t, n in zip(model.inputs, names)]
+        n_out = len(graph.outputs)
+
+        def run(*args: Any) -> list[Any]:
+            out = model(list(args) if len(args) > 1 else args[0], training=False)
+            out = list(out) if isinstance(out, (list, tuple)) else [out]
+            assert len(out) == n_out
+            return out
+
+        # A list keeps graph order through freezing (a dict would be flattened in key order).
+        frozen = convert_variables_to_constants_v2(
+            tf.function(run, input_signature=specs, autograph=False).get_concrete_function())
+
+        def serve(*args: Any) -> dict[str, Any]:
+            return dict(zip(graph.outputs, frozen(*args)))
+
+        function = tf.function(serve, input_signature=specs, autograph=False).get_concrete_function()
+        # Saved once for every variant. Custom gradients (Keras's silu/gelu register some) are
+        # left out: inference needs none, and saving them fails on captured constants.
+        saved = tempfile.TemporaryDirectory(prefix="tapeout-tflite-")
+        tf.saved_model.save(tf.Module(), saved.name, signatures={"serving_default": function},
+                            options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
+    return Traced(emitted, function, saved, names, time.perf_counter() - t0)
+
+
+def convert(traced: Traced, variant: str) -> bytes:
+    """The .tflite bytes of one float-input variant: "fp32", "fp16" or "dynamic"."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(traced.saved.name)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if variant == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif variant == "dynamic":
+        # No representative dataset: int8 weights, float activations quantized on the fly.
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif variant != "fp32":
+        raise ValueError(f"convert() does not build variant {variant!r}")
+    return run_converter(converter)
+
+
+def run_converter(converter: Any) -> bytes:
+    """``converter.convert()`` with its log captured; a failure names the converter's reason."""
+    failure: Exception | None = None
+    with captured_output() as log:
+        try:
+            data = converter.convert()
+        except Exception as exc:  # noqa: BLE001 - the converter raises many unrelated types
+            failure = exc
+    if failure is not None:
+        from tapeout.runtime.errors import one_line
+
+        errors = [ln.strip() for ln in "".join(log).splitlines() if "error" in ln.lower()]
+        detail = f"; {one_line(errors[-1])}" if errors else ""
+        raise ConversionError(f"TensorFlow's TFLite converter failed: {one_line(failure)}{detail}") from None
+    return bytes(data)
