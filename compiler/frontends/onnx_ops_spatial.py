@@ -283,6 +283,8 @@ def _resize_scales(ctx: Context, n: OnnxNode, rank: int, shape: Sequence[int]) -
         if (n.attr("keep_aspect_ratio_policy", "stretch") or "stretch") != "stretch":
             raise ctx.fail("keep_aspect_ratio_policy other than 'stretch' is not supported")
         full[axes] = np.asarray(sizes, np.float64).reshape(-1) / np.asarray([shape[a] for a in axes], np.float64)
+        if 0 in axes and int(np.asarray(sizes).reshape(-1)[axes.index(0)]) == ctx.batch:
+            full[0] = 1.0  # the batch as exported (or as folded): the batch is kept, whatever it is
     else:
         raise ctx.fail("needs scales or sizes")
     return full

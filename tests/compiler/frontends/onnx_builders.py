@@ -37,7 +37,9 @@ def make_model(nodes: Sequence[onnx.NodeProto], inputs: dict[str, Shape], output
     graph = helper.make_graph(list(nodes), name, ins, outs, tensors)
     opsets = [helper.make_opsetid("", opset)]
     model = helper.make_model(graph, opset_imports=opsets, producer_name="tapeout-tests",
-                              ir_version=ir_version or helper.find_min_ir_version_for(opsets))
+                              ir_version=ir_version or max(4, helper.find_min_ir_version_for(opsets)))
+    if any(v is None for v in outputs.values()):  # the checker wants output shapes: infer them
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     onnx.checker.check_model(model)
     return model
 
@@ -109,3 +111,24 @@ def resnet_style(batch: int | str = 1, *, seed: int = 0, blocks: int = 2, width:
               node("Gemm", ["flat", "fc.weight", "fc.bias"], "scores", transB=1)]
     return make_model(nodes, {"images": [batch, 3, 16, 16]}, {"scores": [batch, 5]}, inits, opset=17,
                       name="resnet_style")
+
+
+def single(op: str, x_shape: Shape, *, inputs: Sequence[str] = (), attrs: dict[str, Any] | None = None,
+           inits: dict[str, np.ndarray] | None = None, opset: int = 17, conv: bool = False,
+           seed: int = 0) -> onnx.ModelProto:
+    """Input "x" -> (optional 1x1 Conv, so the op reads a channels-last IR value) -> ``op`` -> "y".
+
+    ``inputs`` are the op's further inputs, or all of them when one is "$x" (the main input).
+    """
+    rng = np.random.default_rng(seed)
+    inits = dict(inits or {})
+    nodes, x = [], "x"
+    if conv:
+        c = int(x_shape[1])  # type: ignore[arg-type]
+        inits["pre.w"] = rand(rng, c, c, *([1] * (len(x_shape) - 2)))
+        nodes.append(node("Conv", ["x", "pre.w"], "pre"))
+        x = "pre"
+    args = [x if i == "$x" else i for i in inputs] if "$x" in inputs else [x, *inputs]
+    nodes.append(node(op, args, "y", name=f"the_{op.lower()}",
+                      **(attrs or {})))
+    return make_model(nodes, {"x": x_shape}, {"y": None}, inits, opset=opset, name=op.lower())

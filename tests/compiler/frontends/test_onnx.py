@@ -1,0 +1,401 @@
+"""ONNX front end: every supported op against onnxruntime, layouts, batch handling, refusals.
+
+Each model is built with onnx.helper (tests/compiler/frontends/onnx_builders.py), run by
+onnxruntime on NCHW inputs, imported with ``load_onnx`` and run by the reference
+interpreter in the source layout (``ReferenceRunner(graph, source_layout=True)``); most
+also go through the default passes and the ONNX target and run again in onnxruntime.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tapeout.compiler.errors import FrontendError
+from tapeout.compiler.frontends.onnx import load_onnx
+from tapeout.compiler.ir import Graph
+from tapeout.compiler.passes.registry import default_pipeline
+from tapeout.compiler.reference_runner import ReferenceRunner
+from tapeout.targets.onnx.emit import graph_to_onnx
+
+sys.path.insert(0, str(Path(__file__).parent))
+import onnx_builders as B  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+# ------------------------------------------------------------------ helpers
+def session(model: onnx.ModelProto | Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    source = str(model) if isinstance(model, Path) else model.SerializeToString()
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def feeds_for(sess: ort.InferenceSession, batch: int, seed: int = 0, low: float = -2.0,
+              high: float = 2.0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i in sess.get_inputs():
+        shape = [d if isinstance(d, int) else batch for d in i.shape]
+        out[i.name] = rng.uniform(low, high, shape).astype(np.float32)
+    return out
+
+
+def ort_run(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feeds)))
+
+
+def transposes(graph: Graph) -> int:
+    return sum(n.op == "transpose" for n in graph.nodes)
+
+
+def ops_of(graph: Graph) -> list[str]:
+    return [n.op for n in graph.nodes]
+
+
+def check(model: onnx.ModelProto, folder: Path, *, batch: int = 2, atol: float = 1e-5, roundtrip: bool = True,
+          name: str = "model", **data: Any) -> Graph:
+    """Import ``model``; the interpreter and (with ``roundtrip``) the ONNX artifact must match onnxruntime."""
+    path = B.save(model, folder, name)
+    graph = load_onnx(path)
+    src = session(path)
+    feeds = feeds_for(src, batch, **data)
+    want = ort_run(src, feeds)
+    got = ReferenceRunner(graph, source_layout=True).infer(feeds)
+    assert list(got) == list(want), "output names must be the source's"
+    for k in want:
+        assert got[k].shape == want[k].shape, k
+        np.testing.assert_allclose(got[k], want[k], atol=atol, rtol=1e-5, err_msg=f"interpreter, output {k}")
+    if roundtrip:
+        artifact = session(graph_to_onnx(default_pipeline().run(graph).graph))
+        assert [i.name for i in artifact.get_inputs()] == [i.name for i in src.get_inputs()]
+        again = ort_run(artifact, feeds)
+        for k in want:
+            np.testing.assert_allclose(again[k], want[k], atol=atol, rtol=1e-5, err_msg=f"artifact, output {k}")
+    return graph
+
+
+def refused(model: onnx.ModelProto | bytes, folder: Path, name: str = "bad") -> str:
+    path = folder / f"{name}.onnx"
+    path.write_bytes(model if isinstance(model, bytes) else model.SerializeToString())
+    with pytest.raises(FrontendError) as info:
+        load_onnx(path)
+    msg = str(info.value)
+    assert "\n" not in msg and str(path) in msg
+    return msg
+
+
+# ---------------------------------------------------------- acceptance 2..5
+@pytest.fixture(scope="module")
+def cnn_path(tmp_path_factory) -> Path:
+    return B.save(B.pytorch_cnn(batch=1), tmp_path_factory.mktemp("cnn"), "pytorch_cnn")
+
+
+def test_pytorch_cnn_compiles_to_onnx_and_verifies(cnn_path: Path, tmp_path: Path) -> None:
+    from tapeout.compiler.api import compile_model
+
+    report = compile_model(cnn_path, ["onnx"], tmp_path / "out")
+    target = report.targets[0]
+    assert target.verification.passed and target.verification.max_abs_err < 1e-4
+    assert target.extra["transposes"] == 0
+    artifact = onnx.load(str(tmp_path / "out" / "onnx-fp32" / "model.onnx"))
+    (inp,), (out,) = artifact.graph.input, artifact.graph.output
+    assert (inp.name, out.name) == ("input", "logits")
+    dims = inp.type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 16, 16]  # NCHW kept, batch dynamic
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert any("fixed batch of 1" in n for n in saved["notes"])
+
+
+def test_pytorch_cnn_ir_has_no_transposes(cnn_path: Path) -> None:
+    graph = load_onnx(cnn_path)
+    assert transposes(graph) == 0
+    assert ops_of(graph) == ["conv", "batch_norm", "relu", "max_pool", "conv", "batch_norm", "relu", "max_pool",
+                             "flatten", "dense"]
+    assert graph.io_layouts == {"input": "NCHW", "logits": "NC"}
+    assert graph.types["input"].shape == ("N", 16, 16, 3)
+
+
+@pytest.mark.parametrize("opset", [7, 9, 11, 13, onnx.defs.onnx_opset_version()])
+def test_pytorch_cnn_at_every_opset(opset: int, tmp_path: Path) -> None:
+    model = B.pytorch_cnn(batch="N")
+    model.opset_import[0].version = opset
+    model.ir_version = max(4, helper.find_min_ir_version_for(list(model.opset_import)))
+    graph = check(model, tmp_path)
+    assert graph.metadata["source_opset"] == str(opset)
+
+
+def test_resnet_style_model_has_no_transposes(tmp_path: Path) -> None:
+    graph = check(B.resnet_style(batch="N", blocks=3), tmp_path, batch=3)
+    assert transposes(graph) == 0
+    assert ops_of(graph).count("add") == 3
+    optimized = default_pipeline().run(graph).graph
+    assert transposes(optimized) == 0
+    assert sum(n.op_type == "Transpose" for n in graph_to_onnx(optimized).graph.node) == 0
+
+
+def _constant_of_shape_model(batch: int | str) -> onnx.ModelProto:
+    """Conv weights from ConstantOfShape (+ Mul, so they are not all equal); the reshape target
+    before the Gemm from Shape -> Gather(0) -> Unsqueeze -> Concat(-1)."""
+    rng = np.random.default_rng(1)
+    inits = {"wshape": np.array([4, 3, 3, 3], np.int64), "wscale": B.rand(rng, 4, 3, 3, 3),
+             "zero": np.array(0, np.int64), "axis0": np.array([0], np.int64), "minus1": np.array([-1], np.int64),
+             "fc.w": B.rand(rng, 4 * 6 * 6, 5, scale=0.1)}
+    nodes = [
+        B.node("ConstantOfShape", ["wshape"], "ones", value=numpy_helper.from_array(np.array([1.0], np.float32))),
+        B.node("Mul", ["ones", "wscale"], "w"),
+        B.node("Conv", ["x", "w"], "conv"),
+        B.node("Relu", ["conv"], "relu"),
+        B.node("Shape", ["relu"], "shape"),
+        B.node("Gather", ["shape", "zero"], "n", axis=0),
+        B.node("Unsqueeze", ["n", "axis0"], "n1"),
+        B.node("Concat", ["n1", "minus1"], "target", axis=0),
+        B.node("Reshape", ["relu", "target"], "flat"),
+        B.node("MatMul", ["flat", "fc.w"], "y"),
+    ]
+    return B.make_model(nodes, {"x": [batch, 3, 8, 8]}, {"y": [batch, 5]}, inits, opset=13)
+
+
+@pytest.mark.parametrize("batch", ["N", 1])
+def test_constant_of_shape_weights_and_shape_chain_fold(batch: int | str, tmp_path: Path) -> None:
+    graph = check(_constant_of_shape_model(batch), tmp_path, batch=2 if batch == "N" else 1)
+    assert ops_of(graph) == ["conv", "relu", "flatten", "dense"]
+    conv = graph.nodes[0]
+    assert conv.inputs[1] in graph.constants and graph.constants[conv.inputs[1]].shape == (3, 3, 3, 4)
+    assert transposes(graph) == 0
+
+
+def _legacy_bn_model() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(2)
+    params = {"s": rng.uniform(0.5, 1.5, 3), "b": rng.normal(0, 0.2, 3), "m": rng.normal(0, 0.2, 3),
+              "v": rng.uniform(0.5, 2.0, 3)}
+    params = {k: v.astype(np.float32) for k, v in params.items()}
+    nodes = [B.node("BatchNormalization", ["x", "s", "b", "m", "v"], "bn", is_test=1, spatial=1, epsilon=1e-3,
+                    momentum=0.9),
+             B.node("Relu", ["bn"], "y")]
+    model = B.make_model(nodes, {"x": [1, 3, 4, 4]}, {"y": [1, 3, 4, 4]}, params, opset=6, ir_version=3,
+                         inits_as_inputs=True)
+    return model, params
+
+
+def test_opset6_legacy_batch_norm_imports_and_matches(tmp_path: Path) -> None:
+    model, p = _legacy_bn_model()
+    path = B.save(model, tmp_path, "legacy_bn")
+    graph = load_onnx(path)
+    assert ops_of(graph) == ["batch_norm", "relu"]
+    assert any("opset 6" in n for n in graph.metadata["notes"])
+    x = np.random.default_rng(0).standard_normal((1, 3, 4, 4)).astype(np.float32)
+    got = ReferenceRunner(graph, source_layout=True).infer({"x": x})["y"]
+    c = (1, 3, 1, 1)
+    want = np.maximum((x - p["m"].reshape(c)) / np.sqrt(p["v"].reshape(c) + 1e-3) * p["s"].reshape(c)
+                      + p["b"].reshape(c), 0)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # onnxruntime no longer runs opset 6; the converted model is what it runs.
+    lifted = onnx.version_converter.convert_version(model, 7)
+    np.testing.assert_allclose(ort_run(session(lifted), {"x": x})["y"], got, atol=1e-5)
+
+
+def _batch_baked_model(batch: int) -> onnx.ModelProto:
+    """Conv -> Relu -> Reshape to a target with the batch baked in -> Gemm -> Softmax."""
+    rng = np.random.default_rng(3)
+    inits = {"w": B.rand(rng, 4, 2, 3, 3), "target": np.array([batch, -1], np.int64),
+             "fc.w": B.rand(rng, 6, 4 * 4 * 4, scale=0.2), "fc.b": B.rand(rng, 6)}
+    nodes = [B.node("Conv", ["x", "w"], "conv", pads=[0, 0, 0, 0]), B.node("Relu", ["conv"], "relu"),
+             B.node("Reshape", ["relu", "target"], "flat"),
+             B.node("Gemm", ["flat", "fc.w", "fc.b"], "logits", transB=1),
+             B.node("Softmax", ["logits"], "probs", axis=1)]
+    return B.make_model(nodes, {"x": [batch, 2, 6, 6]}, {"probs": [batch, 6]}, inits, opset=13)
+
+
+def test_fixed_batch_1000_becomes_dynamic(tmp_path: Path) -> None:
+    from tapeout.compiler.api import compile_model
+
+    path = B.save(_batch_baked_model(1000), tmp_path, "batch1000")
+    report = compile_model(path, ["onnx"], tmp_path / "out")
+    assert report.targets[0].verification.passed
+    assert any("fixed batch of 1000" in n for n in report.notes)
+    artifact = session(tmp_path / "out" / "onnx-fp32" / "model.onnx")
+    assert not isinstance(artifact.get_inputs()[0].shape[0], int)
+    x = np.random.default_rng(5).standard_normal((8, 2, 6, 6)).astype(np.float32)
+    got = ort_run(artifact, {"x": x})["probs"]
+    # The same network exported at batch 1, run one sample at a time.
+    single = session(_batch_baked_model(1))
+    want = np.concatenate([ort_run(single, {"x": x[i:i + 1]})["probs"] for i in range(8)])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # And the batch-1000 source itself, on those samples.
+    full = np.concatenate([x, np.zeros((992, 2, 6, 6), np.float32)])
+    np.testing.assert_allclose(got, ort_run(session(path), {"x": full})["probs"][:8], atol=1e-5)
+
+
+# ----------------------------------------------------------- every op vs ORT
+_R = np.random.default_rng(7)
+X4 = ["N", 4, 6, 6]  # NCHW
+X3 = ["N", 4, 10]  # NCW
+
+
+def _f(*shape: int, scale: float = 0.5) -> np.ndarray:
+    return B.rand(_R, *shape, scale=scale)
+
+
+def _i(*values: int) -> np.ndarray:
+    return np.array(values, np.int64)
+
+
+def _s(value: float) -> np.ndarray:
+    return np.array(value, np.float32)
+
+
+# id -> (op, input shape, further inputs, attrs, initializers, opset, conv before the op)
+OP_CASES: dict[str, tuple] = {
+    "relu": ("Relu", X4, [], {}, {}, 17, True),
+    "sigmoid": ("Sigmoid", X4, [], {}, {}, 17, True),
+    "tanh": ("Tanh", X3, [], {}, {}, 17, True),
+    "hard_swish": ("HardSwish", X4, [], {}, {}, 17, True),
+    "leaky_relu": ("LeakyRelu", X4, [], {"alpha": 0.1}, {}, 17, True),
+    "leaky_relu_default": ("LeakyRelu", ["N", 6], [], {}, {}, 17, False),
+    "elu": ("Elu", X4, [], {"alpha": 0.7}, {}, 17, True),
+    "hard_sigmoid": ("HardSigmoid", X4, [], {"alpha": 0.3, "beta": 0.4}, {}, 17, True),
+    "gelu": ("Gelu", X4, [], {}, {}, 20, True),
+    "gelu_tanh": ("Gelu", X4, [], {"approximate": "tanh"}, {}, 20, True),
+    "swish": ("Swish", ["N", 5], [], {}, {}, 24, False),
+    "clip_attrs": ("Clip", X4, [], {"min": -0.5, "max": 0.7}, {}, 10, True),
+    "clip_attr_max_only": ("Clip", X4, [], {"max": 0.7}, {}, 9, True),
+    "clip_inputs": ("Clip", X4, ["lo", "hi"], {}, {"lo": _s(-0.5), "hi": _s(0.7)}, 13, True),
+    "clip_input_max_only": ("Clip", X4, ["", "hi"], {}, {"hi": _s(0.7)}, 13, True),
+    "relu6_via_clip": ("Clip", X4, ["lo", "hi"], {}, {"lo": _s(0.0), "hi": _s(6.0)}, 13, True),
+    "identity": ("Identity", X4, [], {}, {}, 17, True),
+    "dropout": ("Dropout", X4, [], {}, {}, 13, True),
+    "dropout_opset7": ("Dropout", X4, [], {"ratio": 0.3}, {}, 7, True),
+    "cast_float": ("Cast", X4, [], {"to": TensorProto.FLOAT}, {}, 13, True),
+    "add_per_channel": ("Add", X4, ["c"], {}, {"c": _f(4, 1, 1)}, 17, True),
+    "add_full_constant": ("Add", X4, ["c"], {}, {"c": _f(1, 4, 6, 6)}, 17, True),
+    "sub_scalar_first": ("Sub", X4, ["c", "$x"], {}, {"c": _s(0.25)}, 17, True),
+    "mul_last_axis": ("Mul", X4, ["c"], {}, {"c": _f(6)}, 17, True),
+    "mul_self": ("Mul", X4, ["$x", "$x"], {}, {}, 17, True),
+    "div_constant": ("Div", X4, ["c"], {}, {"c": _R.uniform(1, 2, (4, 1, 1)).astype(np.float32)}, 17, True),
+    "add_rank2": ("Add", ["N", 5], ["c"], {}, {"c": _f(5)}, 17, False),
+    "add_ncw": ("Add", X3, ["c"], {}, {"c": _f(4, 1)}, 17, True),
+    "sum3": ("Sum", X4, ["$x", "$x", "c"], {}, {"c": _f(4, 1, 1)}, 17, True),
+    "max3": ("Max", X4, ["$x", "c", "$x"], {}, {"c": _f(4, 1, 1)}, 17, True),
+    "min2": ("Min", X4, ["c"], {}, {"c": _f(6)}, 17, True),
+    "mean3": ("Mean", X4, ["$x", "$x", "c"], {}, {"c": _f(4, 6, 1)}, 17, True),
+    "softmax13_axis1": ("Softmax", X4, [], {"axis": 1}, {}, 13, True),
+    "softmax13_default": ("Softmax", X4, [], {}, {}, 13, True),
+    "softmax11_axis1_coerced": ("Softmax", X4, [], {"axis": 1}, {}, 11, True),
+    "softmax11_axis2_coerced": ("Softmax", X4, [], {"axis": 2}, {}, 11, True),
+    "softmax11_default_rank2": ("Softmax", ["N", 7], [], {}, {}, 11, False),
+    "conv1d": ("Conv", X3, ["w", "b"], {"pads": [1, 2]}, {"w": _f(6, 4, 3), "b": _f(6)}, 17, False),
+    "conv_strided_dilated": ("Conv", X4, ["w"], {"strides": [2, 1], "dilations": [1, 2], "pads": [1, 0, 1, 2]},
+                             {"w": _f(5, 4, 3, 3)}, 17, False),
+    "conv_groups": ("Conv", X4, ["w", "b"], {"group": 2, "pads": [1, 1, 1, 1]}, {"w": _f(6, 2, 3, 3), "b": _f(6)},
+                    17, True),
+    "conv_depthwise": ("Conv", X4, ["w"], {"group": 4}, {"w": _f(8, 1, 3, 3)}, 17, True),
+    "conv_same_upper": ("Conv", X4, ["w"], {"auto_pad": "SAME_UPPER", "strides": [2, 2]},
+                        {"w": _f(3, 4, 4, 4)}, 17, False),
+    "conv_same_lower": ("Conv", X4, ["w"], {"auto_pad": "SAME_LOWER", "strides": [2, 2]},
+                        {"w": _f(3, 4, 4, 4)}, 17, False),
+    "conv_valid": ("Conv", X4, ["w"], {"auto_pad": "VALID", "kernel_shape": [2, 3]}, {"w": _f(3, 4, 2, 3)}, 11,
+                   False),
+    "batch_norm": ("BatchNormalization", X4, ["s", "b", "m", "v"], {"epsilon": 1e-3},
+                   {"s": _f(4), "b": _f(4), "m": _f(4), "v": _R.uniform(0.5, 2, 4).astype(np.float32)}, 15, True),
+    "batch_norm_rank2": ("BatchNormalization", ["N", 5], ["s", "b", "m", "v"], {},
+                         {"s": _f(5), "b": _f(5), "m": _f(5), "v": _R.uniform(0.5, 2, 5).astype(np.float32)}, 9,
+                         False),
+    "gemm_plain": ("Gemm", ["N", 6], ["w", "c"], {}, {"w": _f(6, 3), "c": _f(3)}, 13, False),
+    "gemm_transB_alpha_beta": ("Gemm", ["N", 6], ["w", "c"], {"transB": 1, "alpha": 0.5, "beta": 2.0},
+                               {"w": _f(3, 6), "c": _f(1, 3)}, 13, False),
+    "gemm_scalar_c": ("Gemm", ["N", 6], ["w", "c"], {"beta": 0.5}, {"w": _f(6, 3), "c": _s(0.3)}, 13, False),
+    "gemm_no_c": ("Gemm", ["N", 6], ["w"], {"transB": 1}, {"w": _f(3, 6)}, 13, False),
+    "gemm_opset7": ("Gemm", ["N", 6], ["w", "c"], {"transB": 1}, {"w": _f(3, 6), "c": _f(3)}, 7, False),
+    "matmul_rank3": ("MatMul", X3, ["w"], {}, {"w": _f(10, 3)}, 13, False),
+    "matmul_after_conv": ("MatMul", X4, ["w"], {}, {"w": _f(6, 2)}, 13, True),
+    "matmul_runtime": ("MatMul", ["N", 3, 4, 4], ["$x", "$x"], {}, {}, 13, False),
+    "maxpool": ("MaxPool", X4, [], {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}, {}, 17,
+                True),
+    "maxpool_ceil": ("MaxPool", ["N", 4, 7, 7], [], {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1},
+                     {}, 17, True),
+    "maxpool_ceil_pads": ("MaxPool", ["N", 4, 8, 8], [], {"kernel_shape": [3, 3], "strides": [2, 2],
+                                                          "pads": [1, 1, 1, 1], "ceil_mode": 1}, {}, 17, True),
+    "maxpool_same": ("MaxPool", ["N", 4, 7, 7], [], {"kernel_shape": [3, 3], "strides": [2, 2],
+                                                     "auto_pad": "SAME_UPPER"}, {}, 17, True),
+    "maxpool1d": ("MaxPool", X3, [], {"kernel_shape": [3], "strides": [2]}, {}, 17, True),
+    "avgpool_pads_excluded": ("AveragePool", X4, [], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}, {}, 17,
+                              True),
+    "avgpool_pads_included": ("AveragePool", X4, [], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1],
+                                                      "count_include_pad": 1}, {}, 17, True),
+    "avgpool_ceil": ("AveragePool", ["N", 4, 7, 7], [], {"kernel_shape": [2, 2], "strides": [2, 2],
+                                                         "ceil_mode": 1}, {}, 17, True),
+    "avgpool_ceil_included": ("AveragePool", ["N", 4, 8, 8], [], {"kernel_shape": [3, 3], "strides": [2, 2],
+                                                                  "pads": [1, 1, 1, 1], "ceil_mode": 1,
+                                                                  "count_include_pad": 1}, {}, 17, True),
+    "avgpool_same_lower": ("AveragePool", ["N", 4, 7, 7], [], {"kernel_shape": [2, 2], "strides": [2, 2],
+                                                               "auto_pad": "SAME_LOWER"}, {}, 17, True),
+    "global_avg_pool": ("GlobalAveragePool", X4, [], {}, {}, 17, True),
+    "global_max_pool": ("GlobalMaxPool", X3, [], {}, {}, 17, True),
+    "reduce_mean_keepdims": ("ReduceMean", X4, [], {"axes": [2, 3]}, {}, 13, True),
+    "reduce_mean_flat": ("ReduceMean", X4, [], {"axes": [-2, -1], "keepdims": 0}, {}, 13, True),
+    "reduce_mean_opset18": ("ReduceMean", X4, ["axes"], {"keepdims": 0}, {"axes": _i(2, 3)}, 18, True),
+    "reduce_max": ("ReduceMax", X4, [], {"axes": [2, 3]}, {}, 13, True),
+    "concat_self": ("Concat", X4, ["$x", "$x"], {"axis": 1}, {}, 17, True),
+    "concat_negative_axis": ("Concat", X4, ["$x", "$x", "$x"], {"axis": -1}, {}, 17, True),
+    "flatten_after_conv": ("Flatten", X4, [], {}, {}, 17, True),
+    "flatten_rank2": ("Flatten", ["N", 5], [], {"axis": 1}, {}, 17, False),
+    "flatten_axis2_unit": ("Flatten", ["N", 1, 3, 4], [], {"axis": 2}, {}, 17, False),
+    "reshape_rank3": ("Reshape", X4, ["shape"], {}, {"shape": _i(0, 4, 36)}, 17, True),
+    "reshape_minus1": ("Reshape", X4, ["shape"], {}, {"shape": _i(0, -1)}, 17, True),
+    "reshape_split_channels": ("Reshape", X4, ["shape"], {}, {"shape": _i(0, 2, 2, 6, 6)}, 17, True),
+    "transpose_spatial": ("Transpose", X4, [], {"perm": [0, 1, 3, 2]}, {}, 17, True),
+    "transpose_to_nhwc": ("Transpose", X4, [], {"perm": [0, 2, 3, 1]}, {}, 17, True),
+    "squeeze13": ("Squeeze", ["N", 4, 1, 6], ["axes"], {}, {"axes": _i(2)}, 13, False),
+    "squeeze11": ("Squeeze", ["N", 4, 1, 1], [], {"axes": [2, 3]}, {}, 11, False),
+    "unsqueeze13": ("Unsqueeze", ["N", 6], ["axes"], {}, {"axes": _i(2, -1)}, 13, False),
+    "unsqueeze11": ("Unsqueeze", X3, [], {"axes": [2]}, {}, 11, True),
+    "pad_attr": ("Pad", X4, [], {"pads": [0, 0, 1, 2, 0, 0, 2, 1], "value": 0.5}, {}, 10, True),
+    "pad_input": ("Pad", X4, ["pads", "v"], {}, {"pads": _i(0, 1, 0, 1, 0, 0, 2, 0), "v": _s(-1.0)}, 13, True),
+    "pad_axes": ("Pad", X4, ["pads", "", "axes"], {}, {"pads": _i(1, 2, 0, 3), "axes": _i(2, 3)}, 18, True),
+    "resize_scales": ("Resize", X4, ["", "scales"], {"mode": "nearest"},
+                      {"scales": np.array([1, 1, 2, 3], np.float32)}, 13, True),
+    "resize_sizes_axes": ("Resize", X4, ["", "", "sizes"], {"coordinate_transformation_mode": "asymmetric",
+                                                            "nearest_mode": "floor", "axes": [2, 3]},
+                          {"sizes": _i(12, 18)}, 18, True),
+    "resize_sizes_fixed_batch": ("Resize", [1, 4, 6, 6], ["", "", "sizes"], {}, {"sizes": _i(1, 4, 12, 6)}, 13,
+                                 True),
+    "resize_opset10": ("Resize", X4, ["scales"], {}, {"scales": np.array([1, 1, 2, 2], np.float32)}, 10, True),
+    "resize_opset11_roi": ("Resize", X3, ["roi", "scales"], {"coordinate_transformation_mode": "half_pixel"},
+                           {"roi": np.array([], np.float32), "scales": np.array([1, 1, 3], np.float32)}, 11, True),
+    "upsample_opset7": ("Upsample", X4, [], {"scales": [1.0, 1.0, 2.0, 2.0]}, {}, 7, True),
+    "upsample_opset9": ("Upsample", X4, ["scales"], {}, {"scales": np.array([1, 1, 2, 1], np.float32)}, 9, True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OP_CASES))
+def test_op_matches_onnxruntime(case: str, tmp_path: Path) -> None:
+    op, shape, inputs, attrs, inits, opset, conv = OP_CASES[case]
+    model = B.single(op, shape, inputs=inputs, attrs=attrs, inits=inits, opset=opset, conv=conv)
+    graph = check(model, tmp_path)
+    assert graph.outputs == ["y"]
+
+
+def test_every_supported_op_has_a_case() -> None:
+    from tapeout.compiler.frontends.onnx import supported_ops
+
+    covered = {c[0] for c in OP_CASES.values()} | {"Constant"}  # Constant: folded, see the next test
+    assert set(supported_ops()) <= covered, sorted(set(supported_ops()) - covered)
+
+
+def test_constant_node_weights(tmp_path: Path) -> None:
+    w = _f(3, 4, 1, 1)
+    nodes = [B.node("Constant", [], "w", value=numpy_helper.from_array(w)), B.node("Conv", ["x", "w"], "y")]
+    graph = check(B.make_model(nodes, {"x": X4}, {"y": None}), tmp_path)
+    assert ops_of(graph) == ["conv"]
