@@ -399,3 +399,337 @@ def test_constant_node_weights(tmp_path: Path) -> None:
     nodes = [B.node("Constant", [], "w", value=numpy_helper.from_array(w)), B.node("Conv", ["x", "w"], "y")]
     graph = check(B.make_model(nodes, {"x": X4}, {"y": None}), tmp_path)
     assert ops_of(graph) == ["conv"]
+
+
+# ------------------------------------------------------------------ layouts
+def _conv_w(rng: np.random.Generator, cout: int, cin: int, k: int = 3) -> np.ndarray:
+    return B.rand(rng, cout, cin, k, k)
+
+
+def test_channel_shuffle_moves_data_once(tmp_path: Path) -> None:
+    """conv -> Reshape [N, g, C/g, H, W] -> Transpose(0, 2, 1, 3, 4) -> Reshape [N, C, H, W] -> conv."""
+    rng = np.random.default_rng(11)
+    inits = {"w1": _conv_w(rng, 6, 3), "w2": _conv_w(rng, 4, 6), "split": np.array([0, 2, 3, 5, 5], np.int64),
+             "merge": np.array([0, 6, 5, 5], np.int64)}
+    nodes = [B.node("Conv", ["x", "w1"], "c1", pads=[1, 1, 1, 1]),
+             B.node("Reshape", ["c1", "split"], "groups"),
+             B.node("Transpose", ["groups"], "shuffled", perm=[0, 2, 1, 3, 4]),
+             B.node("Reshape", ["shuffled", "merge"], "merged"),
+             B.node("Conv", ["merged", "w2"], "y", pads=[1, 1, 1, 1])]
+    graph = check(B.make_model(nodes, {"x": ["N", 3, 5, 5]}, {"y": None}, inits), tmp_path)
+    assert transposes(graph) == 1
+    (t,) = [n for n in graph.nodes if n.op == "transpose"]
+    # The one transpose swaps the (group, channel-in-group) axes, channels-last: [N, H, W, C/g, g].
+    assert graph.type_of(t.outputs[0]).shape == ("N", 5, 5, 3, 2)
+
+
+def test_transpose_pairs_around_convs_cancel(tmp_path: Path) -> None:
+    """What old Keras-to-ONNX exporters emit: NHWC input, Transpose to NCHW, convs, Transpose back."""
+    rng = np.random.default_rng(12)
+    inits = {"w1": _conv_w(rng, 4, 3), "w2": _conv_w(rng, 5, 4)}
+    nodes = [B.node("Transpose", ["x"], "nchw", perm=[0, 3, 1, 2]),
+             B.node("Conv", ["nchw", "w1"], "c1", pads=[1, 1, 1, 1]), B.node("Relu", ["c1"], "r1"),
+             B.node("Transpose", ["r1"], "back1", perm=[0, 2, 3, 1]),
+             B.node("Transpose", ["back1"], "again", perm=[0, 3, 1, 2]),  # a pair between two convs
+             B.node("Conv", ["again", "w2"], "c2"),
+             B.node("Transpose", ["c2"], "y", perm=[0, 2, 3, 1])]
+    graph = check(B.make_model(nodes, {"x": ["N", 6, 6, 3]}, {"y": None}, inits), tmp_path)
+    assert transposes(graph) == 0
+    assert ops_of(graph) == ["conv", "relu", "conv"]
+    assert graph.io_layouts == {"x": "NHWC", "y": "NHWC"}
+
+
+def test_flatten_into_gemm_permutes_weight_rows(tmp_path: Path) -> None:
+    rng = np.random.default_rng(13)
+    inits = {"w": _conv_w(rng, 4, 3), "fc": B.rand(rng, 4 * 5 * 5, 3)}
+    nodes = [B.node("Conv", ["x", "w"], "c", pads=[1, 1, 1, 1]), B.node("Flatten", ["c"], "f"),
+             B.node("Relu", ["f"], "r"), B.node("MatMul", ["r", "fc"], "y")]
+    graph = check(B.make_model(nodes, {"x": ["N", 3, 5, 5]}, {"y": None}, inits), tmp_path)
+    assert transposes(graph) == 0
+    dense = graph.nodes[-1]
+    assert dense.op == "dense" and not np.array_equal(graph.constants[dense.inputs[1]], inits["fc"])
+
+
+def test_flatten_trick_does_not_fire_when_the_flatten_is_also_an_output(tmp_path: Path) -> None:
+    rng = np.random.default_rng(14)
+    inits = {"w": _conv_w(rng, 4, 3), "fc": B.rand(rng, 3, 4 * 5 * 5), "b": B.rand(rng, 3)}
+    nodes = [B.node("Conv", ["x", "w"], "c", pads=[1, 1, 1, 1]), B.node("Flatten", ["c"], "features"),
+             B.node("Gemm", ["features", "fc", "b"], "y", transB=1)]
+    graph = check(B.make_model(nodes, {"x": ["N", 3, 5, 5]}, {"y": None, "features": None}, inits), tmp_path)
+    # The Gemm still reads the channels-last flatten; the output gets ONNX element order.
+    assert transposes(graph) == 1
+    assert graph.outputs == ["y", "features"]
+
+
+def test_flatten_trick_does_not_fire_for_an_elementwise_runtime_consumer(tmp_path: Path) -> None:
+    """Flatten of a conv added to a flatten in ONNX order (from a reshape of the input) must align them."""
+    rng = np.random.default_rng(15)
+    inits = {"w": _conv_w(rng, 3, 3), "shape": np.array([0, -1], np.int64)}
+    nodes = [B.node("Conv", ["x", "w"], "c", pads=[1, 1, 1, 1]), B.node("Flatten", ["c"], "f"),
+             B.node("Reshape", ["x", "shape"], "xf"), B.node("Add", ["f", "xf"], "y")]
+    graph = check(B.make_model(nodes, {"x": ["N", 3, 4, 4]}, {"y": None}, inits), tmp_path)
+    assert transposes(graph) == 1
+
+
+def test_matmul_then_add_becomes_dense_with_bias(tmp_path: Path) -> None:
+    rng = np.random.default_rng(16)
+    inits = {"w": B.rand(rng, 6, 4), "b": B.rand(rng, 4)}
+    nodes = [B.node("MatMul", ["x", "w"], "mm"), B.node("Add", ["b", "mm"], "y")]
+    graph = check(B.make_model(nodes, {"x": ["N", 6]}, {"y": None}, inits), tmp_path)
+    assert ops_of(graph) == ["dense"] and len(graph.nodes[0].inputs) == 3
+
+
+def test_matmul_used_twice_keeps_its_add(tmp_path: Path) -> None:
+    rng = np.random.default_rng(17)
+    inits = {"w": B.rand(rng, 6, 4), "b": B.rand(rng, 4)}
+    nodes = [B.node("MatMul", ["x", "w"], "mm"), B.node("Add", ["mm", "b"], "y"), B.node("Relu", ["mm"], "z")]
+    graph = check(B.make_model(nodes, {"x": ["N", 6]}, {"y": None, "z": None}, inits), tmp_path)
+    assert ops_of(graph) == ["dense", "add", "relu"]
+
+
+def test_squeeze_after_global_pool_into_gemm(tmp_path: Path) -> None:
+    rng = np.random.default_rng(18)
+    inits = {"w": _conv_w(rng, 4, 3), "axes": np.array([2, 3], np.int64), "fc": B.rand(rng, 4, 2)}
+    nodes = [B.node("Conv", ["x", "w"], "c"), B.node("GlobalAveragePool", ["c"], "g"),
+             B.node("Squeeze", ["g", "axes"], "s"), B.node("MatMul", ["s", "fc"], "y")]
+    graph = check(B.make_model(nodes, {"x": ["N", 3, 6, 6]}, {"y": None}, inits), tmp_path)
+    assert transposes(graph) == 0
+
+
+def test_se_block_multiplies_in_channels_last(tmp_path: Path) -> None:
+    """Squeeze-and-excitation: pool -> 1x1 convs -> sigmoid -> Mul with the feature map."""
+    rng = np.random.default_rng(19)
+    inits = {"w": _conv_w(rng, 8, 3), "r": B.rand(rng, 2, 8, 1, 1), "e": B.rand(rng, 8, 2, 1, 1)}
+    nodes = [B.node("Conv", ["x", "w"], "c", pads=[1, 1, 1, 1]), B.node("GlobalAveragePool", ["c"], "p"),
+             B.node("Conv", ["p", "r"], "p1"), B.node("Relu", ["p1"], "p2"), B.node("Conv", ["p2", "e"], "p3"),
+             B.node("Sigmoid", ["p3"], "gate"), B.node("Mul", ["c", "gate"], "y")]
+    graph = check(B.make_model(nodes, {"x": ["N", 3, 6, 6]}, {"y": None}, inits), tmp_path)
+    assert transposes(graph) == 0
+    assert graph.io_layouts["y"] == "NCHW"
+
+
+def test_input_feeding_only_dense_layers_stays_in_onnx_order(tmp_path: Path) -> None:
+    rng = np.random.default_rng(20)
+    nodes = [B.node("MatMul", ["x", "w"], "y")]
+    graph = check(B.make_model(nodes, {"x": ["N", 5, 7]}, {"y": None}, {"w": B.rand(rng, 7, 3)}), tmp_path)
+    assert graph.io_layouts == {"x": "NWC", "y": "NWC"} and transposes(graph) == 0
+
+
+def test_output_transposed_in_onnx_kept_channels_last(tmp_path: Path) -> None:
+    """A model whose output is NHWC (Transpose after the last conv) needs no IR transpose."""
+    rng = np.random.default_rng(21)
+    nodes = [B.node("Conv", ["x", "w"], "c"), B.node("Transpose", ["c"], "y", perm=[0, 2, 3, 1])]
+    graph = check(B.make_model(nodes, {"x": ["N", 3, 5, 5]}, {"y": None}, {"w": _conv_w(rng, 4, 3)}), tmp_path)
+    assert transposes(graph) == 0 and graph.io_layouts == {"x": "NCHW", "y": "NHWC"}
+
+
+def test_reference_runner_layouts(cnn_path: Path) -> None:
+    graph = load_onnx(cnn_path)
+    assert ReferenceRunner(graph).input_specs()[0].shape == ("N", 16, 16, 3)
+    assert ReferenceRunner(graph, source_layout=True).input_specs()[0].shape == ("N", 3, 16, 16)
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    a = ReferenceRunner(graph).infer({"input": x.transpose(0, 2, 3, 1)})["logits"]
+    b = ReferenceRunner(graph, source_layout=True).infer({"input": x})["logits"]
+    np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------------------- batch
+def test_dynamic_batch_model_has_no_batch_note(tmp_path: Path) -> None:
+    graph = check(B.pytorch_cnn(batch="N"), tmp_path, batch=3)
+    assert "notes" not in graph.metadata
+    assert graph.types["input"].shape[0] == "N"
+
+
+def test_flatten_axis0_on_a_batch1_model_is_kept_and_noted(tmp_path: Path) -> None:
+    rng = np.random.default_rng(22)
+    nodes = [B.node("Conv", ["x", "w"], "c"), B.node("Flatten", ["c"], "f", axis=0),
+             B.node("Gemm", ["f", "fc"], "y")]
+    inits = {"w": _conv_w(rng, 2, 3), "fc": B.rand(rng, 2 * 3 * 3, 4)}
+    graph = check(B.make_model(nodes, {"x": [1, 3, 5, 5]}, {"y": [1, 4]}, inits), tmp_path, batch=1)
+    notes = graph.metadata["notes"]
+    assert any("axis 0" in n and "batch 1" in n for n in notes)
+    assert not any("takes any batch" in n for n in notes)
+
+
+BATCH_REFUSALS = {
+    "softmax_over_batch": (B.node("Softmax", ["x"], "y", axis=0), {}, "batch axis"),
+    "concat_on_batch": (B.node("Concat", ["x", "x"], "y", axis=0), {}, "batch axis"),
+    "transpose_moves_batch": (B.node("Transpose", ["x"], "y", perm=[1, 0, 2]), {}, "moves the batch"),
+    "reshape_changes_batch": (B.node("Reshape", ["x", "s"], "y"), {"s": np.array([-1, 4], np.int64)},
+                              "changes the batch"),
+    "flatten_axis0_dynamic": (B.node("Flatten", ["x"], "y", axis=0), {}, "fixed batch of 1"),
+    "flatten_axis2_merges_batch": (B.node("Flatten", ["x"], "y", axis=2), {}, "merges the batch"),
+    "squeeze_batch": (B.node("Squeeze", ["x", "a"], "y"), {"a": np.array([0], np.int64)}, "batch axis"),
+    "reduce_over_batch": (B.node("ReduceMean", ["x"], "y", axes=[0]), {}, "global pool"),
+    "gemm_transA": (B.node("Gemm", ["x", "w"], "y", transA=1), {"w": np.ones((3, 2), np.float32)}, "transA"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BATCH_REFUSALS))
+def test_ops_across_the_batch_are_refused(case: str, tmp_path: Path) -> None:
+    node, inits, words = BATCH_REFUSALS[case]
+    shape = ["N", 3] if case == "gemm_transA" else ["N", 2, 4]
+    msg = refused(B.make_model([node], {"x": shape}, {"y": None}, inits, opset=13), tmp_path)
+    assert words in msg and node.name in msg and node.op_type in msg
+
+
+# ----------------------------------------------------------------- refusals
+def _with(node: onnx.NodeProto, x: list, inits: dict | None = None, opset: int = 17) -> onnx.ModelProto:
+    return B.make_model([node], {"x": x}, {"y": None}, inits or {}, opset=opset)
+
+
+def test_unsupported_ops_name_node_op_and_the_supported_list(tmp_path: Path) -> None:
+    msg = refused(_with(B.node("LRN", ["x"], "y", name="norm1", size=3), X4), tmp_path)
+    assert "'norm1' (LRN) is not supported" in msg and "supported ONNX ops: Add, AveragePool" in msg
+
+
+def test_lstm_is_refused(tmp_path: Path) -> None:
+    rng = np.random.default_rng(23)
+    inits = {"W": B.rand(rng, 1, 16, 5), "R": B.rand(rng, 1, 16, 4)}
+    model = B.make_model([B.node("LSTM", ["x", "W", "R"], ["y"], name="rnn", hidden_size=4)],
+                         {"x": [7, 1, 5]}, {"y": None}, inits)
+    msg = refused(model, tmp_path)
+    assert "'rnn' (LSTM) is not supported" in msg
+
+
+def test_conv_transpose_is_refused(tmp_path: Path) -> None:
+    model = _with(B.node("ConvTranspose", ["x", "w"], "y", name="up"), X4, {"w": np.ones((4, 2, 2, 2), np.float32)})
+    assert "'up' (ConvTranspose) is not supported" in refused(model, tmp_path)
+
+
+def test_custom_domain_is_refused(tmp_path: Path) -> None:
+    node = helper.make_node("FancyOp", ["x"], ["y"], name="mine", domain="com.example")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.example", 1)])
+    msg = refused(model, tmp_path)
+    assert "'mine' (com.example::FancyOp)" in msg and "custom domain" in msg
+
+
+def test_non_repeating_nearest_resize_is_refused(tmp_path: Path) -> None:
+    model = _with(B.node("Resize", ["x", "", "s"], "y", name="rs", coordinate_transformation_mode="asymmetric",
+                         nearest_mode="round_prefer_ceil"), X4, {"s": np.array([1, 1, 3, 3], np.float32)})
+    assert "not a plain repetition" in refused(model, tmp_path)
+
+
+def test_reflect_pad_is_refused(tmp_path: Path) -> None:
+    model = _with(B.node("Pad", ["x", "p"], "y", mode="reflect"), X4, {"p": np.array([0, 0, 1, 1, 0, 0, 1, 1])})
+    assert "mode='reflect'" in refused(model, tmp_path)
+
+
+def test_runtime_weights_are_refused(tmp_path: Path) -> None:
+    model = B.make_model([B.node("Conv", ["x", "w"], "y", name="c")], {"x": X4, "w": [3, 4, 1, 1]}, {"y": None})
+    assert "W (the weights) (input 1) must be a constant" in refused(model, tmp_path)
+
+
+def test_used_second_output_is_refused(tmp_path: Path) -> None:
+    node = B.node("MaxPool", ["x"], ["y", "idx"], name="mp", kernel_shape=[2, 2])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, X4)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("idx", TensorProto.INT64, None)])
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    assert "output 1 ('idx') is not supported" in refused(model, tmp_path)
+
+
+def test_only_the_batch_may_be_dynamic(tmp_path: Path) -> None:
+    model = _with(B.node("Relu", ["x"], "y"), ["N", 3, "H", "W"])
+    assert "dynamic dimension at axis 2" in refused(model, tmp_path)
+
+
+def test_integer_inputs_are_refused(tmp_path: Path) -> None:
+    graph = helper.make_graph([B.node("Relu", ["x"], "y")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.INT32, ["N", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, ["N", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert "only float inputs" in refused(model, tmp_path)
+
+
+def test_opset_newer_than_onnx_knows_is_refused(tmp_path: Path) -> None:
+    model = _with(B.node("Relu", ["x"], "y"), ["N", 3])
+    model.opset_import[0].version = onnx.defs.onnx_opset_version() + 1
+    assert "is newer than the installed onnx" in refused(model, tmp_path)
+
+
+# ------------------------------------------------------------- safe loading
+def test_corrupt_file_is_one_line(cnn_path: Path, tmp_path: Path) -> None:
+    data = cnn_path.read_bytes()
+    msg = refused(data[: len(data) // 3], tmp_path, "truncated")
+    assert "ONNX model" in msg
+
+
+def test_non_onnx_file_is_one_line(tmp_path: Path) -> None:
+    msg = refused(b"this is not a model\n" * 20, tmp_path, "text")
+    assert "ONNX model" in msg
+
+
+def test_empty_file_is_one_line(tmp_path: Path) -> None:
+    assert "not an ONNX model" in refused(b"", tmp_path, "empty")
+
+
+def _external_model(folder: Path, location: str) -> Path:
+    """A Conv whose weights live in external data at ``location`` (relative to the model)."""
+    rng = np.random.default_rng(24)
+    w = B.rand(rng, 4, 3, 1, 1)
+    model = B.make_model([B.node("Conv", ["x", "w"], "y")], {"x": ["N", 3, 4, 4]}, {"y": None}, {"w": w})
+    tensor = model.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    tensor.external_data.add(key="location", value=location)
+    path = folder / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def test_external_data_in_the_model_folder_loads(tmp_path: Path) -> None:
+    rng = np.random.default_rng(24)
+    w = B.rand(rng, 4, 3, 1, 1)
+    (tmp_path / "weights.bin").write_bytes(w.tobytes())
+    graph = load_onnx(_external_model(tmp_path, "weights.bin"))
+    np.testing.assert_array_equal(graph.constants[graph.nodes[0].inputs[1]], w.transpose(2, 3, 1, 0))
+
+
+@pytest.mark.parametrize("location", ["../outside.bin", "sub/../../outside.bin", "/etc/passwd"])
+def test_external_data_outside_the_folder_is_refused(location: str, tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (tmp_path / "outside.bin").write_bytes(b"\0" * 48)
+    with pytest.raises(FrontendError) as info:
+        load_onnx(_external_model(folder, location))
+    assert "outside the model's folder" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_external_data_symlink_escaping_the_folder_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (tmp_path / "outside.bin").write_bytes(b"\0" * 48)
+    (folder / "link.bin").symlink_to(tmp_path / "outside.bin")
+    with pytest.raises(FrontendError, match="outside the model's folder"):
+        load_onnx(_external_model(folder, "link.bin"))
+
+
+def test_missing_external_data_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(FrontendError, match="needs external data file 'gone.bin'"):
+        load_onnx(_external_model(tmp_path, "gone.bin"))
+
+
+# ------------------------------------------------------------- CLI / process
+def test_cli_refusal_exits_2_without_traceback(tmp_path: Path) -> None:
+    path = B.save(_with(B.node("LRN", ["x"], "y", name="norm1", size=3), X4), tmp_path, "lrn")
+    proc = subprocess.run([sys.executable, "-m", "tapeout.compiler", "compile", str(path), "-t", "onnx", "-o",
+                           str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "'norm1' (LRN) is not supported" in proc.stderr + proc.stdout
+
+
+def test_compiling_onnx_never_imports_tensorflow(cnn_path: Path, tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from tapeout.compiler.api import compile_model\n"
+        f"r = compile_model({str(cnn_path)!r}, ['onnx'], {str(tmp_path / 'out')!r})\n"
+        "assert r.targets[0].verification.passed\n"
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "False"]
