@@ -230,9 +230,9 @@ def compile_model(
             t0 = time.perf_counter()
             emitted = target.emit(qgraph, tdir)
             seconds = time.perf_counter() - t0
-            tr = TargetReport(cls.name, variant, [f"{folder}/{a}" for a in emitted.artifacts],
-                              _dir_size(tdir, emitted.artifacts), seconds, list(emitted.notes),
-                              extra=dict(emitted.extra))
+            size = _dir_size(tdir, emitted.size_artifacts or emitted.artifacts)
+            tr = TargetReport(cls.name, variant, [f"{folder}/{a}" for a in emitted.artifacts], size, seconds,
+                              list(emitted.notes), extra=dict(emitted.extra))
             if qinfo is not None:
                 tr.extra["quantization"] = qinfo
             if verify_artifacts and dataset is not None:
@@ -306,15 +306,16 @@ def _quantize(graph: Graph, chosen: Sequence[tuple[type[Target], str]], calibrat
         if keep_float:
             raise UsageError("--keep-float applies to quantized targets only (e.g. onnx:int8)")
         return {}
-    names = [n.name for n in graph.nodes]
+    split = Pipeline([SplitActivations()]).run(graph).graph if set(schemes) & set(CALIBRATED_SCHEMES) else graph
+    # Names of layers and of the activation nodes split off them ("dense/softmax").
+    names = {n.name for n in [*graph.nodes, *split.nodes]}
     unknown = [k for k in keep_float if not any(is_excluded(n, [k]) for n in names)]
     if unknown:
         raise UsageError(f"--keep-float: no layer named {', '.join(map(repr, unknown))}; "
                          f"`tapeout inspect MODEL` lists them")
     calibrated: Graph | None = None
-    if any(s in CALIBRATED_SCHEMES for s in schemes):
+    if split is not graph:
         progress("calibration")
-        split = Pipeline([SplitActivations()]).run(graph).graph
         specs = source_specs(split)
         if str(calibration) == SYNTHETIC:
             data = synthesize(specs, num_samples=SYNTHETIC_CALIBRATION_SAMPLES, seed=0)
@@ -327,7 +328,9 @@ def _quantize(graph: Graph, chosen: Sequence[tuple[type[Target], str]], calibrat
     for scheme in schemes:
         progress(f"quantize {scheme}")
         base = calibrated if calibrated is not None and scheme in CALIBRATED_SCHEMES else graph
-        res = Pipeline([Quantize(scheme, keep_float)]).run(base)
+        # A split-off activation named for the unsplit (fp16) graph is fused there and float anyway.
+        here = [k for k in keep_float if any(is_excluded(n.name, [k]) for n in base.nodes)]
+        res = Pipeline([Quantize(scheme, here)]).run(base)
         q = res.graph.quant
         assert q is not None
         cal = res.graph.calibration if scheme in CALIBRATED_SCHEMES else None
@@ -337,7 +340,8 @@ def _quantize(graph: Graph, chosen: Sequence[tuple[type[Target], str]], calibrat
                 "method": cal.method, "percentile": cal.percentile, "data": cal.data, "samples": cal.samples,
                 "file": None if cal.data == SYNTHETIC else str(calibration)},
             "float_layers": list(q.float_nodes),
-            "details": [d for r in res.records for d in r.details],
+            "details": [d for r in res.records for d in r.details if not d.startswith("warning: ")],
+            "warnings": [d[len("warning: "):] for r in res.records for d in r.details if d.startswith("warning: ")],
         }
         out[scheme] = (res.graph, info)
     return out

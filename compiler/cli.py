@@ -119,7 +119,7 @@ def print_compile_summary(report: Any, out: TextIO) -> None:
     d = report.data
     if d["kind"]:
         con.print(f"data    {d['kind']}, {d['samples']} samples" +
-                  (" (synthetic inputs: no --eval or --calibration data given)" if d["kind"] == "synthetic" else ""))
+                  (" (synthetic inputs: no --eval or --calibration data file given)" if d["kind"] == "synthetic" else ""))
     for t in report.targets:
         q = t.extra.get("quantization")
         if q:
@@ -130,6 +130,8 @@ def print_compile_summary(report: Any, out: TextIO) -> None:
                 how = f"calibration {method} on {cal['samples']} {cal['data']} samples"
             kept = f", kept float: {', '.join(q['float_layers'])}" if q["float_layers"] else ""
             con.print(f"quant   {t.target}:{t.variant} {q['scheme']}, {how}{kept}", markup=False)
+            for w in q.get("warnings", []):
+                con.print(f"warning {t.target}:{t.variant}: {w}", markup=False)
     table = Table(title=None, show_edge=False)
     for col in ("target", "artifact", "size", "seconds", "verified", "max abs err", "cosine", "top-1 agree",
                 "accuracy src/art"):

@@ -45,6 +45,8 @@ FIXED_OUTPUTS: dict[str, dict[str, tuple[float, int, tuple[float, float]]]] = {
     "tanh": {"int8": (1 / 128, 0, (-1.0, 1.0)), "int16x8": (1 / 32768, 0, (-1.0, 1.0))},
 }
 
+FEW_STEPS = 16  # a fixed-scale output using fewer quantization steps than this is warned about
+
 _INT_RANGE = {"int8": (-128, 127), "int16": (-32768, 32767), "int32": (-2**31, 2**31 - 1),
               "int64": (-2**63, 2**63 - 1)}
 WEIGHT_QMIN, WEIGHT_QMAX = -127, 127  # symmetric int8 weights never use -128 (TFLite, ORT)
@@ -197,6 +199,7 @@ class Quantize(Pass):
             raise ValueError(f"unknown quantization scheme {scheme!r}; one of {', '.join(SCHEMES)}")
         self.scheme = scheme
         self.exclude = tuple(exclude)
+        self._warnings: list[str] = []
 
     def requires(self, graph: Graph) -> str | None:
         names = {n.name for n in graph.nodes}
@@ -216,6 +219,7 @@ class Quantize(Pass):
     def run(self, graph: Graph) -> PassResult:
         g = graph.copy()
         float_nodes = tuple(n.name for n in g.nodes if is_excluded(n.name, self.exclude))
+        self._warnings = []
         if self.scheme == "fp16":
             tensors = self._fp16(g, set(float_nodes))
         else:
@@ -231,7 +235,7 @@ class Quantize(Pass):
             details[0] += f" (calibration: {g.calibration.describe()})"
         if float_nodes:
             details.append(f"kept float: {', '.join(float_nodes)}")
-        return PassResult(g, True, details)
+        return PassResult(g, True, details + self._warnings)
 
     # ----------------------------------------------------------- schemes
     @staticmethod
@@ -282,6 +286,7 @@ class Quantize(Pass):
                     tensors[v] = tensors[n.inputs[0]]
                 elif quantized_node(n) and n.op in FIXED_OUTPUTS:
                     tensors[v] = _fixed(n.op, self.scheme)
+                    self._check_fixed(n, v, tensors[v], ranges.get(v))
                 else:
                     tensors[v] = from_range(v)
         for n in g.nodes:
@@ -295,6 +300,18 @@ class Quantize(Pass):
                     raise ValueError(f"constant {c!r} is shared by nodes that quantize it differently")
                 tensors[c] = tq
         return tensors
+
+    def _check_fixed(self, n: Node, v: str, tq: TensorQuant, observed: tuple[float, float] | None) -> None:
+        """Warn when a fixed output scale leaves the observed values only a few steps (e.g. a
+        1000-class softmax of an untrained model, whose int8 output would be mostly zeros)."""
+        if observed is None:
+            return
+        span = max(abs(observed[0]), abs(observed[1]))
+        if span < FEW_STEPS * tq.scale[0]:
+            self._warnings.append(
+                f"warning: {n.op} {n.name!r} output reaches only {span:.3g}, under {FEW_STEPS} steps of its fixed "
+                f"{tq.dtype} scale {tq.scale[0]:.3g}; most of it will quantize to zero (keep it float by name "
+                f"to avoid that)")
 
     def _constant(self, g: Graph, n: Node, pos: int, tensors: dict[str, TensorQuant], dtype: str) -> TensorQuant:
         a = g.constants[n.inputs[pos]]

@@ -216,3 +216,15 @@ def test_param_helpers():
 
 def test_quantize_is_registered():
     assert PASSES["quantize"] is Quantize and PASSES["split-activations"] is SplitActivations
+
+
+def test_a_fixed_output_scale_too_coarse_for_the_observed_values_is_warned_about(builder, apply):
+    b = builder(seed=1)
+    d = b.node("dense", [b.input("x", 8), b.rand("w", 8, 400, low=-0.01, high=0.01)], "d")
+    g = b.build(b.node("softmax", [d], "sm", axis=-1))  # 400 nearly equal classes: every p ~ 1/400
+    g = calibrate(g, {"x": np.random.default_rng(0).normal(size=(16, 8)).astype(np.float32)}, method="minmax")
+    res = apply(Quantize("int8"), g)
+    assert res.details[-1].startswith("warning: softmax 'sm' output reaches only 0.00") and "1/256" not in res.details[-1]
+    assert not any(d.startswith("warning") for d in apply(Quantize("int8", exclude=["sm"]), g).details)
+    # A trained-looking classifier (peaky outputs) is not warned about.
+    assert not any(d.startswith("warning") for d in apply(Quantize("int8"), prepared(builder, apply)).details)

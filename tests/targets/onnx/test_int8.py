@@ -239,17 +239,20 @@ def test_digits_int8_verifies_is_smaller_and_keeps_accuracy(digits_build):
     assert "quant   onnx:int8 int8, calibration minmax on 200 calibration samples" in stdout
 
 
-@pytest.mark.parametrize("method, extra", [("percentile", ["--percentile", "99.9"]), ("entropy", [])])
-def test_synthetic_calibration_and_other_methods_are_recorded(tmp_path, method, extra):
+@pytest.mark.parametrize("method, extra, keep, kept", [
+    ("percentile", ["--percentile", "99.9"], "probabilities", ["probabilities", "probabilities/softmax"]),
+    ("entropy", [], "probabilities/softmax", ["probabilities/softmax"]),  # a split-off activation alone
+])
+def test_synthetic_calibration_and_other_methods_are_recorded(tmp_path, method, extra, keep, kept):
     code, _, err = run_cli("compile", SAMPLE / "model.keras", "-t", "onnx:int8", "-o", tmp_path, "--no-verify",
                            "--calibration", "synthetic", "--calibration-method", method, *extra,
-                           "--keep-float", "probabilities")
+                           "--keep-float", keep)
     assert code == 0, err
     q = json.loads((tmp_path / "report.json").read_text())["targets"][0]["quantization"]
     assert q["calibration"]["data"] == "synthetic" and q["calibration"]["file"] is None
     assert q["calibration"]["method"] == method and q["calibration"]["samples"] == 32
     assert q["calibration"]["percentile"] == (99.9 if method == "percentile" else None)
-    assert q["float_layers"] == ["probabilities", "probabilities/softmax"]
+    assert q["float_layers"] == kept
 
 
 def test_unknown_keep_float_layer_is_a_usage_error(tmp_path):
