@@ -116,7 +116,8 @@ def insert_qdq(model: onnx.ModelProto, graph: Graph) -> onnx.ModelProto:
     constants = sorted(c for c, tq in tensors.items() if c in graph.constants and tq.is_integer)
     kept: list[onnx.TensorProto] = []
     for init in g.initializer:
-        src = _initializer_source(init.name, constants)
+        # Only float initializers hold IR constants (shapes, pads and axes are int64 helpers).
+        src = _initializer_source(init.name, constants) if init.data_type == onnx.TensorProto.FLOAT else None
         if src is None:
             kept.append(init)
             continue

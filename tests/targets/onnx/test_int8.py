@@ -317,3 +317,24 @@ def test_acceptance_3_one_calibration_same_ranges_in_every_artifact(tmp_path):
         assert_params_equal(scale, zp, expected)
         seen[spec] = (float(np.float32(scale)), int(zp))
     assert len(set(seen.values())) == 1 and "onnx:int8" in seen
+
+
+def test_many_op_kinds_match_the_simulation(maker):
+    """Depthwise conv, constant operands, same-scale ops, concat, fixed-scale outputs, rank-3 dense."""
+    from tapeout.targets.onnx.qdq import graph_to_qdq
+
+    m = maker(x=((8, 8, 4), "NHWC"))
+    y = m.conv("x", 4, (3, 3), groups=4, pads=((1, 1), (1, 1)), activation=Activation.of("relu"))
+    y = m.node("affine", y, m.const((4,)), m.const((4,)))
+    z = m.node("avg_pool", m.node("pad", y, pads=((0, 0), (1, 1), (1, 1), (0, 0)), value=0.0), kernel=(3, 3), strides=(1, 1))
+    y = m.node("add", y, z)
+    y = m.node("concat", y, m.node("sigmoid", y), axis=-1)
+    y = m.node("resize", m.node("max_pool", y, kernel=(2, 2), strides=(2, 2)), scales=(2, 2), mode="nearest")
+    y = m.dense(m.node("reshape", y, shape=(64, 8)), 6, activation=Activation.of("tanh"))
+    y = m.node("global_avg_pool", m.node("transpose", y, perm=(0, 2, 1)), keepdims=False)
+    g = annotated(m.done(y, layouts={y: "NC"}))
+    feeds = {"x": np.random.default_rng(5).normal(size=(16, 8, 8, 4)).astype(np.float32)}
+    model = graph_to_qdq(g)
+    got, sim, ref = run_onnx(g, model, feeds)[y], simulate(g, feeds)[y], run(g, feeds)[y]
+    assert cosine(got, sim) > 0.999 and cosine(got, ref) > 0.99
+    assert np.abs(got - sim).max() <= 3 * g.quant.tensors[y].scale[0]
