@@ -16,6 +16,8 @@ artifact gets), needs only ``onnx`` to emit, and is byte-for-byte deterministic.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -28,7 +30,6 @@ from tapeout.targets.onnx.emit import MIN_OPSET, graph_to_onnx
 # quantization, so a pooled-then-flattened or transposed value is quantized on both sides
 # (onnxruntime then runs the op on int8 and drops the extra pair).
 _MOVEMENT = ("Flatten", "Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze")
-_ONNX_DTYPE = {"int8": onnx.TensorProto.INT8, "int16": onnx.TensorProto.INT16, "int32": onnx.TensorProto.INT32}
 
 
 def graph_to_qdq(graph: Graph, *, opset: int = MIN_OPSET) -> onnx.ModelProto:
@@ -49,7 +50,7 @@ def _initializer_source(name: str, constants: list[str]) -> str | None:
     return best
 
 
-def _channel_axis(model: onnx.ModelProto, init: onnx.TensorProto, users: list[tuple[onnx.NodeProto, int]]) -> int:
+def _channel_axis(init: onnx.TensorProto, users: list[tuple[onnx.NodeProto, int]]) -> int:
     """The ONNX axis of a per-channel initializer, from how its consumers read it."""
     rank = len(init.dims)
     axes = set()
@@ -124,11 +125,11 @@ def insert_qdq(model: onnx.ModelProto, graph: Graph) -> onnx.ModelProto:
         tq = tensors[src]
         array = numpy_helper.to_array(init)
         if tq.axis is not None:
-            axis = _channel_axis(out, init, users.get(init.name, []))
+            axis = _channel_axis(init, users.get(init.name, []))
             if array.shape[axis] != len(tq.scale):
                 raise IRError(f"initializer {init.name!r} has {array.shape[axis]} channels on axis {axis}, "
                               f"its annotation {len(tq.scale)}")
-            tq = _on_axis(tq, axis)
+            tq = replace(tq, axis=axis)
         qname = ed.fresh(f"{init.name}/quantized")
         kept.append(numpy_helper.from_array(quantize_array(array, tq), qname))
         s, z = ed.params(init.name, tq)
@@ -179,7 +180,7 @@ def insert_qdq(model: onnx.ModelProto, graph: Graph) -> onnx.ModelProto:
         if t in graph_inputs:
             ed.front.extend(nodes)
         else:
-            ed.after.setdefault(producer_output(produced[t], t, src), []).extend(nodes)
+            ed.after.setdefault(src, []).extend(nodes)  # right after the producer (of t, or of t/float)
 
     ordered: list[onnx.NodeProto] = list(ed.front)
     for node in g.node:
@@ -193,11 +194,6 @@ def insert_qdq(model: onnx.ModelProto, graph: Graph) -> onnx.ModelProto:
     return out
 
 
-def producer_output(node: onnx.NodeProto, tensor: str, src: str) -> str:
-    """The producer's output the Q/DQ pair follows (renamed to ``src`` for graph outputs)."""
-    return src if src in node.output else tensor
-
-
 def _order(g: onnx.GraphProto):
     """Sort key: graph inputs first, then tensors in the order their producers appear."""
     pos = {i.name: -1 for i in g.input}
@@ -205,9 +201,3 @@ def _order(g: onnx.GraphProto):
         for o in node.output:
             pos.setdefault(o, k)
     return lambda t: (pos.get(t, len(g.node)), t)
-
-
-def _on_axis(tq: TensorQuant, axis: int) -> TensorQuant:
-    from dataclasses import replace
-
-    return replace(tq, axis=axis)
