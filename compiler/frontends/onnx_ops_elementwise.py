@@ -62,9 +62,13 @@ def _gelu(ctx: Context, n: OnnxNode) -> list[Bound]:
 
 @handles("Swish")
 def _swish(ctx: Context, n: OnnxNode) -> list[Bound]:
-    if float(n.attr("alpha", 1.0)) != 1.0:
-        raise ctx.fail("only alpha=1 (x * sigmoid(x)) is supported")
-    return unary(ctx, "swish")
+    alpha = float(n.attr("alpha", 1.0))
+    if alpha == 1.0:
+        return unary(ctx, "swish")
+    x = ctx.value(0)  # x * sigmoid(alpha * x)
+    scaled = ctx.emit("mul", [x.ir, ctx.add_const(f"{n.label}/alpha", np.array([alpha]))], f"{n.outputs[0]}/ax")
+    gate = ctx.emit("sigmoid", [scaled], f"{n.outputs[0]}/gate")
+    return [Value(ctx.emit("mul", [x.ir, gate], n.outputs[0]), x.layout)]
 
 
 def _bound(v: np.ndarray | None, default: float) -> float | None:

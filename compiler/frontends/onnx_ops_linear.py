@@ -10,6 +10,7 @@ import numpy as np
 
 from tapeout.compiler.frontends.onnx_context import Bound, Context, Handler, OnnxNode, Value, registrar
 from tapeout.compiler.frontends.onnx_layout import Layout, identity
+from tapeout.compiler.frontends.onnx_ops_shape import reshape
 
 HANDLERS: dict[str, Handler] = {}
 handles = registrar(HANDLERS)
@@ -53,10 +54,16 @@ def _gemm(ctx: Context, n: OnnxNode) -> list[Bound]:
         raise ctx.fail(f"A must have rank 2, got {x.layout.rank}")
     b = ctx.need_const(1, "B (the weights)")
     w = (b.T if int(n.attr("transB", 0)) else b) * np.float32(n.attr("alpha", 1.0))
-    bias = None
-    if ctx.has(2):
-        c = ctx.need_const(2, "C (the bias)")
-        bias = _gemm_bias(ctx, c, w.shape[1]) * np.float32(n.attr("beta", 1.0))
+    beta = np.float32(n.attr("beta", 1.0))
+    c = ctx.const(2)
+    if ctx.has(2) and c is None:  # C computed at run time: a dense, then a broadcasting add
+        y = dense(ctx, x, w, None, f"{n.outputs[0]}/matmul", n.label)
+        terms = [y.ir, ctx.unflat(ctx.value(2)).ir]
+        if beta != 1:
+            terms[1] = ctx.emit("mul", [terms[1], ctx.add_const(f"{n.label}/beta", np.array([beta]))],
+                                f"{n.outputs[0]}/beta_c")
+        return [Value(ctx.emit("add", terms, n.outputs[0]), y.layout)]
+    bias = None if c is None else _gemm_bias(ctx, c, w.shape[1]) * beta
     return [dense(ctx, x, w, bias, n.outputs[0], n.label)]
 
 
@@ -65,6 +72,10 @@ def _matmul(ctx: Context, n: OnnxNode) -> list[Bound]:
     a, b = (ctx.bound(n.inputs[i]) for i in (0, 1))
     if isinstance(a, Value) and isinstance(b, np.ndarray) and b.ndim == 2:
         return [dense(ctx, a, b, None, n.outputs[0], n.label)]
+    if isinstance(a, Value) and isinstance(b, np.ndarray) and b.ndim == 1:
+        # x @ v contracts the last axis and drops it: a dense to one feature, then a reshape.
+        y = dense(ctx, a, b.reshape(-1, 1), None, f"{n.outputs[0]}/column", n.label)
+        return [reshape(ctx, y, ctx.onnx_shape(y)[:-1], n.outputs[0])]
     return [_general_matmul(ctx, n, a, b)]
 
 

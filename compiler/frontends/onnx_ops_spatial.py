@@ -180,11 +180,37 @@ def _reduce(ctx: Context, n: OnnxNode) -> list[Bound]:
         if int(n.attr("noop_with_empty_axes", 0)):
             return [x]
         axes = set(range(rank))
-    if rank < 3 or axes != set(range(2, rank)):
-        raise ctx.fail(f"reduces over axes {sorted(axes)}; only all spatial axes {list(range(2, max(rank, 3)))} "
-                       "(a global pool) are supported")
+    if 0 in axes:
+        raise ctx.fail(f"reduces over axes {sorted(axes)}, the batch axis included; not supported")
     op = "global_avg_pool" if n.op == "ReduceMean" else "global_max_pool"
-    return [_global_pool(ctx, n, op, bool(int(n.attr("keepdims", 1))))]
+    return [reduce_axes(ctx, x, axes, op, bool(int(n.attr("keepdims", 1))), n.outputs[0])]
+
+
+def reduce_axes(ctx: Context, x: Value, axes: set[int], op: str, keepdims: bool, name: str) -> Value:
+    """A mean/max over non-batch ``axes`` as a global pool over the IR axes between batch and last.
+
+    The input is stored with the reduced axes first and the kept ones last (a transpose only
+    if they are interleaved); several kept axes are merged into the last one by a reshape.
+    """
+    rank = x.layout.rank
+    if axes != set(range(1, rank)):  # a reduction over every feature ignores their order
+        x = ctx.unflat(x)
+    perm = x.layout.perm if x.layout.flat is None else identity(rank)
+    red = [a for a in perm if a in axes]
+    kept = [a for a in perm[1:] if a not in axes]
+    shape = ctx.onnx_shape(x)
+    x = ctx.with_perm(x, (0, *red, *kept)) if x.layout.flat is None else x
+    if len(kept) != 1:
+        total = [int(np.prod([shape[a] for a in red])), int(np.prod([shape[a] for a in kept]))]
+        x = Value(ctx.emit("reshape", [x.ir], f"{name}/3d", shape=tuple(total)), Layout(identity(3)))
+    pooled = ctx.emit(op, [x.ir], name if len(kept) == 1 else f"{name}/pool", keepdims=len(kept) == 1 and keepdims)
+    out_perm = (0, *red, *kept) if keepdims else (0, *(sorted(kept).index(a) + 1 for a in kept))
+    out_shape = [1 if a in axes else shape[a] for a in range(rank)] if keepdims else \
+        [shape[0], *(shape[a] for a in sorted(kept))]
+    layout = Layout(out_perm)
+    if len(kept) == 1:
+        return Value(pooled, layout if keepdims else Layout(identity(2)))
+    return ctx.reshape_to(Value(pooled, Layout(identity(2))), out_perm, out_shape, name)
 
 
 # ----------------------------------------------------------------------- pad
@@ -280,9 +306,12 @@ def _resize_scales(ctx: Context, n: OnnxNode, rank: int, shape: Sequence[int]) -
     if scales is not None and scales.size:
         full[axes] = np.asarray(scales, np.float64).reshape(-1)
     elif sizes is not None and sizes.size:
-        if (n.attr("keep_aspect_ratio_policy", "stretch") or "stretch") != "stretch":
-            raise ctx.fail("keep_aspect_ratio_policy other than 'stretch' is not supported")
         full[axes] = np.asarray(sizes, np.float64).reshape(-1) / np.asarray([shape[a] for a in axes], np.float64)
+        policy = n.attr("keep_aspect_ratio_policy", "stretch") or "stretch"
+        if policy in ("not_larger", "not_smaller"):  # one scale for all listed axes
+            full[axes] = (min if policy == "not_larger" else max)(full[axes])
+        elif policy != "stretch":
+            raise ctx.fail(f"keep_aspect_ratio_policy={policy!r} is not supported")
         if 0 in axes and int(np.asarray(sizes).reshape(-1)[axes.index(0)]) == ctx.batch:
             full[0] = 1.0  # the batch as exported (or as folded): the batch is kept, whatever it is
     else:
