@@ -99,7 +99,7 @@ def _batch_norm(ctx: Context, n: OnnxNode) -> list[Bound]:
         raise ctx.fail("training_mode=1 is not supported (inference only)")
     params = [ctx.need_const(i, what).astype(np.float32) for i, what in
               ((1, "scale"), (2, "B"), (3, "mean"), (4, "var"))]
-    if any(p.ndim != 1 for p in params):
+    if any(p.ndim != 1 for p in params) or (int(n.attr("spatial", 1)) == 0 and x.layout.rank > 2):
         raise ctx.fail("only per-channel statistics are supported (spatial=1)")
     if x.layout.flat is not None:
         params = [p[x.layout.flat.order] for p in params]

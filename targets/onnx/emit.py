@@ -53,5 +53,8 @@ def graph_to_onnx(graph: Graph, *, opset: int = MIN_OPSET) -> onnx.ModelProto:
     model = helper.make_model(body, opset_imports=opsets, producer_name="tapeout", producer_version=__version__,
                               ir_version=helper.find_min_ir_version_for(opsets))
     for key in sorted(graph.metadata):
-        model.metadata_props.add(key=key, value=str(graph.metadata[key]))
+        value = graph.metadata[key]
+        # Front-end notes are a list of sentences: one per line.
+        text = "\n".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+        model.metadata_props.add(key=key, value=text)
     return model

@@ -116,6 +116,8 @@ def test_pytorch_cnn_compiles_to_onnx_and_verifies(cnn_path: Path, tmp_path: Pat
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 16, 16]  # NCHW kept, batch dynamic
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert any("fixed batch of 1" in n for n in saved["notes"])
+    props = {p.key: p.value for p in artifact.metadata_props}
+    assert props["notes"].startswith("the source model has a fixed batch of 1")
 
 
 def test_pytorch_cnn_ir_has_no_transposes(cnn_path: Path) -> None:
@@ -732,13 +734,24 @@ def test_cli_refusal_exits_2_without_traceback(tmp_path: Path) -> None:
 
 
 def test_compiling_onnx_never_imports_tensorflow(cnn_path: Path, tmp_path: Path) -> None:
+    """`tapeout compile model.onnx -t onnx -o out` end to end, in a fresh process."""
+    out = tmp_path / "out"
     code = (
-        "import sys\n"
-        "from tapeout.compiler.api import compile_model\n"
-        f"r = compile_model({str(cnn_path)!r}, ['onnx'], {str(tmp_path / 'out')!r})\n"
-        "assert r.targets[0].verification.passed\n"
-        "print('tensorflow' in sys.modules, 'keras' in sys.modules)\n"
+        "import io, sys\n"
+        "from tapeout.compiler.cli import main\n"
+        f"rc = main(['compile', {str(cnn_path)!r}, '-t', 'onnx', '-o', {str(out)!r}], io.StringIO(), sys.stderr)\n"
+        "print(rc, 'tensorflow' in sys.modules, 'keras' in sys.modules)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["False", "False"]
+    assert proc.stdout.split() == ["0", "False", "False"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["targets"][0]["verification"]["passed"]
+
+
+def test_output_names_win_over_importer_made_names(tmp_path: Path) -> None:
+    """The importer names the conv's weights "c/kernel"; an output of that name still gets it."""
+    rng = np.random.default_rng(25)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["c/kernel"])]
+    graph = check(B.make_model(nodes, {"x": X4}, {"c/kernel": None}, {"w": _conv_w(rng, 2, 4, 1)}), tmp_path)
+    assert graph.outputs == ["c/kernel"] and graph.nodes[-1].outputs == ["c/kernel"]
