@@ -29,9 +29,9 @@ def reshape(ctx: Context, x: Value, dst: Sequence[int], name: str) -> Value:
     if not dst or dst[0] != ctx.batch:
         raise ctx.fail(f"reshapes {list(src)} to {list(dst)}, which changes the batch axis "
                        f"(its first dimension must stay {ctx.batch})")
+    if dst == src:
+        return x
     if x.layout.flat is not None:
-        if dst == src:
-            return x
         x = ctx.unflat(x)
     plan = plan_reshape(src, x.layout.perm, dst)
     if plan.flatten:
@@ -151,3 +151,46 @@ def _concat(ctx: Context, n: OnnxNode) -> list[Bound]:
     perm = Counter(v.layout.perm for v in values).most_common(1)[0][0]
     ins = [ctx.with_perm(v, perm).ir for v in values]
     return [Value(ctx.emit("concat", ins, n.outputs[0], axis=perm.index(axis)), Layout(perm))]
+
+
+def _ones_like_growth(ctx: Context, x: Value, grown: Sequence[int], name: str) -> Value:
+    """Broadcast the unit axes of ``x`` to the ONNX shape ``grown`` by multiplying with ones."""
+    src = ctx.onnx_shape(x)
+    ir_in = [src[a] for a in x.layout.perm]
+    ir_out = [grown[a] for a in x.layout.perm]
+    if ir_in == ir_out:
+        return x
+    ones = np.ones([1, *(o if i != o else 1 for i, o in zip(ir_in[1:], ir_out[1:]))], np.float32)
+    return Value(ctx.emit("mul", [x.ir, ctx.add_const(f"{name}/ones", ones)], name), x.layout)
+
+
+@handles("Tile")
+def _tile(ctx: Context, n: OnnxNode) -> list[Bound]:
+    x = ctx.unflat(ctx.value(0))
+    src = ctx.onnx_shape(x)
+    reps = [int(r) for r in ctx.need_const(1, "repeats").reshape(-1)]
+    if len(reps) != len(src) or min(reps) < 1:
+        raise ctx.fail(f"repeats {reps} must give a positive count for each of {len(src)} axes")
+    if reps[0] != 1:
+        raise ctx.fail("repeating along the batch axis is not supported")
+    # A unit axis repeated is a broadcast (multiply by ones); any other axis, a concat of copies.
+    out = _ones_like_growth(ctx, x, [r if d == 1 else d for d, r in zip(src, reps)], f"{n.outputs[0]}/grown")
+    for a, r in enumerate(reps):
+        if r > 1 and src[a] != 1:
+            ir_axis = out.layout.perm.index(a)
+            out = Value(ctx.emit("concat", [out.ir] * r, f"{n.outputs[0]}/axis{a}", axis=ir_axis), out.layout)
+    return [out]
+
+
+@handles("Expand")
+def _expand(ctx: Context, n: OnnxNode) -> list[Bound]:
+    x = ctx.unflat(ctx.value(0))
+    src = ctx.onnx_shape(x)
+    target = [int(d) for d in ctx.need_const(1, "shape").reshape(-1)]
+    try:
+        grown = list(np.broadcast_shapes(tuple(src), tuple(target)))
+    except ValueError:
+        raise ctx.fail(f"shape {target} does not broadcast with {list(src)}") from None
+    if len(grown) != len(src) or grown[0] != src[0]:
+        raise ctx.fail(f"expanding {list(src)} to {grown} changes the rank or the batch axis; not supported")
+    return [_ones_like_growth(ctx, x, grown, n.outputs[0])]

@@ -385,6 +385,8 @@ OP_CASES: dict[str, tuple] = {
     "resize_opset10": ("Resize", X4, ["scales"], {}, {"scales": np.array([1, 1, 2, 2], np.float32)}, 10, True),
     "resize_opset11_roi": ("Resize", X3, ["roi", "scales"], {"coordinate_transformation_mode": "half_pixel"},
                            {"roi": np.array([], np.float32), "scales": np.array([1, 1, 3], np.float32)}, 11, True),
+    "tile_unit_and_full_axes": ("Tile", ["N", 4, 1, 3], ["r"], {}, {"r": _i(1, 2, 3, 2)}, 13, False),
+    "expand_unit_axis": ("Expand", ["N", 4, 1, 6], ["s"], {}, {"s": _i(1, 1, 5, 1)}, 13, True),
     "upsample_opset7": ("Upsample", X4, [], {"scales": [1.0, 1.0, 2.0, 2.0]}, {}, 7, True),
     "upsample_opset9": ("Upsample", X4, ["scales"], {}, {"scales": np.array([1, 1, 2, 1], np.float32)}, 9, True),
 }
@@ -755,3 +757,34 @@ def test_output_names_win_over_importer_made_names(tmp_path: Path) -> None:
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["c/kernel"])]
     graph = check(B.make_model(nodes, {"x": X4}, {"c/kernel": None}, {"w": _conv_w(rng, 2, 4, 1)}), tmp_path)
     assert graph.outputs == ["c/kernel"] and graph.nodes[-1].outputs == ["c/kernel"]
+
+
+def test_keras_model_exported_by_tf2onnx(tmp_path: Path) -> None:
+    """A real exporter's NHWC graph: Transposes around convs, UpSampling as Unsqueeze/Tile/Reshape,
+    shape computations for Flatten. It imports without a single IR transpose."""
+    pytest.importorskip("tf2onnx")
+    import keras
+    import tensorflow as tf
+    import tf2onnx
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((12, 12, 3), name="image")
+    x = keras.layers.Conv2D(8, 3, padding="same")(inp)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU(6.0)(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same")(x)
+    x = keras.layers.MaxPooling2D(2)(x)
+    s = keras.layers.GlobalAveragePooling2D(keepdims=True)(x)
+    s = keras.layers.Conv2D(8, 1, activation="sigmoid")(s)
+    x = keras.layers.Multiply()([x, s])
+    x = keras.layers.UpSampling2D(2)(x)
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same")(x)
+    x = keras.layers.Flatten()(x)
+    out = keras.layers.Dense(5, activation="softmax")(x)
+    model = keras.Model(inp, out)
+    spec = (tf.TensorSpec((None, 12, 12, 3), tf.float32, name="image"),)
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=13)
+    assert sum(n.op_type == "Transpose" for n in proto.graph.node) >= 3
+    graph = check(proto, tmp_path, batch=3)
+    assert transposes(graph) == 0
+    assert graph.io_layouts[graph.inputs[0]] == "NHWC"
