@@ -63,10 +63,10 @@ def _attr(a: Any) -> Any:
     return a.value
 
 
-def _adapt(node: Any) -> OnnxNode:
-    return OnnxNode(node.op_type, node.name or "",
-                    [i.name if i is not None else None for i in node.inputs],
-                    [o.name or "" for o in node.outputs],
+def _adapt(node: Any, names: dict[str, str]) -> OnnxNode:
+    outputs = [o.name or "" for o in node.outputs]
+    name = names.get(outputs[0], node.name or "") if outputs else node.name or ""
+    return OnnxNode(node.op_type, name, [i.name if i is not None else None for i in node.inputs], outputs,
                     {k: _attr(a) for k, a in node.attributes.items()})
 
 
@@ -220,7 +220,7 @@ def _uses(g: Any, nodes: list[OnnxNode]) -> dict[str, int]:
 
 def convert(prepared: Prepared, path: Path) -> Graph:
     g = prepared.model.graph
-    nodes = [_adapt(n) for n in g]
+    nodes = [_adapt(n, prepared.node_names) for n in g]
     graph = Graph(name=g.name or path.stem, inputs=[], outputs=[])
     ctx = Context(graph, path, prepared.opset, prepared.batch, prepared.fixed_batch, _uses(g, nodes))
     ctx.notes.extend(prepared.notes)

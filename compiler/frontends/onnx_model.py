@@ -34,6 +34,8 @@ class Prepared:
     batch: int  # the concrete batch every shape was folded with
     fixed_batch: int | None  # the source's static batch; None when it is dynamic
     notes: list[str] = field(default_factory=list)
+    # Output value -> the name its node has in the file (onnx-ir names unnamed nodes it touches).
+    node_names: dict[str, str] = field(default_factory=dict)
 
 
 def _one_line(e: BaseException) -> str:
@@ -249,5 +251,6 @@ def prepare(path: Path) -> Prepared:
     check_model(model, path)
     model = lift_opset(model, path, notes)
     batch, fixed = pin_batch(model, path)
+    names = {out: node.name for node in model.graph.node for out in node.output if out}
     irm = fold(model, path)
-    return Prepared(irm, default_opset(model), batch, fixed, notes)
+    return Prepared(irm, default_opset(model), batch, fixed, notes, names)

@@ -596,6 +596,14 @@ def test_unsupported_ops_name_node_op_and_the_supported_list(tmp_path: Path) -> 
     assert "'norm1' (LRN) is not supported" in msg and "supported ONNX ops: Add, AveragePool" in msg
 
 
+def test_unnamed_node_is_named_by_its_output(tmp_path: Path) -> None:
+    """Folding touches the graph (the Constant); the refusal still names what is in the file."""
+    nodes = [helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.ones(6, np.float32))),
+             helper.make_node("Add", ["x", "c"], ["a"]), helper.make_node("LRN", ["a"], ["y"], size=3)]
+    msg = refused(B.make_model(nodes, {"x": X4}, {"y": None}), tmp_path)
+    assert "node 'y' (LRN) is not supported" in msg
+
+
 def test_lstm_is_refused(tmp_path: Path) -> None:
     rng = np.random.default_rng(23)
     inits = {"W": B.rand(rng, 1, 16, 5), "R": B.rand(rng, 1, 16, 4)}
