@@ -84,6 +84,9 @@ class Context:
         self.tied_batch = False  # set when the model's semantics need its fixed batch (Flatten axis 0)
         self.node: OnnxNode | None = None
         self.producer: dict[str, Node] = {}  # IR value -> the IR node that computes it
+        # (IR value, storage perm) -> the value moved there, so each move is made once.
+        self._moved: dict[tuple[str, Perm], Value] = {}
+        self._ordered: dict[str, Value] = {}  # flattened IR value -> its ONNX-order copy
 
     # ------------------------------------------------------------- errors
     def fail(self, why: str) -> FrontendError:
@@ -130,10 +133,6 @@ class Context:
     def has(self, i: int) -> bool:
         return self.node is not None and self.node.input(i) is not None
 
-    def runtime_inputs(self) -> list[int]:
-        assert self.node is not None
-        return [i for i, name in enumerate(self.node.inputs) if name and isinstance(self.bound(name), Value)]
-
     # ------------------------------------------------------------- shapes
     def ir_shape(self, v: Value) -> tuple:
         return self.graph.type_of(v.ir).shape
@@ -145,7 +144,7 @@ class Context:
         return (self.batch, *(int(d) for d in onnx[1:]))
 
     def axis(self, axis: int, rank: int) -> int:
-        """A possibly negative ONNX axis, normalized; refusing the batch axis."""
+        """A possibly negative ONNX axis, normalized."""
         if not -rank <= axis < rank:
             raise self.fail(f"axis {axis} is out of range for rank {rank}")
         return axis % rank
@@ -172,14 +171,17 @@ class Context:
         v = self.unflat(v)
         if v.layout.perm == perm:
             return v
-        shape = self.ir_shape(v)
-        move = transpose_between(v.layout.perm, perm)
-        if moves_data(shape, move):
-            out = self.emit("transpose", [v.ir], f"{v.ir}/perm", perm=move)
-        else:
-            new_shape = [shape[m] for m in move]
-            out = self.emit("reshape", [v.ir], f"{v.ir}/perm", shape=tuple(int(d) for d in new_shape[1:]))
-        return Value(out, Layout(perm))
+        key = (v.ir, perm)
+        if key not in self._moved:
+            shape = self.ir_shape(v)
+            move = transpose_between(v.layout.perm, perm)
+            if moves_data(shape, move):
+                out = self.emit("transpose", [v.ir], f"{v.ir}/perm", perm=move)
+            else:
+                new_shape = [shape[m] for m in move]
+                out = self.emit("reshape", [v.ir], f"{v.ir}/perm", shape=tuple(int(d) for d in new_shape[1:]))
+            self._moved[key] = Value(out, Layout(perm))
+        return self._moved[key]
 
     def native(self, v: Value) -> Value:
         return self.with_perm(v, identity(v.layout.rank))
@@ -196,10 +198,12 @@ class Context:
         flat = v.layout.flat
         if flat is None:
             return v
-        inner = self.emit("reshape", [v.ir], f"{v.ir}/unflatten", shape=tuple(flat.inner))
-        ordered = self.with_perm(Value(inner, Layout(flat.perm)), identity(len(flat.perm)))
-        out = self.emit("flatten", [ordered.ir], f"{v.ir}/onnx_order")
-        return Value(out, Layout(identity(2)))
+        if v.ir not in self._ordered:
+            inner = self.emit("reshape", [v.ir], f"{v.ir}/unflatten", shape=tuple(flat.inner))
+            ordered = self.with_perm(Value(inner, Layout(flat.perm)), identity(len(flat.perm)))
+            out = self.emit("flatten", [ordered.ir], f"{v.ir}/onnx_order")
+            self._ordered[v.ir] = Value(out, Layout(identity(2)))
+        return self._ordered[v.ir]
 
     def flatten(self, v: Value, name: str) -> Value:
         """An IR flatten of ``v``'s storage, remembering the feature order when it is not ONNX's."""

@@ -796,3 +796,14 @@ def test_keras_model_exported_by_tf2onnx(tmp_path: Path) -> None:
     graph = check(proto, tmp_path, batch=3)
     assert transposes(graph) == 0
     assert graph.io_layouts[graph.inputs[0]] == "NHWC"
+
+
+def test_a_value_is_moved_once_for_all_its_readers(tmp_path: Path) -> None:
+    """A value in ONNX order (after reshapes) read by two convs: one channels-last copy serves both."""
+    rng = np.random.default_rng(26)
+    inits = {"w1": _conv_w(rng, 2, 3), "w2": _conv_w(rng, 2, 3), "s1": np.array([0, 3, 25], np.int64),
+             "s2": np.array([0, 3, 5, 5], np.int64)}
+    nodes = [B.node("Reshape", ["x", "s1"], "r1"), B.node("Reshape", ["r1", "s2"], "r2"),
+             B.node("Conv", ["r2", "w1"], "a"), B.node("Conv", ["r2", "w2"], "b")]
+    graph = check(B.make_model(nodes, {"x": ["N", 3, 5, 5]}, {"a": None, "b": None}, inits), tmp_path)
+    assert transposes(graph) == 1
