@@ -807,3 +807,12 @@ def test_a_value_is_moved_once_for_all_its_readers(tmp_path: Path) -> None:
              B.node("Conv", ["r2", "w1"], "a"), B.node("Conv", ["r2", "w2"], "b")]
     graph = check(B.make_model(nodes, {"x": ["N", 3, 5, 5]}, {"a": None, "b": None}, inits), tmp_path)
     assert transposes(graph) == 1
+
+
+def test_matmul_read_through_an_alias_keeps_its_add(tmp_path: Path) -> None:
+    rng = np.random.default_rng(27)
+    inits = {"w": B.rand(rng, 6, 4), "b": B.rand(rng, 4)}
+    nodes = [B.node("MatMul", ["x", "w"], "mm"), B.node("Identity", ["mm"], "alias"),
+             B.node("Add", ["alias", "b"], "y"), B.node("Relu", ["mm"], "z")]
+    graph = check(B.make_model(nodes, {"x": ["N", 6]}, {"y": None, "z": None}, inits), tmp_path)
+    assert ops_of(graph) == ["dense", "add", "relu"]
