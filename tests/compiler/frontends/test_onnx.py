@@ -816,3 +816,29 @@ def test_matmul_read_through_an_alias_keeps_its_add(tmp_path: Path) -> None:
              B.node("Add", ["alias", "b"], "y"), B.node("Relu", ["mm"], "z")]
     graph = check(B.make_model(nodes, {"x": ["N", 6]}, {"y": None, "z": None}, inits), tmp_path)
     assert ops_of(graph) == ["dense", "add", "relu"]
+
+
+def _random_factors(rng: np.random.Generator, total: int, rank: int) -> list[int]:
+    dims = [1] * rank
+    for p in [p for p in (2, 3, 5) for _ in range(10) if total % p ** (_ + 1) == 0]:
+        dims[int(rng.integers(rank))] *= p
+    return dims
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_random_transpose_reshape_chains_match(seed: int, tmp_path: Path) -> None:
+    """Layout tracking on random Transpose/Reshape chains after a conv (channels-last storage)."""
+    rng = np.random.default_rng(100 + seed)
+    c, h, w = (int(d) for d in rng.choice([1, 2, 3, 4], 3))
+    inits = {"w": _conv_w(rng, c, 2, 1)}
+    nodes = [B.node("Conv", ["x", "w"], "t0")]
+    cur, rank, total = "t0", 4, c * h * w
+    for k in range(3):
+        perm = [0, *(rng.permutation(rank - 1) + 1).tolist()]
+        nodes.append(B.node("Transpose", [cur], f"t{k}p", perm=perm))
+        rank = int(rng.integers(2, 6))
+        inits[f"s{k}"] = np.array([0, *_random_factors(rng, total, rank - 1)], np.int64)
+        nodes.append(B.node("Reshape", [f"t{k}p", f"s{k}"], f"t{k + 1}"))
+        cur = f"t{k + 1}"
+    nodes.append(B.node("Relu", [cur], "y"))
+    check(B.make_model(nodes, {"x": ["N", 2, h, w]}, {"y": None}, inits), tmp_path)
