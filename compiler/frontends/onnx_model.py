@@ -121,11 +121,13 @@ def check_domains(model: Any, path: Path) -> None:
                                 f"{node.domain!r}; only the standard ONNX domain is supported")
 
 
-def check_model(model: Any, path: Path) -> None:
+def check_model(model: Any, path: Path, external: bool) -> None:
+    """The ONNX checker; given the file when it has external data (which the checker then
+    finds next to it, and which may make the model too large for an in-memory check)."""
     import onnx
 
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(str(path) if external else model)
     except Exception as e:  # ValidationError, and ValueError for >2GB protos
         raise FrontendError(f"{path}: not a valid ONNX model ({_one_line(e)})") from None
 
@@ -245,10 +247,11 @@ def fold(model: Any, path: Path) -> Any:
 def prepare(path: Path) -> Prepared:
     model = read_model(path)
     notes: list[str] = []
-    if check_external_data(model, path):
-        load_external_data(model, path)
+    external = check_external_data(model, path)
     check_domains(model, path)
-    check_model(model, path)
+    check_model(model, path, external)
+    if external:
+        load_external_data(model, path)
     model = lift_opset(model, path, notes)
     batch, fixed = pin_batch(model, path)
     names = {out: node.name for node in model.graph.node for out in node.output if out}

@@ -842,3 +842,10 @@ def test_random_transpose_reshape_chains_match(seed: int, tmp_path: Path) -> Non
         cur = f"t{k + 1}"
     nodes.append(B.node("Relu", [cur], "y"))
     check(B.make_model(nodes, {"x": ["N", 2, h, w]}, {"y": None}, inits), tmp_path)
+
+
+def test_truncated_external_data_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "weights.bin").write_bytes(b"\0" * 10)  # the tensor needs 48 bytes
+    with pytest.raises(FrontendError) as info:
+        load_onnx(_external_model(tmp_path, "weights.bin"))
+    assert "\n" not in str(info.value) and "model.onnx" in str(info.value)
