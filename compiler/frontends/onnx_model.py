@@ -105,12 +105,20 @@ def check_external_data(model: Any, path: Path) -> bool:
 
 
 def load_external_data(model: Any, path: Path) -> None:
+    import numpy as np
+    from onnx import helper
     from onnx.external_data_helper import load_external_data_for_model
 
+    external = [t for t in _graph_tensors(model.graph) if _external_location(t) is not None]
     try:
         load_external_data_for_model(model, str(path.parent))
-    except Exception as e:  # a truncated or unreadable data file
+    except Exception as e:  # an unreadable data file
         raise FrontendError(f"{path}: could not read external data ({_one_line(e)})") from None
+    for t in external:  # a short file loads without complaint; say so here
+        want = int(np.prod(t.dims)) * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+        if len(t.raw_data) != want:
+            raise FrontendError(f"{path}: external data of tensor {t.name!r} has {len(t.raw_data)} bytes, "
+                                f"{want} expected (truncated file?)")
 
 
 def check_domains(model: Any, path: Path) -> None:
