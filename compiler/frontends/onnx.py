@@ -123,7 +123,7 @@ def _bind_inputs(ctx: Context, g: Any, consumers: dict[str, list[OnnxNode]]) -> 
         graph.inputs.append(v.name)
         graph.types[v.name] = TensorType((BATCH, *to_ir_shape(shape, perm)[1:]), "float32")
         graph.io_layouts[v.name] = layout_name(perm)
-        ctx.values[v.name] = Value(v.name, Layout(perm))
+        ctx.bind(v.name, Value(v.name, Layout(perm)))
         if v.dtype.name != "FLOAT":
             ctx.note(f"input {v.name!r} is {v.dtype.name.lower()} in the source; the compiled model computes "
                      "in float32")
@@ -144,7 +144,7 @@ def _convert_node(ctx: Context, node: OnnxNode) -> None:
         if not out:
             continue
         if i < len(results):
-            ctx.values[out] = results[i]
+            ctx.bind(out, results[i])
         elif ctx.uses.get(out, 0):
             raise ctx.fail(f"output {i} ({out!r}) is not supported (only the first {len(results)})")
     ctx.node = None
@@ -225,7 +225,7 @@ def convert(prepared: Prepared, path: Path) -> Graph:
     ctx = Context(graph, path, prepared.opset, prepared.batch, prepared.fixed_batch, _uses(g, nodes))
     ctx.notes.extend(prepared.notes)
     for name, v in g.initializers.items():
-        ctx.values[name] = v.const_value.numpy()
+        ctx.bind(name, v.const_value.numpy())
     consumers: dict[str, list[OnnxNode]] = {}
     for n in nodes:
         for i in n.inputs:

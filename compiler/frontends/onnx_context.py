@@ -87,6 +87,8 @@ class Context:
         # (IR value, storage perm) -> the value moved there, so each move is made once.
         self._moved: dict[tuple[str, Perm], Value] = {}
         self._ordered: dict[str, Value] = {}  # flattened IR value -> its ONNX-order copy
+        self.readers: dict[str, int] = {}  # IR value -> IR nodes reading it so far
+        self.aliases: dict[str, list[str]] = {}  # IR value -> the ONNX values bound to it
 
     # ------------------------------------------------------------- errors
     def fail(self, why: str) -> FrontendError:
@@ -98,7 +100,19 @@ class Context:
         if text not in self.notes:
             self.notes.append(text)
 
-    # ------------------------------------------------------------- inputs
+    # ------------------------------------------------------------- values
+    def bind(self, name: str, b: Bound) -> None:
+        """Bind ONNX value ``name`` to a constant or an IR value."""
+        self.values[name] = b
+        if isinstance(b, Value):
+            self.aliases.setdefault(b.ir, []).append(name)
+
+    def read_once(self, ir: str) -> bool:
+        """Whether the node being converted is the only reader of IR value ``ir`` (its aliases included)."""
+        if self.readers.get(ir, 0):
+            return False
+        return sum(self.uses.get(a, 0) for a in self.aliases.get(ir, ())) == 1
+
     def bound(self, name: str) -> Bound:
         try:
             return self.values[name]
@@ -160,6 +174,8 @@ class Context:
             raise self.fail(f"cannot be expressed in the IR: {e}") from None
         g.nodes.append(node)
         self.producer[name] = node
+        for i in inputs:
+            self.readers[i] = self.readers.get(i, 0) + 1
         return name
 
     def add_const(self, base: str, array: np.ndarray) -> str:

@@ -217,7 +217,7 @@ def _add_as_bias(ctx: Context, n: OnnxNode) -> Value | None:
     k = 0 if isinstance(bound[0], Value) else 1
     x, c = bound[k], np.asarray(bound[1 - k], dtype=np.float32)
     prod = ctx.producer.get(x.ir)
-    if (prod is None or prod.op != "dense" or len(prod.inputs) != 2 or not _read_once(ctx, x.ir)
+    if (prod is None or prod.op != "dense" or len(prod.inputs) != 2 or not ctx.read_once(x.ir)
             or c.ndim > x.layout.rank or any(d != 1 for d in c.shape[:-1])):
         return None
     m = int(ctx.graph.type_of(prod.inputs[1]).shape[1])
@@ -226,14 +226,6 @@ def _add_as_bias(ctx: Context, n: OnnxNode) -> Value | None:
     bias = np.broadcast_to(align_constant(c, x.layout).reshape(-1), (m,))
     prod.inputs.append(ctx.add_const(names[1 - k], bias))
     return x
-
-
-def _read_once(ctx: Context, ir: str) -> bool:
-    """Whether the node being converted is the only reader of IR value ``ir`` (aliases included)."""
-    if any(ir in node.inputs for node in ctx.graph.nodes):
-        return False
-    aliases = [k for k, b in ctx.values.items() if isinstance(b, Value) and b.ir == ir]
-    return sum(ctx.uses.get(a, 0) for a in aliases) == 1
 
 
 @handles("Constant")
