@@ -16,7 +16,7 @@ from tapeout.compiler.ir import Node
 from tapeout.compiler.ops import ACTIVATION_OPS
 from tapeout.targets.onnx.activations import emit_activation
 from tapeout.targets.onnx.builder import Builder
-from tapeout.targets.onnx.layout import flatten_row_order, physical_axes, physical_axis
+from tapeout.targets.onnx.layout import flatten_row_order, physical_axes, physical_axis, physical_shape
 
 Lowering = Callable[[Builder, Node], None]
 LOWERINGS: dict[str, Lowering] = {}
@@ -189,16 +189,32 @@ def _flatten(b: Builder, n: Node) -> None:
         order = flatten_row_order(b.graph.type_of(x).shape[1:])
         if np.any(order != np.arange(order.size)):  # all-1 spatial dims: same order, keep the weights
             b.row_orders[out] = order
-    b.add("Flatten", [b.get(x, True if trick else False)], out, n.name, axis=1)
+    layout = None if _no_spatial_extent(b, x) else trick  # [N, 1.., C]: both layouts hold one order
+    b.add("Flatten", [b.get(x, layout)], out, n.name, axis=1)
     b.define(out, out, False)
+
+
+def _no_spatial_extent(b: Builder, value: str) -> bool:
+    """[N, C] or [N, 1, ..., 1, C]: channels-first and channels-last storage hold the same element order."""
+    shape = b.graph.type_of(value).shape
+    return len(shape) < 3 or all(d == 1 for d in shape[1:-1])
 
 
 @_lowers("reshape")
 def _reshape(b: Builder, n: Node) -> None:
-    out = n.outputs[0]
+    x, out = n.inputs[0], n.outputs[0]
+    if _no_spatial_extent(b, x) and _no_spatial_extent(b, out):
+        # Only unit axes come or go (a squeeze/unsqueeze around a global pool): reshape the
+        # data as it is stored and keep rank >= 3 results channels-first, for the convs.
+        cf = b.rank(out) >= 3
+        phys = physical_shape(b.graph.type_of(out).shape, cf)
+        shape = b.int64s(f"{n.name}/shape", [0, *(int(d) for d in phys[1:])])
+        b.add("Reshape", [b.get(x), shape], out, n.name)
+        b.define(out, out, cf)
+        return
     # 0 copies the (dynamic) batch dim.
     shape = b.int64s(f"{n.name}/shape", [0, *(int(d) for d in n.attrs["shape"])])
-    b.add("Reshape", [b.get(n.inputs[0], False), shape], out, n.name)
+    b.add("Reshape", [b.get(x, False), shape], out, n.name)
     b.define(out, out, False)
 
 

@@ -849,3 +849,16 @@ def test_truncated_external_data_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(FrontendError) as info:
         load_onnx(_external_model(tmp_path, "weights.bin"))
     assert "\n" not in str(info.value) and "has 10 bytes, 48 expected" in str(info.value)
+
+
+def test_se_block_with_squeeze_unsqueeze_has_no_artifact_transposes(tmp_path: Path) -> None:
+    """Pool -> Squeeze -> dense -> Unsqueeze -> gate: the unit-axis reshapes need no Transpose in ONNX."""
+    rng = np.random.default_rng(28)
+    inits = {"w": _conv_w(rng, 6, 3), "fc": B.rand(rng, 6, 6), "axes": np.array([2, 3], np.int64)}
+    nodes = [B.node("Conv", ["x", "w"], "c", pads=[1, 1, 1, 1]), B.node("GlobalAveragePool", ["c"], "p"),
+             B.node("Squeeze", ["p", "axes"], "s"), B.node("MatMul", ["s", "fc"], "d"),
+             B.node("Unsqueeze", ["d", "axes"], "u"), B.node("Sigmoid", ["u"], "g"), B.node("Mul", ["c", "g"], "y")]
+    graph = check(B.make_model(nodes, {"x": ["N", 3, 6, 6]}, {"y": None}, inits), tmp_path)
+    assert transposes(graph) == 0
+    artifact = graph_to_onnx(default_pipeline().run(graph).graph)
+    assert sum(n.op_type == "Transpose" for n in artifact.graph.node) == 0
