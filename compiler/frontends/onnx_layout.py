@@ -205,9 +205,14 @@ def plan_reshape(src: Sequence[int], perm: Perm, dst: Sequence[int]) -> ReshapeP
             return ReshapePlan(None, identity(2), flatten=True)
         units_in = [a for a in range(1, len(src)) if src[a] == 1]
         before = tuple(_place_units([0, *(a for g_in, _ in groups for a in g_in)], units_in))
+    big_after = [a for _, g_out in groups for a in g_out]
+    # Unit axes can go anywhere for free: prefer channels-last storage (what spatial ops read),
+    # then ONNX order, when the axes that hold data allow it.
+    for candidate in (channels_last(len(dst)), identity(len(dst))):
+        if [a for a in candidate[1:] if dst[a] != 1] == big_after:
+            return ReshapePlan(before, candidate)
     units_out = [a for a in range(1, len(dst)) if dst[a] == 1]
-    after = tuple(_place_units([0, *(a for _, g_out in groups for a in g_out)], units_out))
-    return ReshapePlan(before, after)
+    return ReshapePlan(before, tuple(_place_units([0, *big_after], units_out)))
 
 
 def reshape_target(src: Sequence[int], target: Sequence[int], allowzero: bool = False) -> Shape:
