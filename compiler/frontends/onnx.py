@@ -24,7 +24,6 @@ from tapeout.compiler.frontends.onnx_layout import (
 from tapeout.compiler.frontends.onnx_model import Prepared, prepare
 from tapeout.compiler.frontends.onnx_ops import HANDLERS, supported_ops
 from tapeout.compiler.ir import BATCH, Graph, IRError, TensorType
-from tapeout.compiler.passes.base import rename_value
 
 __all__ = ["load_onnx", "supported_ops"]
 
@@ -151,28 +150,19 @@ def _convert_node(ctx: Context, node: OnnxNode) -> None:
 
 
 # ------------------------------------------------------------------ outputs
-def _rename(ctx: Context, old: str, new: str) -> None:
-    rename_value(ctx.graph, old, new)
-    if old in ctx.producer:
-        ctx.producer[new] = ctx.producer.pop(old)
-    for k, b in list(ctx.values.items()):
-        if isinstance(b, Value) and b.ir == old:
-            ctx.values[k] = Value(new, b.layout)
-
-
 def _name_output(ctx: Context, ir_name: str, want: str) -> str:
     """Make the IR value computing an ONNX output carry the output's name."""
     graph = ctx.graph
     if ir_name == want:
         return want
     if want in ctx.producer:  # the name holds an earlier form of the value (before a transpose)
-        _rename(ctx, want, graph.unique_name(f"{want}/inner"))
+        ctx.rename(want, graph.unique_name(f"{want}/inner"))
     elif want in graph.constants:  # an importer-made constant took the name first
         moved = graph.add_constant(f"{want}/const", graph.constants.pop(want))
         graph.replace_uses(want, moved)
     if ir_name in graph.inputs or ir_name in graph.outputs or ir_name not in ctx.producer:
         return ctx.emit("identity", [ir_name], want)
-    _rename(ctx, ir_name, want)
+    ctx.rename(ir_name, want)
     return want
 
 

@@ -113,6 +113,22 @@ class Context:
             return False
         return sum(self.uses.get(a, 0) for a in self.aliases.get(ir, ())) == 1
 
+    def rename(self, old: str, new: str) -> None:
+        """Rename IR value ``old`` everywhere: the graph and every binding and cache of it."""
+        from tapeout.compiler.passes.base import rename_value
+
+        rename_value(self.graph, old, new)
+
+        def fix(b: Any) -> Any:
+            return Value(new, b.layout) if isinstance(b, Value) and b.ir == old else b
+
+        self.values = {k: fix(b) for k, b in self.values.items()}
+        self._moved = {(new if ir == old else ir, p): fix(v) for (ir, p), v in self._moved.items()}
+        self._ordered = {new if ir == old else ir: fix(v) for ir, v in self._ordered.items()}
+        for table in (self.producer, self.readers, self.aliases):
+            if old in table:
+                table[new] = table.pop(old)  # type: ignore[attr-defined]
+
     def bound(self, name: str) -> Bound:
         try:
             return self.values[name]

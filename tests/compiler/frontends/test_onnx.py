@@ -862,3 +862,10 @@ def test_se_block_with_squeeze_unsqueeze_has_no_artifact_transposes(tmp_path: Pa
     assert transposes(graph) == 0
     artifact = graph_to_onnx(default_pipeline().run(graph).graph)
     assert sum(n.op_type == "Transpose" for n in artifact.graph.node) == 0
+
+
+def test_two_outputs_of_one_flattened_value(tmp_path: Path) -> None:
+    rng = np.random.default_rng(29)
+    nodes = [B.node("Conv", ["x", "w"], "c"), B.node("Flatten", ["c"], "f"), B.node("Identity", ["f"], "g")]
+    graph = check(B.make_model(nodes, {"x": X4}, {"f": None, "g": None}, {"w": _conv_w(rng, 2, 4)}), tmp_path)
+    assert graph.outputs == ["f", "g"] and transposes(graph) == 1
