@@ -196,6 +196,17 @@ def _check_outputs(ctx: Context, g: Any, perms: dict[str, Perm]) -> None:
                                 f"declares {declared}")
 
 
+def _remove_dead(graph: Graph) -> None:
+    """Drop nodes whose results nothing reads (left behind when a pattern became one node)."""
+    used = set(graph.outputs)
+    keep = []
+    for node in reversed(graph.nodes):
+        if any(o in used for o in node.outputs):
+            keep.append(node)
+            used.update(i for i in node.inputs if i)
+    graph.nodes = keep[::-1]
+
+
 # ------------------------------------------------------------------ convert
 def _uses(g: Any, nodes: list[OnnxNode]) -> dict[str, int]:
     uses: dict[str, int] = {}
@@ -225,6 +236,7 @@ def convert(prepared: Prepared, path: Path) -> Graph:
     for n in nodes:
         _convert_node(ctx, n)
     perms = _bind_outputs(ctx, g)
+    _remove_dead(graph)
     try:
         graph.remove_unused_constants()
         graph.infer_shapes()

@@ -16,7 +16,8 @@ from typing import Sequence
 import numpy as np
 
 from tapeout.compiler.frontends.onnx_context import Bound, Context, Handler, OnnxNode, Value, registrar
-from tapeout.compiler.frontends.onnx_layout import Layout, after_transpose, plan_reshape, reshape_target
+from tapeout.compiler.frontends.onnx_layout import (
+    Layout, after_transpose, plan_reshape, reshape_target, to_ir_shape)
 
 HANDLERS: dict[str, Handler] = {}
 handles = registrar(HANDLERS)
@@ -36,9 +37,38 @@ def reshape(ctx: Context, x: Value, dst: Sequence[int], name: str) -> Value:
     plan = plan_reshape(src, x.layout.perm, dst)
     if plan.flatten:
         return ctx.flatten(x, name)
+    if plan.before is None:
+        resized = _repeat_as_resize(ctx, x.ir, to_ir_shape(dst, plan.after), name)
+        if resized is not None:
+            return Value(resized, Layout(plan.after))
     if plan.before is not None:
         x = ctx.with_perm(x, plan.before)
     return ctx.reshape_to(x, plan.after, dst, name)
+
+
+def _repeat_as_resize(ctx: Context, ir: str, out_shape: Sequence[int], name: str) -> str | None:
+    """Unsqueeze -> Tile/Expand -> Reshape (how exporters write nearest UpSampling) as one IR resize.
+
+    Matches IR ``reshape(v, unit axis after spatial axis j) * ones(r on it)`` being merged
+    back into axis j: that is every pixel of v repeated r times along j.
+    """
+    g = ctx.graph
+    mul = ctx.producer.get(ir)
+    ones = g.constants.get(mul.inputs[1]) if mul is not None and mul.op == "mul" else None
+    if ones is None or not np.all(ones == 1):
+        return None
+    unsq = ctx.producer.get(mul.inputs[0])
+    if unsq is None or unsq.op != "reshape":
+        return None
+    src = tuple(g.type_of(unsq.inputs[0]).shape)
+    mid, grown = tuple(g.type_of(unsq.outputs[0]).shape), tuple(g.type_of(mul.outputs[0]).shape)
+    for j in range(1, len(src) - 1):
+        r = grown[j + 1] if len(grown) == len(src) + 1 else 0
+        if (mid == (*src[:j + 1], 1, *src[j + 1:]) and grown == (*src[:j + 1], r, *src[j + 1:])
+                and tuple(out_shape[1:]) == (*src[1:j], src[j] * r, *src[j + 1:])):
+            scales = tuple(r if k == j else 1 for k in range(1, len(src) - 1))
+            return ctx.emit("resize", [unsq.inputs[0]], name, scales=scales, mode="nearest")
+    return None
 
 
 @handles("Reshape")

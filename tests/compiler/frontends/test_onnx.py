@@ -796,6 +796,7 @@ def test_keras_model_exported_by_tf2onnx(tmp_path: Path) -> None:
     graph = check(proto, tmp_path, batch=3)
     assert transposes(graph) == 0
     assert graph.io_layouts[graph.inputs[0]] == "NHWC"
+    assert ops_of(graph).count("resize") == 2  # UpSampling2D: rows, then columns
 
 
 def test_a_value_is_moved_once_for_all_its_readers(tmp_path: Path) -> None:
@@ -869,3 +870,16 @@ def test_two_outputs_of_one_flattened_value(tmp_path: Path) -> None:
     nodes = [B.node("Conv", ["x", "w"], "c"), B.node("Flatten", ["c"], "f"), B.node("Identity", ["f"], "g")]
     graph = check(B.make_model(nodes, {"x": X4}, {"f": None, "g": None}, {"w": _conv_w(rng, 2, 4)}), tmp_path)
     assert graph.outputs == ["f", "g"] and transposes(graph) == 1
+
+
+@pytest.mark.parametrize("how", ["Tile", "Expand"])
+def test_unsqueeze_repeat_reshape_becomes_resize(how: str, tmp_path: Path) -> None:
+    """Nearest upsampling of the rows written as Unsqueeze -> Tile/Expand -> Reshape."""
+    rng = np.random.default_rng(30)
+    # Tile's repeats and Expand's target shape are the same array here.
+    inits = {"w": _conv_w(rng, 2, 3, 1), "axes": np.array([3], np.int64), "grow": np.array([1, 1, 1, 3, 1]),
+             "shape": np.array([0, 2, 12, 5], np.int64)}
+    nodes = [B.node("Conv", ["x", "w"], "c"), B.node("Unsqueeze", ["c", "axes"], "u"),
+             B.node(how, ["u", "grow"], "t"), B.node("Reshape", ["t", "shape"], "r"), B.node("Relu", ["r"], "y")]
+    graph = check(B.make_model(nodes, {"x": ["N", 3, 4, 5]}, {"y": None}, inits), tmp_path)
+    assert ops_of(graph) == ["conv", "resize", "relu"]
