@@ -883,3 +883,19 @@ def test_unsqueeze_repeat_reshape_becomes_resize(how: str, tmp_path: Path) -> No
              B.node(how, ["u", "grow"], "t"), B.node("Reshape", ["t", "shape"], "r"), B.node("Relu", ["r"], "y")]
     graph = check(B.make_model(nodes, {"x": ["N", 3, 4, 5]}, {"y": None}, inits), tmp_path)
     assert ops_of(graph) == ["conv", "resize", "relu"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("app", ["MobileNetV3Small", "EfficientNetB0"])
+def test_keras_applications_exported_by_tf2onnx(app: str, tmp_path: Path) -> None:
+    pytest.importorskip("tf2onnx")
+    import keras
+    import tensorflow as tf
+    import tf2onnx
+
+    keras.utils.set_random_seed(0)
+    model = getattr(keras.applications, app)(input_shape=(64, 64, 3), weights=None, classes=7)
+    spec = (tf.TensorSpec((None, 64, 64, 3), tf.float32, name="image"),)
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=13)
+    graph = check(proto, tmp_path, batch=2, low=0.0, high=255.0, atol=1e-4)
+    assert transposes(graph) == 0
