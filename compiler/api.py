@@ -12,7 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -157,6 +157,7 @@ def compile_model(
     calibration_method: str = "minmax",
     percentile: float | None = None,
     keep_float: Sequence[str] = (),
+    target_options: Mapping[str, Mapping[str, Any]] | None = None,
     verify_artifacts: bool = True,
     timings: bool = True,
     progress: Progress = _noop,
@@ -167,6 +168,8 @@ def compile_model(
     those quantizing activations need ``calibration`` (a data file, or "synthetic"), which is
     run once through the reference interpreter (``calibration_method``, ``percentile``) so
     every such target shares the same ranges. ``keep_float`` names layers left in float.
+    ``target_options`` maps a target name ("tflite") or one variant ("tflite:int8") to the
+    keyword options its class takes (``Target(variant, **options)``); the variant's win.
     """
     quiet_environment()
     if not targets:
@@ -177,6 +180,8 @@ def compile_model(
         if pair not in chosen:
             chosen.append(pair)
     _check_quantization_args(chosen, calibration, calibration_method, percentile)
+    # Built before the model loads, so a bad option is a usage error before any work.
+    built = _build_targets(chosen, target_options or {})
     for cls, _ in chosen:
         missing = cls.missing_requirements()
         if missing:
@@ -219,8 +224,7 @@ def compile_model(
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}-tapeout-", dir=parent))
     try:
-        for cls, variant in chosen:
-            target = cls(variant)
+        for (cls, variant), target in zip(chosen, built):
             folder = f"{cls.name}-{variant}"
             tdir = staging / folder
             tdir.mkdir()
@@ -247,6 +251,16 @@ def compile_model(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report
+
+
+def _build_targets(chosen: Sequence[tuple[type[Target], str]],
+                   options: Mapping[str, Mapping[str, Any]]) -> list[Target]:
+    names = {cls.name for cls, _ in chosen} | {f"{cls.name}:{v}" for cls, v in chosen}
+    unused = sorted(k for k in options if k not in names)
+    if unused:
+        raise UsageError(f"options given for {', '.join(unused)}, which is not among the chosen targets")
+    return [cls(variant, **{**options.get(cls.name, {}), **options.get(f"{cls.name}:{variant}", {})})
+            for cls, variant in chosen]
 
 
 def _verify_target(target: Target, tdir: Path, dataset: Dataset, reference: dict[str, np.ndarray],

@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --calibration-method percentile: keep the (100-P)..P percentiles (default 99.99)")
     c.add_argument("--keep-float", action="append", default=[], metavar="LAYER",
                    help="leave this layer in float in quantized targets (repeatable)")
+    c.add_argument("--io", choices=("float", "int8", "uint8", "int16"),
+                   help="input/output type of the integer tflite variants: float (default), int8 or uint8 "
+                        "(tflite:int8), int16 (tflite:int16x8); the runner still takes and gives floats")
+    c.add_argument("--target-option", dest="target_options", action="append", default=[],
+                   metavar="TARGET[:VARIANT].KEY=VALUE",
+                   help="an option for one target's emitter, e.g. tflite.c_array=false or onnx.opset=18 "
+                        "(VALUE read as JSON when it parses, else as text; repeatable)")
     c.add_argument("--eval", dest="eval_data", metavar="DATA", help=".npz with inputs and optional labels y")
     _tolerance_flags(c)
     c.add_argument("--no-verify", action="store_true", help="emit artifacts without running them")
@@ -193,13 +200,34 @@ def _cmd_compile(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                                calibration=args.calibration, eval_data=args.eval_data, atol=args.atol,
                                rtol=args.rtol, calibration_method=args.calibration_method,
                                percentile=args.percentile, keep_float=args.keep_float,
-                               verify_artifacts=not args.no_verify,
+                               target_options=_target_options(args), verify_artifacts=not args.no_verify,
                                timings=not args.no_timings, progress=status.update)
     if args.json:
         out.write(report.dumps(timings=not args.no_timings))
     else:
         print_compile_summary(report, out)
     return report.exit_code
+
+
+def _target_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """--target-option TARGET[:VARIANT].KEY=VALUE (and --io, for tflite) -> compile_model's target_options."""
+    from tapeout.compiler.errors import UsageError
+
+    options: dict[str, dict[str, Any]] = {}
+    if args.io is not None:
+        options.setdefault("tflite", {})["io"] = args.io
+    for spec in args.target_options:
+        where, eq, value = spec.partition("=")
+        target, dot, key = where.rpartition(".")
+        if not (eq and dot and target and key):
+            raise UsageError(f"--target-option {spec!r}: expected TARGET[:VARIANT].KEY=VALUE, "
+                             "e.g. tflite.c_array=false")
+        try:
+            parsed: Any = json.loads(value)
+        except ValueError:
+            parsed = value
+        options.setdefault(target, {})[key] = parsed
+    return options
 
 
 def _cmd_inspect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -16,6 +16,8 @@ One builder per IR op (``BUILDERS``) appends layers to a functional graph. Choic
   pads become a padding layer in front of a "valid" op.
 - Dimension 0 stays dynamic. Graph inputs and outputs keep the source model's layout
   (``graph.io_layouts``): a channels-first one gets a Permute at the boundary.
+- ``value_hook`` lets a back end wrap every IR value as it is defined (graph inputs and
+  node outputs), e.g. the TFLite integer variants insert fake-quant layers there.
 """
 
 from __future__ import annotations
@@ -452,11 +454,18 @@ BUILDERS: dict[str, Builder] = {
 
 
 # ------------------------------------------------------------------- graph
-def graph_to_keras(graph: Graph, *, keep_io_layout: bool = True) -> KerasModel:
+ValueHook = Callable[[str, Any, Callable[[str], str]], Any]
+
+
+def graph_to_keras(graph: Graph, *, keep_io_layout: bool = True, value_hook: ValueHook | None = None,
+                   node_builders: dict[str, Builder] | None = None) -> KerasModel:
     """Build a functional Keras model computing ``graph``.
 
     ``keep_io_layout``: channels-first source inputs/outputs (``graph.io_layouts``) stay
     channels-first at the model boundary (a Permute each); False gives the IR's channels-last.
+    ``value_hook(value, tensor, unique)`` returns the tensor that stands for IR value ``value``
+    from then on (``unique(base)`` gives a free, valid layer name). ``node_builders`` maps
+    node names to builders that replace the op's own for those nodes.
     """
     ctx = EmitContext(graph)
     inputs, input_names = [], []
@@ -472,13 +481,14 @@ def graph_to_keras(graph: Graph, *, keep_io_layout: bool = True) -> KerasModel:
         if cf:
             value = keras.layers.Permute(tuple(to_channels_last(t.rank)[1:]),
                                          name=ctx.unique(f"{name}_to_channels_last"))(inp)
-        ctx.values[name] = value
+        ctx.values[name] = value if value_hook is None else value_hook(name, value, ctx.unique)
     for node in graph.nodes:
-        build = BUILDERS.get(node.op)
+        build = (node_builders or {}).get(node.name) or BUILDERS.get(node.op)
         if build is None:
             raise IRError(f"node {node.name!r}: the Keras emitter has no builder for op {node.op!r}")
         out = build(ctx, node)
-        ctx.values[node.outputs[0]] = out
+        value = node.outputs[0]
+        ctx.values[value] = out if value_hook is None else value_hook(value, out, ctx.unique)
     outputs = []
     for name in graph.outputs:
         if name in graph.constants:

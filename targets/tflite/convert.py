@@ -67,14 +67,24 @@ def fingerprint(graph: Graph) -> str:
     return h.hexdigest()
 
 
-def trace(graph: Graph) -> tuple[Traced, bool]:
-    """The traced function for ``graph`` and whether it came from the cache."""
-    key = fingerprint(graph)
+def _annotation_digest(graph: Graph) -> str:
+    q = graph.quant
+    text = "" if q is None else repr((q.scheme, sorted(q.tensors.items()), q.float_nodes))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def trace(graph: Graph, *, integer: bool = False) -> tuple[Traced, bool]:
+    """The traced function for ``graph`` and whether it came from the cache.
+
+    ``integer``: the model of an integer variant (fake-quant ranges from ``graph.quant``,
+    see ``quantized``), keyed by the annotations too.
+    """
+    key = fingerprint(graph) + (":" + _annotation_digest(graph) if integer else "")
     for k, traced in _CACHE:
         if k == key:
             STATS["hits"] += 1
             return traced, True
-    traced = _trace(graph)
+    traced = _trace(graph, integer)
     STATS["traces"] += 1
     _CACHE.insert(0, (key, traced))
     del _CACHE[CACHE_SIZE:]
@@ -89,7 +99,7 @@ def _spec_name(name: str) -> str:
     return name if _TF_NAME.match(name) else "x" + re.sub(r"[^A-Za-z0-9_.\-/]", "_", name)
 
 
-def _trace(graph: Graph) -> Traced:
+def _trace(graph: Graph, integer: bool = False) -> Traced:
     quiet_environment()
     t0 = time.perf_counter()
     with captured_output():
@@ -100,7 +110,13 @@ def _trace(graph: Graph) -> Traced:
 
         if len(set(graph.outputs)) != len(graph.outputs):
             raise IRError(f"graph outputs {graph.outputs} repeat a value; TFLite outputs need distinct names")
-        emitted = graph_to_keras(graph)
+        if integer:
+            from tapeout.targets.tflite.quantized import fake_quant_hook, float_builders, on_grid
+
+            emitted = graph_to_keras(on_grid(graph), value_hook=fake_quant_hook(graph),
+                                     node_builders=float_builders(graph))
+        else:
+            emitted = graph_to_keras(graph)
         model = emitted.model
         names = [_spec_name(n) for n in emitted.input_names]
         specs = [tf.TensorSpec(t.shape, t.dtype, name=n) for t, n in zip(model.inputs, names)]
@@ -128,13 +144,18 @@ def _trace(graph: Graph) -> Traced:
     return Traced(emitted, function, saved, names, time.perf_counter() - t0)
 
 
-def convert(traced: Traced, variant: str) -> bytes:
-    """The .tflite bytes of one float-input variant: "fp32", "fp16" or "dynamic"."""
+def convert(traced: Traced, variant: str, io: str = "float") -> bytes:
+    """The .tflite bytes of ``variant``; ``io`` ("float", "int8", "uint8", "int16") is the
+    input/output type of the integer variants (traced with ``integer=True``)."""
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(traced.saved.name)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if variant == "fp16":
+    if variant in ("int8", "int16x8"):
+        from tapeout.targets.tflite.quantized import configure
+
+        configure(converter, variant, io)
+    elif variant == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     elif variant == "dynamic":

@@ -14,6 +14,9 @@ from tapeout.runtime.protocol import Runner
 from tapeout.targets.base import QUANTIZED_TOLERANCE, EmitResult, Target
 
 FLOAT_INPUT_VARIANTS = ("fp32", "fp16", "dynamic")
+INTEGER_VARIANTS = ("int8", "int16x8")
+IO_TYPES = {"int8": ("float", "int8", "uint8"), "int16x8": ("float", "int16")}  # the first is the default
+OPTIONS = ("c_array", "array_name", "io")
 _SCHEMES = {"fp16": "fp16", "int8": "int8", "int16x8": "int16x8"}
 
 
@@ -33,10 +36,15 @@ class TfliteTarget(Target):
 
     def __init__(self, variant: str | None = None, **options: Any) -> None:
         super().__init__(variant, **options)
-        unknown = set(options) - {"c_array", "array_name"}
+        unknown = set(options) - set(OPTIONS)
         if unknown:
             raise UsageError(f"target tflite has no option(s) {', '.join(sorted(unknown))}; "
-                             "options: c_array, array_name")
+                             f"options: {', '.join(OPTIONS)}")
+        io = options.get("io")
+        if io is not None and self.variant in IO_TYPES and io not in IO_TYPES[self.variant]:
+            raise UsageError(f"tflite:{self.variant} takes --io {' or '.join(IO_TYPES[self.variant])}, not {io!r}")
+        if io is not None and io not in ("float", "int8", "uint8", "int16"):
+            raise UsageError(f"unknown --io {io!r}; one of float, int8, uint8 (tflite:int8), int16 (tflite:int16x8)")
 
     @classmethod
     def quant_scheme(cls, variant: str) -> str | None:
@@ -53,29 +61,34 @@ class TfliteTarget(Target):
         from tapeout.targets.tflite.flatbuffer import read_model
         from tapeout.targets.tflite.microcontroller import c_identifier, estimate_arena, write_c_array
 
-        if self.variant not in FLOAT_INPUT_VARIANTS:
-            raise UsageError(f"tflite:{self.variant} is not available yet; use one of "
-                             f"{', '.join('tflite:' + v for v in FLOAT_INPUT_VARIANTS)}")
         refused = unsupported_nodes(graph)
         if refused:
             raise UsageError(f"target tflite cannot express node(s) {', '.join(refused)}: TFLite has no "
                              "builtin 3D pooling op")
-        traced, _ = convert.trace(graph)
-        data = convert.convert(traced, self.variant)
+        notes: list[str] = []
+        extra: dict[str, Any] = {}
+        if self.variant in INTEGER_VARIANTS:
+            data = self._integer(graph, notes, extra)
+        else:
+            if self.options.get("io") not in (None, "float"):
+                notes.append(f"--io {self.options['io']} applies to the integer variants; "
+                             f"tflite:{self.variant} keeps float inputs and outputs")
+            traced, _ = convert.trace(graph)
+            data = convert.convert(traced, self.variant)
+            notes += traced.keras.notes
         (outdir / "model.tflite").write_bytes(data)
         info = read_model(data)
         arena = estimate_arena(info)
         artifacts = ["model.tflite"]
         # Nothing here depends on what ran before in this process (the trace cache): reports of
         # identical builds must be identical. The sharing shows in the variants' seconds.
-        notes = [f"{len(info.ops)} ops: " + ", ".join(f"{k} x{v}" if v > 1 else k
-                                                      for k, v in info.op_counts().items())]
+        notes[:0] = [f"{len(info.ops)} ops: " + ", ".join(f"{k} x{v}" if v > 1 else k
+                                                          for k, v in info.op_counts().items())]
         fused = [f"{o.op}+{o.fused_activation}" for o in info.ops if o.fused_activation not in (None, "NONE")]
         if fused:
             notes.append(f"{len(fused)} fused activation(s): {', '.join(sorted(set(fused)))}")
-        notes += traced.keras.notes
-        extra: dict[str, Any] = {"ops": len(info.ops), "arena_bytes_estimate": arena.total,
-                                 "arena_activation_bytes": arena.activations}
+        extra.update({"ops": len(info.ops), "arena_bytes_estimate": arena.total,
+                      "arena_activation_bytes": arena.activations})
         if self.options.get("c_array", True):
             array = str(self.options.get("array_name") or f"g_{c_identifier(graph.name)}_model")
             note = f"{graph.name} for TFLite Micro: tflite:{self.variant} by tapeout {__version__}"
@@ -83,6 +96,49 @@ class TfliteTarget(Target):
             extra["c_array"] = array
             notes.append(f"C array {array} in model.cc/model.h; tensor arena estimate {arena.total} bytes")
         return EmitResult(artifacts, notes, extra, size_artifacts=["model.tflite"])
+
+    def _integer(self, graph: Graph, notes: list[str], extra: dict[str, Any]) -> bytes:
+        """int8 / int16x8 from the quantize pass's annotations (see quantized.py)."""
+        from tapeout.targets.tflite import convert
+        from tapeout.targets.tflite.quantized import align, widen_int16_biases
+
+        q = graph.quant
+        if q is None or q.scheme != self.variant:
+            raise UsageError(f"tflite:{self.variant} needs the graph annotated by the quantize pass "
+                             f"(scheme {self.variant}); compile_model runs it with --calibration")
+        io = self.options.get("io") or IO_TYPES[self.variant][0]
+        traced, _ = convert.trace(graph, integer=True)
+        data = convert.convert(traced, self.variant, io)
+        widened = 0
+        if self.variant == "int16x8":
+            data, widened = widen_int16_biases(data)
+        data, found = align(data, graph)
+        if found.unmatched:
+            raise convert.ConversionError(
+                f"tflite:{self.variant}: the converter gave {len(found.unmatched)} tensor(s) quantization "
+                f"parameters the IR's annotations do not hold, e.g. {found.unmatched[0]}")
+        notes.append(f"{self.variant} from the IR's annotations (fake-quant ranges, no converter calibration): "
+                     f"{found.activations} activation and {found.constants} constant tensor(s) carry the "
+                     f"annotated scales and zero points; {io} inputs and outputs")
+        if found.widened:
+            notes.append(f"{len(found.widened)} activation range(s) narrower than 1e-6 (dead layers) were widened "
+                         f"by TensorFlow's quantizer, which cannot represent them; e.g. {found.widened[0]}")
+        if found.fixed:
+            notes.append(f"{len(found.fixed)} softmax/sigmoid/tanh output(s) kept float in the IR were quantized by "
+                         f"TensorFlow's converter with TFLite's fixed output scale anyway; e.g. {found.fixed[0]}")
+        if widened:
+            notes.append(f"{widened} int32 bias(es) the converter wrote widened to int64 (the 16x8 scheme's)")
+        if found.float_ops:
+            notes.append(f"left in float by the converter: {', '.join(sorted(set(found.float_ops)))}")
+        if q.float_nodes:
+            notes.append(f"kept float by request: {', '.join(q.float_nodes)}")
+        notes += traced.keras.notes
+        extra["io"] = io
+        extra["quantized_tensors"] = {"activations": found.activations, "constants": found.constants,
+                                      "exact_scales_set": found.exact_set, "widened": len(found.widened),
+                                      "fixed_outputs_quantized": len(found.fixed),
+                                      "float_ops": len(found.float_ops)}
+        return data
 
     def runner(self, outdir: Path) -> Runner:
         from tapeout.runtime.runners.litert import LiteRTRunner

@@ -53,3 +53,38 @@ def test_identical_builds_give_identical_reports_and_artifacts(compiled) -> None
             assert (out / "run0" / a).read_bytes() == (out / "run1" / a).read_bytes(), a
     entry = json.loads((out / "run0" / "report.json").read_text())["targets"][0]
     assert entry["arena_bytes_estimate"] > entry["arena_activation_bytes"] > 0
+
+
+def test_cli_io_and_target_options(tiny_cnn_path, tmp_path) -> None:
+    import io
+
+    from tapeout.compiler.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["compile", str(tiny_cnn_path), "-t", "tflite:int8", "-t", "tflite:fp32", "-o", str(tmp_path / "o"),
+                 "--calibration", "synthetic", "--io", "int8", "--target-option", "tflite.c_array=false",
+                 "--target-option", "tflite:fp32.c_array=true", "--target-option", "tflite:fp32.array_name=fp",
+                 "--json", "--no-verify"], out, err)
+    assert code == 0, err.getvalue()
+    targets = {t["variant"]: t for t in json.loads(out.getvalue())["targets"]}
+    assert targets["int8"]["io"] == "int8" and targets["int8"]["artifacts"] == ["tflite-int8/model.tflite"]
+    assert any("--io int8 applies to the integer variants" in n for n in targets["fp32"]["notes"])
+    # The per-variant option wins over the target-wide one.
+    assert targets["fp32"]["c_array"] == "fp" and (tmp_path / "o" / "tflite-fp32" / "model.cc").is_file()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--target-option", "c_array=false"], "expected TARGET[:VARIANT].KEY=VALUE"),
+    (["--target-option", "onnx.opset=18"], "not among the chosen targets"),
+    (["--target-option", "tflite.colour=1"], "has no option"),
+    (["--io", "int16"], "takes --io float or int8 or uint8"),
+])
+def test_cli_bad_target_options_are_usage_errors(tiny_cnn_path, tmp_path, args, message) -> None:
+    import io
+
+    from tapeout.compiler.cli import main
+
+    err = io.StringIO()
+    code = main(["compile", str(tiny_cnn_path), "-t", "tflite:int8", "-o", str(tmp_path / "o"),
+                 "--calibration", "synthetic", *args], io.StringIO(), err)
+    assert code == 2 and message in err.getvalue(), err.getvalue()

@@ -270,10 +270,10 @@ def test_report_arena_estimate_of_the_cnn(emitted) -> None:
 
 
 # ---------------------------------------------------------------- refusals
-def test_int8_is_not_available_yet(cnn, tmp_path) -> None:
+def test_integer_variant_needs_annotations(cnn, tmp_path) -> None:
     from tapeout.targets.tflite.target import TfliteTarget
 
-    with pytest.raises(UsageError, match="not available yet"):
+    with pytest.raises(UsageError, match="annotated by the quantize pass"):
         TfliteTarget("int8").emit(cnn, tmp_path)
 
 
