@@ -26,7 +26,7 @@ from tapeout.compiler.errors import TapeoutError
 from tapeout.compiler.ir import Graph, IRError
 from tapeout.compiler.quiet import captured_output, quiet_environment
 
-CACHE_SIZE = 2  # graphs whose traced function is kept (one compile command uses one)
+CACHE_SIZE = 4  # traced models kept: the float one and each integer scheme of one command
 _TF_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/]*$")  # what TensorFlow accepts as a placeholder name
 
 
