@@ -263,8 +263,8 @@ def test_unknown_keep_float_layer_is_a_usage_error(tmp_path):
 
 
 # --------------------------------------------------------------- acceptance 3
-def _annotation_of_the_sample(tensor: str) -> TensorQuant:
-    """The IR's annotation for ``tensor`` with the sample's calibration split (what compile does)."""
+def _annotated_sample() -> Graph:
+    """The sample's graph annotated with its calibration split (what compile does)."""
     from tapeout.compiler.calibration import source_specs
     from tapeout.compiler.frontends.loader import load_model
     from tapeout.compiler.passes.registry import default_pipeline
@@ -273,20 +273,25 @@ def _annotation_of_the_sample(tensor: str) -> TensorQuant:
     g, _ = load_model(SAMPLE / "model.keras")
     g = Pipeline([*default_pipeline().passes, SplitActivations()]).run(g).graph
     data = load_data(SAMPLE / "calibration.npz", source_specs(g), kind="calibration")
-    g = Pipeline([Quantize("int8")]).run(calibrate(g, data.feeds, method="minmax")).graph
-    return g.quant.tensors[tensor]
+    return Pipeline([Quantize("int8")]).run(calibrate(g, data.feeds, method="minmax")).graph
 
 
-def _onnx_int8_params(folder: Path, tensor: str) -> tuple[np.ndarray, np.ndarray]:
+def _onnx_int8_params(folder: Path, graph: Graph, tensor: str) -> tuple[np.ndarray, np.ndarray]:
     import onnx
 
     return onnx_qparams(onnx.load(folder / "model.onnx"), tensor)
 
 
-# One reader per quantized artifact: (scale, zero point) of an IR value in that artifact.
-# tflite:int8 joins with a reader over the LiteRT interpreter's tensor details
-# (`quantization_parameters` of the tensor the IR value became).
-ARTIFACT_PARAMS = {"onnx:int8": _onnx_int8_params}
+def _tflite_int8_params(folder: Path, graph: Graph, tensor: str) -> tuple[np.ndarray, np.ndarray]:
+    from ..tflite.params import tflite_params
+
+    scale, zp = tflite_params(folder, graph, tensor)
+    return np.float32(scale), np.int8(zp)
+
+
+# One reader per quantized artifact: (scale, zero point) of an IR value in that artifact, given
+# the annotated IR (artifacts that keep no IR value names find it through its producer).
+ARTIFACT_PARAMS = {"onnx:int8": _onnx_int8_params, "tflite:int8": _tflite_int8_params}
 CHOSEN_TENSOR = "relu2"  # conv3's output: a calibrated range, not one fixed by its op
 
 
@@ -299,8 +304,8 @@ def _registered_int8_targets() -> list[str]:
 
 def test_acceptance_3_every_int8_artifact_has_a_reader():
     missing = [s for s in _registered_int8_targets() if s not in ARTIFACT_PARAMS]
-    if missing:
-        pytest.skip(f"no parameter reader yet for {', '.join(missing)}: add one to ARTIFACT_PARAMS")
+    assert not missing, f"no parameter reader for {', '.join(missing)}: add one to ARTIFACT_PARAMS"
+    assert {"onnx:int8", "tflite:int8"} <= set(_registered_int8_targets())
 
 
 def test_acceptance_3_one_calibration_same_ranges_in_every_artifact(tmp_path):
@@ -309,14 +314,16 @@ def test_acceptance_3_one_calibration_same_ranges_in_every_artifact(tmp_path):
     specs = [s for s in _registered_int8_targets() if s in ARTIFACT_PARAMS]
     report = compile_model(SAMPLE / "model.keras", specs, tmp_path, calibration=SAMPLE / "calibration.npz",
                            verify_artifacts=False)
-    expected = _annotation_of_the_sample(CHOSEN_TENSOR)
+    graph = _annotated_sample()
+    expected = graph.quant.tensors[CHOSEN_TENSOR]
+    assert expected.dtype == "int8" and expected.rmax[0] > 0  # a calibrated range, not a fixed one
     seen = {}
     for t in report.targets:
         spec = f"{t.target}:{t.variant}"
-        scale, zp = ARTIFACT_PARAMS[spec](tmp_path / t.folder, CHOSEN_TENSOR)
+        scale, zp = ARTIFACT_PARAMS[spec](tmp_path / t.folder, graph, CHOSEN_TENSOR)
         assert_params_equal(scale, zp, expected)
         seen[spec] = (float(np.float32(scale)), int(zp))
-    assert len(set(seen.values())) == 1 and "onnx:int8" in seen
+    assert len(set(seen.values())) == 1 and {"onnx:int8", "tflite:int8"} <= set(seen)
 
 
 def test_many_op_kinds_match_the_simulation(maker):

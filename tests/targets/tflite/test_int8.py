@@ -5,7 +5,6 @@ and 6 (int8 I/O through the runner gives float I/O's top-1)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,8 @@ from tapeout.compiler.interpreter import run
 from tapeout.compiler.ir import Activation, Graph
 from tapeout.compiler.passes.pipeline import Pipeline
 from tapeout.compiler.passes.quantize import Quantize, SplitActivations, quantize_array, simulate
+
+from .params import details, layer_params
 
 SAMPLE = Path(__file__).resolve().parents[3] / "samples" / "digits_cnn"
 
@@ -46,22 +47,6 @@ def emit(graph: Graph, folder: Path, variant: str = "int8", **options):
     folder.mkdir(parents=True, exist_ok=True)
     target = TfliteTarget(variant, **options)
     return target, target.emit(graph, folder)
-
-
-def details(path: Path) -> list[dict]:
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_path=str(path))
-    out = []
-    for d in interp.get_tensor_details():
-        qp = d["quantization_parameters"]
-        d = dict(d, scales=np.asarray(qp["scales"], np.float32), zps=np.asarray(qp["zero_points"]))
-        try:
-            d["value"] = interp.get_tensor(d["index"])  # constants (weights) have data before allocation
-        except ValueError:
-            d["value"] = None
-        out.append(d)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -263,15 +248,6 @@ def test_acceptance_1_digits_int8_keeps_accuracy_and_is_small(digits, tmp_path) 
     assert ours < 0.45 * t["tflite:fp32"].size_bytes
 
 
-def _tflite_params(folder: Path, layer: str) -> tuple[float, int]:
-    """(scale, zero point) of the int8 tensor a Keras layer writes (its name's first op scope)."""
-    for d in details(folder / "model.tflite"):
-        first = d["name"].split(";")[0]
-        if d["dtype"] == np.int8 and d["value"] is None and re.search(rf"/{layer}(_\d+)?/", first):
-            return float(d["scales"][0]), int(d["zps"][0])
-    raise KeyError(layer)
-
-
 def _onnx_params(folder: Path, tensor: str) -> tuple[float, int]:
     import onnx
     from onnx import numpy_helper
@@ -297,7 +273,7 @@ def test_acceptance_3_one_calibration_same_ranges_in_tflite_and_onnx(digits) -> 
     tq = annotated.quant.tensors["relu2"]
     producer = annotated.producers()["relu2"].name
     want = (float(np.float32(tq.scale[0])), tq.zero_point[0])
-    assert _tflite_params(out / "float_io" / "tflite-int8", producer) == want
+    assert layer_params(out / "float_io" / "tflite-int8", producer) == want
     assert _onnx_params(out / "float_io" / "onnx-int8", "relu2") == want
     # And the graph input, which the int8-I/O model stores on its input tensor.
     from ai_edge_litert.interpreter import Interpreter
