@@ -190,9 +190,7 @@ def pin_batch(model: Any, path: Path) -> tuple[int, int | None]:
         if not dims:
             raise FrontendError(f"{path}: input {v.name!r} is a scalar; inputs need a batch axis")
         for axis, d in enumerate(dims[1:], start=1):
-            if d == 0 and v.type.tensor_type.shape.dim[axis].HasField("dim_value"):
-                raise FrontendError(f"{path}: input {v.name!r} is empty (size 0 at axis {axis}); not supported")
-            if not d:
+            if d is None:
                 raise FrontendError(f"{path}: input {v.name!r} has a dynamic dimension at axis {axis}; only "
                                     "the batch (axis 0) may be dynamic")
         if dims[0]:

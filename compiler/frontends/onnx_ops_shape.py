@@ -32,6 +32,10 @@ def reshape(ctx: Context, x: Value, dst: Sequence[int], name: str) -> Value:
                        f"(its first dimension must stay {ctx.batch})")
     if dst == src:
         return x
+    if 0 in src:
+        # The axis-run planner needs sizes >= 1, and the ONNX target writes a 0 in a Reshape
+        # target as "copy this dim"; an empty tensor has no data to reshape anyway.
+        raise ctx.fail(f"reshapes the empty tensor {list(src)} to {list(dst)}; not supported")
     if x.layout.flat is not None:
         x = ctx.unflat(x)
     plan = plan_reshape(src, x.layout.perm, dst)

@@ -182,8 +182,36 @@ def _reduce(ctx: Context, n: OnnxNode) -> list[Bound]:
         axes = set(range(rank))
     if 0 in axes:
         raise ctx.fail(f"reduces over axes {sorted(axes)}, the batch axis included; not supported")
+    keepdims = bool(int(n.attr("keepdims", 1)))
+    if 0 in [ctx.onnx_shape(x)[a] for a in axes]:
+        return [_empty_reduction(ctx, n, x, axes, keepdims)]
     op = "global_avg_pool" if n.op == "ReduceMean" else "global_max_pool"
-    return [reduce_axes(ctx, x, axes, op, bool(int(n.attr("keepdims", 1))), n.outputs[0])]
+    return [reduce_axes(ctx, x, axes, op, keepdims, n.outputs[0])]
+
+
+def _empty_reduction(ctx: Context, n: OnnxNode, x: Value, axes: set[int], keepdims: bool) -> Value:
+    """ReduceMax over no elements: -inf, as the ONNX spec defines it (ReduceMean's is undefined).
+
+    Each reduced axis is padded from 0 to 1 element holding -inf; no pool runs, as
+    onnxruntime's max pools give -FLT_MAX, not -inf, for a window of -inf.
+    """
+    shape = ctx.onnx_shape(x)
+    if n.op != "ReduceMax":
+        raise ctx.fail(f"reduces the empty tensor {list(shape)} over axes {sorted(axes)}; ONNX leaves that "
+                       "undefined")
+    kept = [a for a in range(1, len(shape)) if a not in axes]
+    if any(shape[a] for a in axes) or not all(shape[a] for a in kept):
+        raise ctx.fail(f"reduces the empty tensor {list(shape)} over axes {sorted(axes)}; only a reduction over "
+                       "empty axes alone, keeping non-empty ones, is supported")
+    x = ctx.unflat(x)
+    pads = tuple((0, 1) if a in axes else (0, 0) for a in x.layout.perm)
+    padded = Value(ctx.emit("pad", [x.ir], n.outputs[0] if keepdims else f"{n.outputs[0]}/empty_set",
+                            pads=pads, value=float("-inf")), x.layout)
+    if keepdims:
+        return padded
+    # Every element holds the same value, so the unit axes can go in any storage order.
+    out_shape = [shape[a] for a in range(len(shape)) if a not in axes]
+    return ctx.reshape_to(padded, identity(len(out_shape)), out_shape, n.outputs[0])
 
 
 def reduce_axes(ctx: Context, x: Value, axes: set[int], op: str, keepdims: bool, name: str) -> Value:

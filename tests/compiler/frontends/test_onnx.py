@@ -356,6 +356,9 @@ OP_CASES: dict[str, tuple] = {
     "reduce_max_interleaved": ("ReduceMax", X4, [], {"axes": [1, 3], "keepdims": 0}, {}, 13, True),
     "reduce_mean_all_features": ("ReduceMean", X4, [], {"axes": [1, 2, 3], "keepdims": 0}, {}, 13, True),
     "reduce_mean_last_axis": ("ReduceMean", X3, [], {"axes": [-1]}, {}, 13, False),
+    # A max over an empty axis is -inf (the ONNX spec), not an error.
+    "reduce_max_empty_axis": ("ReduceMax", ["N", 0, 4], [], {"axes": [1]}, {}, 13, False),
+    "reduce_max_empty_axis_flat": ("ReduceMax", ["N", 3, 0, 5], [], {"axes": [2], "keepdims": 0}, {}, 13, False),
     "concat_self": ("Concat", X4, ["$x", "$x"], {"axis": 1}, {}, 17, True),
     "concat_negative_axis": ("Concat", X4, ["$x", "$x", "$x"], {"axis": -1}, {}, 17, True),
     "flatten_after_conv": ("Flatten", X4, [], {}, {}, 17, True),
@@ -398,6 +401,26 @@ def test_op_matches_onnxruntime(case: str, tmp_path: Path) -> None:
     model = B.single(op, shape, inputs=inputs, attrs=attrs, inits=inits, opset=opset, conv=conv)
     graph = check(model, tmp_path)
     assert graph.outputs == ["y"]
+
+
+def test_empty_inputs_import_or_are_refused_cleanly(tmp_path: Path) -> None:
+    """Each op case with a zero-size non-batch axis: imported, or refused with one FrontendError line."""
+    crashes = []
+    for case, (op, shape, inputs, attrs, inits, opset, conv) in sorted(OP_CASES.items()):
+        for axis in range(1, len(shape)):
+            empty = [0 if i == axis else d for i, d in enumerate(shape)]
+            try:
+                model = B.single(op, empty, inputs=inputs, attrs=attrs, inits=inits, opset=opset, conv=conv)
+            except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
+                continue  # not a valid model (a broadcast constant no longer fits): nothing to import
+            path = B.save(model, tmp_path, f"{case}_{axis}")
+            try:
+                load_onnx(path)
+            except FrontendError as e:
+                assert "\n" not in str(e)
+            except Exception as e:  # anything else is an importer crash
+                crashes.append(f"{case} (axis {axis} empty): {type(e).__name__}: {e}")
+    assert not crashes, "\n".join(crashes)
 
 
 def test_every_supported_op_has_a_case() -> None:
@@ -611,6 +634,13 @@ def test_lstm_is_refused(tmp_path: Path) -> None:
                          {"x": [7, 1, 5]}, {"y": None}, inits)
     msg = refused(model, tmp_path)
     assert "'rnn' (LSTM) is not supported" in msg
+
+
+def test_reduction_over_empty_and_non_empty_axes_is_refused(tmp_path: Path) -> None:
+    model = _with(B.node("ReduceMax", ["x"], "y", name="rmax", axes=[1, 2]), ["N", 0, 4], opset=13)
+    assert "'rmax' (ReduceMax): reduces the empty tensor" in refused(model, tmp_path)
+    mean = _with(B.node("ReduceMean", ["x"], "y", name="rmean", axes=[1]), ["N", 0, 4], opset=13)
+    assert "ONNX leaves that undefined" in refused(mean, tmp_path)
 
 
 def test_conv_transpose_is_refused(tmp_path: Path) -> None:
