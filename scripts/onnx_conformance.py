@@ -28,7 +28,7 @@ A case is in scope when all of these hold; each follows from docs/ir.md, not fro
 the importer happens to do. Checked in this order; the first that fails is the reason.
 
 1. ``ops``: every node (subgraphs included) is a standard-domain op in the importer's
-   table (``tapeout.compiler.frontends.onnx_ops.supported_ops()``). Shape computations
+   table (``tapeout.compiler.frontends.onnx.supported_ops()``). Shape computations
    the importer folds to constants before converting (Shape, Gather, Range, ...) are not
    in that table: in a backend case they act on runtime data, for which the IR has no op.
 2. ``data``: every input and expected output is a tensor (no sequences, maps, optionals).
@@ -65,7 +65,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import glob
-import inspect
 import json
 import os
 import sys
@@ -171,7 +170,7 @@ def load_cases(suites: Iterable[str] = SUITES) -> list[Case]:
 # ------------------------------------------------------------------- scope
 def importer_ops() -> frozenset[str]:
     """The importer's op table: the ONNX op types it has a converter for."""
-    from tapeout.compiler.frontends.onnx_ops import supported_ops
+    from tapeout.compiler.frontends.onnx import supported_ops
 
     return frozenset(supported_ops())
 
@@ -416,19 +415,8 @@ def run_reference(graph: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndar
     """Run ``graph`` in the reference interpreter with tensors in the source model's layout."""
     from tapeout.compiler.reference_runner import ReferenceRunner
 
-    if "source_layout" in inspect.signature(ReferenceRunner.__init__).parameters:
-        with ReferenceRunner(graph, source_layout=True) as r:
-            return r.infer(feeds)
-    # Until the runner takes source_layout: transpose per graph.io_layouts here.
-    from tapeout.compiler.interpreter import run
-    from tapeout.targets.onnx.layout import is_channels_first, to_channels_first, to_channels_last
-
-    def cf(name: str, rank: int) -> bool:
-        return is_channels_first(graph.io_layouts.get(name), rank)
-
-    ir_feeds = {k: v.transpose(to_channels_last(v.ndim)) if cf(k, v.ndim) else v for k, v in feeds.items()}
-    got = run(graph, ir_feeds)
-    return {k: v.transpose(to_channels_first(v.ndim)) if cf(k, v.ndim) else v for k, v in got.items()}
+    with ReferenceRunner(graph, source_layout=True) as r:
+        return r.infer(feeds)
 
 
 def check_case(scope: Scope, workdir: Path) -> Outcome:
