@@ -6,6 +6,7 @@ from tapeout.compiler.passes.base import Pass
 from tapeout.compiler.passes.canonicalize import Canonicalize, FoldConstants, MergePad, RemoveDead, RemoveIdentity
 from tapeout.compiler.passes.fuse import Fuse, FuseActivation, FuseBatchNorm, FuseReshapeTranspose
 from tapeout.compiler.passes.pipeline import Pipeline
+from tapeout.compiler.passes.prune import PruneChannels, PruneMagnitude, PruneNM
 from tapeout.compiler.passes.quantize import Quantize, SplitActivations
 
 PASSES: dict[str, type[Pass]] = {
@@ -21,6 +22,10 @@ PASSES: dict[str, type[Pass]] = {
     # Quantization (run by compile_model for quantized targets, not in the default pipeline).
     "split-activations": SplitActivations,
     "quantize": Quantize,
+    # Pruning (run by compile_model for --prune, after the default pipeline).
+    "prune:magnitude": PruneMagnitude,
+    "prune:channels": PruneChannels,
+    "prune:2:4": PruneNM,
 }
 
 
