@@ -477,8 +477,15 @@ def summarize(scopes: Sequence[Scope], outcomes: dict[str, Outcome]) -> dict[str
             c["passed" if o.passed else "failed"] += 1
     reasons = Counter(s.reason for s in scopes if not s.in_scope)
     passed = sum(o.passed for o in outcomes.values())
+    suites: dict[str, Counter] = {}
+    for s in scopes:
+        c = suites.setdefault(s.case.suite, Counter())
+        c["cases"] += 1
+        if s.in_scope:
+            c["in_scope"] += 1
+            c["passed" if outcomes[s.case.id].passed else "failed"] += 1
     return {
-        "suites": sorted({s.case.suite for s in scopes}),
+        "suites": {k: {f: c[f] for f in ("cases", "in_scope", "passed", "failed")} for k, c in suites.items()},
         "ops": {op: {k: c[k] for k in ("in_scope", "passed", "failed")} for op, c in sorted(per_op.items())},
         "totals": {"cases": len(scopes), "in_scope": len(outcomes), "passed": passed,
                    "failed": len(outcomes) - passed},
@@ -494,7 +501,11 @@ def format_table(summary: dict[str, Any]) -> str:
     t = summary["totals"]
     lines.append(f"{'TOTAL (cases)':<24} {t['in_scope']:>9} {t['passed']:>7} {t['failed']:>7}")
     lines.append("")
-    lines.append(f"{t['cases']} cases in {', '.join(summary['suites'])}; out of scope by reason:")
+    lines.append(f"{'suite':<24} {'cases':>9} {'in scope':>9} {'passed':>7} {'failed':>7}")
+    for suite, c in summary["suites"].items():
+        lines.append(f"{suite:<24} {c['cases']:>9} {c['in_scope']:>9} {c['passed']:>7} {c['failed']:>7}")
+    lines.append("")
+    lines.append(f"{t['cases']} cases; out of scope by reason:")
     for r, n in summary["out_of_scope"].items():
         lines.append(f"  {r:<16} {n:>5}")
     return "\n".join(lines)

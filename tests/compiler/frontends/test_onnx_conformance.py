@@ -200,6 +200,7 @@ def test_script_prints_table_and_json(capsys: pytest.CaptureFixture[str]) -> Non
     assert code == 0 and n_in >= 1
     assert summary["totals"] == {"cases": len(picked), "in_scope": n_in, "passed": n_in, "failed": 0}
     assert summary["ops"]["Relu"] == {"in_scope": n_in, "passed": n_in, "failed": 0}
+    assert summary["suites"] == {"node": summary["totals"]}
     conf.main(["--suite", "node", "-k", "node/test_softmax_axis_0"])
     text = capsys.readouterr().out
     assert "TOTAL (cases)" in text and "sample-wise" in text
