@@ -158,6 +158,8 @@ def compile_model(
     percentile: float | None = None,
     keep_float: Sequence[str] = (),
     target_options: Mapping[str, Mapping[str, Any]] | None = None,
+    max_accuracy_drop: float | None = None,
+    fallback: bool = False,
     verify_artifacts: bool = True,
     timings: bool = True,
     progress: Progress = _noop,
@@ -170,6 +172,10 @@ def compile_model(
     every such target shares the same ranges. ``keep_float`` names layers left in float.
     ``target_options`` maps a target name ("tflite") or one variant ("tflite:int8") to the
     keyword options its class takes (``Target(variant, **options)``); the variant's win.
+    ``max_accuracy_drop`` (percentage points, needs labelled ``eval_data``) fails every
+    quantized artifact that loses more top-1 accuracy; ``fallback`` keeps the most sensitive
+    layers in float until that budget (or, without one, the cosine / top-1 agreement
+    criteria) holds on the quantization simulation (``compiler.accuracy_control``).
     """
     quiet_environment()
     if not targets:
@@ -180,6 +186,7 @@ def compile_model(
         if pair not in chosen:
             chosen.append(pair)
     _check_quantization_args(chosen, calibration, calibration_method, percentile)
+    _check_accuracy_args(chosen, eval_data, max_accuracy_drop, fallback, verify_artifacts)
     # Built before the model loads, so a bad option is a usage error before any work.
     built = _build_targets(chosen, target_options or {})
     for cls, _ in chosen:
@@ -201,6 +208,8 @@ def compile_model(
     piped = default_pipeline().run(graph)
     graph = piped.graph
     quantized = _quantize(graph, chosen, calibration, calibration_method, percentile, keep_float, progress)
+    if fallback:
+        quantized = _fallback(quantized, eval_data, calibration, max_accuracy_drop, progress)
 
     tol = Tolerance(atol if atol is not None else DEFAULT_ATOL, rtol if rtol is not None else DEFAULT_RTOL)
     dataset: Dataset | None = None
@@ -209,6 +218,8 @@ def compile_model(
         progress("source run")
         with runner_for(model, weights) as source:
             dataset = choose_data(source.input_specs(), eval_data, calibration)
+            if max_accuracy_drop is not None and dataset.labels is None:
+                raise UsageError(f"--max-accuracy-drop needs labels: {eval_data} has no array 'y'")
             reference = run_batches(source, dataset)
             source_name = source.name
     data_info = {"kind": dataset.kind if dataset else None,
@@ -243,6 +254,8 @@ def compile_model(
                 progress(f"verify {cls.name}:{variant}")
                 ttol = _target_tolerance(cls, variant, atol, rtol, tol)
                 tr.verification = _verify_target(target, tdir, dataset, reference, ttol, source_name)
+                if max_accuracy_drop is not None and cls.default_tolerance(variant) is not None:
+                    _judge_accuracy(tr, max_accuracy_drop)
             report.targets.append(tr)
         _install(staging, outdir, [f"{t.target}-{t.variant}" for t in report.targets])
         tmp_report = staging / "report.json"
@@ -283,6 +296,49 @@ def _target_tolerance(cls: type[Target], variant: str, atol: float | None, rtol:
         return tol
     default = cls.default_tolerance(variant)
     return tol if default is None else replace(default, atol=tol.atol, rtol=tol.rtol)
+
+
+# ------------------------------------------------------- accuracy control
+def _check_accuracy_args(chosen: Sequence[tuple[type[Target], str]], eval_data: str | Path | None,
+                         max_drop: float | None, fallback: bool, verifying: bool) -> None:
+    if max_drop is not None:
+        if not max_drop >= 0:
+            raise UsageError(f"--max-accuracy-drop must be >= 0 percentage points, got {max_drop:g}")
+        if eval_data is None:
+            raise UsageError("--max-accuracy-drop needs --eval DATA with labels y")
+        if not verifying and not fallback:
+            raise UsageError("--max-accuracy-drop is checked by verification; drop --no-verify")
+    if fallback and not any(cls.quant_scheme(v) for cls, v in chosen):
+        raise UsageError("--fallback applies to quantized targets only (e.g. tflite:int8)")
+
+
+def _fallback(quantized: dict[str, tuple[Graph, dict]], eval_data: str | Path | None,
+              calibration: str | Path | None, max_drop: float | None,
+              progress: Progress) -> dict[str, tuple[Graph, dict]]:
+    from tapeout.compiler.accuracy_control import Criterion, apply
+    from tapeout.compiler.calibration import source_specs
+    from tapeout.targets.base import QUANTIZED_TOLERANCE
+
+    graph = next(iter(quantized.values()))[0]
+    data = choose_data(source_specs(graph), eval_data, calibration)
+    if max_drop is not None and data.labels is None:
+        raise UsageError(f"--max-accuracy-drop needs labels: {eval_data} has no array 'y'")
+    return apply(quantized, data.feeds, data.labels, Criterion(max_drop, QUANTIZED_TOLERANCE), progress)
+
+
+def _judge_accuracy(tr: TargetReport, max_drop: float) -> None:
+    """A quantized artifact with an accuracy budget passes on accuracy, not on cosine/agreement."""
+    from tapeout.compiler.accuracy_control import drop_pt
+
+    v = tr.verification
+    assert v is not None
+    drop = drop_pt(v.accuracy)
+    finite = all(o.get("nonfinite_mismatches", 0) == 0 for o in v.outputs)
+    v.passed = bool(drop is not None and drop <= max_drop + 1e-9 and finite)
+    v.max_accuracy_drop = max_drop
+    if drop is not None:
+        tr.notes.append(f"top-1 accuracy drop {drop:.2f} pt "
+                        f"{'within' if v.passed else 'exceeds'} --max-accuracy-drop {max_drop:g}")
 
 
 # ----------------------------------------------------------- quantization

@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an option for one target's emitter, e.g. tflite.c_array=false or onnx.opset=18 "
                         "(VALUE read as JSON when it parses, else as text; repeatable)")
     c.add_argument("--eval", dest="eval_data", metavar="DATA", help=".npz with inputs and optional labels y")
+    c.add_argument("--max-accuracy-drop", type=float, metavar="P",
+                   help="fail (exit 1) when a quantized artifact loses more than P percentage points of top-1 "
+                        "accuracy on the --eval labels")
+    c.add_argument("--fallback", action="store_true",
+                   help="keep the most sensitive layers of quantized targets in float until the accuracy budget "
+                        "(or, without one, cosine/top-1 agreement >= 0.99) holds")
     _tolerance_flags(c)
     c.add_argument("--no-verify", action="store_true", help="emit artifacts without running them")
     c.add_argument("--no-timings", action="store_true",
@@ -139,6 +145,14 @@ def print_compile_summary(report: Any, out: TextIO) -> None:
             con.print(f"quant   {t.target}:{t.variant} {q['scheme']}, {how}{kept}", markup=False)
             for w in q.get("warnings", []):
                 con.print(f"warning {t.target}:{t.variant}: {w}", markup=False)
+            ac = q.get("accuracy_control")
+            if ac:
+                for k, st in enumerate(ac["steps"]):
+                    what = f"float {', '.join(st['kept_float'])}" if st["kept_float"] else "as calibrated"
+                    acc = "" if st["accuracy"] is None else f", accuracy {st['accuracy']:.4f}"
+                    agree = "" if st["top1_agreement"] is None else f", top-1 agreement {st['top1_agreement']:.4f}"
+                    con.print(f"fallback {t.target}:{t.variant} step {k}: {what}{acc}, cosine {st['cosine']:.6f}"
+                              f"{agree} ({'meets' if st['passed'] else 'misses'} {ac['criterion']})", markup=False)
     table = Table(title=None, show_edge=False)
     for col in ("target", "artifact", "size", "seconds", "verified", "max abs err", "cosine", "top-1 agree",
                 "accuracy src/art"):
@@ -200,7 +214,8 @@ def _cmd_compile(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                                calibration=args.calibration, eval_data=args.eval_data, atol=args.atol,
                                rtol=args.rtol, calibration_method=args.calibration_method,
                                percentile=args.percentile, keep_float=args.keep_float,
-                               target_options=_target_options(args), verify_artifacts=not args.no_verify,
+                               target_options=_target_options(args), max_accuracy_drop=args.max_accuracy_drop,
+                               fallback=args.fallback, verify_artifacts=not args.no_verify,
                                timings=not args.no_timings, progress=status.update)
     if args.json:
         out.write(report.dumps(timings=not args.no_timings))

@@ -36,6 +36,7 @@ class Verification:
     accuracy: dict[str, float] | None = None
     outputs: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None  # the artifact could not be run at all
+    max_accuracy_drop: float | None = None  # --max-accuracy-drop: judged on accuracy, not cosine/agreement
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -48,6 +49,8 @@ class Verification:
             d["accuracy"] = {k: _round(v) for k, v in self.accuracy.items()}
         if self.error:
             d["error"] = self.error
+        if self.max_accuracy_drop is not None:
+            d["max_accuracy_drop"] = self.max_accuracy_drop
         return d
 
 
