@@ -9,6 +9,11 @@ the user's budget allows, judged on the NumPy bit-accurate model (no C++ per can
    result's fractional bits by bisection while the whole model still meets the budget (top-1
    agreement with the float model >= ``min_agreement``, and/or max |error| <= ``max_abs_error``).
    Accumulators keep every product bit (``F_acc = F_x + F_w``), so only the chosen types round.
+4. Lookup tables: when even wide types miss the budget, the softmax/sigmoid/tanh tables grow
+   (``table_size`` 1024 -> 65536): a softmax's exp table is indexed by the top bits of
+   ``max - x``, and logits closer than one index step tie, which decides top-1.
+5. Baseline: with ``baseline`` (e.g. uniform ``ap_fixed<16,6>``) the search also holds the
+   calibration agreement to at least the baseline's, so auto is never worse than the default.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import numpy as np
 
 from tapeout.compiler import interpreter
 from tapeout.compiler.fixedpoint.model import (DEFAULT_SOFTMAX_TABLE, DEFAULT_TABLE, HlsLayer, LayerPrecision,
-                                               PrecisionPlan, hls_layers, predict_fixed)
+                                               PrecisionPlan, activation_of, hls_layers, predict_fixed, run_fixed)
 from tapeout.compiler.fixedpoint.types import FixedType, fixed
 from tapeout.compiler.ir import LINEAR, Graph, Node
 
@@ -28,6 +33,10 @@ MARGIN = 1.25  # headroom over the largest calibration value
 START_FRAC = 12
 MIN_FRAC = 0
 MAX_INT_BITS = 24
+TABLE_SIZES = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
+# Each bisection stops where the calibration data just meets the budget; one more fractional
+# bit per searched type keeps unseen data from falling over that edge.
+SAFETY_BITS = 1
 
 
 # The search holds the calibration data to a stricter agreement than the user asked for, so the
@@ -56,6 +65,9 @@ class SearchResult:
     evaluations: int
     per_layer: list[dict] = field(default_factory=list)
     met: bool = True  # False: even the widest start missed the budget (the plan is that start)
+    required_agreement: float | None = None  # what the search held the calibration data to
+    baseline_agreement: float | None = None  # the baseline plan's agreement on the same data
+    notes: list[str] = field(default_factory=list)
 
 
 def int_bits(maxabs: float, margin: float = MARGIN) -> int:
@@ -143,7 +155,8 @@ def _finish(graph: Graph, plan: PrecisionPlan, layers: list[HlsLayer], ranges: d
     return plan
 
 
-def initial_plan(graph: Graph, ranges: dict[str, float], frac: int = START_FRAC) -> PrecisionPlan:
+def initial_plan(graph: Graph, ranges: dict[str, float], frac: int = START_FRAC, table_size: int = 1024,
+                 pinned: dict[str, LayerPrecision] | None = None) -> PrecisionPlan:
     layers = hls_layers(graph)
     plan = PrecisionPlan({i: fixed(int_bits(ranges[i]) + frac, int_bits(ranges[i]), "AP_RND", "AP_SAT")
                           for i in graph.inputs})
@@ -158,11 +171,13 @@ def initial_plan(graph: Graph, ranges: dict[str, float], frac: int = START_FRAC)
         elif layer.kind == "softmax":
             plan.layers[layer.name] = LayerPrecision(result=fixed(17, 1, "AP_RND", "AP_SAT"),
                                                      table=DEFAULT_SOFTMAX_TABLE, inv_table=DEFAULT_SOFTMAX_TABLE,
-                                                     accum=DEFAULT_SOFTMAX_TABLE)
+                                                     accum=DEFAULT_SOFTMAX_TABLE, table_size=table_size)
         elif layer.kind in ("sigmoid", "tanh"):
-            plan.layers[layer.name] = LayerPrecision(result=fixed(11, 2, "AP_RND", "AP_SAT"), table=DEFAULT_TABLE)
+            plan.layers[layer.name] = LayerPrecision(result=fixed(11, 2, "AP_RND", "AP_SAT"), table=DEFAULT_TABLE,
+                                                     table_size=table_size)
         else:
             plan.layers[layer.name] = LayerPrecision(result=res)
+    plan.layers.update(pinned or {})
     return _finish(graph, plan, layers, ranges)
 
 
@@ -170,26 +185,61 @@ def _set_frac(t: FixedType, f: int) -> FixedType:
     return FixedType(t.integer + f, t.integer, t.signed, t.rounding, t.overflow)
 
 
-def search(graph: Graph, feeds: dict[str, np.ndarray], budget: Budget = Budget()) -> SearchResult:
-    """The smallest per-layer weight/result fractional bits meeting ``budget`` on ``feeds``."""
+def _rows(layers: list[HlsLayer], plan: PrecisionPlan, ranges: dict[str, float]) -> list[dict]:
+    out = []
+    for layer in layers:
+        lp = plan.layers[layer.name]
+        row = {"layer": layer.name, "kind": layer.kind, "range": ranges.get(layer.name),
+               **{k: str(v) for k, v in lp.types().items()}}
+        if layer.kind in ("softmax", "sigmoid", "tanh"):
+            row["table_size"] = lp.table_size
+        out.append(row)
+    return out
+
+
+def search(graph: Graph, feeds: dict[str, np.ndarray], budget: Budget = Budget(), *,
+           pinned: dict[str, LayerPrecision] | None = None, baseline: PrecisionPlan | None = None) -> SearchResult:
+    """The smallest per-layer weight/result fractional bits meeting ``budget`` on ``feeds``.
+
+    ``pinned`` layers keep the given types (the user's explicit per-layer precision); with
+    ``baseline`` the calibration agreement must also reach that plan's (see the module doc).
+    """
+    pinned = pinned or {}
     ranges = observed_ranges(graph, feeds)
     layers = hls_layers(graph)
-    ev = _Evaluator(graph, feeds, budget.guarded())
-    plan = initial_plan(graph, ranges)
+    guarded = budget.guarded()
+    ev = _Evaluator(graph, feeds, guarded)
+    base_agree = None
+    if baseline is not None and guarded.min_agreement is not None:
+        base_agree, _ = ev.score(baseline)
+        if base_agree is not None and base_agree > guarded.min_agreement:
+            ev.budget = Budget(base_agree, guarded.max_abs_error)
+    notes: list[str] = []
+    plan = initial_plan(graph, ranges, pinned=pinned)
     if not ev.ok(plan):
-        plan = initial_plan(graph, ranges, frac=START_FRAC + 6)
-        if not ev.ok(plan):
+        for ts in TABLE_SIZES:
+            cand = initial_plan(graph, ranges, frac=START_FRAC + 6, table_size=ts, pinned=pinned)
+            if ev.ok(cand):
+                plan = cand
+                if ts != TABLE_SIZES[0]:
+                    notes.append(f"lookup tables of softmax/sigmoid/tanh raised to {ts} entries: with "
+                                 f"{TABLE_SIZES[0]} their index step ties close logits and misses the budget")
+                break
+        else:
             # Lookup tables (softmax/sigmoid/tanh) bound the accuracy whatever the widths: report it.
-            agree, err = ev.score(plan)
-            rows = [{"layer": l.name, "kind": l.kind, "range": ranges.get(l.name),
-                     **{k: str(v) for k, v in plan.layers[l.name].types().items()}} for l in layers]
-            return SearchResult(plan, ranges, agree, err, ev.count, rows, met=False)
+            agree, err = ev.score(cand)
+            return SearchResult(cand, ranges, agree, err, ev.count, _rows(layers, cand, ranges), met=False,
+                                required_agreement=ev.budget.min_agreement, baseline_agreement=base_agree,
+                                notes=notes)
+    searched: list[tuple[str, str]] = []
     for layer in layers:
         keys = ["weight", "bias", "result"] if layer.kind in ("dense", "conv") else ["result"]
         if layer.kind in ("softmax", "sigmoid", "tanh"):
             # Probabilities are what the user reads: a graph output keeps 16 fractional bits
             # (top-1 on a few-bit softmax is decided by ties).
             keys = [] if layer.output in graph.outputs else ["result"]
+        if layer.name in pinned:
+            keys = []
         for key in keys:
             cur: FixedType = getattr(plan.layers[layer.name], key)
             lo, hi = MIN_FRAC, cur.frac  # hi is known good
@@ -204,10 +254,63 @@ def search(graph: Graph, feeds: dict[str, np.ndarray], budget: Budget = Budget()
                     lo = mid + 1
             plan.layers[layer.name] = replace(plan.layers[layer.name], **{key: _set_frac(cur, hi)})
             plan = _finish(graph, plan, layers, ranges)
+            searched.append((layer.name, key))
+    if SAFETY_BITS:
+        for name, key in searched:
+            cur = getattr(plan.layers[name], key)
+            plan.layers[name] = replace(plan.layers[name], **{key: _set_frac(cur, cur.frac + SAFETY_BITS)})
+        plan = _finish(graph, plan, layers, ranges)
     agree, err = ev.score(plan)
-    rows = [{"layer": l.name, "kind": l.kind, "range": ranges.get(l.name),
-             **{k: str(v) for k, v in plan.layers[l.name].types().items()}} for l in layers]
-    return SearchResult(plan, ranges, agree, err, ev.count, rows)
+    return SearchResult(plan, ranges, agree, err, ev.count, _rows(layers, plan, ranges),
+                        required_agreement=ev.budget.min_agreement, baseline_agreement=base_agree, notes=notes)
+
+
+def float_layer_outputs(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every hls layer's output in float (the reference interpreter), keyed by hls layer name."""
+    values = interpreter.run(graph, feeds, keep_intermediates=True)
+    out: dict[str, np.ndarray] = {}
+    for layer in hls_layers(graph):
+        n = layer.node
+        if layer.kind in ("dense", "conv") and activation_of(n) != "identity":
+            args = [graph.constants[i] if i in graph.constants else values[i] if i else None for i in n.inputs]
+            linear = Node(n.op, n.name, n.inputs, n.outputs, {**n.attrs, "activation": LINEAR})
+            out[layer.name] = np.asarray(interpreter.eval_node(linear, args)[0])
+        else:
+            out[layer.name] = np.asarray(values[layer.output])
+    return out
+
+
+def layer_errors(graph: Graph, plan: PrecisionPlan, feeds: dict[str, np.ndarray],
+                 reference: dict[str, np.ndarray] | None = None,
+                 got: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, float]]:
+    """Per hls layer: max |fixed - float| and the relative RMS error ||fixed - float|| / ||float||.
+
+    ``got`` (layer -> float array, e.g. the C simulation's trace) replaces the NumPy model's outputs.
+    """
+    reference = reference if reference is not None else float_layer_outputs(graph, feeds)
+    if got is None:
+        fx = run_fixed(graph, plan, feeds, keep_intermediates=True)
+        got = {k: v.to_float() for k, v in fx.items()}
+    out: dict[str, dict[str, float]] = {}
+    for layer in hls_layers(graph):
+        ref = np.asarray(reference[layer.name], np.float64).reshape(len(reference[layer.name]), -1)
+        have = np.asarray(got[layer.name], np.float64).reshape(ref.shape)
+        diff = have - ref
+        norm = float(np.linalg.norm(ref))
+        out[layer.name] = {"max_abs_error": float(np.max(np.abs(diff))) if diff.size else 0.0,
+                           "rel_rms_error": float(np.linalg.norm(diff) / norm) if norm > 0 else float(np.linalg.norm(diff))}
+    return out
+
+
+def first_error_jump(errors: dict[str, dict[str, float]], factor: float = 4.0, floor: float = 0.02) -> str | None:
+    """The first layer whose relative error exceeds ``floor`` and ``factor`` times the layer before's."""
+    prev = 0.0
+    for name, e in errors.items():
+        r = e["rel_rms_error"]
+        if r > floor and r > factor * prev:
+            return name
+        prev = max(prev, r)
+    return None
 
 
 def uniform_plan(graph: Graph, t: FixedType) -> PrecisionPlan:
