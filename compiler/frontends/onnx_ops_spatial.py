@@ -334,6 +334,8 @@ def _resize_scales(ctx: Context, n: OnnxNode, rank: int, shape: Sequence[int]) -
     if scales is not None and scales.size:
         full[axes] = np.asarray(scales, np.float64).reshape(-1)
     elif sizes is not None and sizes.size:
+        if any(shape[a] == 0 for a in axes):
+            raise ctx.fail(f"resizes the empty tensor {list(shape)} to sizes; no scale follows from them")
         full[axes] = np.asarray(sizes, np.float64).reshape(-1) / np.asarray([shape[a] for a in axes], np.float64)
         policy = n.attr("keep_aspect_ratio_policy", "stretch") or "stretch"
         if policy in ("not_larger", "not_smaller"):  # one scale for all listed axes
