@@ -421,10 +421,57 @@ def _quantize(graph: Graph, chosen: Sequence[tuple[type[Target], str]], calibrat
 def verify_artifact(source: str | Path, artifact: str | Path, *, weights: str | Path | None = None,
                     data: str | Path | None = None, atol: float | None = None,
                     rtol: float | None = None) -> ComparisonResult:
-    """Run ``source`` and ``artifact`` on the same inputs and compare every output."""
+    """Run ``source`` and ``artifact`` on the same inputs and compare every output.
+
+    A quantized artifact (integer or float16 tensors in a .tflite, Q/DQ or QLinear nodes in an
+    .onnx) is judged by cosine and top-1 agreement, as compile judges it, unless ``atol`` or
+    ``rtol`` is given.
+    """
     quiet_environment()
     tol = Tolerance(atol if atol is not None else DEFAULT_ATOL, rtol if rtol is not None else DEFAULT_RTOL)
     with runner_for(source, weights) as ref, runner_for(artifact) as cand:
         dataset = load_data(data, ref.input_specs(), kind="eval") if data else synthesize(
             ref.input_specs(), num_samples=SYNTHETIC_SAMPLES, seed=0)
-        return verify(ref, cand, dataset, tol)
+        scheme = quantized_artifact(artifact) if atol is None and rtol is None else None
+        if scheme is None:
+            return verify(ref, cand, dataset, tol)
+        from tapeout.targets.base import QUANTIZED_TOLERANCE
+
+        # Top-1 agreement only means something for [N, classes] outputs (as in compile).
+        q = replace(QUANTIZED_TOLERANCE, atol=tol.atol, rtol=tol.rtol)
+        per_output = {k: q if np.ndim(v) == 2 and np.shape(v)[1] > 1 else replace(q, min_top1_agreement=None)
+                      for k, v in run_batches(ref, dataset).items()}
+        result = verify(ref, cand, dataset, per_output)
+        result.notes.append(f"{scheme} artifact: judged by cosine >= {q.min_cosine:g} and top-1 agreement >= "
+                            f"{q.min_top1_agreement:g}; pass --atol/--rtol for elementwise checks")
+        return result
+
+
+def quantized_artifact(path: str | Path) -> str | None:
+    """What makes an artifact quantized ("int8 .tflite", "QDQ .onnx", ...), or None for a float one."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".tflite":
+        from tapeout.runtime.runners.litert import interpreter_class
+
+        cls, _ = interpreter_class()
+        try:
+            details = cls(model_path=str(path)).get_tensor_details()
+        except Exception:  # noqa: BLE001 - an unreadable file is reported by the runner itself
+            return None
+        kinds = {np.dtype(d["dtype"]).name for d in details}
+        found = [k for k in ("int8", "uint8", "int16", "float16") if k in kinds]
+        return f"{'/'.join(found)} .tflite" if found else None
+    if suffix == ".onnx":
+        try:
+            import onnx
+
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception:  # noqa: BLE001 - as above
+            return None
+        ops = {n.op_type for n in model.graph.node}
+        if ops & {"QuantizeLinear", "DequantizeLinear"}:
+            return "QDQ .onnx"
+        if any(op.startswith("QLinear") or op in ("MatMulInteger", "ConvInteger") for op in ops):
+            return "integer .onnx"
+    return None

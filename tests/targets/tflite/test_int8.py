@@ -301,3 +301,24 @@ def test_acceptance_6_int8_io_gives_float_io_top1(digits) -> None:
         ya, yb = a.infer({"image": x})["probabilities"], b.infer({"image": x})["probabilities"]
     assert np.array_equal(ya.argmax(1), yb.argmax(1))
     assert int_io.passed and int_io.targets[0].extra["io"] == "int8"
+
+
+def test_verify_judges_quantized_artifacts_by_cosine_and_agreement(digits) -> None:
+    """`tapeout verify SOURCE model.tflite|model.onnx`: quantized -> cosine/top-1, fp32 -> elementwise."""
+    from tapeout.compiler.api import quantized_artifact, verify_artifact
+
+    out, _, _ = digits
+    folder = out / "float_io"
+    data = SAMPLE / "eval.npz"
+    assert quantized_artifact(folder / "tflite-fp32" / "model.tflite") is None
+    for artifact in (folder / "tflite-int8" / "model.tflite", folder / "onnx-int8" / "model.onnx"):
+        assert quantized_artifact(artifact) is not None
+        result = verify_artifact(SAMPLE / "model.keras", artifact, data=data)
+        (o,) = result.outputs
+        assert result.passed and o.mismatches > 0  # elementwise it would fail; cosine/top-1 pass
+        assert o.tolerance.min_cosine == 0.99 and o.tolerance.min_top1_agreement == 0.99
+        assert any("judged by cosine" in n for n in result.notes)
+        strict = verify_artifact(SAMPLE / "model.keras", artifact, data=data, atol=1e-4)
+        assert not strict.passed and strict.outputs[0].tolerance.min_cosine is None
+    fp32 = verify_artifact(SAMPLE / "model.keras", folder / "tflite-fp32" / "model.tflite", data=data)
+    assert fp32.passed and fp32.outputs[0].tolerance.min_cosine is None
