@@ -157,6 +157,7 @@ def compile_model(
     calibration_method: str = "minmax",
     percentile: float | None = None,
     keep_float: Sequence[str] = (),
+    prune: str | None = None,
     target_options: Mapping[str, Mapping[str, Any]] | None = None,
     max_accuracy_drop: float | None = None,
     fallback: bool = False,
@@ -187,6 +188,7 @@ def compile_model(
             chosen.append(pair)
     _check_quantization_args(chosen, calibration, calibration_method, percentile)
     _check_accuracy_args(chosen, eval_data, max_accuracy_drop, fallback, verify_artifacts)
+    prune_pass = _prune_pass(prune)
     # Built before the model loads, so a bad option is a usage error before any work.
     built = _build_targets(chosen, target_options or {})
     for cls, _ in chosen:
@@ -207,6 +209,10 @@ def compile_model(
 
     piped = default_pipeline().run(graph)
     graph = piped.graph
+    pruning: dict[str, Any] | None = None
+    if prune_pass is not None:
+        progress("prune")
+        graph, pruning = _prune(graph, prune_pass, str(prune), piped)
     quantized = _quantize(graph, chosen, calibration, calibration_method, percentile, keep_float, progress)
     if fallback:
         quantized = _fallback(quantized, eval_data, calibration, max_accuracy_drop, progress)
@@ -222,6 +228,10 @@ def compile_model(
                 raise UsageError(f"--max-accuracy-drop needs labels: {eval_data} has no array 'y'")
             reference = run_batches(source, dataset)
             source_name = source.name
+        if pruning is not None:
+            # Artifacts are checked against the pruned IR; the source only gives the unpruned accuracy.
+            reference = _pruned_reference(graph, dataset, reference, pruning)
+            source_name = "pruned IR (reference interpreter)"
     data_info = {"kind": dataset.kind if dataset else None,
                  "samples": dataset.num_samples if dataset else 0,
                  "labels": dataset is not None and dataset.labels is not None}
@@ -230,6 +240,7 @@ def compile_model(
     summary["source_nodes"] = nodes_in
     report = CompileReport(source=info.to_json(), graph=summary, passes=piped.to_json(), data=data_info,
                            outdir=str(outdir), notes=list(graph.metadata.get("notes", [])))
+    report.pruning = pruning
 
     parent = outdir.parent if outdir.parent != Path("") else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
@@ -339,6 +350,47 @@ def _judge_accuracy(tr: TargetReport, max_drop: float) -> None:
     if drop is not None:
         tr.notes.append(f"top-1 accuracy drop {drop:.2f} pt "
                         f"{'within' if v.passed else 'exceeds'} --max-accuracy-drop {max_drop:g}")
+
+
+# ---------------------------------------------------------------- pruning
+def _prune_pass(spec: str | None) -> Any:
+    """The pruning pass --prune names (None without one); a bad spec is a usage error before any work."""
+    if spec is None:
+        return None
+    from tapeout.compiler.passes.prune import parse_prune
+
+    return parse_prune(spec)
+
+
+def _prune(graph: Graph, prune_pass: Any, spec: str, piped: Any) -> tuple[Graph, dict[str, Any]]:
+    """Run the pruning pass after the default pipeline; its record joins the report's passes."""
+    from tapeout.compiler.passes.pipeline import Pipeline
+    from tapeout.compiler.passes.prune import pruning_report
+
+    res = Pipeline([prune_pass]).run(graph)
+    piped.records.extend(res.records)
+    details = [d for r in res.records for d in r.details]
+    return res.graph, pruning_report(spec, graph, res.graph, details)
+
+
+def _top1(outputs: Mapping[str, np.ndarray], labels: np.ndarray) -> float | None:
+    for v in outputs.values():
+        if np.ndim(v) == 2 and np.shape(v)[1] > 1:
+            return float(np.mean(np.argmax(v, axis=1) == labels))
+    return None
+
+
+def _pruned_reference(graph: Graph, dataset: Dataset, source_ref: dict[str, np.ndarray],
+                      pruning: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The pruned IR's outputs on the verification data (source layout); accuracies go to ``pruning``."""
+    from tapeout.compiler.reference_runner import ReferenceRunner
+
+    with ReferenceRunner(graph, source_layout=True) as runner:
+        ref = run_batches(runner, dataset)
+    if dataset.labels is not None:
+        pruning["accuracy"] = {"unpruned": _top1(source_ref, dataset.labels), "pruned": _top1(ref, dataset.labels),
+                               "data": dataset.kind, "samples": dataset.num_samples}
+    return ref
 
 
 # ----------------------------------------------------------- quantization

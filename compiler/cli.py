@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an option for one target's emitter, e.g. tflite.c_array=false or onnx.opset=18 "
                         "(VALUE read as JSON when it parses, else as text; repeatable)")
     c.add_argument("--eval", dest="eval_data", metavar="DATA", help=".npz with inputs and optional labels y")
+    c.add_argument("--prune", metavar="SPEC",
+                   help="prune after the default passes: magnitude:S (unstructured, fraction S of the weights), "
+                        "channels:R (remove fraction R of the channels), 2:4 (N:M sparsity); "
+                        "artifacts are then verified against the pruned graph")
     c.add_argument("--max-accuracy-drop", type=float, metavar="P",
                    help="fail (exit 1) when a quantized artifact loses more than P percentage points of top-1 "
                         "accuracy on the --eval labels")
@@ -127,6 +131,16 @@ def print_compile_summary(report: Any, out: TextIO) -> None:
               f"-> {g['nodes']} after passes, {g['params']:,} params, {g['macs']:,} MACs")
     changed = [p["name"] for p in report.passes if p["changed"]]
     con.print(f"passes  {', '.join(changed) if changed else 'nothing to change'}")
+    pr = getattr(report, "pruning", None)
+    if pr:
+        b, a = pr["before"], pr["after"]
+        con.print(f"prune   {pr['spec']}: params {b['params']:,} -> {a['params']:,} ({a['nonzero_params']:,} "
+                  f"non-zero), MACs {b['macs']:,} -> {a['macs']:,} ({a['nonzero_macs']:,} with non-zero weights)"
+                  + (", one-shot (no fine-tuning)" if pr["one_shot"] else ""), markup=False)
+        acc = pr.get("accuracy")
+        if acc and acc["pruned"] is not None:
+            con.print(f"prune   top-1 accuracy {acc['unpruned']:.4f} unpruned -> {acc['pruned']:.4f} pruned "
+                      f"({acc['samples']} {acc['data']} samples)", markup=False)
     for note in report.notes:
         con.print(f"note    {note}", markup=False)
     d = report.data
@@ -213,7 +227,7 @@ def _cmd_compile(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         report = compile_model(args.model, args.targets, args.outdir, weights=args.weights,
                                calibration=args.calibration, eval_data=args.eval_data, atol=args.atol,
                                rtol=args.rtol, calibration_method=args.calibration_method,
-                               percentile=args.percentile, keep_float=args.keep_float,
+                               percentile=args.percentile, keep_float=args.keep_float, prune=args.prune,
                                target_options=_target_options(args), max_accuracy_drop=args.max_accuracy_drop,
                                fallback=args.fallback, verify_artifacts=not args.no_verify,
                                timings=not args.no_timings, progress=status.update)

@@ -93,6 +93,7 @@ class CompileReport:
     targets: list[TargetReport] = field(default_factory=list)
     outdir: str = ""
     notes: list[str] = field(default_factory=list)  # what the front end decided (batch, layouts, ...)
+    pruning: dict[str, Any] | None = None  # --prune: spec, per-layer sparsity, params and MACs before/after
     tapeout_version: str = __version__
 
     @property
@@ -109,6 +110,7 @@ class CompileReport:
             "source": self.source,
             "graph": self.graph,
             "passes": self.passes,
+            **({"pruning": self.pruning} if self.pruning is not None else {}),
             "notes": self.notes,
             "data": self.data,
             "targets": [t.to_json(timings) for t in self.targets],

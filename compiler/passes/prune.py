@@ -557,3 +557,32 @@ def parse_prune(spec: str) -> Pass:
             raise UsageError(f"--prune {spec!r}: N:M sparsity needs 0 < N < M")
         return PruneNM(n, m)
     raise UsageError(f"--prune {spec!r}: unknown pruning; one of {PRUNE_SPECS}")
+
+
+# ------------------------------------------------------------------ report
+def _totals(graph: Graph) -> dict[str, int]:
+    from tapeout.compiler.ops import graph_macs, graph_params
+
+    rows = layer_stats(graph)
+    dense_macs = graph_macs(graph)
+    return {"params": graph_params(graph), "nonzero_params": int(sum(np.count_nonzero(c) for c in graph.constants.values())),
+            "macs": dense_macs,
+            # MACs a sparse kernel needs: zero weights of conv/dense layers skipped.
+            "nonzero_macs": dense_macs - sum(r["macs"] - r["nonzero_macs"] for r in rows)}
+
+
+def pruning_report(spec: str, before: Graph, after: Graph, details: Sequence[str]) -> dict[str, Any]:
+    """The report's ``pruning`` entry: totals and per-layer weights, sparsity and MACs before and after."""
+    old = {r["name"]: r for r in layer_stats(before)}
+    layers = []
+    for r in layer_stats(after):
+        o = old.get(r["name"], r)
+        layers.append({"name": r["name"], "op": r["op"], "shape_before": o["shape"], "shape_after": r["shape"],
+                       "sparsity_before": o["sparsity"], "sparsity_after": r["sparsity"],
+                       "macs_before": o["macs"], "macs_after": r["macs"],
+                       "nonzero_macs_before": o["nonzero_macs"], "nonzero_macs_after": r["nonzero_macs"]})
+    b, a = _totals(before), _totals(after)
+    return {"spec": spec, "before": b, "after": a,
+            "macs_ratio": round(a["macs"] / b["macs"], 6) if b["macs"] else None,
+            "nonzero_macs_ratio": round(a["nonzero_macs"] / b["nonzero_macs"], 6) if b["nonzero_macs"] else None,
+            "fine_tuning": None, "one_shot": True, "layers": layers, "details": list(details)}

@@ -1,0 +1,69 @@
+"""`tapeout compile --prune` on the digits CNN sample: the report's pruning entry, verification
+against the pruned graph, and one-line usage errors (issue 7)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from tapeout.compiler.cli import main
+
+SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "digits_cnn"
+
+
+def run_cli(*argv: object) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main([str(a) for a in argv], out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def compile_json(tmp_path: Path, spec: str, *extra: object) -> dict:
+    code, out, err = run_cli("compile", SAMPLE / "model.keras", "-t", "onnx", "-o", tmp_path / "out",
+                             "--eval", SAMPLE / "eval.npz", "--prune", spec, "--json", *extra)
+    assert code == 0, err
+    report = json.loads(out)
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["pruning"] == report["pruning"]
+    return report
+
+
+def test_channels_shrinks_the_model_and_verifies_against_the_pruned_graph(tmp_path):
+    r = compile_json(tmp_path, "channels:0.5")
+    p = r["pruning"]
+    assert p["spec"] == "channels:0.5" and p["one_shot"] is True and p["fine_tuning"] is None
+    assert p["after"]["macs"] <= 0.55 * p["before"]["macs"] and p["macs_ratio"] <= 0.55
+    assert p["after"]["params"] < 0.5 * p["before"]["params"]
+    assert r["graph"]["macs"] == p["after"]["macs"]
+    layers = {row["name"]: row for row in p["layers"]}
+    assert layers["conv2"]["shape_before"] == [3, 3, 16, 32] and layers["conv2"]["shape_after"] == [3, 3, 8, 16]
+    assert layers["probabilities"]["shape_after"][-1] == 10  # the classifier keeps its classes
+    assert any(x["name"] == "prune:channels" and x["changed"] for x in r["passes"])
+    v = r["targets"][0]["verification"]
+    assert v["passed"] and v["max_abs_err"] < 1e-4 and "pruned IR" in v["runner"]
+    acc = p["accuracy"]
+    assert acc["unpruned"] >= 0.9 and acc["samples"] == 360
+    assert v["accuracy"]["artifact"] == pytest.approx(acc["pruned"])
+
+
+@pytest.mark.parametrize("spec, expected", [("magnitude:0.7", 0.7), ("2:4", 0.5)])
+def test_unstructured_sparsity_per_layer(tmp_path, spec, expected):
+    p = compile_json(tmp_path, spec, "--no-verify")["pruning"]
+    rows = p["layers"]
+    pruned = [row for row in rows if row["sparsity_after"] > 0]
+    assert pruned and all(row["sparsity_after"] == pytest.approx(expected, abs=1e-3) for row in pruned)
+    assert all(row["shape_after"] == row["shape_before"] for row in rows)
+    assert p["after"]["macs"] == p["before"]["macs"] and p["after"]["nonzero_macs"] < p["before"]["nonzero_macs"]
+    if spec.startswith("magnitude"):
+        # The first and last weighted layers stay dense by default.
+        assert rows[0]["sparsity_after"] == 0 and rows[-1]["sparsity_after"] == 0
+        assert len(pruned) == len(rows) - 2
+
+
+def test_bad_prune_spec_is_one_line_usage_error(tmp_path):
+    for spec in ("channels:1.5", "sparse", "4:2"):
+        code, out, err = run_cli("compile", SAMPLE / "model.keras", "-t", "onnx", "-o", tmp_path / "o",
+                                 "--prune", spec)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("tapeout: error: --prune")
+        assert not (tmp_path / "o").exists()
