@@ -31,6 +31,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[all,test,bench]"
 	$(BIN)/python benchmarks/compile_speed.py
+	$(BIN)/python benchmarks/onnx_import.py
 
 # Re-pin the stack from the current environment.
 freeze:
