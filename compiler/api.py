@@ -158,6 +158,8 @@ def compile_model(
     percentile: float | None = None,
     keep_float: Sequence[str] = (),
     prune: str | None = None,
+    train: str | Path | None = None,
+    epochs: int | None = None,
     target_options: Mapping[str, Mapping[str, Any]] | None = None,
     max_accuracy_drop: float | None = None,
     fallback: bool = False,
@@ -188,7 +190,7 @@ def compile_model(
             chosen.append(pair)
     _check_quantization_args(chosen, calibration, calibration_method, percentile)
     _check_accuracy_args(chosen, eval_data, max_accuracy_drop, fallback, verify_artifacts)
-    prune_pass = _prune_pass(prune)
+    prune_pass = _prune_pass(prune, train, epochs)
     # Built before the model loads, so a bad option is a usage error before any work.
     built = _build_targets(chosen, target_options or {})
     for cls, _ in chosen:
@@ -212,7 +214,7 @@ def compile_model(
     pruning: dict[str, Any] | None = None
     if prune_pass is not None:
         progress("prune")
-        graph, pruning = _prune(graph, prune_pass, str(prune), piped)
+        graph, pruning = _prune(graph, prune_pass, str(prune), piped, train, epochs, progress)
     quantized = _quantize(graph, chosen, calibration, calibration_method, percentile, keep_float, progress)
     if fallback:
         quantized = _fallback(quantized, eval_data, calibration, max_accuracy_drop, progress)
@@ -240,7 +242,7 @@ def compile_model(
     summary["source_nodes"] = nodes_in
     report = CompileReport(source=info.to_json(), graph=summary, passes=piped.to_json(), data=data_info,
                            outdir=str(outdir), notes=list(graph.metadata.get("notes", [])))
-    report.pruning = pruning
+    report.pruning = None if pruning is None else {k: v for k, v in pruning.items() if not k.startswith("_")}
 
     parent = outdir.parent if outdir.parent != Path("") else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
@@ -353,24 +355,47 @@ def _judge_accuracy(tr: TargetReport, max_drop: float) -> None:
 
 
 # ---------------------------------------------------------------- pruning
-def _prune_pass(spec: str | None) -> Any:
+def _prune_pass(spec: str | None, train: str | Path | None, epochs: int | None) -> Any:
     """The pruning pass --prune names (None without one); a bad spec is a usage error before any work."""
     if spec is None:
+        if train is not None or epochs is not None:
+            raise UsageError("--train/--epochs fine-tune a pruned model: add --prune SPEC")
         return None
+    if epochs is not None and train is None:
+        raise UsageError("--epochs needs --train DATA (inputs and labels y) to fine-tune on")
+    if epochs is not None and epochs < 1:
+        raise UsageError(f"--epochs must be at least 1, got {epochs}")
+    if train is not None and not Path(train).is_file():
+        raise UsageError(f"--train {train}: no such file")
     from tapeout.compiler.passes.prune import parse_prune
 
     return parse_prune(spec)
 
 
-def _prune(graph: Graph, prune_pass: Any, spec: str, piped: Any) -> tuple[Graph, dict[str, Any]]:
-    """Run the pruning pass after the default pipeline; its record joins the report's passes."""
+def _prune(graph: Graph, prune_pass: Any, spec: str, piped: Any, train: str | Path | None, epochs: int | None,
+           progress: Progress) -> tuple[Graph, dict[str, Any]]:
+    """Run the pruning pass after the default pipeline (its record joins the report's passes), then
+    fine-tune on ``train`` when given, holding the pruned zeros (``compiler.finetune``)."""
     from tapeout.compiler.passes.pipeline import Pipeline
     from tapeout.compiler.passes.prune import pruning_report
 
     res = Pipeline([prune_pass]).run(graph)
     piped.records.extend(res.records)
     details = [d for r in res.records for d in r.details]
-    return res.graph, pruning_report(spec, graph, res.graph, details)
+    pruned = res.graph
+    if train is None:
+        return pruned, pruning_report(spec, graph, pruned, details)
+    from tapeout.compiler.calibration import source_specs
+    from tapeout.compiler.finetune import DEFAULT_EPOCHS, finetune
+
+    data = load_data(train, source_specs(pruned), kind="file")
+    if data.labels is None:
+        raise UsageError(f"--train {train}: no labels; the file needs an array 'y'")
+    progress("fine-tune")
+    tuned, info = finetune(pruned, data.feeds, data.labels, epochs=epochs or DEFAULT_EPOCHS, seed=0)
+    report = pruning_report(spec, graph, tuned, details)
+    report.update(one_shot=False, fine_tuning={"data": str(train), **info.to_json()}, _one_shot=pruned)
+    return tuned, report
 
 
 def _top1(outputs: Mapping[str, np.ndarray], labels: np.ndarray) -> float | None:
@@ -390,6 +415,9 @@ def _pruned_reference(graph: Graph, dataset: Dataset, source_ref: dict[str, np.n
     if dataset.labels is not None:
         pruning["accuracy"] = {"unpruned": _top1(source_ref, dataset.labels), "pruned": _top1(ref, dataset.labels),
                                "data": dataset.kind, "samples": dataset.num_samples}
+        if "_one_shot" in pruning:  # fine-tuned: also the accuracy before fine-tuning
+            with ReferenceRunner(pruning["_one_shot"], source_layout=True) as runner:
+                pruning["accuracy"]["pruned_one_shot"] = _top1(run_batches(runner, dataset), dataset.labels)
     return ref
 
 

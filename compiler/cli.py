@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prune after the default passes: magnitude:S (unstructured, fraction S of the weights), "
                         "channels:R (remove fraction R of the channels), 2:4 (N:M sparsity); "
                         "artifacts are then verified against the pruned graph")
+    c.add_argument("--train", metavar="DATA",
+                   help="with --prune: fine-tune the pruned model on this .npz (inputs and labels y, as --eval), "
+                        "pruned weights held at zero, seeded")
+    c.add_argument("--epochs", type=int, metavar="N", help="fine-tuning epochs with --train (default 5)")
     c.add_argument("--max-accuracy-drop", type=float, metavar="P",
                    help="fail (exit 1) when a quantized artifact loses more than P percentage points of top-1 "
                         "accuracy on the --eval labels")
@@ -137,8 +141,16 @@ def print_compile_summary(report: Any, out: TextIO) -> None:
         con.print(f"prune   {pr['spec']}: params {b['params']:,} -> {a['params']:,} ({a['nonzero_params']:,} "
                   f"non-zero), MACs {b['macs']:,} -> {a['macs']:,} ({a['nonzero_macs']:,} with non-zero weights)"
                   + (", one-shot (no fine-tuning)" if pr["one_shot"] else ""), markup=False)
+        ft = pr.get("fine_tuning")
+        if ft:
+            con.print(f"prune   fine-tuned {ft['epochs']} epochs on {ft['samples']} samples of {ft['data']} "
+                      f"(seed {ft['seed']}, {ft['loss']}), loss {ft['losses'][0]:.4f} -> {ft['losses'][-1]:.4f}",
+                      markup=False)
         acc = pr.get("accuracy")
         if acc and acc["pruned"] is not None:
+            shot = acc.get("pruned_one_shot")
+            if shot is not None:
+                con.print(f"prune   top-1 accuracy {shot:.4f} pruned before fine-tuning", markup=False)
             con.print(f"prune   top-1 accuracy {acc['unpruned']:.4f} unpruned -> {acc['pruned']:.4f} pruned "
                       f"({acc['samples']} {acc['data']} samples)", markup=False)
     for note in report.notes:
@@ -228,6 +240,7 @@ def _cmd_compile(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                                calibration=args.calibration, eval_data=args.eval_data, atol=args.atol,
                                rtol=args.rtol, calibration_method=args.calibration_method,
                                percentile=args.percentile, keep_float=args.keep_float, prune=args.prune,
+                               train=args.train, epochs=args.epochs,
                                target_options=_target_options(args), max_accuracy_drop=args.max_accuracy_drop,
                                fallback=args.fallback, verify_artifacts=not args.no_verify,
                                timings=not args.no_timings, progress=status.update)

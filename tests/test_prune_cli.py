@@ -67,3 +67,31 @@ def test_bad_prune_spec_is_one_line_usage_error(tmp_path):
                                  "--prune", spec)
         assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("tapeout: error: --prune")
         assert not (tmp_path / "o").exists()
+
+
+def test_fine_tuning_holds_the_zeros_and_is_deterministic(tmp_path):
+    runs = []
+    for k in range(2):
+        code, out, err = run_cli("compile", SAMPLE / "model.keras", "-t", "onnx", "-o", tmp_path / f"o{k}",
+                                 "--eval", SAMPLE / "eval.npz", "--prune", "magnitude:0.7", "--train",
+                                 SAMPLE / "calibration.npz", "--epochs", "2", "--json", "--no-timings")
+        assert code == 0, err
+        runs.append(json.loads(out))
+    p = runs[0]["pruning"]
+    assert p["one_shot"] is False and p["fine_tuning"]["epochs"] == 2 and p["fine_tuning"]["samples"] == 200
+    assert p["fine_tuning"]["masked_layers"] == 3 and len(p["fine_tuning"]["losses"]) == 2
+    # The zeros stayed where pruning put them and are still exact.
+    assert [row["sparsity_after"] for row in p["layers"]][1:-1] == [pytest.approx(0.7, abs=1e-3)] * 3
+    acc = p["accuracy"]
+    assert acc["pruned"] != acc["pruned_one_shot"]  # training changed the weights
+    # Seeded: the second build is byte-identical.
+    assert runs[0]["pruning"] == runs[1]["pruning"]
+    assert (tmp_path / "o0/onnx-fp32/model.onnx").read_bytes() == (tmp_path / "o1/onnx-fp32/model.onnx").read_bytes()
+
+
+@pytest.mark.parametrize("args, words", [(["--train", SAMPLE / "calibration.npz"], "--prune"),
+                                         (["--prune", "channels:0.5", "--epochs", "3"], "--train"),
+                                         (["--prune", "channels:0.5", "--train", "missing.npz"], "no such file")])
+def test_fine_tuning_usage_errors(tmp_path, args, words):
+    code, out, err = run_cli("compile", SAMPLE / "model.keras", "-t", "onnx", "-o", tmp_path / "o", *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and words in err, err
