@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from tapeout.compiler.errors import UsageError
 from tapeout.targets.base import Target
+from tapeout.targets.hls4ml.target import Hls4mlTarget
 from tapeout.targets.onnx.target import OnnxTarget
 from tapeout.targets.tflite.target import TfliteTarget
 
 TARGETS: dict[str, type[Target]] = {
+    Hls4mlTarget.name: Hls4mlTarget,
     OnnxTarget.name: OnnxTarget,
     TfliteTarget.name: TfliteTarget,
 }

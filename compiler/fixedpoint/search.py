@@ -232,6 +232,18 @@ def search(graph: Graph, feeds: dict[str, np.ndarray], budget: Budget = Budget()
                                 required_agreement=ev.budget.min_agreement, baseline_agreement=base_agree,
                                 notes=notes)
     searched: list[tuple[str, str]] = []
+    for inp in graph.inputs:  # the input type sets the first layer's product widths
+        cur = plan.inputs[inp]
+        lo, hi = MIN_FRAC, cur.frac
+        while lo < hi:
+            mid = (lo + hi) // 2
+            trial = _finish(graph, PrecisionPlan({**plan.inputs, inp: _set_frac(cur, mid)}, dict(plan.layers)),
+                            layers, ranges)
+            if ev.ok(trial):
+                hi = mid
+            else:
+                lo = mid + 1
+        plan = _finish(graph, PrecisionPlan({**plan.inputs, inp: _set_frac(cur, hi)}, plan.layers), layers, ranges)
     for layer in layers:
         keys = ["weight", "bias", "result"] if layer.kind in ("dense", "conv") else ["result"]
         if layer.kind in ("softmax", "sigmoid", "tanh"):
@@ -256,6 +268,7 @@ def search(graph: Graph, feeds: dict[str, np.ndarray], budget: Budget = Budget()
             plan = _finish(graph, plan, layers, ranges)
             searched.append((layer.name, key))
     if SAFETY_BITS:
+        plan.inputs = {k: _set_frac(t, t.frac + SAFETY_BITS) for k, t in plan.inputs.items()}
         for name, key in searched:
             cur = getattr(plan.layers[name], key)
             plan.layers[name] = replace(plan.layers[name], **{key: _set_frac(cur, cur.frac + SAFETY_BITS)})

@@ -63,6 +63,9 @@ class Hls4mlCsimRunner(FileRunner):
         self._specs = [IOSpec(i["name"], ("N", *i["shape"]), "float32") for i in self._manifest["inputs"]]
         self._outputs = [o["name"] for o in self._manifest["outputs"]]
         self._out_shapes = [tuple(o["shape"]) for o in self._manifest["outputs"]]
+        # A channels-first source keeps its layout here; the C++ computes channels-last.
+        self._in_perm = [i.get("perm") for i in self._manifest["inputs"]]
+        self._out_perm = [o.get("perm") for o in self._manifest["outputs"]]
 
     def _close(self) -> None:
         self._lib = None
@@ -82,7 +85,7 @@ class Hls4mlCsimRunner(FileRunner):
             if x.shape[1:] != want or x.shape[0] != n:
                 raise RuntimeInputError(f"input {s.name!r} has shape {x.shape}, expected (N, {', '.join(map(str, want))})"
                                         f" with the same N for every input")
-        flat = [np.ascontiguousarray(x.reshape(n, -1)) for x in xs]
+        flat = [np.ascontiguousarray((x.transpose(p) if p else x).reshape(n, -1)) for x, p in zip(xs, self._in_perm)]
         outs = [np.zeros((n, int(np.prod(shp))), np.float64) for shp in self._out_shapes]
         layers = [(t["name"], int(t["size"])) for t in self._manifest.get("trace", [])] if trace else []
         traces = {name: np.zeros((n, size), np.float64) for name, size in layers}
@@ -107,5 +110,11 @@ class Hls4mlCsimRunner(FileRunner):
         finally:
             if trace:
                 self._lib.free_trace_storage()
-        result = {name: o.reshape(n, *shp) for name, o, shp in zip(self._outputs, outs, self._out_shapes)}
+        result = {}
+        for name, o, shp, p in zip(self._outputs, outs, self._out_shapes, self._out_perm):
+            if p:  # C++ order is channels-last: reshape to it, then back to the source layout
+                ir = (n, *shp[1:], shp[0])
+                result[name] = o.reshape(ir).transpose(np.argsort(p))
+            else:
+                result[name] = o.reshape(n, *shp)
         return result, traces

@@ -48,12 +48,28 @@ def make_deterministic(outdir: Path) -> None:
         except UnicodeDecodeError:
             continue
         new = re.sub(r"(LIB_STAMP=)\w+", rf"\g<1>{STAMP}", text)
+        new = re.sub(r"(set\(LIB_STAMP )\w+\)", rf"\g<1>{STAMP})", new)  # oneAPI's CMakeLists.txt
         new = re.sub(r"(?m)^Stamp: \w+$", f"Stamp: {STAMP}", new)
         new = re.sub(r"(?m)^OutputDir: .*$", "OutputDir: .", new)
         new = re.sub(r"(?m)^(KerasModel: !keras_model )'.*?([^/']+)'$", r"\1'\2'", new)
         new = new.replace(str(outdir.resolve()), ".").replace(str(outdir), ".")
         if new != text:
             path.write_text(new)
+    for path in sorted(outdir.rglob("*.keras")):
+        _fix_keras_archive(path)
+
+
+def _fix_keras_archive(path: Path) -> None:
+    """hls4ml's copy of the Keras model: a zip with file dates and a save date; fix both."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        entries = [(i.filename, z.read(i.filename)) for i in sorted(z.infolist(), key=lambda i: i.filename)]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in entries:
+            if name == "metadata.json":
+                data = re.sub(rb'"date_saved":\s*"[^"]*"', b'"date_saved": "1980-01-01@00:00:00"', data)
+            z.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
 
 
 def library_path(project: Path) -> Path:

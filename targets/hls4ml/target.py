@@ -1,0 +1,451 @@
+"""The "hls4ml" target: an HLS project per back end (Vitis default), with automatic per-layer
+fixed-point precision, C-simulation verification and pre-synthesis estimates.
+
+IR -> Keras 3 (the shared emitter, channels-last) -> hls4ml's public converter, with every
+layer's types written explicitly from a ``PrecisionPlan``. The plan comes from the search on
+the NumPy bit-accurate model (``precision="auto"``) or from the user's ``ap_fixed<W,I>``.
+The chosen project is compiled once with g++ and run on the search data to confirm it.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tapeout.compiler.errors import MissingToolError, UsageError
+from tapeout.compiler.ir import Graph
+from tapeout.runtime.compare import Tolerance
+from tapeout.runtime.protocol import Runner
+from tapeout.targets.base import EmitResult, Target
+
+OPTIONS = ("precision", "min_agreement", "max_abs_error", "reuse_factor", "strategy", "io_type", "part",
+           "clock_period", "config", "synth", "build_csim")
+DEFAULT_MIN_AGREEMENT = 0.995
+BASELINE = "ap_fixed<16,6>"  # hls4ml's default type: auto must do at least as well on the calibration data
+SYNTHETIC_SEARCH_SAMPLES = 512
+CSIM_VARIANTS = ("vitis", "vivado", "quartus", "catapult")  # build_lib.sh with g++; oneAPI needs icpx
+
+
+@dataclass
+class Settings:
+    """The user's hls4ml choices, parsed and checked before any model is loaded."""
+
+    precision: Any = None  # None: auto; else a FixedType for the whole model
+    layer_precision: dict[str, Any] = field(default_factory=dict)  # layer -> FixedType
+    reuse_factor: int = 1
+    layer_reuse: dict[str, int] = field(default_factory=dict)
+    min_agreement: float | None = DEFAULT_MIN_AGREEMENT
+    max_abs_error: float | None = None
+    strategy: str = "latency"
+    io_type: str = "parallel"
+    part: str | None = None
+    clock_period: float = 5.0
+    synth: bool = False
+    build_csim: bool = True
+
+
+def _as_list(v: Any) -> list[Any]:
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def _parse_type(text: str, what: str) -> Any:
+    from tapeout.compiler.fixedpoint.types import FixedType, FixedTypeError
+
+    try:
+        return FixedType.parse(str(text))
+    except FixedTypeError as e:
+        raise UsageError(f"{what}: {e}") from None
+
+
+def _parse_int(text: Any, what: str) -> int:
+    try:
+        n = int(text)
+    except (TypeError, ValueError):
+        raise UsageError(f"{what}: {text!r} is not an integer") from None
+    if n < 1:
+        raise UsageError(f"{what}: must be >= 1, not {n}")
+    return n
+
+
+def parse_settings(options: dict[str, Any]) -> Settings:
+    s = Settings()
+    if options.get("config"):
+        path = Path(str(options["config"]))
+        try:
+            cfg = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise UsageError(f"--hls-config {path}: {e}") from None
+        # Flags win over the file: the file's model-level keys fill only what was not given.
+        for key in ("precision", "reuse_factor", "strategy", "io_type", "part", "clock_period", "min_agreement",
+                    "max_abs_error"):
+            if key in cfg and options.get(key) is None:
+                options = {**options, key: cfg[key]}
+        for layer, entry in (cfg.get("layers") or {}).items():
+            if "precision" in entry:
+                s.layer_precision[layer] = _parse_type(entry["precision"], f"--hls-config layer {layer}")
+            if "reuse_factor" in entry:
+                s.layer_reuse[layer] = _parse_int(entry["reuse_factor"], f"--hls-config layer {layer}")
+    for item in _as_list(options.get("precision") or []):
+        layer, eq, text = str(item).rpartition("=") if "=" in str(item) else ("", "", str(item))
+        if layer:
+            s.layer_precision[layer] = _parse_type(text, f"--precision {item}")
+        elif text.strip().lower() == "auto":
+            s.precision = None
+        else:
+            s.precision = _parse_type(text, f"--precision {item}")
+    for item in _as_list(options.get("reuse_factor") or []):
+        layer, _, text = str(item).rpartition("=")
+        if layer:
+            s.layer_reuse[layer] = _parse_int(text, f"--reuse-factor {item}")
+        else:
+            s.reuse_factor = _parse_int(text, "--reuse-factor")
+    if options.get("min_agreement") is not None:
+        s.min_agreement = float(options["min_agreement"])
+        if not 0.0 < s.min_agreement <= 1.0:
+            raise UsageError(f"--min-agreement {s.min_agreement}: expected a fraction in (0, 1]")
+    if options.get("max_abs_error") is not None:
+        s.max_abs_error = float(options["max_abs_error"])
+        if s.max_abs_error <= 0:
+            raise UsageError("--max-abs-error must be > 0")
+        if options.get("min_agreement") is None:
+            s.min_agreement = None  # the error budget alone, as asked
+    for key, allowed in (("strategy", ("latency", "resource")), ("io_type", ("parallel", "stream"))):
+        value = options.get(key)
+        if value is not None:
+            value = str(value).lower().removeprefix("io_")
+            if value not in allowed:
+                raise UsageError(f"--{key.replace('_', '-')} {options[key]!r}: one of {', '.join(allowed)}")
+            setattr(s, key, value)
+    if options.get("part"):
+        s.part = str(options["part"])
+    if options.get("clock_period") is not None:
+        s.clock_period = float(options["clock_period"])
+        if s.clock_period <= 0:
+            raise UsageError("--clock-period must be > 0 (ns)")
+    s.synth = bool(options.get("synth", False))
+    s.build_csim = bool(options.get("build_csim", True))
+    return s
+
+
+class Hls4mlTarget(Target):
+    name = "hls4ml"
+    variants = ("vitis", "vivado", "quartus", "oneapi", "catapult")
+    default_variant = "vitis"
+    requires = ("hls4ml", "keras", "tensorflow")
+    description = ("FPGA HLS project through hls4ml (Vitis, Vivado, Quartus, oneAPI, Catapult): per-layer "
+                   "ap_fixed precision searched on calibration data, verified in C simulation, with "
+                   "pre-synthesis DSP/LUT/latency estimates")
+
+    def __init__(self, variant: str | None = None, **options: Any) -> None:
+        super().__init__(variant, **options)
+        unknown = set(options) - set(OPTIONS)
+        if unknown:
+            raise UsageError(f"target hls4ml has no option(s) {', '.join(sorted(unknown))}; "
+                             f"options: {', '.join(OPTIONS)}")
+        self.settings = parse_settings(dict(options))
+        if self.settings.synth:
+            from tapeout.targets.hls4ml.synth import require_tool
+
+            require_tool(self.variant)  # exit 3 before any work
+        self.calibration: str | None = None
+        self.eval_data: str | None = None
+        tol = Tolerance(min_cosine=0.99, min_top1_agreement=self.settings.min_agreement)
+        # The user's --min-agreement judges the C simulation too (instance level: the api asks the target).
+        self.default_tolerance = lambda variant: tol  # type: ignore[method-assign]
+
+    @classmethod
+    def default_tolerance(cls, variant: str) -> Tolerance | None:  # type: ignore[override]
+        return Tolerance(min_cosine=0.99, min_top1_agreement=DEFAULT_MIN_AGREEMENT)
+
+    def use_data(self, calibration: str | Path | None, eval_data: str | Path | None) -> None:
+        """compile_model hands over the data files: precision is searched on them."""
+        self.calibration = None if calibration is None else str(calibration)
+        self.eval_data = None if eval_data is None else str(eval_data)
+
+    # ------------------------------------------------------------------ data
+    def _search_data(self, graph: Graph, notes: list[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Source-layout feeds the precision is chosen (and the C sim confirmed) on."""
+        from tapeout.compiler.calibration import source_specs
+        from tapeout.runtime.data import load_data, synthesize
+
+        specs = source_specs(graph)
+        if self.calibration and self.calibration != "synthetic":
+            ds = load_data(self.calibration, specs, kind="calibration")
+        elif self.eval_data:
+            ds = load_data(self.eval_data, specs, kind="eval")
+            notes.append("no --calibration data: precision chosen on the --eval data (the check is then not "
+                         "held-out)")
+        else:
+            ds = synthesize(specs, num_samples=SYNTHETIC_SEARCH_SAMPLES, seed=0)
+            notes.append(f"no --calibration or --eval data: precision chosen on {SYNTHETIC_SEARCH_SAMPLES} synthetic "
+                         "standard-normal inputs; give --calibration DATA for types fitted to real inputs")
+        return dict(ds.feeds), {"kind": ds.kind, "samples": ds.num_samples}
+
+    # ------------------------------------------------------------- precision
+    def _plan(self, graph: Graph, feeds: dict[str, np.ndarray], notes: list[str]) -> tuple[Any, dict[str, Any]]:
+        from tapeout.compiler.fixedpoint import hls_layers
+        from tapeout.compiler.fixedpoint.search import (Budget, observed_ranges, search, uniform_plan)
+
+        s = self.settings
+        layers = hls_layers(graph)
+        names = {layer.name for layer in layers}
+        unknown = sorted(set(s.layer_precision) - names)
+        if unknown:
+            raise UsageError(f"--precision: no hls4ml layer named {', '.join(map(repr, unknown))}; layers: "
+                             f"{', '.join(layer.name for layer in layers)}")
+        pinned = {k: uniform_plan(graph, t).layers[k] for k, t in s.layer_precision.items()}
+        info: dict[str, Any] = {"mode": "auto" if s.precision is None else "explicit",
+                                "budget": {"min_agreement": s.min_agreement, "max_abs_error": s.max_abs_error}}
+        if s.precision is not None:
+            plan = uniform_plan(graph, s.precision)
+            plan.layers.update(pinned)
+            info["type"] = str(s.precision)
+            return plan, {**info, "ranges": observed_ranges(graph, feeds)}
+        baseline = uniform_plan(graph, _parse_type(BASELINE, "baseline"))
+        res = search(graph, feeds, Budget(s.min_agreement, s.max_abs_error), pinned=pinned,
+                     baseline=baseline if s.min_agreement is not None else None)
+        notes.extend(res.notes)
+        if not res.met:
+            notes.append(f"precision budget not met on the {info['budget']} budget even with wide types and "
+                         f"{max(lp.table_size for lp in res.plan.layers.values())}-entry tables "
+                         f"(agreement {res.agreement}, max abs error {res.max_abs_error:.3g}): the widest plan is used")
+        info.update(met=res.met, evaluations=res.evaluations, required_agreement=res.required_agreement,
+                    baseline={"type": BASELINE, "agreement": res.baseline_agreement}, ranges=res.ranges)
+        return res.plan, info
+
+    # ----------------------------------------------------------------- reuse
+    def _reuse(self, graph: Graph, notes: list[str]) -> tuple[dict[str, int], list[dict[str, Any]]]:
+        from tapeout.compiler.fixedpoint import hls_layers
+        from tapeout.compiler.fixedpoint.reuse import MAX_UNROLLED_MULTS, auto_reuse, valid_reuse_factor
+
+        s = self.settings
+        layers = [layer for layer in hls_layers(graph) if layer.kind in ("dense", "conv")]
+        unknown = sorted(set(s.layer_reuse) - {layer.name for layer in layers})
+        if unknown:
+            raise UsageError(f"--reuse-factor: no dense/conv layer named {', '.join(map(repr, unknown))}")
+        limit = MAX_UNROLLED_MULTS if s.io_type == "parallel" and s.strategy == "latency" else 1 << 62
+        reuse: dict[str, int] = {}
+        raised: list[dict[str, Any]] = []
+        for layer in layers:
+            w = graph.constants[layer.node.inputs[1]]
+            n_in, n_out = int(np.prod(w.shape[:-1])), int(w.shape[-1])
+            asked = s.layer_reuse.get(layer.name, s.reuse_factor)
+            rf = auto_reuse(n_in, n_out, asked, limit)
+            reuse[layer.name] = rf
+            if rf != asked:
+                why = (f"{n_in * n_out:,} multiplications per reuse cycle exceed the {MAX_UNROLLED_MULTS:,} HLS "
+                       "unrolls in io_parallel/latency" if -(-n_in * n_out // asked) > limit
+                       else f"{asked} is not a reuse factor hls4ml accepts for {n_in}x{n_out}")
+                raised.append({"layer": layer.name, "requested": asked, "chosen": rf, "n_in": n_in, "n_out": n_out,
+                               "multipliers": math.ceil(n_in * n_out / rf), "reason": why,
+                               "valid": valid_reuse_factor(n_in, n_out, rf)})
+                notes.append(f"reuse factor of {layer.name} raised from {asked} to {rf}: {why}")
+        return reuse, raised
+
+    # ------------------------------------------------------------------ emit
+    def emit(self, graph: Graph, outdir: Path) -> EmitResult:
+        from tapeout.compiler.calibration import to_ir_layout
+        from tapeout.compiler.fixedpoint import FixedTypeError, hls_layers
+        from tapeout.compiler.fixedpoint.search import weight_bits
+        from tapeout.compiler.quiet import captured_output
+        from tapeout.targets.hls4ml.config import Hls4mlOptions
+        from tapeout.targets.hls4ml.estimates import estimate
+        from tapeout.targets.hls4ml.lower import lower
+
+        s = self.settings
+        try:
+            layers = hls_layers(graph)
+        except FixedTypeError as e:
+            raise UsageError(f"target hls4ml: {e}") from None
+        notes: list[str] = []
+        feeds, data = self._search_data(graph, notes)
+        ir_feeds = to_ir_layout(graph, feeds)
+        try:
+            plan, prec = self._plan(graph, ir_feeds, notes)
+        except FixedTypeError as e:
+            raise UsageError(f"target hls4ml: {e}") from None
+        reuse, raised = self._reuse(graph, notes)
+        options = Hls4mlOptions(part=s.part, clock_period=s.clock_period, io_type=s.io_type, strategy=s.strategy,
+                                reuse_factor=s.reuse_factor, layer_reuse=reuse)
+        with captured_output():
+            from tapeout.targets.keras.emit import graph_to_keras
+
+            km = graph_to_keras(graph, keep_io_layout=False)
+        names = self._names(graph, layers, km)
+        lower(km.model, graph, plan, outdir, variant=self.variant, options=options, names=names)
+        rows, totals = estimate(graph, plan, reuse, variant=self.variant, io_type=s.io_type, strategy=s.strategy,
+                                clock_period=s.clock_period)
+        csim = self._confirm(graph, plan, outdir, feeds, ir_feeds, names, notes)
+        total_bits, mean_bits = weight_bits(graph, plan)
+        base_bits, _ = weight_bits(graph, _uniform(graph))
+        per_layer = _layer_rows(layers, plan, prec.get("ranges", {}), csim.get("layer_errors", {}), rows)
+        report: dict[str, Any] = {
+            "backend": self.variant, "part": options.part_for(self.variant), "clock_period_ns": s.clock_period,
+            "io_type": s.io_type, "strategy": s.strategy, "project": ".",
+            "precision": {k: v for k, v in prec.items() if k != "ranges"} | {"data": data},
+            "layers": per_layer,
+            "totals": {"weight_memory_bits": total_bits, "mean_weight_bits": round(mean_bits, 4),
+                       "uniform_16_6_weight_memory_bits": base_bits,
+                       "weight_bits_saved": round(1.0 - total_bits / base_bits, 4) if base_bits else 0.0},
+            "reuse": {"layers": reuse, "raised": raised},
+            "estimates": {"totals": totals, "assumptions": "docs/hls4ml.md#estimates-before-synthesis"},
+            "csim": {k: v for k, v in csim.items() if k != "layer_errors"},
+            "synthesis": None,
+        }
+        if raised:
+            report["reuse"]["note"] = "; ".join(f"{r['layer']}: {r['requested']} -> {r['chosen']}" for r in raised)
+        notes.insert(0, f"precision {prec['mode']}" + (f" ({prec['type']})" if "type" in prec else "")
+                     + f": {mean_bits:.2f} mean weight bits, {total_bits:,} weight bits "
+                       f"({report['totals']['weight_bits_saved']:.0%} fewer than uniform {BASELINE})")
+        notes.append(f"estimates: {totals['multipliers']:,} multipliers ({totals['dsp']:,} DSPs for "
+                     f"{totals['dsp_multipliers']:,}, {totals['lut_multipliers']:,} in LUTs), latency "
+                     f"{totals['latency_cycles']} cycles, II {totals['interval_cycles']}")
+        if s.synth:
+            from tapeout.targets.hls4ml.synth import run_synthesis
+
+            report["synthesis"] = run_synthesis(outdir, self.variant)
+        artifacts = [str(p.relative_to(outdir)) for p in sorted(outdir.rglob("*")) if p.is_file()]
+        key = [a for a in artifacts if a in _KEY_FILES or a.endswith(".so")]
+        return EmitResult(key, notes, {"hls4ml": report}, size_artifacts=artifacts)
+
+    @staticmethod
+    def _names(graph: Graph, layers: list[Any], km: Any) -> dict[str, str]:
+        """tapeout layer name -> the name hls4ml gives it (Keras layer names may be sanitized)."""
+        names = dict(zip(graph.inputs, km.input_names))
+        for layer in layers:
+            base = km.layer_names.get(layer.node.name, layer.node.name)
+            names[layer.name] = base if layer.name == layer.node.name else f"{base}{layer.name[len(layer.node.name):]}"
+        return {k: v for k, v in names.items() if k != v}
+
+    def _confirm(self, graph: Graph, plan: Any, outdir: Path, feeds: dict[str, np.ndarray],
+                 ir_feeds: dict[str, np.ndarray], names: dict[str, str], notes: list[str]) -> dict[str, Any]:
+        """Compile the C simulation once, run it on the search data: agreement, per-layer errors, bit-exactness."""
+        from tapeout.compiler import interpreter
+        from tapeout.compiler.fixedpoint import hls_layers, run_fixed
+        from tapeout.compiler.fixedpoint.model import TABLE_ACTIVATIONS
+        from tapeout.compiler.fixedpoint.search import first_error_jump, layer_errors
+        from tapeout.runtime.runners.hls4ml_csim import Hls4mlCsimRunner
+        from tapeout.targets.hls4ml.project import build_csim
+
+        model = run_fixed(graph, plan, ir_feeds, keep_intermediates=True)
+        ref = interpreter.run(graph, ir_feeds)
+        out: dict[str, Any] = {"built": False}
+        numpy_out = {o: model[_last_layer(graph, o)].to_float() for o in graph.outputs}
+        out["numpy_agreement"] = _agreement(ref, numpy_out)
+        if self.variant not in CSIM_VARIANTS or not self.settings.build_csim:
+            why = "oneAPI's C simulation needs Intel's icpx" if self.variant == "oneapi" else "not requested"
+            notes.append(f"C simulation not built ({why}); the NumPy model stands in for the per-layer errors")
+            out["layer_errors"] = layer_errors(graph, plan, ir_feeds)
+            return out
+        if shutil.which("g++") is None:
+            raise MissingToolError("hls4ml's C simulation needs g++ on PATH")
+        build_csim(outdir)
+        out["built"] = True
+        with Hls4mlCsimRunner(outdir) as runner:
+            got, traces = runner.run(feeds, trace=True)
+        back = {v: k for k, v in names.items()}
+        traces = {back.get(k, k): v for k, v in traces.items()}
+        layers = hls_layers(graph)
+        exact, mismatched = 0, []
+        for layer in layers:
+            if layer.name not in traces:
+                continue
+            want = model[layer.name].to_float().reshape(len(traces[layer.name]), -1)
+            diff = float(np.max(np.abs(traces[layer.name] - want))) if want.size else 0.0
+            if layer.kind in TABLE_ACTIVATIONS:
+                continue  # within a table step, checked by the tests; not counted as bit-exact here
+            if diff == 0.0:
+                exact += 1
+            else:
+                mismatched.append({"layer": layer.name, "max_abs_diff": diff})
+        csim_ir = to_ir_outputs(graph, got)
+        out.update(csim_agreement=_agreement(ref, csim_ir), bit_exact_layers=exact,
+                   checked_layers=exact + len(mismatched), mismatched=mismatched,
+                   samples=int(len(next(iter(ir_feeds.values())))))
+        have = {k: v for k, v in traces.items()}
+        for layer in layers:  # untraced layers (none expected) fall back to the NumPy model
+            have.setdefault(layer.name, model[layer.name].to_float())
+        errors = layer_errors(graph, plan, ir_feeds, got=have)
+        out["layer_errors"] = errors
+        out["first_error_jump"] = first_error_jump(errors)
+        if mismatched:
+            notes.append(f"C simulation differs from the NumPy model in {len(mismatched)} layer(s), first "
+                         f"{mismatched[0]['layer']}")
+        budget = self.settings.min_agreement
+        agree = out["csim_agreement"]
+        if budget is not None and agree is not None and agree < budget:
+            jump = out["first_error_jump"] or "(no single layer stands out)"
+            notes.append(f"C simulation top-1 agreement {agree:.4f} is below {budget} on the search data; the first "
+                         f"layer whose error jumps: {jump}")
+        return out
+
+    def runner(self, outdir: Path) -> Runner:
+        from tapeout.runtime.errors import RuntimeUnavailable
+        from tapeout.runtime.runners.hls4ml_csim import Hls4mlCsimRunner
+
+        if self.variant not in CSIM_VARIANTS:
+            raise RuntimeUnavailable("hls4ml:oneapi C simulation needs Intel's oneAPI compiler (icpx); compile it "
+                                     "with --no-verify to write the project only")
+        return Hls4mlCsimRunner(outdir)
+
+
+_KEY_FILES = ("build_prj.tcl", "CMakeLists.txt", "Makefile", "firmware/myproject.cpp", "src/firmware/myproject.cpp",
+              "tapeout_csim.json")
+
+
+def _uniform(graph: Graph) -> Any:
+    from tapeout.compiler.fixedpoint.search import uniform_plan
+
+    return uniform_plan(graph, _parse_type(BASELINE, "baseline"))
+
+
+def _last_layer(graph: Graph, output: str) -> str:
+    """The hls layer producing graph output ``output`` (through flatten/reshape aliases)."""
+    from tapeout.compiler.fixedpoint import hls_layers
+    from tapeout.compiler.fixedpoint.model import _alias_map
+
+    src = _alias_map(graph).get(output, output)
+    return next(layer.name for layer in hls_layers(graph) if layer.output == src)
+
+
+def to_ir_outputs(graph: Graph, outs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    from tapeout.compiler.calibration import to_ir_layout
+
+    return to_ir_layout(graph, outs)
+
+
+def _agreement(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> float | None:
+    vals = []
+    for k, r in ref.items():
+        r = np.asarray(r)
+        if k in got and r.ndim == 2 and r.shape[1] > 1:
+            vals.append(float(np.mean(np.argmax(r, -1) == np.argmax(np.asarray(got[k]).reshape(r.shape), -1))))
+    return min(vals) if vals else None
+
+
+def _layer_rows(layers: list[Any], plan: Any, ranges: dict[str, float], errors: dict[str, dict[str, float]],
+                estimates: list[Any]) -> list[dict[str, Any]]:
+    est = {e.layer: e for e in estimates}
+    rows = []
+    for layer in layers:
+        lp = plan.of(layer.name)
+        row: dict[str, Any] = {"layer": layer.name, "kind": layer.kind,
+                               "types": {k: str(v) for k, v in lp.types().items()},
+                               "range": None if ranges.get(layer.name) is None else round(ranges[layer.name], 6)}
+        if layer.kind in ("softmax", "sigmoid", "tanh"):
+            row["table_size"] = lp.table_size
+        if layer.kind in ("dense", "conv"):
+            row["weight_range"] = ranges.get(f"{layer.name}:weight")
+        if layer.name in errors:
+            row.update({k: float(f"{v:.6g}") for k, v in errors[layer.name].items()})
+        e = est.get(layer.name)
+        if e is not None:
+            row["estimate"] = {k: v for k, v in e.to_json().items() if k not in ("layer", "kind")}
+        rows.append(row)
+    return rows
