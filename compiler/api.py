@@ -193,6 +193,9 @@ def compile_model(
     prune_pass = _prune_pass(prune, train, epochs)
     # Built before the model loads, so a bad option is a usage error before any work.
     built = _build_targets(chosen, target_options or {})
+    for target in built:  # targets choosing settings from data (hls4ml's precision search) get the files
+        if hasattr(target, "use_data"):
+            target.use_data(calibration=calibration, eval_data=eval_data)
     for cls, _ in chosen:
         missing = cls.missing_requirements()
         if missing:
@@ -265,7 +268,7 @@ def compile_model(
                 tr.extra["quantization"] = qinfo
             if verify_artifacts and dataset is not None:
                 progress(f"verify {cls.name}:{variant}")
-                ttol = _target_tolerance(cls, variant, atol, rtol, tol)
+                ttol = _target_tolerance(target, variant, atol, rtol, tol)
                 tr.verification = _verify_target(target, tdir, dataset, reference, ttol, source_name)
                 if max_accuracy_drop is not None and cls.default_tolerance(variant) is not None:
                     _judge_accuracy(tr, max_accuracy_drop)
@@ -302,7 +305,7 @@ def _verify_target(target: Target, tdir: Path, dataset: Dataset, reference: dict
     return _summarize(result, f"{name} vs {source_name}", tol)
 
 
-def _target_tolerance(cls: type[Target], variant: str, atol: float | None, rtol: float | None,
+def _target_tolerance(cls: type[Target] | Target, variant: str, atol: float | None, rtol: float | None,
                       tol: Tolerance) -> Tolerance:
     """--atol/--rtol when given (elementwise for every target), else the variant's default."""
     if atol is not None or rtol is not None:

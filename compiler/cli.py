@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an option for one target's emitter, e.g. tflite.c_array=false or onnx.opset=18 "
                         "(VALUE read as JSON when it parses, else as text; repeatable)")
     c.add_argument("--eval", dest="eval_data", metavar="DATA", help=".npz with inputs and optional labels y")
+    _hls4ml_flags(c)
     c.add_argument("--prune", metavar="SPEC",
                    help="prune after the default passes: magnitude:S (unstructured, fraction S of the weights), "
                         "channels:R (remove fraction R of the channels), 2:4 (N:M sparsity); "
@@ -97,6 +98,26 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("targets", parents=[common], help="list targets, variants and whether their tools are installed")
     t.add_argument("--json", action="store_true")
     return p
+
+
+def _hls4ml_flags(p: argparse.ArgumentParser) -> None:
+    h = p.add_argument_group("hls4ml target (docs/hls4ml.md)")
+    h.add_argument("--precision", action="append", metavar="auto|TYPE|LAYER=TYPE",
+                   help="auto (default: searched on the calibration data) or ap_fixed<W,I> for the model, "
+                        "or LAYER=ap_fixed<W,I> for one layer (repeatable)")
+    h.add_argument("--min-agreement", type=float, metavar="A", help="auto precision: top-1 agreement budget (0.995)")
+    h.add_argument("--max-abs-error", type=float, metavar="E", help="auto precision: max |output error| budget")
+    h.add_argument("--reuse-factor", action="append", metavar="N|LAYER=N", help="reuse factor, global or per layer")
+    h.add_argument("--strategy", choices=("latency", "resource"))
+    h.add_argument("--io-type", choices=("parallel", "stream"))
+    h.add_argument("--part", metavar="PART", help="FPGA part (default per back end)")
+    h.add_argument("--clock-period", type=float, metavar="NS", help="target clock period in ns (default 5)")
+    h.add_argument("--hls-config", metavar="FILE", help="TOML file with [layers.NAME] precision / reuse_factor")
+    h.add_argument("--synth", action="store_true", help="run the back end's HLS synthesis (needs its tool on PATH)")
+
+
+_HLS4ML_FLAGS = ("precision", "min_agreement", "max_abs_error", "reuse_factor", "strategy", "io_type", "part",
+                 "clock_period", "hls_config", "synth")
 
 
 def _tolerance_flags(p: argparse.ArgumentParser) -> None:
@@ -258,6 +279,10 @@ def _target_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     options: dict[str, dict[str, Any]] = {}
     if args.io is not None:
         options.setdefault("tflite", {})["io"] = args.io
+    for key in _HLS4ML_FLAGS:
+        value = getattr(args, key, None)
+        if value not in (None, False):
+            options.setdefault("hls4ml", {})["config" if key == "hls_config" else key] = value
     for spec in args.target_options:
         where, eq, value = spec.partition("=")
         target, dot, key = where.rpartition(".")
