@@ -190,7 +190,7 @@ def compile_model(
             chosen.append(pair)
     _check_quantization_args(chosen, calibration, calibration_method, percentile)
     _check_accuracy_args(chosen, eval_data, max_accuracy_drop, fallback, verify_artifacts)
-    prune_pass = _prune_pass(prune, train, epochs)
+    prune_pass = _prune_pass(prune, train, epochs, max_accuracy_drop)
     # Built before the model loads, so a bad option is a usage error before any work.
     built = _build_targets(chosen, target_options or {})
     for target in built:  # targets choosing settings from data (hls4ml's precision search) get the files
@@ -217,7 +217,8 @@ def compile_model(
     pruning: dict[str, Any] | None = None
     if prune_pass is not None:
         progress("prune")
-        graph, pruning = _prune(graph, prune_pass, str(prune), piped, train, epochs, progress)
+        graph, pruning = _prune(graph, prune_pass, str(prune), piped, train, epochs, progress,
+                                eval_data, max_accuracy_drop)
     quantized = _quantize(graph, chosen, calibration, calibration_method, percentile, keep_float, progress)
     if fallback:
         quantized = _fallback(quantized, eval_data, calibration, max_accuracy_drop, progress)
@@ -358,7 +359,8 @@ def _judge_accuracy(tr: TargetReport, max_drop: float) -> None:
 
 
 # ---------------------------------------------------------------- pruning
-def _prune_pass(spec: str | None, train: str | Path | None, epochs: int | None) -> Any:
+def _prune_pass(spec: str | None, train: str | Path | None, epochs: int | None,
+                max_accuracy_drop: float | None = None) -> Any:
     """The pruning pass --prune names (None without one); a bad spec is a usage error before any work."""
     if spec is None:
         if train is not None or epochs is not None:
@@ -370,35 +372,88 @@ def _prune_pass(spec: str | None, train: str | Path | None, epochs: int | None) 
         raise UsageError(f"--epochs must be at least 1, got {epochs}")
     if train is not None and not Path(train).is_file():
         raise UsageError(f"--train {train}: no such file")
-    from tapeout.compiler.passes.prune import parse_prune
+    from tapeout.compiler.passes.prune import AutoPrune, parse_prune
 
-    return parse_prune(spec)
+    chosen = parse_prune(spec)
+    if isinstance(chosen, AutoPrune) and max_accuracy_drop is None:
+        raise UsageError(f"--prune {spec} searches the sparsity within an accuracy budget: add --max-accuracy-drop P "
+                         "and --eval DATA with labels y")
+    return chosen
 
 
 def _prune(graph: Graph, prune_pass: Any, spec: str, piped: Any, train: str | Path | None, epochs: int | None,
-           progress: Progress) -> tuple[Graph, dict[str, Any]]:
+           progress: Progress, eval_data: str | Path | None = None,
+           max_accuracy_drop: float | None = None) -> tuple[Graph, dict[str, Any]]:
     """Run the pruning pass after the default pipeline (its record joins the report's passes), then
-    fine-tune on ``train`` when given, holding the pruned zeros (``compiler.finetune``)."""
-    from tapeout.compiler.passes.pipeline import Pipeline
-    from tapeout.compiler.passes.prune import pruning_report
+    fine-tune on ``train`` when given, holding the pruned zeros (``compiler.finetune``).
 
+    ``--prune auto`` first bisects the sparsity on the ``eval_data`` labels: the largest whose
+    accuracy (each candidate fine-tuned when ``train`` is given) is within ``max_accuracy_drop``.
+    """
+    from tapeout.compiler.calibration import source_specs
+    from tapeout.compiler.finetune import DEFAULT_EPOCHS, finetune
+    from tapeout.compiler.passes.pipeline import Pipeline
+    from tapeout.compiler.passes.prune import AutoPrune, pruning_report
+
+    data = None
+    if train is not None:
+        data = load_data(train, source_specs(graph), kind="file")
+        if data.labels is None:
+            raise UsageError(f"--train {train}: no labels; the file needs an array 'y'")
+
+    def build(p: Any) -> tuple[Any, Graph]:
+        res = Pipeline([p]).run(graph)
+        if data is None:
+            return res, res.graph
+        return res, finetune(res.graph, data.feeds, data.labels, epochs=epochs or DEFAULT_EPOCHS, seed=0)[0]
+
+    search = None
+    if isinstance(prune_pass, AutoPrune):
+        prune_pass, spec, search = _search_pruning(graph, prune_pass, build, eval_data, max_accuracy_drop, progress)
     res = Pipeline([prune_pass]).run(graph)
     piped.records.extend(res.records)
     details = [d for r in res.records for d in r.details]
     pruned = res.graph
-    if train is None:
-        return pruned, pruning_report(spec, graph, pruned, details)
-    from tapeout.compiler.calibration import source_specs
-    from tapeout.compiler.finetune import DEFAULT_EPOCHS, finetune
+    report = pruning_report(spec, graph, pruned, details)
+    if data is not None:
+        progress("fine-tune")
+        tuned, info = finetune(pruned, data.feeds, data.labels, epochs=epochs or DEFAULT_EPOCHS, seed=0)
+        report = pruning_report(spec, graph, tuned, details)
+        report.update(one_shot=False, fine_tuning={"data": str(train), **info.to_json()}, _one_shot=pruned)
+        pruned = tuned
+    if search is not None:
+        report["search"] = search
+    return pruned, report
 
-    data = load_data(train, source_specs(pruned), kind="file")
+
+def _search_pruning(graph: Graph, auto: Any, build: Callable[[Any], tuple[Any, Graph]], eval_data: str | Path | None,
+                    max_drop: float | None, progress: Progress) -> tuple[Any, str, dict[str, Any]]:
+    """--prune auto: bisect the sparsity against the eval labels; the pass, spec and curve it chose."""
+    from tapeout.compiler.calibration import source_specs
+    from tapeout.compiler.passes.prune import search_sparsity
+    from tapeout.compiler.reference_runner import ReferenceRunner
+
+    assert eval_data is not None and max_drop is not None  # checked with the flags
+    data = load_data(eval_data, source_specs(graph), kind="eval")
     if data.labels is None:
-        raise UsageError(f"--train {train}: no labels; the file needs an array 'y'")
-    progress("fine-tune")
-    tuned, info = finetune(pruned, data.feeds, data.labels, epochs=epochs or DEFAULT_EPOCHS, seed=0)
-    report = pruning_report(spec, graph, tuned, details)
-    report.update(one_shot=False, fine_tuning={"data": str(train), **info.to_json()}, _one_shot=pruned)
-    return tuned, report
+        raise UsageError(f"--prune auto needs labels: {eval_data} has no array 'y'")
+
+    def accuracy(g: Graph) -> float:
+        with ReferenceRunner(g, source_layout=True) as runner:
+            acc = _top1(run_batches(runner, data), data.labels)
+        if acc is None:
+            raise UsageError("--prune auto needs a classifier output [N, classes] to measure top-1 accuracy")
+        return acc
+
+    def at(fraction: float) -> float:
+        progress(f"prune {auto.kind}:{fraction:g}")
+        return accuracy(build(auto.make(fraction))[1])
+
+    baseline = accuracy(graph)
+    best, curve = search_sparsity(at, baseline, max_drop)
+    search = {"kind": auto.kind, "max_accuracy_drop": max_drop, "baseline_accuracy": round(baseline, 6),
+              "data": str(eval_data), "chosen": best, "curve": curve}
+    return auto.make(best), f"{auto.kind}:{best:g}", search
 
 
 def _top1(outputs: Mapping[str, np.ndarray], labels: np.ndarray) -> float | None:

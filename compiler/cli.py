@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     _hls4ml_flags(c)
     c.add_argument("--prune", metavar="SPEC",
                    help="prune after the default passes: magnitude:S (unstructured, fraction S of the weights), "
-                        "channels:R (remove fraction R of the channels), 2:4 (N:M sparsity); "
+                        "channels:R (remove fraction R of the channels), 2:4 (N:M sparsity), auto or "
+                        "channels:auto (the largest within --max-accuracy-drop on the --eval labels); "
                         "artifacts are then verified against the pruned graph")
     c.add_argument("--train", metavar="DATA",
                    help="with --prune: fine-tune the pruned model on this .npz (inputs and labels y, as --eval), "
@@ -162,6 +163,10 @@ def print_compile_summary(report: Any, out: TextIO) -> None:
         con.print(f"prune   {pr['spec']}: params {b['params']:,} -> {a['params']:,} ({a['nonzero_params']:,} "
                   f"non-zero), MACs {b['macs']:,} -> {a['macs']:,} ({a['nonzero_macs']:,} with non-zero weights)"
                   + (", one-shot (no fine-tuning)" if pr["one_shot"] else ""), markup=False)
+        for c in (pr.get("search") or {}).get("curve", []):
+            con.print(f"search  {pr['search']['kind']}:{c['sparsity']:g} accuracy {c['accuracy']:.4f} "
+                      f"(drop {c['drop_pt']:.2f} pt, {'within' if c['within_budget'] else 'over'} budget)",
+                      markup=False)
         ft = pr.get("fine_tuning")
         if ft:
             con.print(f"prune   fine-tuned {ft['epochs']} epochs on {ft['samples']} samples of {ft['data']} "

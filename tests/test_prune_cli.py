@@ -95,3 +95,26 @@ def test_fine_tuning_holds_the_zeros_and_is_deterministic(tmp_path):
 def test_fine_tuning_usage_errors(tmp_path, args, words):
     code, out, err = run_cli("compile", SAMPLE / "model.keras", "-t", "onnx", "-o", tmp_path / "o", *args)
     assert code == 2 and len(err.strip().splitlines()) == 1 and words in err, err
+
+
+def test_auto_finds_a_sparsity_within_the_budget_and_reports_the_curve(tmp_path):
+    r = compile_json(tmp_path, "auto", "--max-accuracy-drop", "1")
+    p = r["pruning"]
+    s = p["search"]
+    assert s["kind"] == "magnitude" and s["max_accuracy_drop"] == 1.0 and len(s["curve"]) >= 3
+    assert [c["sparsity"] for c in s["curve"]] == sorted(c["sparsity"] for c in s["curve"])
+    chosen = next(c for c in s["curve"] if c["sparsity"] == s["chosen"])
+    assert chosen["within_budget"] and s["chosen"] > 0
+    # Nothing tried above the choice was within budget (the search keeps the largest passing one).
+    assert all(not c["within_budget"] for c in s["curve"] if c["sparsity"] > s["chosen"])
+    assert p["spec"] == f"magnitude:{s['chosen']:g}"
+    acc = p["accuracy"]
+    assert 100 * (acc["unpruned"] - acc["pruned"]) <= 1.0 + 1e-9
+    assert acc["pruned"] == pytest.approx(chosen["accuracy"])
+    assert p["after"]["nonzero_macs"] < p["before"]["nonzero_macs"]
+
+
+def test_auto_needs_a_budget(tmp_path):
+    code, out, err = run_cli("compile", SAMPLE / "model.keras", "-t", "onnx", "-o", tmp_path / "o",
+                             "--eval", SAMPLE / "eval.npz", "--prune", "channels:auto")
+    assert code == 2 and "--max-accuracy-drop" in err and len(err.strip().splitlines()) == 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -531,12 +531,63 @@ class PruneChannels(RewritePass):
 
 
 # ------------------------------------------------------------------ specs
-PRUNE_SPECS = "magnitude:S, magnitude-global:S, channels:R, channels-l2:R, channels-bn:R, 2:4 (N:M)"
+PRUNE_SPECS = ("magnitude:S, magnitude-global:S, channels:R, channels-l2:R, channels-bn:R, 2:4 (N:M), "
+               "auto (= magnitude:auto), KIND:auto")
 
 
-def parse_prune(spec: str) -> Pass:
-    """The pass a ``--prune`` spec names: magnitude:0.7, channels:0.5, 2:4, ... (UsageError if bad)."""
-    kind, _, arg = spec.strip().partition(":")
+@dataclass(frozen=True)
+class AutoPrune:
+    """``--prune auto``: the largest sparsity of ``kind`` within an accuracy budget (``search_sparsity``)."""
+
+    kind: str  # a --prune kind taking a fraction: "magnitude", "channels", ...
+
+    def make(self, fraction: float) -> Pass:
+        return parse_prune(f"{self.kind}:{fraction:g}") if fraction > 0 else _PASS_OF[self.kind](0.0)
+
+
+def search_sparsity(accuracy_at: Callable[[float], float], baseline: float, max_drop_pt: float,
+                    high: float = 0.95, steps: int = 6) -> tuple[float, list[dict[str, Any]]]:
+    """Bisection for the largest fraction whose top-1 accuracy is within ``max_drop_pt`` points of
+    ``baseline``; ``accuracy_at(fraction)`` prunes (and fine-tunes) and evaluates one candidate.
+
+    The top of the range is tried first (often within budget for over-parameterized models);
+    then ``steps`` halvings of the interval between the best passing and the lowest failing
+    fraction. Returns the best fraction (0.0 when none passes) and every candidate tried.
+    """
+    curve: list[dict[str, Any]] = []
+
+    def ok(fraction: float) -> bool:
+        acc = float(accuracy_at(fraction))
+        drop = 100.0 * (baseline - acc)
+        within = drop <= max_drop_pt + 1e-9
+        curve.append({"sparsity": round(fraction, 6), "accuracy": round(acc, 6), "drop_pt": round(drop, 4),
+                      "within_budget": within})
+        return within
+
+    lo, hi = 0.0, high
+    if ok(hi):
+        return hi, _sorted(curve)
+    for _ in range(steps):
+        mid = round((lo + hi) / 2, 4)
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo, _sorted(curve)
+
+
+def _sorted(curve: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(curve, key=lambda c: c["sparsity"])
+
+
+def parse_prune(spec: str) -> Pass | AutoPrune:
+    """The pass a ``--prune`` spec names: magnitude:0.7, channels:0.5, 2:4, auto, ... (UsageError if bad)."""
+    spec = spec.strip()
+    if spec == "auto":
+        return AutoPrune("magnitude")
+    kind, _, arg = spec.partition(":")
+    if arg == "auto" and kind in _PASS_OF:
+        return AutoPrune(kind)
 
     def fraction() -> float:
         try:
@@ -557,6 +608,16 @@ def parse_prune(spec: str) -> Pass:
             raise UsageError(f"--prune {spec!r}: N:M sparsity needs 0 < N < M")
         return PruneNM(n, m)
     raise UsageError(f"--prune {spec!r}: unknown pruning; one of {PRUNE_SPECS}")
+
+
+_PASS_OF: dict[str, Callable[[float], Pass]] = {
+    "magnitude": lambda f: PruneMagnitude(f),
+    "magnitude-global": lambda f: PruneMagnitude(f, scope="global"),
+    "channels": lambda f: PruneChannels(f),
+    "channels-l1": lambda f: PruneChannels(f),
+    "channels-l2": lambda f: PruneChannels(f, saliency="l2"),
+    "channels-bn": lambda f: PruneChannels(f, saliency="bn"),
+}
 
 
 # ------------------------------------------------------------------ report

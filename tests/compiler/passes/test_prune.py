@@ -274,3 +274,30 @@ def test_registry_and_specs():
     for bad in ("magnitude:1.5", "magnitude:x", "channels", "4:2", "fancy:0.5"):
         with pytest.raises(UsageError):
             parse_prune(bad)
+
+
+@pytest.mark.parametrize("knee", [0.05, 0.3, 0.62, 0.97])
+def test_search_sparsity_bisects_to_the_largest_within_budget(knee):
+    from tapeout.compiler.passes.prune import search_sparsity
+
+    tried = []
+
+    def accuracy(s):
+        tried.append(s)
+        return 0.95 - (0.1 if s > knee else 0.004)
+
+    best, curve = search_sparsity(accuracy, 0.95, 1.0)
+    assert len(curve) == len(tried)
+    if knee >= 0.95:
+        assert best == 0.95 and len(tried) == 1
+    else:
+        assert best <= knee and knee - best < 0.95 / 2 ** 6 + 1e-9
+        assert all(c["within_budget"] == (c["sparsity"] <= knee) for c in curve)
+
+
+def test_auto_specs():
+    from tapeout.compiler.passes.prune import AutoPrune
+
+    assert parse_prune("auto") == AutoPrune("magnitude") and parse_prune("channels:auto") == AutoPrune("channels")
+    assert isinstance(AutoPrune("channels").make(0.25), PruneChannels)
+    assert AutoPrune("magnitude").make(0.0).sparsity == 0.0
