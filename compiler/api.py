@@ -259,6 +259,8 @@ def compile_model(
             progress(f"emit {cls.name}:{variant}")
             scheme = cls.quant_scheme(variant)
             qgraph, qinfo = quantized[scheme] if scheme else (graph, None)
+            if hasattr(target, "set_build_context"):  # tensorrt: timing cache under OUTDIR, fusions in plan.json
+                target.set_build_context(outdir=outdir, pass_records=piped.to_json())
             t0 = time.perf_counter()
             emitted = target.emit(qgraph, tdir)
             seconds = time.perf_counter() - t0
@@ -312,7 +314,10 @@ def _target_tolerance(cls: type[Target] | Target, variant: str, atol: float | No
     if atol is not None or rtol is not None:
         return tol
     default = cls.default_tolerance(variant)
-    return tol if default is None else replace(default, atol=tol.atol, rtol=tol.rtol)
+    if default is None:
+        return tol
+    # An elementwise default (tensorrt:fp32 1e-5, tensorrt:fp16 1e-3) is the variant's own atol/rtol.
+    return default if default.elementwise else replace(default, atol=tol.atol, rtol=tol.rtol)
 
 
 # ------------------------------------------------------- accuracy control

@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(VALUE read as JSON when it parses, else as text; repeatable)")
     c.add_argument("--eval", dest="eval_data", metavar="DATA", help=".npz with inputs and optional labels y")
     _hls4ml_flags(c)
+    _tensorrt_flags(c)
     c.add_argument("--prune", metavar="SPEC",
                    help="prune after the default passes: magnitude:S (unstructured, fraction S of the weights), "
                         "channels:R (remove fraction R of the channels), 2:4 (N:M sparsity), auto or "
@@ -277,6 +278,21 @@ def _cmd_compile(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return report.exit_code
 
 
+_TENSORRT_FLAGS = ("min_batch", "opt_batch", "max_batch", "cache_dir", "require_engine")
+
+
+def _tensorrt_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("tensorrt")
+    g.add_argument("--min-batch", type=int, metavar="N", help="smallest batch of the engine's optimization "
+                   "profile (default 1)")
+    g.add_argument("--opt-batch", type=int, metavar="N", help="batch the engine is tuned for (default: --min-batch)")
+    g.add_argument("--max-batch", type=int, metavar="N", help="largest batch the engine accepts (default 32)")
+    g.add_argument("--cache-dir", metavar="DIR", help="keep TensorRT's timing cache here (default "
+                   "OUTDIR/tensorrt-cache) so rebuilds are fast")
+    g.add_argument("--require-engine", action="store_true", help="fail (exit 3) when no TensorRT engine can be "
+                   "built here (no tensorrt package or no CUDA GPU) instead of writing ONNX + plan.json only")
+
+
 def _target_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """--target-option TARGET[:VARIANT].KEY=VALUE (and --io, for tflite) -> compile_model's target_options."""
     from tapeout.compiler.errors import UsageError
@@ -288,6 +304,10 @@ def _target_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         value = getattr(args, key, None)
         if value not in (None, False):
             options.setdefault("hls4ml", {})["config" if key == "hls_config" else key] = value
+    for key in _TENSORRT_FLAGS:
+        value = getattr(args, key, None)
+        if value is not None and value is not False:  # not `in (None, False)`: 0 == False, and 0 is a bad batch
+            options.setdefault("tensorrt", {})[key] = value
     for spec in args.target_options:
         where, eq, value = spec.partition("=")
         target, dot, key = where.rpartition(".")

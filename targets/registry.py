@@ -6,12 +6,14 @@ from tapeout.compiler.errors import UsageError
 from tapeout.targets.base import Target
 from tapeout.targets.hls4ml.target import Hls4mlTarget
 from tapeout.targets.onnx.target import OnnxTarget
+from tapeout.targets.tensorrt.target import TensorrtTarget
 from tapeout.targets.tflite.target import TfliteTarget
 
 TARGETS: dict[str, type[Target]] = {
     Hls4mlTarget.name: Hls4mlTarget,
     OnnxTarget.name: OnnxTarget,
     TfliteTarget.name: TfliteTarget,
+    TensorrtTarget.name: TensorrtTarget,
 }
 
 

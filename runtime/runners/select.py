@@ -31,6 +31,12 @@ def _tflite(path: Path, weights: Path | None) -> Runner:
     return LiteRTRunner(path)
 
 
+def _tensorrt(path: Path, weights: Path | None) -> Runner:
+    from tapeout.runtime.runners.tensorrt import TensorRTRunner
+
+    return TensorRTRunner(path)
+
+
 RUNNERS: dict[str, Callable[[Path, Path | None], Runner]] = {
     ".keras": _keras,
     ".h5": _keras,
@@ -38,6 +44,7 @@ RUNNERS: dict[str, Callable[[Path, Path | None], Runner]] = {
     ".json": _keras,
     ".onnx": _onnx,
     ".tflite": _tflite,
+    ".plan": _tensorrt,  # a TensorRT engine (GPU only)
 }
 
 

@@ -291,7 +291,9 @@ def _tflite_int8_params(folder: Path, graph: Graph, tensor: str) -> tuple[np.nda
 
 # One reader per quantized artifact: (scale, zero point) of an IR value in that artifact, given
 # the annotated IR (artifacts that keep no IR value names find it through its producer).
-ARTIFACT_PARAMS = {"onnx:int8": _onnx_int8_params, "tflite:int8": _tflite_int8_params}
+# tensorrt:int8's model.onnx is the QDQ model the engine is built from (explicit quantization).
+ARTIFACT_PARAMS = {"onnx:int8": _onnx_int8_params, "tflite:int8": _tflite_int8_params,
+                   "tensorrt:int8": _onnx_int8_params}
 CHOSEN_TENSOR = "relu2"  # conv3's output: a calibrated range, not one fixed by its op
 
 

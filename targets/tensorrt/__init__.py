@@ -1,0 +1,1 @@
+"""TensorRT back end: optimized ONNX + plan.json everywhere, model.plan where a GPU and tensorrt are present."""

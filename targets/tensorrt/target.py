@@ -1,0 +1,192 @@
+"""The "tensorrt" target: the optimized ONNX a TensorRT engine is built from, plan.json, and
+model.plan where TensorRT and a CUDA GPU are present.
+
+Without them everything but model.plan is written, the report says why the engine was not
+built, and the compile still succeeds (the ONNX and plan.json are portable; an engine is
+specific to a GPU and TensorRT version). ``require_engine`` (--require-engine) makes that a
+missing-tool error (exit 3) before any work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from tapeout.compiler.errors import MissingToolError, UsageError
+from tapeout.compiler.ir import Graph
+from tapeout.runtime.compare import Tolerance
+from tapeout.runtime.protocol import Runner
+from tapeout.targets.base import QUANTIZED_TOLERANCE, EmitResult, Target
+
+OPTIONS = ("min_batch", "opt_batch", "max_batch", "workspace_mib", "opt_level", "cache_dir", "require_engine",
+           "opset")
+_SCHEMES = {"fp16": "fp16", "int8": "int8", "best": "int8"}
+# fp32 is held to Polygraphy's defaults; fp16 to 1e-3 (a half-precision ulp is ~1e-3 relative).
+_TOLERANCES = {"fp32": Tolerance(1e-5, 1e-5), "fp16": Tolerance(1e-3, 1e-3)}
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(f"tensorrt: {name} must be a positive integer, not {value!r}")
+    return value
+
+
+class TensorrtTarget(Target):
+    name = "tensorrt"
+    variants = ("fp32", "fp16", "int8", "best")
+    default_variant = "fp32"
+    requires = ("onnx", "onnxruntime")  # to emit and verify; tensorrt itself is optional (engine only)
+    description = ("NVIDIA TensorRT: optimized ONNX (int8 as explicit Q/DQ from the IR's calibration) + plan.json "
+                   "with profiles and the trtexec command; model.plan where tensorrt and a GPU are present")
+
+    # Set by compile_model before emit (set_build_context): the final OUTDIR (the timing cache
+    # lives there) and the pass records (plan.json lists the fusions they formed).
+    outdir: Path | None = None
+    pass_records: Sequence[Mapping[str, Any]] = ()
+
+    def set_build_context(self, *, outdir: Path, pass_records: Sequence[Mapping[str, Any]]) -> None:
+        self.outdir = Path(outdir)
+        self.pass_records = list(pass_records)
+
+    def __init__(self, variant: str | None = None, **options: Any) -> None:
+        super().__init__(variant, **options)
+        unknown = set(options) - set(OPTIONS)
+        if unknown:
+            raise UsageError(f"target tensorrt has no option(s) {', '.join(sorted(unknown))}; "
+                             f"options: {', '.join(OPTIONS)}")
+        from tapeout.targets.tensorrt.plan import BuildOptions
+
+        lo = _positive_int("min_batch", options.get("min_batch", 1))
+        hi = _positive_int("max_batch", options.get("max_batch", max(lo, BuildOptions.max_batch)))
+        opt = _positive_int("opt_batch", options.get("opt_batch", lo))
+        if not lo <= opt <= hi:
+            raise UsageError(f"tensorrt: batch sizes need --min-batch <= --opt-batch <= --max-batch, "
+                             f"got {lo}, {opt}, {hi}")
+        level = options.get("opt_level", BuildOptions.optimization_level)
+        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 5:
+            raise UsageError(f"tensorrt: opt_level (builder optimization level) must be 0..5, not {level!r}")
+        self.build_options = BuildOptions(lo, opt, hi, _positive_int("workspace_mib", options.get(
+            "workspace_mib", BuildOptions.workspace_mib)), level)
+        if options.get("require_engine"):
+            from tapeout.runtime.runners.tensorrt import tensorrt_status
+
+            reason = tensorrt_status()
+            if reason is not None:
+                raise MissingToolError(f"tensorrt:{self.variant}: --require-engine, but no engine can be built "
+                                       f"here: {reason}")
+
+    @classmethod
+    def quant_scheme(cls, variant: str) -> str | None:
+        return _SCHEMES.get(variant)
+
+    @classmethod
+    def default_tolerance(cls, variant: str) -> Tolerance | None:
+        return _TOLERANCES.get(variant, QUANTIZED_TOLERANCE)
+
+    def _cache(self) -> tuple[str, Path | None]:
+        """(timing cache path as plan.json records it, where it is on disk or None when OUTDIR is unknown)."""
+        from tapeout.targets.tensorrt.plan import CACHE_FILE, DEFAULT_CACHE_DIR
+
+        if self.options.get("cache_dir"):
+            path = Path(str(self.options["cache_dir"])).absolute() / CACHE_FILE
+            return str(path), path
+        rel = f"{DEFAULT_CACHE_DIR}/{CACHE_FILE}"
+        return rel, (self.outdir / rel if self.outdir is not None else None)
+
+    def emit(self, graph: Graph, outdir: Path) -> EmitResult:
+        from dataclasses import replace
+
+        from tapeout.runtime.runners.tensorrt import tensorrt_status
+        from tapeout.targets.onnx.emit import MIN_OPSET, graph_to_onnx
+        from tapeout.targets.tensorrt.plan import build_plan, dumps
+
+        opset = int(self.options.get("opset", MIN_OPSET))
+        if self.variant in ("int8", "best"):
+            from tapeout.targets.onnx.qdq import graph_to_qdq
+
+            if graph.quant is None or graph.quant.scheme != "int8":
+                raise UsageError(f"tensorrt:{self.variant} needs the graph annotated by the quantize pass "
+                                 "(scheme int8); compile_model runs it with --calibration")
+            model = graph_to_qdq(graph, opset=opset)
+        else:
+            model = graph_to_onnx(graph, opset=opset)
+        data = model.SerializeToString()
+        (outdir / "model.onnx").write_bytes(data)
+        cache_rel, cache_path = self._cache()
+        opts = replace(self.build_options, cache=cache_rel)
+        plan = build_plan(graph, model, data, self.variant, opts, self.pass_records, f"tensorrt-{self.variant}")
+        notes = [f"opset {opset}, {len(model.graph.node)} ONNX nodes; profile batch "
+                 f"{opts.min_batch}/{opts.opt_batch}/{opts.max_batch} (min/opt/max)"]
+        if plan["fusion_groups"]:
+            notes.append(f"{len(plan['fusion_groups'])} fusion group(s): " + ", ".join(
+                sorted({"+".join(g["ops"]) for g in plan["fusion_groups"]})))
+        if plan["quantization"] and plan["quantization"]["explicit_qdq"]:
+            q = plan["quantization"]
+            notes.append(f"int8 as explicit Q/DQ from the IR's calibration ({q['quantize_nodes']} QuantizeLinear, "
+                         f"{q['dequantize_nodes']} DequantizeLinear): TensorRT does not recalibrate")
+        pinned = [r["layer"] for r in plan["precision"]["layers"] if r["pinned"]]
+        if pinned:
+            notes.append(f"pinned to fp32: {', '.join(pinned)}")
+        extra: dict[str, Any] = {"plan": "plan.json", "trtexec": plan["trtexec"]["command"],
+                                 "profile": plan["profiles"][0]}
+        artifacts = ["model.onnx", "plan.json"]
+        reason = tensorrt_status()
+        if reason is None and cache_path is None:
+            reason = "no output folder known for the timing cache (emit called outside compile_model)"
+        if reason is None:
+            from tapeout.targets.tensorrt import engine
+
+            assert cache_path is not None
+            # plan.json is written first so the build reads exactly what the file says.
+            (outdir / "plan.json").write_bytes(dumps(plan))
+            built = engine.build(outdir / "model.onnx", plan, outdir / "model.plan", cache_path)
+            plan["build"] = built["plan"]
+            extra["engine"] = built["report"]
+            artifacts.append("model.plan")
+            notes.append(f"engine built with TensorRT {built['plan']['tensorrt_version']} on {built['plan']['gpu']} "
+                         f"(compute capability {built['plan']['compute_capability']}); "
+                         f"{len(built['report']['fused_layers'])} fused layer(s)")
+        else:
+            extra["engine"] = {"built": False, "reason": reason}
+            notes.append(f"engine not built: {reason}; model.onnx and plan.json are portable: rebuild with "
+                         f"`cd OUTDIR/tensorrt-{self.variant} && {plan['trtexec']['command']}`")
+        (outdir / "plan.json").write_bytes(dumps(plan))
+        return EmitResult(artifacts, notes, extra, size_artifacts=["model.plan"] if "model.plan" in artifacts
+                          else ["model.onnx"])
+
+    def runner(self, outdir: Path) -> Runner:
+        """The engine when one was built; else the ONNX in onnxruntime (fp16 emulated for fp16/best)."""
+        from tapeout.runtime.runners.onnxrt import OnnxRuntimeRunner
+
+        if (outdir / "model.plan").is_file():
+            from tapeout.runtime.runners.tensorrt import TensorRTRunner
+
+            return TensorRTRunner(outdir / "model.plan")
+        providers = _ort_providers()
+        if self.variant in ("fp16", "best"):
+            import json
+
+            import onnx
+
+            from tapeout.targets.tensorrt.fp16 import emulate_fp16
+
+            plan = json.loads((outdir / "plan.json").read_text())
+            pinned = [n for r in plan["precision"]["layers"] if r["pinned"] for n in r["onnx_nodes"]]
+            model = emulate_fp16(onnx.load(outdir / "model.onnx"), pinned)
+            runner = OnnxRuntimeRunner(model.SerializeToString(), providers)
+            runner.name = f"onnxruntime ({providers[0]}, fp16 emulated)"
+            return runner
+        runner = OnnxRuntimeRunner(outdir / "model.onnx", providers)
+        runner.name = f"onnxruntime ({providers[0]})"
+        return runner
+
+
+def _ort_providers() -> list[str]:
+    """onnxruntime's CUDA provider when this onnxruntime has it, else the CPU one."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
