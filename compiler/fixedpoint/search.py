@@ -37,6 +37,28 @@ TABLE_SIZES = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
 # Each bisection stops where the calibration data just meets the budget; one more fractional
 # bit per searched type keeps unseen data from falling over that edge.
 SAFETY_BITS = 1
+# A small calibration set cannot certify a 0.995 budget with a margin (0.9995 of 500 samples is
+# "no flip at all"): it is extended to this many samples with jittered copies of itself (noise of
+# JITTER x each input element's spread), which puts more samples near the decision boundaries.
+MIN_SEARCH_SAMPLES = 2000
+JITTER = 0.1
+
+
+def extend_feeds(feeds: dict[str, np.ndarray], n: int = MIN_SEARCH_SAMPLES, seed: int = 0) -> dict[str, np.ndarray]:
+    have = len(next(iter(feeds.values())))
+    if have == 0 or have >= n:
+        return feeds
+    rng = np.random.default_rng(seed)
+    reps = -(-n // have)
+    out = {}
+    for k, x in feeds.items():
+        x = np.asarray(x)
+        if x.dtype.kind != "f":
+            return feeds  # integer/boolean inputs are not jittered
+        spread = x.std(axis=0, keepdims=True)
+        copies = [x] + [x + rng.normal(0.0, 1.0, x.shape).astype(x.dtype) * JITTER * spread for _ in range(reps - 1)]
+        out[k] = np.concatenate(copies)[:n]
+    return out
 
 
 # The search holds the calibration data to a stricter agreement than the user asked for, so the
@@ -205,6 +227,8 @@ def search(graph: Graph, feeds: dict[str, np.ndarray], budget: Budget = Budget()
     ``baseline`` the calibration agreement must also reach that plan's (see the module doc).
     """
     pinned = pinned or {}
+    given = len(next(iter(feeds.values())))
+    feeds = extend_feeds(feeds)
     ranges = observed_ranges(graph, feeds)
     layers = hls_layers(graph)
     guarded = budget.guarded()
@@ -215,6 +239,8 @@ def search(graph: Graph, feeds: dict[str, np.ndarray], budget: Budget = Budget()
         if base_agree is not None and base_agree > guarded.min_agreement:
             ev.budget = Budget(base_agree, guarded.max_abs_error)
     notes: list[str] = []
+    if len(next(iter(feeds.values()))) > given:
+        notes.append(f"{given} calibration samples extended to {MIN_SEARCH_SAMPLES} with jittered copies for the search")
     plan = initial_plan(graph, ranges, pinned=pinned)
     if not ev.ok(plan):
         for ts in TABLE_SIZES:
@@ -268,11 +294,23 @@ def search(graph: Graph, feeds: dict[str, np.ndarray], budget: Budget = Budget()
             plan = _finish(graph, plan, layers, ranges)
             searched.append((layer.name, key))
     if SAFETY_BITS:
-        plan.inputs = {k: _set_frac(t, t.frac + SAFETY_BITS) for k, t in plan.inputs.items()}
+        # More bits are not always better (a softmax's table index moves with its input type):
+        # keep the wider plan only when it still meets the budget.
+        safe = PrecisionPlan({k: _set_frac(t, t.frac + SAFETY_BITS) for k, t in plan.inputs.items()},
+                             dict(plan.layers))
         for name, key in searched:
-            cur = getattr(plan.layers[name], key)
-            plan.layers[name] = replace(plan.layers[name], **{key: _set_frac(cur, cur.frac + SAFETY_BITS)})
-        plan = _finish(graph, plan, layers, ranges)
+            cur = getattr(safe.layers[name], key)
+            safe.layers[name] = replace(safe.layers[name], **{key: _set_frac(cur, cur.frac + SAFETY_BITS)})
+        safe = _finish(graph, safe, layers, ranges)
+        # The extra bit lowers every error; a close call in the calibration data may still flip
+        # (near-ties flip under any perturbation), so it is held to the user's own budget only.
+        user = _Evaluator.__new__(_Evaluator)
+        user.__dict__.update(ev.__dict__)
+        user.budget = budget
+        if user.ok(safe):
+            plan = safe
+        else:
+            notes.append("the safety fractional bit was dropped: the wider plan missed the budget")
     agree, err = ev.score(plan)
     return SearchResult(plan, ranges, agree, err, ev.count, _rows(layers, plan, ranges),
                         required_agreement=ev.budget.min_agreement, baseline_agreement=base_agree, notes=notes)
