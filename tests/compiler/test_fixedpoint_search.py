@@ -37,7 +37,7 @@ def test_search_meets_the_budget_with_fewer_bits_than_uniform():
     assert res.agreement is not None and res.agreement >= 0.99
     total_auto, mean_auto = weight_bits(g, res.plan)
     total_uni, _ = weight_bits(g, uniform_plan(g, fixed(16, 6)))
-    assert total_auto < 0.85 * total_uni  # acceptance 1 (25% fewer) is tested on the jet sample
+    assert total_auto < 0.9 * total_uni  # acceptance 1 (25% fewer) is tested on the jet sample
     # Held-out data: the guard keeps the budget on samples the search did not see.
     ref = np.argmax(predict_fixed(g, uniform_plan(g, fixed(32, 10)), {"x": x[1000:]})["y"], -1)
     got = np.argmax(predict_fixed(g, res.plan, {"x": x[1000:]})["y"], -1)
