@@ -531,7 +531,7 @@ class PruneChannels(RewritePass):
 
 
 # ------------------------------------------------------------------ specs
-PRUNE_SPECS = ("magnitude:S, magnitude-global:S, channels:R, channels-l2:R, channels-bn:R, 2:4 (N:M), "
+PRUNE_SPECS = ("magnitude:S, magnitude-global:S (:all adds the first and last layers), channels:R, channels-l2:R, channels-bn:R, 2:4 (N:M), "
                "auto (= magnitude:auto), KIND:auto")
 
 
@@ -599,7 +599,12 @@ def parse_prune(spec: str) -> Pass | AutoPrune:
         return value
 
     if kind in ("magnitude", "magnitude-global"):
-        return PruneMagnitude(fraction(), scope="global" if kind.endswith("global") else "layer")
+        # A trailing ":all" also prunes the first and last weighted layers (left dense by default).
+        arg, _, ends = arg.partition(":")
+        if ends not in ("", "all"):
+            raise UsageError(f"--prune {spec!r}: expected {kind}:S or {kind}:S:all")
+        return PruneMagnitude(fraction(), scope="global" if kind.endswith("global") else "layer",
+                              skip_first_last=ends != "all")
     if kind in ("channels", "channels-l1", "channels-l2", "channels-bn"):
         return PruneChannels(fraction(), saliency=kind.partition("-")[2] or "l1")
     if kind.isdigit() and arg.isdigit():

@@ -265,13 +265,14 @@ def test_registry_and_specs():
     assert PASSES["prune:2:4"] is PruneNM
     assert not any(p.name.startswith("prune") for p in default_pipeline().passes)
     p = parse_prune("magnitude:0.7")
-    assert isinstance(p, PruneMagnitude) and p.sparsity == 0.7 and p.scope == "layer"
+    assert isinstance(p, PruneMagnitude) and p.sparsity == 0.7 and p.scope == "layer" and p.skip_first_last
+    assert parse_prune("magnitude:0.7:all").skip_first_last is False
     p = parse_prune("channels:0.5")
     assert isinstance(p, PruneChannels) and p.ratio == 0.5 and p.saliency == "l1"
     assert parse_prune("channels-bn:0.3").saliency == "bn"
     p = parse_prune("2:4")
     assert isinstance(p, PruneNM) and (p.n, p.m) == (2, 4)
-    for bad in ("magnitude:1.5", "magnitude:x", "channels", "4:2", "fancy:0.5"):
+    for bad in ("magnitude:1.5", "magnitude:x", "magnitude:0.5:some", "channels", "4:2", "fancy:0.5"):
         with pytest.raises(UsageError):
             parse_prune(bad)
 
