@@ -91,7 +91,7 @@ def parse_settings(options: dict[str, Any]) -> Settings:
                 s.layer_precision[layer] = _parse_type(entry["precision"], f"--hls-config layer {layer}")
             if "reuse_factor" in entry:
                 s.layer_reuse[layer] = _parse_int(entry["reuse_factor"], f"--hls-config layer {layer}")
-    for item in _as_list(options.get("precision") or []):
+    for item in _as_list(options.get("precision") if options.get("precision") is not None else []):
         layer, eq, text = str(item).rpartition("=") if "=" in str(item) else ("", "", str(item))
         if layer:
             s.layer_precision[layer] = _parse_type(text, f"--precision {item}")
@@ -99,7 +99,7 @@ def parse_settings(options: dict[str, Any]) -> Settings:
             s.precision = None
         else:
             s.precision = _parse_type(text, f"--precision {item}")
-    for item in _as_list(options.get("reuse_factor") or []):
+    for item in _as_list(options.get("reuse_factor") if options.get("reuse_factor") is not None else []):
         layer, _, text = str(item).rpartition("=")
         if layer:
             s.layer_reuse[layer] = _parse_int(text, f"--reuse-factor {item}")
@@ -342,6 +342,8 @@ class Hls4mlTarget(Target):
             why = "oneAPI's C simulation needs Intel's icpx" if self.variant == "oneapi" else "not requested"
             notes.append(f"C simulation not built ({why}); the NumPy model stands in for the per-layer errors")
             out["layer_errors"] = layer_errors(graph, plan, ir_feeds)
+            out["first_error_jump"] = first_error_jump(out["layer_errors"])
+            self._below_budget(out["numpy_agreement"], "the NumPy model's", out["first_error_jump"], notes)
             return out
         if shutil.which("g++") is None:
             raise MissingToolError("hls4ml's C simulation needs g++ on PATH")
@@ -377,13 +379,14 @@ class Hls4mlTarget(Target):
         if mismatched:
             notes.append(f"C simulation differs from the NumPy model in {len(mismatched)} layer(s), first "
                          f"{mismatched[0]['layer']}")
-        budget = self.settings.min_agreement
-        agree = out["csim_agreement"]
-        if budget is not None and agree is not None and agree < budget:
-            jump = out["first_error_jump"] or "(no single layer stands out)"
-            notes.append(f"C simulation top-1 agreement {agree:.4f} is below {budget} on the search data; the first "
-                         f"layer whose error jumps: {jump}")
+        self._below_budget(out["csim_agreement"], "C simulation", out["first_error_jump"], notes)
         return out
+
+    def _below_budget(self, agree: float | None, who: str, jump: str | None, notes: list[str]) -> None:
+        budget = self.settings.min_agreement
+        if budget is not None and agree is not None and agree < budget:
+            notes.append(f"{who} top-1 agreement {agree:.4f} is below {budget} on the search data; the first "
+                         f"layer whose error jumps: {jump or '(no single layer stands out)'}")
 
     def runner(self, outdir: Path) -> Runner:
         from tapeout.runtime.errors import RuntimeUnavailable

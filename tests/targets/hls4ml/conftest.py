@@ -95,3 +95,26 @@ def built(tmp_path_factory) -> dict[str, Built]:
         shape = tuple(int(d) for d in graph.type_of(graph.inputs[0]).shape[1:])
         out[name] = Built(name, graph, plan, project, rng.normal(0, 2.0, (64, *shape)).astype(np.float32))
     return out
+
+
+# ------------------------------------------------------- the bundled samples, compiled once
+SAMPLES = Path(__file__).resolve().parents[3] / "samples"
+SAMPLE_NAMES = ("jet_mlp", "conv1d_signals", "conv2d_shapes")
+
+
+@pytest.fixture(scope="session")
+def compiled_samples(tmp_path_factory) -> dict[str, Any]:
+    """Each sample compiled with -t hls4ml (auto precision on its calibration data, verified in C
+    simulation on its held-out eval data): name -> (report, output folder). Three C-sim builds."""
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is not on PATH: no hls4ml C simulation")
+    from tapeout.compiler.api import compile_model
+
+    root = tmp_path_factory.mktemp("hls4ml-samples")
+    out: dict[str, Any] = {}
+    for name in SAMPLE_NAMES:
+        d = SAMPLES / name
+        report = compile_model(d / "model.keras", ["hls4ml"], root / name, calibration=d / "calibration.npz",
+                               eval_data=d / "eval.npz")
+        out[name] = (report, root / name)
+    return out
