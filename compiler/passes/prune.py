@@ -481,6 +481,9 @@ def apply_channel_plan(graph: Graph, plan: ChannelPlan) -> None:
                     n.inputs[1] = _take(graph, n.inputs[1], k_out, -1, f"{n.name}_w")
             if k_out is not None and len(n.inputs) > 2 and n.inputs[2]:
                 n.inputs[2] = _take(graph, n.inputs[2], k_out, 0, f"{n.name}_b")
+        elif n.op == "reshape" and k_out is not None and int(n.attrs["shape"][-1]) != -1:
+            # The target shape names the channel count (an SE gate's [1, 1, C]).
+            n.attrs["shape"] = (*n.attrs["shape"][:-1], int(len(k_out)))
         elif n.op == "batch_norm" and k_out is not None:
             n.inputs[1:] = [_take(graph, p, k_out, 0, f"{n.name}_p") for p in n.inputs[1:]]
         elif (n.op in _BINARY or n.op == "affine") and k_out is not None:

@@ -302,3 +302,31 @@ def test_auto_specs():
     assert parse_prune("auto") == AutoPrune("magnitude") and parse_prune("channels:auto") == AutoPrune("channels")
     assert isinstance(AutoPrune("channels").make(0.25), PruneChannels)
     assert AutoPrune("magnitude").make(0.0).sparsity == 0.0
+
+
+def test_channels_squeeze_excitation_gate_joins_its_feature_map(builder, apply):
+    """An SE block: the gate's expand conv and the gated conv are one group; the reshape to [1, 1, C] shrinks."""
+    b = builder(seed=14)
+    x = b.input("x", 5, 5, 3)
+    a = _conv(b, x, 3, 8, "a", activation=RELU)
+    s = b.node("global_avg_pool", [a], "squeeze")
+    s = b.node("reshape", [s], "se_reshape", shape=(1, 1, 8))
+    s = _conv(b, s, 8, 4, "se_reduce", k=1, pads=0, activation=RELU)
+    s = _conv(b, s, 4, 8, "se_expand", k=1, pads=0, activation=Activation.of("sigmoid"))
+    h = b.node("mul", [a, s], "excite")
+    h = _conv(b, h, 8, 6, "c", activation=RELU)
+    g = b.build(_dense(b, b.node("global_avg_pool", [h], "gap"), 6, 3, "fc"))
+    res = apply(PruneChannels(0.5), g)
+    plan = plan_channels(g, 0.5)
+    ra, rr, rc = plan.removed["a"], plan.removed["se_reduce"], plan.removed["c"]
+    assert plan.removed["se_expand"] == ra and len(ra) == 4 and len(rr) == 2
+    assert res.graph.node("se_reshape").attrs["shape"] == (1, 1, 4)
+    masked = g.copy()
+    for node, rem in (("a", ra), ("se_expand", ra), ("se_reduce", rr), ("c", rc)):
+        _zero(masked, f"{node}_w", 3, rem)
+        _zero(masked, f"{node}_b", 0, rem)
+    _zero(masked, "se_reduce_w", 2, ra)
+    _zero(masked, "se_expand_w", 2, rr)
+    _zero(masked, "c_w", 2, ra)
+    _zero(masked, "fc_w", 0, rc)
+    _check_masked(g, res.graph, masked)

@@ -79,3 +79,26 @@ def test_resnet50_channels_0_3(resnet_graph):
     feed_name = sess.get_inputs()[0].name
     got = sess.run(None, {feed_name: x})[0]
     np.testing.assert_allclose(got, out, rtol=1e-4, atol=1e-4)
+
+
+def test_efficientnet_b0_channels_0_3(tmp_path):
+    """Depthwise convs, squeeze-excitation gates (reshape to [1, 1, C]) and residual adds."""
+    import keras
+
+    from tapeout.compiler.frontends.keras import load_keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.applications.EfficientNetB0(input_shape=(64, 64, 3), weights=None, classes=10)
+    model.save(tmp_path / "effb0.keras")
+    g = default_pipeline().run(load_keras(tmp_path / "effb0.keras")).graph
+    pruned = Pipeline([PruneChannels(0.3)]).run(g).graph
+    plan = plan_channels(g, 0.3)
+    assert plan.left_alone == [("predictions",)] and graph_macs(pruned) < 0.6 * graph_macs(g)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    name = g.inputs[0]
+    # Compare the logits (the softmax of random weights is nearly uniform).
+    for graph in (pruned, masked := masked_original(g, plan)):
+        graph.node("predictions").attrs["activation"] = graph.node("predictions").attrs["activation"].__class__()
+    logits = run(masked, {name: x})["predictions"]
+    assert np.ptp(logits) > 1e-3  # not a constant output
+    np.testing.assert_allclose(run(pruned, {name: x})["predictions"], logits, rtol=1e-5, atol=1e-5)
