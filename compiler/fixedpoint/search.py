@@ -220,7 +220,8 @@ def _rows(layers: list[HlsLayer], plan: PrecisionPlan, ranges: dict[str, float])
 
 
 def search(graph: Graph, feeds: dict[str, np.ndarray], budget: Budget = Budget(), *,
-           pinned: dict[str, LayerPrecision] | None = None, baseline: PrecisionPlan | None = None) -> SearchResult:
+           pinned: dict[str, LayerPrecision] | None = None, baseline: PrecisionPlan | None = None,
+           table_sizes: tuple[int, ...] = TABLE_SIZES) -> SearchResult:
     """The smallest per-layer weight/result fractional bits meeting ``budget`` on ``feeds``.
 
     ``pinned`` layers keep the given types (the user's explicit per-layer precision); with
@@ -243,13 +244,13 @@ def search(graph: Graph, feeds: dict[str, np.ndarray], budget: Budget = Budget()
         notes.append(f"{given} calibration samples extended to {MIN_SEARCH_SAMPLES} with jittered copies for the search")
     plan = initial_plan(graph, ranges, pinned=pinned)
     if not ev.ok(plan):
-        for ts in TABLE_SIZES:
+        for ts in table_sizes:
             cand = initial_plan(graph, ranges, frac=START_FRAC + 6, table_size=ts, pinned=pinned)
             if ev.ok(cand):
                 plan = cand
-                if ts != TABLE_SIZES[0]:
+                if ts != table_sizes[0]:
                     notes.append(f"lookup tables of softmax/sigmoid/tanh raised to {ts} entries: with "
-                                 f"{TABLE_SIZES[0]} their index step ties close logits and misses the budget")
+                                 f"{table_sizes[0]} their index step ties close logits and misses the budget")
                 break
         else:
             # Lookup tables (softmax/sigmoid/tanh) bound the accuracy whatever the widths: report it.

@@ -10,6 +10,7 @@ missing library is built with g++ first.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import subprocess
@@ -33,7 +34,7 @@ class Hls4mlCsimRunner(FileRunner):
 
     def __init__(self, project: str | Path, *, build: bool = True) -> None:
         super().__init__()
-        self.path = Path(project)
+        self.path = Path(project).resolve()
         self.build = build
         self._lib: ctypes.CDLL | None = None
         self._manifest: dict[str, Any] = {}
@@ -90,6 +91,10 @@ class Hls4mlCsimRunner(FileRunner):
         layers = [(t["name"], int(t["size"])) for t in self._manifest.get("trace", [])] if trace else []
         traces = {name: np.zeros((n, size), np.float64) for name, size in layers}
         assert self._lib is not None
+        # Some back ends' C simulations (Catapult) read their weights from ./firmware/weights/ on the
+        # first call and exit the process when missing: run from the project folder, as hls4ml does.
+        here = contextlib.chdir(self.path)
+        here.__enter__()
         if trace:
             self._lib.allocate_trace_storage(ctypes.c_size_t(8))
         try:
@@ -110,6 +115,7 @@ class Hls4mlCsimRunner(FileRunner):
         finally:
             if trace:
                 self._lib.free_trace_storage()
+            here.__exit__(None, None, None)
         result = {}
         for name, o, shp, p in zip(self._outputs, outs, self._out_shapes, self._out_perm):
             if p:  # C++ order is channels-last: reshape to it, then back to the source layout

@@ -41,7 +41,7 @@ def convert(keras_model: Any, config: dict[str, Any], outdir: Path, *, variant: 
 
 def make_deterministic(outdir: Path) -> None:
     """Replace the random stamp and absolute paths hls4ml writes with fixed, relative ones."""
-    for path in sorted(p for p in outdir.rglob("*") if p.is_file() and p.suffix in ("", ".sh", ".yml", ".tcl", ".cpp",
+    for path in sorted(p for p in outdir.rglob("*") if p.is_file() and p.suffix in ("", ".sh", ".yml", ".tcl", ".cpp", ".hpp",
                                                                                       ".h", ".txt", ".json", ".py")):
         try:
             text = path.read_text()
@@ -49,6 +49,7 @@ def make_deterministic(outdir: Path) -> None:
             continue
         new = re.sub(r"(LIB_STAMP=)\w+", rf"\g<1>{STAMP}", text)
         new = re.sub(r"(set\(LIB_STAMP )\w+\)", rf"\g<1>{STAMP})", new)  # oneAPI's CMakeLists.txt
+        new = re.sub(r"(Myproject\w*Class\w*?_)[0-9a-f]{8}\b", rf"\g<1>{STAMP}", new)  # oneAPI's bridge kernel names
         new = re.sub(r"(?m)^Stamp: \w+$", f"Stamp: {STAMP}", new)
         new = re.sub(r"(?m)^OutputDir: .*$", "OutputDir: .", new)
         new = re.sub(r"(?m)^(KerasModel: !keras_model )'.*?([^/']+)'$", r"\1'\2'", new)

@@ -29,6 +29,7 @@ OPTIONS = ("precision", "min_agreement", "max_abs_error", "reuse_factor", "strat
 DEFAULT_MIN_AGREEMENT = 0.995
 BASELINE = "ap_fixed<16,6>"  # hls4ml's default type: auto must do at least as well on the calibration data
 SYNTHETIC_SEARCH_SAMPLES = 512
+AMD_TABLES = ("vitis", "vivado")  # back ends whose activation tables the NumPy model reproduces
 CSIM_VARIANTS = ("vitis", "vivado", "quartus", "catapult")  # build_lib.sh with g++; oneAPI needs icpx
 
 
@@ -190,7 +191,8 @@ class Hls4mlTarget(Target):
     # ------------------------------------------------------------- precision
     def _plan(self, graph: Graph, feeds: dict[str, np.ndarray], notes: list[str]) -> tuple[Any, dict[str, Any]]:
         from tapeout.compiler.fixedpoint import hls_layers
-        from tapeout.compiler.fixedpoint.search import (Budget, observed_ranges, search, uniform_plan)
+        from tapeout.compiler.fixedpoint.model import TABLE_ACTIVATIONS
+        from tapeout.compiler.fixedpoint.search import TABLE_SIZES, Budget, observed_ranges, search, uniform_plan
 
         s = self.settings
         layers = hls_layers(graph)
@@ -208,9 +210,17 @@ class Hls4mlTarget(Target):
             info["type"] = str(s.precision)
             return plan, {**info, "ranges": observed_ranges(graph, feeds)}
         baseline = uniform_plan(graph, _parse_type(BASELINE, "baseline"))
+        # The NumPy model's lookup tables are Vivado/Vitis's; the other back ends write their own
+        # (other formulas), so their tables stay at hls4ml's default size.
         res = search(graph, feeds, Budget(s.min_agreement, s.max_abs_error), pinned=pinned,
-                     baseline=baseline if s.min_agreement is not None else None)
+                     baseline=baseline if s.min_agreement is not None else None,
+                     table_sizes=TABLE_SIZES if self.variant in AMD_TABLES else (1024,))
         notes.extend(res.notes)
+        if self.variant in ("quartus", "oneapi"):
+            self._softmax_input_16_6(graph, res.plan, res.ranges, notes)
+        if self.variant not in AMD_TABLES and any(layer.kind in TABLE_ACTIVATIONS for layer in layers):
+            notes.append(f"hls4ml:{self.variant} computes softmax/sigmoid/tanh with its own tables: the search models "
+                         "Vivado/Vitis's, so the C simulation is the judge of those layers")
         if not res.met:
             notes.append(f"precision budget not met on the {info['budget']} budget even with wide types and "
                          f"{max(lp.table_size for lp in res.plan.layers.values())}-entry tables "
@@ -218,6 +228,31 @@ class Hls4mlTarget(Target):
         info.update(met=res.met, evaluations=res.evaluations, required_agreement=res.required_agreement,
                     baseline={"type": BASELINE, "agreement": res.baseline_agreement}, ranges=res.ranges)
         return res.plan, info
+
+    @staticmethod
+    def _softmax_input_16_6(graph: Graph, plan: Any, ranges: dict[str, float], notes: list[str]) -> None:
+        """hls4ml 1.3's Quartus/oneAPI writers compute the softmax exp table for an ap_fixed<16,6> input
+        unless the layer is literally named 'softmax': the softmax's input layer keeps that type."""
+        from dataclasses import replace
+
+        from tapeout.compiler.fixedpoint import fixed, hls_layers
+        from tapeout.compiler.fixedpoint.model import _alias_map
+        from tapeout.compiler.fixedpoint.search import _finish
+
+        layers = hls_layers(graph)
+        alias = _alias_map(graph)
+        fed = []
+        for layer in layers:
+            if layer.kind == "softmax" and layer.name != "softmax":
+                src = alias.get(layer.inputs[0], layer.inputs[0])
+                for prev in layers:
+                    if prev.output == src:
+                        plan.layers[prev.name] = replace(plan.layers[prev.name], result=fixed(16, 6, "AP_RND", "AP_SAT"))
+                        fed.append(prev.name)
+        if fed:
+            plan.layers.update(_finish(graph, plan, layers, ranges).layers)
+            notes.append(f"softmax input(s) {', '.join(fed)} kept at ap_fixed<16,6>: hls4ml 1.3's writer for this back "
+                         "end builds the softmax tables for that type")
 
     # ----------------------------------------------------------------- reuse
     def _reuse(self, graph: Graph, notes: list[str]) -> tuple[dict[str, int], list[dict[str, Any]]]:
