@@ -1,1 +1,1 @@
-"""hls4ml back end: IR -> hls4ml HLS project, with C simulation (target class pending, see docs/hls4ml.md)."""
+"""hls4ml back end: IR -> hls4ml HLS project (Hls4mlTarget in target.py), with C simulation; see docs/hls4ml.md."""
