@@ -187,11 +187,28 @@ def _flatten(b: Builder, n: Node) -> None:
              and users[0].inputs[1] in b.graph.constants and out not in users[0].inputs[1:])
     if trick:
         order = flatten_row_order(b.graph.type_of(x).shape[1:])
-        if np.any(order != np.arange(order.size)):  # all-1 spatial dims: same order, keep the weights
+        if _breaks_nm_pattern(b, b.graph.constants[users[0].inputs[1]], order):
+            trick = False  # a Transpose costs less than losing the sparse tensor-core pattern
+        elif np.any(order != np.arange(order.size)):  # all-1 spatial dims: same order, keep the weights
             b.row_orders[out] = order
     layout = None if _no_spatial_extent(b, x) else trick  # [N, 1.., C]: both layouts hold one order
     b.add("Flatten", [b.get(x, layout)], out, n.name, axis=1)
     b.define(out, out, False)
+
+
+def _breaks_nm_pattern(b: Builder, w: np.ndarray, order: np.ndarray) -> bool:
+    """True when the weights hold the graph's N:M pattern along K and rows reordered by ``order`` would not."""
+    pattern = b.graph.metadata.get("sparsity_pattern")
+    if not pattern:
+        return False
+    n, m = (int(v) for v in str(pattern).split(":"))
+    if w.shape[0] % m:
+        return False
+
+    def holds(a: np.ndarray) -> bool:
+        return bool(((a.reshape(-1, m, *a.shape[1:]) != 0).sum(axis=1) <= n).all())
+
+    return holds(w) and not holds(w[order])
 
 
 def _no_spatial_extent(b: Builder, value: str) -> bool:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from tapeout.compiler.ir import Graph
 from tapeout.compiler.version import __version__
 
@@ -140,12 +142,14 @@ def shape_arg(shapes: Sequence[tuple[str, Sequence[int]]]) -> str:
 
 
 def trtexec_args(variant: str, inputs: Sequence[Mapping[str, Any]], opts: BuildOptions, cache_from_variant: str,
-                 pinned_onnx_nodes: Sequence[str]) -> list[str]:
+                 pinned_onnx_nodes: Sequence[str], sparse: bool = False) -> list[str]:
     """The trtexec argument list that rebuilds model.plan, run from the variant folder."""
     flag, flags = VARIANT_FLAGS[variant]
     args = ["trtexec", "--onnx=model.onnx", "--saveEngine=model.plan", "--skipInference"]
     if flag:
         args.append(flag)
+    if sparse:
+        args.append("--sparsity=enable")
     dynamic = [i for i in inputs if i["shape"] and i["shape"][0] == "N"]
     if dynamic:
         for key, which in (("--minShapes", "min"), ("--optShapes", "opt"), ("--maxShapes", "max")):
@@ -159,6 +163,38 @@ def trtexec_args(variant: str, inputs: Sequence[Mapping[str, Any]], opts: BuildO
              f"--timingCacheFile={cache_from_variant}",
              "--profilingVerbosity=detailed"]
     return args
+
+
+# ------------------------------------------------------------------ 2:4 sparsity
+def nm_sparse_layers(model: Any, n: int = 2, m: int = 4) -> list[str]:
+    """ONNX Conv/Gemm/MatMul nodes whose constant weights hold ``n`` or fewer non-zeros in every
+    ``m`` consecutive weights along the reduction axis as the ONNX stores them, the layout
+    TensorRT's sparse tensor cores read (Q/DQ weights are checked through their int8 tensor)."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    dq_source = {nd.output[0]: nd.input[0] for nd in model.graph.node if nd.op_type == "DequantizeLinear"}
+    found = []
+    for nd in model.graph.node:
+        if nd.op_type not in ("Conv", "Gemm", "MatMul") or len(nd.input) < 2:
+            continue
+        name = dq_source.get(nd.input[1], nd.input[1])
+        if name not in inits:
+            continue
+        w = numpy_helper.to_array(inits[name])
+        if nd.op_type == "Conv":
+            axis = 1 if w.ndim >= 3 and w.shape[1] > 1 else None  # [F, C/g, *K]; depthwise has no C
+        elif nd.op_type == "Gemm":
+            trans_b = next((a.i for a in nd.attribute if a.name == "transB"), 0)
+            axis = 1 if trans_b else 0
+        else:
+            axis = 0 if w.ndim == 2 else None
+        if axis is None or w.shape[axis] % m:
+            continue
+        moved = np.moveaxis(w, axis, 0)
+        if ((moved.reshape(-1, m, *moved.shape[1:]) != 0).sum(axis=1) <= n).all():
+            found.append(nd.name)
+    return found
 
 
 # ------------------------------------------------------------------ the plan
@@ -187,8 +223,11 @@ def build_plan(graph: Graph, model: Any, model_bytes: bytes, variant: str, opts:
     layers = layer_precisions(graph, variant, by_layer)
     pinned = [n for row in layers if row["pinned"] for n in row["onnx_nodes"]]
     cache_from_variant = opts.cache if Path(opts.cache).is_absolute() else f"../{opts.cache}"
-    args = trtexec_args(variant, inputs, opts, cache_from_variant, pinned)
+    # prune:2:4 leaves the pattern sparse tensor cores need; TensorRT supports 2:4 only.
+    sparse = graph.metadata.get("sparsity_pattern") == "2:4"
+    args = trtexec_args(variant, inputs, opts, cache_from_variant, pinned, sparse)
     flag, flags = VARIANT_FLAGS[variant]
+    flags = (*flags, "SPARSE_WEIGHTS") if sparse else flags
     q = graph.quant
     quant = None
     if variant in ("int8", "best"):
@@ -216,7 +255,8 @@ def build_plan(graph: Graph, model: Any, model_bytes: bytes, variant: str, opts:
         "quantization": quant,
         "fusion_groups": fusion_groups(graph, pass_records, by_layer),
         "builder": {"workspace_mib": opts.workspace_mib, "optimization_level": opts.optimization_level,
-                    "timing_cache": opts.cache, "profiling_verbosity": "detailed"},
+                    "timing_cache": opts.cache, "profiling_verbosity": "detailed", "sparse_weights": sparse,
+                    "sparse_layers": nm_sparse_layers(model) if sparse else []},
         "trtexec": {"cwd": folder, "args": args, "command": shlex.join(args)},
         "build": None,
     }

@@ -131,3 +131,27 @@ def test_flatten_of_1x1_spatial_keeps_the_dense_weights(maker, check) -> None:
     model = check(m.done(m.dense(m.node("flatten", pooled), 2)))
     assert not any("rows_of" in t.name for t in model.graph.initializer)
     assert len(_transposes(model)) == 1
+
+
+@pytest.mark.parametrize("pattern", [None, "2:4"])
+def test_flatten_to_2_4_sparse_dense_keeps_the_pattern_along_k(maker, check, pattern) -> None:
+    """Reordering a 2:4 dense's rows for a channels-first flatten scatters its groups of 4, so
+    the emitter transposes to channels-last instead; without the pattern it reorders (no Transpose)."""
+    from tapeout.compiler.passes.prune import PruneNM
+
+    m = maker(x=((4, 4, 2), "NHWC"))
+    y = m.dense(m.node("flatten", m.conv("x", 4, (1, 1))), 3)
+    graph = m.done(y)
+    if pattern:
+        graph = PruneNM().run(graph).graph
+        assert graph.metadata["sparsity_pattern"] == pattern
+    model = check(graph)
+    gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+    from onnx import numpy_helper
+
+    w = next(numpy_helper.to_array(i) for i in model.graph.initializer if i.name == gemm.input[1])
+    if pattern:
+        assert "rows_of" not in gemm.input[1] and len(_transposes(model)) == 2
+        assert ((w.reshape(-1, 4, 3) != 0).sum(axis=1) <= 2).all()
+    else:
+        assert "rows_of" in gemm.input[1] and len(_transposes(model)) == 1
