@@ -160,6 +160,7 @@ def compile_model(
     prune: str | None = None,
     train: str | Path | None = None,
     epochs: int | None = None,
+    learning_rate: float | None = None,
     target_options: Mapping[str, Mapping[str, Any]] | None = None,
     max_accuracy_drop: float | None = None,
     fallback: bool = False,
@@ -190,7 +191,7 @@ def compile_model(
             chosen.append(pair)
     _check_quantization_args(chosen, calibration, calibration_method, percentile)
     _check_accuracy_args(chosen, eval_data, max_accuracy_drop, fallback, verify_artifacts)
-    prune_pass = _prune_pass(prune, train, epochs, max_accuracy_drop)
+    prune_pass = _prune_pass(prune, train, epochs, max_accuracy_drop, learning_rate)
     # Built before the model loads, so a bad option is a usage error before any work.
     built = _build_targets(chosen, target_options or {})
     for target in built:  # targets choosing settings from data (hls4ml's precision search) get the files
@@ -218,7 +219,7 @@ def compile_model(
     if prune_pass is not None:
         progress("prune")
         graph, pruning = _prune(graph, prune_pass, str(prune), piped, train, epochs, progress,
-                                eval_data, max_accuracy_drop)
+                                eval_data, max_accuracy_drop, learning_rate)
     quantized = _quantize(graph, chosen, calibration, calibration_method, percentile, keep_float, progress)
     if fallback:
         quantized = _fallback(quantized, eval_data, calibration, max_accuracy_drop, progress)
@@ -365,16 +366,19 @@ def _judge_accuracy(tr: TargetReport, max_drop: float) -> None:
 
 # ---------------------------------------------------------------- pruning
 def _prune_pass(spec: str | None, train: str | Path | None, epochs: int | None,
-                max_accuracy_drop: float | None = None) -> Any:
+                max_accuracy_drop: float | None = None, learning_rate: float | None = None) -> Any:
     """The pruning pass --prune names (None without one); a bad spec is a usage error before any work."""
     if spec is None:
-        if train is not None or epochs is not None:
-            raise UsageError("--train/--epochs fine-tune a pruned model: add --prune SPEC")
+        if train is not None or epochs is not None or learning_rate is not None:
+            raise UsageError("--train/--epochs/--learning-rate fine-tune a pruned model: add --prune SPEC")
         return None
-    if epochs is not None and train is None:
-        raise UsageError("--epochs needs --train DATA (inputs and labels y) to fine-tune on")
+    for flag, value in (("--epochs", epochs), ("--learning-rate", learning_rate)):
+        if value is not None and train is None:
+            raise UsageError(f"{flag} needs --train DATA (inputs and labels y) to fine-tune on")
     if epochs is not None and epochs < 1:
         raise UsageError(f"--epochs must be at least 1, got {epochs}")
+    if learning_rate is not None and not 0 < learning_rate < float("inf"):
+        raise UsageError(f"--learning-rate must be a positive number, got {learning_rate:g}")
     if train is not None and not Path(train).is_file():
         raise UsageError(f"--train {train}: no such file")
     from tapeout.compiler.passes.prune import AutoPrune, parse_prune
@@ -388,7 +392,8 @@ def _prune_pass(spec: str | None, train: str | Path | None, epochs: int | None,
 
 def _prune(graph: Graph, prune_pass: Any, spec: str, piped: Any, train: str | Path | None, epochs: int | None,
            progress: Progress, eval_data: str | Path | None = None,
-           max_accuracy_drop: float | None = None) -> tuple[Graph, dict[str, Any]]:
+           max_accuracy_drop: float | None = None,
+           learning_rate: float | None = None) -> tuple[Graph, dict[str, Any]]:
     """Run the pruning pass after the default pipeline (its record joins the report's passes), then
     fine-tune on ``train`` when given, holding the pruned zeros (``compiler.finetune``).
 
@@ -396,7 +401,7 @@ def _prune(graph: Graph, prune_pass: Any, spec: str, piped: Any, train: str | Pa
     accuracy (each candidate fine-tuned when ``train`` is given) is within ``max_accuracy_drop``.
     """
     from tapeout.compiler.calibration import source_specs
-    from tapeout.compiler.finetune import DEFAULT_EPOCHS, finetune
+    from tapeout.compiler.finetune import DEFAULT_EPOCHS, DEFAULT_LR, finetune
     from tapeout.compiler.passes.pipeline import Pipeline
     from tapeout.compiler.passes.prune import AutoPrune, pruning_report
 
@@ -410,7 +415,8 @@ def _prune(graph: Graph, prune_pass: Any, spec: str, piped: Any, train: str | Pa
         res = Pipeline([p]).run(graph)
         if data is None:
             return res, res.graph
-        return res, finetune(res.graph, data.feeds, data.labels, epochs=epochs or DEFAULT_EPOCHS, seed=0)[0]
+        return res, finetune(res.graph, data.feeds, data.labels, epochs=epochs or DEFAULT_EPOCHS, seed=0,
+                             learning_rate=learning_rate or DEFAULT_LR)[0]
 
     search = None
     if isinstance(prune_pass, AutoPrune):
@@ -422,7 +428,8 @@ def _prune(graph: Graph, prune_pass: Any, spec: str, piped: Any, train: str | Pa
     report = pruning_report(spec, graph, pruned, details)
     if data is not None:
         progress("fine-tune")
-        tuned, info = finetune(pruned, data.feeds, data.labels, epochs=epochs or DEFAULT_EPOCHS, seed=0)
+        tuned, info = finetune(pruned, data.feeds, data.labels, epochs=epochs or DEFAULT_EPOCHS, seed=0,
+                               learning_rate=learning_rate or DEFAULT_LR)
         report = pruning_report(spec, graph, tuned, details)
         report.update(one_shot=False, fine_tuning={"data": str(train), **info.to_json()}, _one_shot=pruned)
         pruned = tuned

@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --prune: fine-tune the pruned model on this .npz (inputs and labels y, as --eval), "
                         "pruned weights held at zero, seeded")
     c.add_argument("--epochs", type=int, metavar="N", help="fine-tuning epochs with --train (default 5)")
+    c.add_argument("--learning-rate", type=float, metavar="LR",
+                   help="fine-tuning learning rate (Adam) with --train (default 1e-3)")
     c.add_argument("--max-accuracy-drop", type=float, metavar="P",
                    help="fail (exit 1) when a quantized artifact loses more than P percentage points of top-1 "
                         "accuracy on the --eval labels")
@@ -267,7 +269,7 @@ def _cmd_compile(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                                calibration=args.calibration, eval_data=args.eval_data, atol=args.atol,
                                rtol=args.rtol, calibration_method=args.calibration_method,
                                percentile=args.percentile, keep_float=args.keep_float, prune=args.prune,
-                               train=args.train, epochs=args.epochs,
+                               train=args.train, epochs=args.epochs, learning_rate=args.learning_rate,
                                target_options=_target_options(args), max_accuracy_drop=args.max_accuracy_drop,
                                fallback=args.fallback, verify_artifacts=not args.no_verify,
                                timings=not args.no_timings, progress=status.update)

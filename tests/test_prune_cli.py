@@ -7,6 +7,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tapeout.compiler.cli import main
@@ -80,6 +81,7 @@ def test_fine_tuning_holds_the_zeros_and_is_deterministic(tmp_path):
     p = runs[0]["pruning"]
     assert p["one_shot"] is False and p["fine_tuning"]["epochs"] == 2 and p["fine_tuning"]["samples"] == 200
     assert p["fine_tuning"]["masked_layers"] == 3 and len(p["fine_tuning"]["losses"]) == 2
+    assert p["fine_tuning"]["learning_rate"] == 1e-3
     # The zeros stayed where pruning put them and are still exact.
     assert [row["sparsity_after"] for row in p["layers"]][1:-1] == [pytest.approx(0.7, abs=1e-3)] * 3
     acc = p["accuracy"]
@@ -87,11 +89,23 @@ def test_fine_tuning_holds_the_zeros_and_is_deterministic(tmp_path):
     # Seeded: the second build is byte-identical.
     assert runs[0]["pruning"] == runs[1]["pruning"]
     assert (tmp_path / "o0/onnx-fp32/model.onnx").read_bytes() == (tmp_path / "o1/onnx-fp32/model.onnx").read_bytes()
+    # --learning-rate reaches the optimizer: recorded, and the trained weights differ.
+    code, out, err = run_cli("compile", SAMPLE / "model.keras", "-t", "onnx", "-o", tmp_path / "lr",
+                             "--eval", SAMPLE / "eval.npz", "--prune", "magnitude:0.7", "--train",
+                             SAMPLE / "calibration.npz", "--epochs", "2", "--learning-rate", "3e-3", "--json",
+                             "--no-timings")
+    assert code == 0, err
+    fast = json.loads(out)["pruning"]["fine_tuning"]
+    assert fast["learning_rate"] == 3e-3 and fast["losses"] != p["fine_tuning"]["losses"]
 
 
 @pytest.mark.parametrize("args, words", [(["--train", SAMPLE / "calibration.npz"], "--prune"),
                                          (["--prune", "channels:0.5", "--epochs", "3"], "--train"),
-                                         (["--prune", "channels:0.5", "--train", "missing.npz"], "no such file")])
+                                         (["--prune", "channels:0.5", "--train", "missing.npz"], "no such file"),
+                                         (["--prune", "channels:0.5", "--learning-rate", "0.01"], "--train"),
+                                         (["--learning-rate", "0.01"], "--prune"),
+                                         (["--prune", "channels:0.5", "--train", SAMPLE / "calibration.npz",
+                                           "--learning-rate", "-1"], "positive")])
 def test_fine_tuning_usage_errors(tmp_path, args, words):
     code, out, err = run_cli("compile", SAMPLE / "model.keras", "-t", "onnx", "-o", tmp_path / "o", *args)
     assert code == 2 and len(err.strip().splitlines()) == 1 and words in err, err
@@ -118,3 +132,38 @@ def test_auto_needs_a_budget(tmp_path):
     code, out, err = run_cli("compile", SAMPLE / "model.keras", "-t", "onnx", "-o", tmp_path / "o",
                              "--eval", SAMPLE / "eval.npz", "--prune", "channels:auto")
     assert code == 2 and "--max-accuracy-drop" in err and len(err.strip().splitlines()) == 1
+
+
+def test_hls4ml_instantiates_no_multiplier_for_a_zero_weight(tmp_path):
+    """Jet MLP, magnitude:0.7 -> hls4ml: the estimate counts only non-zero weights, the generated
+    dense configs cap the multipliers (HLS ALLOCATION limit) at the non-zero count, and the pruned
+    design still verifies in C simulation against the pruned graph."""
+    import re
+    import shutil
+
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is not on PATH: no hls4ml C simulation")
+    jet = SAMPLE.parent / "jet_mlp"
+    out = tmp_path / "out"
+    code, text, err = run_cli("compile", jet / "model.keras", "-t", "hls4ml", "-o", out, "--prune", "magnitude:0.7",
+                              "--calibration", jet / "calibration.npz", "--eval", jet / "eval.npz", "--json",
+                              "--no-timings")
+    assert code == 0, err
+    r = json.loads(text)
+    zeros = {row["name"]: round(row["sparsity_after"] * np.prod(row["shape_after"])) for row in r["pruning"]["layers"]}
+    assert zeros["fc2"] > 0 and zeros["fc1"] == 0  # first and last stay dense by default
+    params = (out / "hls4ml-vitis" / "firmware" / "parameters.h").read_text()
+    blocks = re.findall(r"// (\w+)\nstruct config\d+ : nnet::dense_config \{(.*?)\n\};", params, re.S)
+    generated = {name: {k: int(v) for k, v in re.findall(r"static const unsigned (n_\w+) = (\d+);", body)}
+                 for name, body in blocks}
+    assert set(generated) == set(zeros)
+    hls = r["targets"][0]["hls4ml"]
+    est = {row["layer"]: row["estimate"]["multipliers"] for row in hls["layers"] if row["layer"] in zeros}
+    for name, g in generated.items():
+        assert g["n_zeros"] == zeros[name], name
+        assert g["n_nonzeros"] == g["n_in"] * g["n_out"] - zeros[name]
+        # Reuse factor 1: one multiplier per non-zero weight; weights that quantize to zero drop too.
+        assert est[name] <= g["n_nonzeros"] and est[name] >= 0.95 * g["n_nonzeros"], (name, est[name], g)
+    assert hls["estimates"]["totals"]["multipliers"] == sum(est.values())
+    v = r["targets"][0]["verification"]
+    assert v["passed"] and hls["csim"]["built"] and hls["csim"]["csim_agreement"] >= 0.995
