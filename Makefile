@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/tapeout compile samples/digits_cnn/model.keras -t onnx -t tflite:fp32 -t tflite:int8 -o $(DEMO_OUT) \
+	$(BIN)/tapeout compile samples/digits_cnn/model.keras -t onnx -t tflite:fp32 -t tflite:int8 -t tensorrt:fp16 -o $(DEMO_OUT) \
 		--eval samples/digits_cnn/eval.npz --calibration samples/digits_cnn/calibration.npz
 	$(BIN)/tapeout compile samples/jet_mlp/model.keras -t hls4ml -o $(DEMO_OUT)/jet_mlp \
 		--eval samples/jet_mlp/eval.npz --calibration samples/jet_mlp/calibration.npz

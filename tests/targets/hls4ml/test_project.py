@@ -55,3 +55,15 @@ def test_runner_refuses_a_folder_without_manifest(tmp_path):
     with pytest.raises(RuntimeInputError):
         Hls4mlCsimRunner(tmp_path).open()
     assert np is not None
+
+
+def test_make_deterministic_replaces_quoted_and_plain_stamps(tmp_path):
+    """hls4ml's stamp is 8 random hex digits; YAML quotes it when they are all decimal digits."""
+    from tapeout.targets.hls4ml.project import STAMP, make_deterministic
+
+    for stamp in ("'61316341'", "6a3f0c1e"):
+        (tmp_path / "hls4ml_config.yml").write_text(f"ProjectName: myproject\nStamp: {stamp}\nVersion: 1.0.0\n")
+        (tmp_path / "build_lib.sh").write_text(f"LIB_STAMP={stamp.strip(chr(39))}\n")
+        make_deterministic(tmp_path)
+        assert (tmp_path / "hls4ml_config.yml").read_text() == f"ProjectName: myproject\nStamp: {STAMP}\nVersion: 1.0.0\n"
+        assert (tmp_path / "build_lib.sh").read_text() == f"LIB_STAMP={STAMP}\n"
