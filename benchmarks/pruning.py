@@ -13,8 +13,7 @@ For each model, one row per variant (unpruned, pruned one-shot, pruned and fine-
 - hls4ml: the hls4ml target's own pre-synthesis estimate of multipliers (auto precision, reuse
   factor 1, Vitis; zero weights get none, docs/hls4ml.md) and the top-1 agreement of its C
   simulation with the graph it was built from on the sample's eval split (a compile verifies at
-  >= 0.995). The digits CNN ends in global average pooling, which the hls4ml target refuses, so
-  its hls4ml columns are empty.
+  >= 0.995).
 
 The jet MLP is pruned with magnitude:S:all (its first layer holds a quarter of the weights, so
 leaving it dense caps the saving near 50%); --keep-ends uses the default magnitude:S instead.

@@ -8,6 +8,8 @@ Keras 3 parser names it). A ``PrecisionPlan`` gives every such layer its types;
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,8 +24,9 @@ WEIGHTED = ("dense", "conv")
 TABLE_ACTIVATIONS = ("sigmoid", "tanh", "softmax")
 ACTIVATIONS = ("relu", "identity", *TABLE_ACTIVATIONS)
 POOLS = ("max_pool", "avg_pool")
+GLOBAL_POOLS = ("global_max_pool", "global_avg_pool")  # hls4ml's pool_op over every position: same arithmetic
 PASSTHROUGH = ("flatten", "reshape", "dropout")  # no arithmetic: hls4ml reinterprets the array
-SUPPORTED = (*WEIGHTED, *ACTIVATIONS, *POOLS, "add", *PASSTHROUGH)
+SUPPORTED = (*WEIGHTED, *ACTIVATIONS, *POOLS, *GLOBAL_POOLS, "add", *PASSTHROUGH)
 
 DEFAULT_TABLE = fixed(18, 8)
 DEFAULT_SOFTMAX_TABLE = fixed(18, 8, "AP_RND", "AP_SAT")
@@ -104,6 +107,13 @@ def hls_layers(graph: Graph) -> list[HlsLayer]:
     return out
 
 
+def pool_cells(graph: Graph, layer: HlsLayer) -> int:
+    """Cells one output of a pooling layer reads: its kernel, or every position for a global pool."""
+    if layer.kind in GLOBAL_POOLS:
+        return math.prod(int(d) for d in graph.type_of(layer.node.inputs[0]).shape[1:-1])
+    return math.prod(int(k) for k in layer.node.attrs["kernel"])
+
+
 def _alias_map(graph: Graph) -> dict[str, str]:
     """Value -> the value it is a pure reinterpretation of (flatten, reshape, dropout)."""
     alias: dict[str, str] = {}
@@ -166,6 +176,14 @@ def eval_layer(graph: Graph, layer: HlsLayer, lp: LayerPrecision, args: list[Fx]
             return L.max_pool(args[0], acc, lp.result, kernel=kernel, strides=strides, pads=pads)
         return L.avg_pool(args[0], acc, lp.result, kernel=kernel, strides=strides, pads=pads,
                           count_include_pad=bool(n.attrs.get("count_include_pad", False)))
+    if kind in GLOBAL_POOLS:
+        x = args[0]
+        kernel = tuple(int(d) for d in x.raw.shape[1:-1])
+        zero = ((0, 0),) * len(kernel)
+        fn = L.max_pool if kind == "global_max_pool" else L.avg_pool
+        y = fn(x, lp.accum or lp.result, lp.result, kernel=kernel, strides=kernel, pads=zero)
+        out_shape = tuple(int(d) for d in graph.type_of(n.outputs[0]).shape[1:])
+        return Fx(y.raw.reshape(y.raw.shape[0], *out_shape), y.type)
     if kind == "add":
         return L.add(args[0], args[1], lp.result)
     raise FixedTypeError(f"layer {layer.name!r}: kind {kind!r} is not modelled")  # pragma: no cover

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from tapeout.compiler.fixedpoint.arith import from_float
-from tapeout.compiler.fixedpoint.model import HlsLayer, PrecisionPlan, hls_layers
+from tapeout.compiler.fixedpoint.model import HlsLayer, PrecisionPlan, hls_layers, pool_cells
 from tapeout.compiler.fixedpoint.search import _resolve_input_types
 from tapeout.compiler.ir import Graph
 
@@ -122,8 +122,8 @@ def estimate(graph: Graph, plan: PrecisionPlan, reuse: dict[str, int], *, varian
         if layer.kind == "softmax":
             n = int(graph.type_of(layer.node.outputs[0]).shape[-1])
             latency = 3 + _tree(n, clock_period)
-        elif layer.kind in ("max_pool", "avg_pool"):
-            latency = 1 + _tree(int(np.prod(layer.node.attrs["kernel"])), clock_period)
+        elif layer.kind in ("max_pool", "avg_pool", "global_max_pool", "global_avg_pool"):
+            latency = 1 + _tree(pool_cells(graph, layer), clock_period)
         else:
             latency = 1
         rows.append(LayerEstimate(layer.name, layer.kind, 1, 0, 0, 0, 0, [], 0, "none", 0, latency, 1))

@@ -49,6 +49,11 @@ def _models() -> dict[str, Any]:
     h = L.Conv2D(4, 3, name="c2")(h)
     h = L.Flatten(name="fl")(h)
     out["conv2d"] = keras.Model(x, L.Dense(3, activation="tanh", name="fc")(h), name="conv2d")
+    # Global pooling: average (a 36-cell sum in accum_t, then a division) and max, joined by an add.
+    x = keras.Input((6, 6, 2), name="x")
+    h = L.Conv2D(4, 3, padding="same", activation="relu", name="c1")(x)
+    h = L.Add(name="both")([L.GlobalAveragePooling2D(name="gap")(h), L.GlobalMaxPooling2D(name="gmp")(h)])
+    out["global_pool"] = keras.Model(x, L.Dense(3, name="fc")(h), name="global_pool")
     return out
 
 

@@ -11,7 +11,7 @@ from tapeout.compiler.fixedpoint.model import DEFAULT_TABLE, softmax_types
 from tapeout.compiler.fixedpoint.arith import to_float
 from tapeout.runtime.runners.hls4ml_csim import Hls4mlCsimRunner
 
-EXACT = ("dense", "conv", "relu", "max_pool", "avg_pool", "add", "identity")
+EXACT = ("dense", "conv", "relu", "max_pool", "avg_pool", "global_avg_pool", "global_max_pool", "add", "identity")
 
 
 def _traces(b):
@@ -33,7 +33,7 @@ def _table_step(layer, b, model) -> float:
     return float(np.max(np.abs(np.diff(to_float(table, t))))) + lp.result.lsb
 
 
-@pytest.mark.parametrize("name", ["mlp", "conv1d", "conv2d"])
+@pytest.mark.parametrize("name", ["mlp", "conv1d", "conv2d", "global_pool"])
 def test_numpy_model_matches_csim(built, name):
     b = built[name]
     outs, traces, model = _traces(b)
@@ -49,7 +49,9 @@ def test_numpy_model_matches_csim(built, name):
             step = _table_step(layer, b, model)
             assert np.max(np.abs(got - want)) <= step, f"{name}: {layer.name} off by more than one table step"
         checked.append(layer.kind)
-    assert {"dense", "relu"} <= set(checked)
+    assert {"dense", "relu"} <= set(checked) or name == "global_pool"
+    if name == "global_pool":
+        assert {"global_avg_pool", "global_max_pool", "add"} <= set(checked)
     # The runner's outputs are the last layer's, by graph output name.
     last = model[layers[-1].name].to_float().reshape(outs[b.graph.outputs[0]].shape)
     assert np.max(np.abs(outs[b.graph.outputs[0]] - last)) <= _table_step(layers[-1], b, model)
