@@ -196,13 +196,16 @@ def test_c_array_holds_the_tflite_bytes(emitted) -> None:
         assert f"#define G_TEST_MODEL_ARENA_BYTES_ESTIMATE {result.extra['arena_bytes_estimate']}" in header
 
 
-@pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler")
+@pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("g++") is None, reason="no gcc/g++")
 def test_c_array_compiles_and_its_bytes_equal_the_file(emitted, tmp_path) -> None:
     folder, _ = emitted["fp32"]
     for name in ("model.cc", "model.h"):
         shutil.copy(folder / name, tmp_path / name)
-    subprocess.run(["g++", "-std=c++11", "-Wall", "-Werror", "-c", "model.cc", "-o", "model.o"], cwd=tmp_path,
+    # gcc -c builds a .cc as C++ (TFLite Micro's case); the same file also builds as plain C11.
+    subprocess.run(["gcc", "-std=c++11", "-Wall", "-Werror", "-c", "model.cc", "-o", "model.o"], cwd=tmp_path,
                    check=True, capture_output=True)
+    subprocess.run(["gcc", "-x", "c", "-std=c11", "-Wall", "-Werror", "-pedantic", "-c", "model.cc", "-o",
+                    "model_c.o"], cwd=tmp_path, check=True, capture_output=True)
     (tmp_path / "dump.cc").write_text(
         '#include <cstdio>\n#include <cstdint>\n#include "model.h"\n'
         "int main(int argc, char** argv) {\n"
@@ -211,10 +214,11 @@ def test_c_array_compiles_and_its_bytes_equal_the_file(emitted, tmp_path) -> Non
         "  std::fclose(f);\n"
         "  return reinterpret_cast<std::uintptr_t>(g_test_model) % 16 != 0;\n"
         "}\n")
-    subprocess.run(["g++", "-std=c++11", "dump.cc", "model.o", "-o", "dump"], cwd=tmp_path, check=True,
-                   capture_output=True)
-    subprocess.run([str(tmp_path / "dump"), str(tmp_path / "out.bin")], check=True)  # rc 1: misaligned
-    assert (tmp_path / "out.bin").read_bytes() == (folder / "model.tflite").read_bytes()
+    for obj in ("model.o", "model_c.o"):
+        subprocess.run(["g++", "-std=c++11", "dump.cc", obj, "-o", "dump"], cwd=tmp_path, check=True,
+                       capture_output=True)
+        subprocess.run([str(tmp_path / "dump"), str(tmp_path / "out.bin")], check=True)  # rc 1: misaligned
+        assert (tmp_path / "out.bin").read_bytes() == (folder / "model.tflite").read_bytes(), obj
 
 
 def test_c_array_can_be_switched_off_and_renamed(cnn, tmp_path) -> None:
