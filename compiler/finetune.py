@@ -16,6 +16,7 @@ import numpy as np
 
 from tapeout.compiler.errors import DataError
 from tapeout.compiler.ir import Graph, Node
+from tapeout.compiler.ops import ends_in_softmax
 
 DEFAULT_EPOCHS = 5
 DEFAULT_BATCH = 32
@@ -49,8 +50,7 @@ def _loss_for(graph: Graph, y: np.ndarray) -> tuple[str, Any]:
 
     out = graph.outputs[0]
     prod = next((n for n in graph.nodes if out in n.outputs), None)
-    probabilities = prod is not None and (prod.op == "softmax" or (
-        prod.op in ("conv", "dense") and prod.attr("activation").op == "softmax"))
+    probabilities = prod is not None and ends_in_softmax(prod)
     if np.issubdtype(y.dtype, np.integer) and y.ndim == 1:
         name = "sparse categorical cross-entropy" + ("" if probabilities else " (logits)")
         return name, keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities)

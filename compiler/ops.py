@@ -102,6 +102,11 @@ def infer_node(node: Node, in_types: list[TensorType | None], graph: Graph | Non
         raise IRError(f"node {node.name!r} ({node.op}): cannot infer shapes from ({shapes}): {e}") from None
 
 
+def ends_in_softmax(node: Node) -> bool:
+    """The node's output is a softmax: the op itself, or a conv/dense with softmax fused in."""
+    return node.op == "softmax" or (node.op in ("conv", "dense") and node.attr("activation").op == "softmax")
+
+
 def node_macs(node: Node, graph: Graph) -> int:
     in_types = [graph.type_of(i) if i else None for i in node.inputs]
     out_types = [graph.type_of(o) for o in node.outputs]

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from tapeout.compiler import interpreter
-from tapeout.compiler.fixedpoint.model import (DEFAULT_SOFTMAX_TABLE, DEFAULT_TABLE, HlsLayer, LayerPrecision, pool_cells,
-                                               PrecisionPlan, activation_of, hls_layers, predict_fixed, run_fixed)
+from tapeout.compiler.fixedpoint.model import (DEFAULT_SOFTMAX_TABLE, DEFAULT_TABLE, GLOBAL_POOLS, POOLS, HlsLayer,
+                                               LayerPrecision, PrecisionPlan, activation_of, hls_layers, pool_cells,
+                                               predict_fixed, run_fixed)
 from tapeout.compiler.fixedpoint.types import FixedType, fixed
 from tapeout.compiler.ir import LINEAR, Graph, Node
 
@@ -171,7 +172,7 @@ def _finish(graph: Graph, plan: PrecisionPlan, layers: list[HlsLayer], ranges: d
             f = x.frac + lp.weight.frac
             i = max(int_bits(ranges[layer.name], 2.0), lp.bias.integer if lp.bias else 1)
             plan.layers[layer.name] = replace(lp, accum=fixed(i + f, i))
-        elif layer.kind in ("max_pool", "avg_pool", "global_max_pool", "global_avg_pool"):
+        elif layer.kind in (*POOLS, *GLOBAL_POOLS):
             x = src[layer.inputs[0]]
             # The average sums every cell in accum_t before dividing: room for the sum's growth.
             grow = max(4, (pool_cells(graph, layer) - 1).bit_length())

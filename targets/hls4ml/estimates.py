@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from tapeout.compiler.fixedpoint.arith import from_float
-from tapeout.compiler.fixedpoint.model import HlsLayer, PrecisionPlan, hls_layers, pool_cells
+from tapeout.compiler.fixedpoint.model import GLOBAL_POOLS, POOLS, HlsLayer, PrecisionPlan, hls_layers, pool_cells
 from tapeout.compiler.fixedpoint.search import _resolve_input_types
 from tapeout.compiler.ir import Graph
 
@@ -122,7 +122,7 @@ def estimate(graph: Graph, plan: PrecisionPlan, reuse: dict[str, int], *, varian
         if layer.kind == "softmax":
             n = int(graph.type_of(layer.node.outputs[0]).shape[-1])
             latency = 3 + _tree(n, clock_period)
-        elif layer.kind in ("max_pool", "avg_pool", "global_max_pool", "global_avg_pool"):
+        elif layer.kind in (*POOLS, *GLOBAL_POOLS):
             latency = 1 + _tree(pool_cells(graph, layer), clock_period)
         else:
             latency = 1

@@ -14,6 +14,7 @@ import numpy as np
 from tapeout.compiler.errors import UsageError
 from tapeout.compiler.ir import Node
 from tapeout.compiler.ops import ACTIVATION_OPS
+from tapeout.compiler.passes.prune import nm_violations
 from tapeout.targets.onnx.activations import emit_activation
 from tapeout.targets.onnx.builder import Builder
 from tapeout.targets.onnx.layout import flatten_row_order, physical_axes, physical_axis, physical_shape
@@ -204,11 +205,7 @@ def _breaks_nm_pattern(b: Builder, w: np.ndarray, order: np.ndarray) -> bool:
     n, m = (int(v) for v in str(pattern).split(":"))
     if w.shape[0] % m:
         return False
-
-    def holds(a: np.ndarray) -> bool:
-        return bool(((a.reshape(-1, m, *a.shape[1:]) != 0).sum(axis=1) <= n).all())
-
-    return holds(w) and not holds(w[order])
+    return nm_violations(w, 0, n, m) == 0 and nm_violations(w[order], 0, n, m) > 0
 
 
 def _no_spatial_extent(b: Builder, value: str) -> bool:

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-
 from tapeout.compiler.ir import Graph
+from tapeout.compiler.passes.prune import nm_violations
 from tapeout.compiler.version import __version__
 
 SCHEMA_ID = "tapeout.tensorrt.plan/1"
@@ -189,10 +188,7 @@ def nm_sparse_layers(model: Any, n: int = 2, m: int = 4) -> list[str]:
             axis = 1 if trans_b else 0
         else:
             axis = 0 if w.ndim == 2 else None
-        if axis is None or w.shape[axis] % m:
-            continue
-        moved = np.moveaxis(w, axis, 0)
-        if ((moved.reshape(-1, m, *moved.shape[1:]) != 0).sum(axis=1) <= n).all():
+        if axis is not None and w.shape[axis] % m == 0 and nm_violations(w, axis, n, m) == 0:
             found.append(nd.name)
     return found
 

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from tapeout.compiler.errors import MissingToolError, UsageError
 from tapeout.compiler.ir import Graph
+from tapeout.compiler.ops import ends_in_softmax
 from tapeout.runtime.compare import Tolerance
 from tapeout.runtime.protocol import Runner
 from tapeout.targets.base import QUANTIZED_TOLERANCE, EmitResult, Target
@@ -32,12 +33,8 @@ def _is_classifier(graph: Graph) -> bool:
     """Every output is a softmax: fp16 moves probabilities near 0.5 by ~1e-3 while the class and
     the cosine hold, so such outputs are judged by agreement and cosine, as the issue asks."""
     producers = graph.producers()
-    for out in graph.outputs:
-        node = producers.get(out)
-        act = node.attrs.get("activation") if node is not None else None
-        if node is None or not (node.op == "softmax" or (act is not None and act.op == "softmax")):
-            return False
-    return bool(graph.outputs)
+    return bool(graph.outputs) and all(out in producers and ends_in_softmax(producers[out])
+                                       for out in graph.outputs)
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -127,12 +124,10 @@ class TensorrtTarget(Target):
             model = graph_to_onnx(graph, opset=opset)
         data = model.SerializeToString()
         (outdir / "model.onnx").write_bytes(data)
-        if self.variant == "fp16" and _is_classifier(graph):
+        classifier = self.variant == "fp16" and _is_classifier(graph)
+        if classifier:
             # Instance level, read by compile_model when it verifies this artifact.
             self.default_tolerance = lambda variant: FP16_CLASSIFIER_TOLERANCE  # type: ignore[method-assign]
-            classifier_note = True
-        else:
-            classifier_note = False
         cache_rel, cache_path = self._cache()
         opts = replace(self.build_options, cache=cache_rel)
         plan = build_plan(graph, model, data, self.variant, opts, self.pass_records, f"tensorrt-{self.variant}")
@@ -149,7 +144,7 @@ class TensorrtTarget(Target):
             found = plan["builder"]["sparse_layers"]
             notes.append("2:4 sparse weights requested (builder flag SPARSE_WEIGHTS, trtexec --sparsity=enable); "
                          f"2:4 along K in the ONNX: {', '.join(found) if found else 'no layer'}")
-        if classifier_note:
+        if classifier:
             t = FP16_CLASSIFIER_TOLERANCE
             notes.append(f"softmax outputs: fp16 judged by cosine >= {t.min_cosine} and top-1 agreement >= "
                          f"{t.min_top1_agreement} (--atol/--rtol for elementwise)")
