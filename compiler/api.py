@@ -406,6 +406,7 @@ def _prune(graph: Graph, prune_pass: Any, spec: str, piped: Any, train: str | Pa
     from tapeout.compiler.passes.prune import AutoPrune, pruning_report
 
     data = None
+    tuning = {"epochs": epochs or DEFAULT_EPOCHS, "seed": 0, "learning_rate": learning_rate or DEFAULT_LR}
     if train is not None:
         data = load_data(train, source_specs(graph), kind="file")
         if data.labels is None:
@@ -415,8 +416,7 @@ def _prune(graph: Graph, prune_pass: Any, spec: str, piped: Any, train: str | Pa
         res = Pipeline([p]).run(graph)
         if data is None:
             return res, res.graph
-        return res, finetune(res.graph, data.feeds, data.labels, epochs=epochs or DEFAULT_EPOCHS, seed=0,
-                             learning_rate=learning_rate or DEFAULT_LR)[0]
+        return res, finetune(res.graph, data.feeds, data.labels, **tuning)[0]
 
     search = None
     if isinstance(prune_pass, AutoPrune):
@@ -428,8 +428,7 @@ def _prune(graph: Graph, prune_pass: Any, spec: str, piped: Any, train: str | Pa
     report = pruning_report(spec, graph, pruned, details)
     if data is not None:
         progress("fine-tune")
-        tuned, info = finetune(pruned, data.feeds, data.labels, epochs=epochs or DEFAULT_EPOCHS, seed=0,
-                               learning_rate=learning_rate or DEFAULT_LR)
+        tuned, info = finetune(pruned, data.feeds, data.labels, **tuning)
         report = pruning_report(spec, graph, tuned, details)
         report.update(one_shot=False, fine_tuning={"data": str(train), **info.to_json()}, _one_shot=pruned)
         pruned = tuned
