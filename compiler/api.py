@@ -457,14 +457,14 @@ def _search_pruning(graph: Graph, auto: Any, build: Callable[[Any], tuple[Any, G
         return acc
 
     def at(fraction: float) -> float:
-        progress(f"prune {auto.kind}:{fraction:g}")
+        progress(f"prune {auto.kind}:{fraction:g}{auto.suffix}")
         return accuracy(build(auto.make(fraction))[1])
 
     baseline = accuracy(graph)
     best, curve = search_sparsity(at, baseline, max_drop)
     search = {"kind": auto.kind, "max_accuracy_drop": max_drop, "baseline_accuracy": round(baseline, 6),
               "data": str(eval_data), "chosen": best, "curve": curve}
-    return auto.make(best), f"{auto.kind}:{best:g}", search
+    return auto.make(best), f"{auto.kind}:{best:g}{auto.suffix if best > 0 else ''}", search
 
 
 def _top1(outputs: Mapping[str, np.ndarray], labels: np.ndarray) -> float | None:

@@ -53,18 +53,37 @@ def layer_stats(graph: Graph) -> list[dict[str, Any]]:
     return rows
 
 
-def _eligible(graph: Graph, exclude: Sequence[str], skip_first_last: bool) -> tuple[list[Node], list[str]]:
-    """Weighted layers a pass may touch, and detail lines for those it leaves alone."""
+# An end layer (first or last weighted) is kept dense by default only while it is small. The
+# usual reason to keep them dense (Han et al. 2015, Gale et al. 2019) is that they are the most
+# sensitive and hold few weights (a CNN stem, a classifier head), so sparing them costs little;
+# one holding more than this share of the weights (the 16x64 input layer of the jet MLP holds a
+# quarter) is pruned like the rest, or the sparsity asked for would be out of reach.
+END_LAYER_SHARE = 0.10
+KEEP_ENDS = ("small", "always", "never")
+
+
+def _eligible(graph: Graph, exclude: Sequence[str], keep_ends: str) -> tuple[list[Node], list[str]]:
+    """Weighted layers a pass may touch, and detail lines for those it leaves alone.
+
+    ``keep_ends``: "small" leaves the first and last weighted layers dense when each holds at most
+    ``END_LAYER_SHARE`` of the weighted layers' weights; "always" leaves them dense; "never" prunes them.
+    """
     layers = weighted_nodes(graph)
-    ends = {layers[0].name: "first", layers[-1].name: "last"} if skip_first_last and layers else {}
+    total = sum(graph.constants[n.inputs[1]].size for n in layers) or 1
+    ends = {n.name: where for n, where in ((layers[-1], "last"), (layers[0], "first"))} if layers else {}
     keep, notes = [], []
     for n in layers:
-        if n.name in ends:
+        share = graph.constants[n.inputs[1]].size / total
+        end_dense = n.name in ends and (keep_ends == "always" or (keep_ends == "small" and share <= END_LAYER_SHARE))
+        if end_dense:
             notes.append(f"left {n.op} {n.name!r} dense ({ends[n.name]} weighted layer)")
         elif _matches(n.name, exclude):
             notes.append(f"left {n.op} {n.name!r} dense (excluded)")
         else:
             keep.append(n)
+            if n.name in ends and keep_ends == "small":
+                notes.append(f"pruned the {ends[n.name]} weighted layer {n.name!r} too: it holds {100 * share:.0f}% "
+                             f"of the weights (end layers stay dense up to {100 * END_LAYER_SHARE:.0f}%)")
     return keep, notes
 
 
@@ -88,28 +107,31 @@ class PruneMagnitude(Pass):
     """Zero the smallest-magnitude weights of conv/dense layers, to ``sparsity`` per layer or globally.
 
     ``scope="layer"`` gives every eligible layer the same sparsity; ``"global"`` ranks all their
-    weights together (layers with many small weights lose more). The first and last weighted
-    layers are left dense unless ``skip_first_last=False``; ``exclude`` names (or globs) more.
+    weights together (layers with many small weights lose more). ``keep_ends`` says which of the
+    first and last weighted layers stay dense (see ``_eligible``: by default those holding at most
+    ``END_LAYER_SHARE`` of the weights); ``exclude`` names (or globs) more.
     Ties are broken by position (stable sort) so the result is deterministic. Biases are kept.
     """
 
     name = "prune:magnitude"
 
     def __init__(self, sparsity: float = 0.5, scope: str = "layer", exclude: Sequence[str] = (),
-                 skip_first_last: bool = True) -> None:
+                 keep_ends: str = "small") -> None:
         if not 0.0 <= sparsity < 1.0:
             raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
         if scope not in ("layer", "global"):
             raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
         self.sparsity, self.scope = float(sparsity), scope
-        self.exclude, self.skip_first_last = tuple(exclude), skip_first_last
+        if keep_ends not in KEEP_ENDS:
+            raise ValueError(f"keep_ends must be one of {KEEP_ENDS}, got {keep_ends!r}")
+        self.exclude, self.keep_ends = tuple(exclude), keep_ends
 
     def requires(self, graph: Graph) -> str | None:
         return _not_quantized(graph)
 
     def run(self, graph: Graph) -> PassResult:
         g = graph.copy()
-        layers, notes = _eligible(g, self.exclude, self.skip_first_last)
+        layers, notes = _eligible(g, self.exclude, self.keep_ends)
         weights = [g.constants[n.inputs[1]] for n in layers]
         if self.scope == "layer":
             masks = [_smallest_mask(np.abs(w).ravel(), round(self.sparsity * w.size)) for w in weights]
@@ -162,18 +184,20 @@ class PruneNM(Pass):
 
     name = "prune:2:4"
 
-    def __init__(self, n: int = 2, m: int = 4, exclude: Sequence[str] = (), skip_first_last: bool = False) -> None:
+    def __init__(self, n: int = 2, m: int = 4, exclude: Sequence[str] = (), keep_ends: str = "never") -> None:
         if not 0 < n < m:
             raise ValueError(f"N:M sparsity needs 0 < N < M, got {n}:{m}")
         self.n, self.m = n, m
-        self.exclude, self.skip_first_last = tuple(exclude), skip_first_last
+        if keep_ends not in KEEP_ENDS:
+            raise ValueError(f"keep_ends must be one of {KEEP_ENDS}, got {keep_ends!r}")
+        self.exclude, self.keep_ends = tuple(exclude), keep_ends
 
     def requires(self, graph: Graph) -> str | None:
         return _not_quantized(graph)
 
     def run(self, graph: Graph) -> PassResult:
         g = graph.copy()
-        layers, notes = _eligible(g, self.exclude, self.skip_first_last)
+        layers, notes = _eligible(g, self.exclude, self.keep_ends)
         details = []
         for node in layers:
             w = g.constants[node.inputs[1]]
@@ -534,7 +558,8 @@ class PruneChannels(RewritePass):
 
 
 # ------------------------------------------------------------------ specs
-PRUNE_SPECS = ("magnitude:S, magnitude-global:S (:all adds the first and last layers), channels:R, channels-l2:R, channels-bn:R, 2:4 (N:M), "
+_ENDS_SUFFIX = {"": "small", "all": "never", "keep-ends": "always"}
+PRUNE_SPECS = ("magnitude:S, magnitude-global:S (:all prunes the first and last layers too, :keep-ends leaves them dense), channels:R, channels-l2:R, channels-bn:R, 2:4 (N:M), "
                "auto (= magnitude:auto), KIND:auto")
 
 
@@ -543,9 +568,10 @@ class AutoPrune:
     """``--prune auto``: the largest sparsity of ``kind`` within an accuracy budget (``search_sparsity``)."""
 
     kind: str  # a --prune kind taking a fraction: "magnitude", "channels", ...
+    suffix: str = ""  # what followed "auto" (magnitude: ":all" or ":keep-ends")
 
     def make(self, fraction: float) -> Pass:
-        return parse_prune(f"{self.kind}:{fraction:g}") if fraction > 0 else _PASS_OF[self.kind](0.0)
+        return parse_prune(f"{self.kind}:{fraction:g}{self.suffix}") if fraction > 0 else _PASS_OF[self.kind](0.0)
 
 
 def search_sparsity(accuracy_at: Callable[[float], float], baseline: float, max_drop_pt: float,
@@ -586,11 +612,17 @@ def _sorted(curve: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def parse_prune(spec: str) -> Pass | AutoPrune:
     """The pass a ``--prune`` spec names: magnitude:0.7, channels:0.5, 2:4, auto, ... (UsageError if bad)."""
     spec = spec.strip()
+    if "" in spec.split(":"):
+        raise UsageError(f"--prune {spec!r}: an empty field; one of {PRUNE_SPECS}")
     if spec == "auto":
         return AutoPrune("magnitude")
     kind, _, arg = spec.partition(":")
-    if arg == "auto" and kind in _PASS_OF:
-        return AutoPrune(kind)
+    if arg.partition(":")[0] == "auto" and kind in _PASS_OF:
+        suffix = arg[len("auto"):]
+        if suffix and (kind not in ("magnitude", "magnitude-global") or suffix[1:] not in _ENDS_SUFFIX):
+            raise UsageError(f"--prune {spec!r}: expected {kind}:auto" + (
+                f", {kind}:auto:all or {kind}:auto:keep-ends" if kind.startswith("magnitude") else ""))
+        return AutoPrune(kind, suffix)
 
     def fraction() -> float:
         try:
@@ -602,12 +634,13 @@ def parse_prune(spec: str) -> Pass | AutoPrune:
         return value
 
     if kind in ("magnitude", "magnitude-global"):
-        # A trailing ":all" also prunes the first and last weighted layers (left dense by default).
+        # A trailing ":all" also prunes the first and last weighted layers, ":keep-ends" keeps them
+        # dense whatever their size (by default they stay dense while small, see _eligible).
         arg, _, ends = arg.partition(":")
-        if ends not in ("", "all"):
-            raise UsageError(f"--prune {spec!r}: expected {kind}:S or {kind}:S:all")
+        if ends not in _ENDS_SUFFIX:
+            raise UsageError(f"--prune {spec!r}: expected {kind}:S, {kind}:S:all or {kind}:S:keep-ends")
         return PruneMagnitude(fraction(), scope="global" if kind.endswith("global") else "layer",
-                              skip_first_last=ends != "all")
+                              keep_ends=_ENDS_SUFFIX[ends])
     if kind in ("channels", "channels-l1", "channels-l2", "channels-bn"):
         return PruneChannels(fraction(), saliency=kind.partition("-")[2] or "l1")
     if kind.isdigit() and arg.isdigit():

@@ -8,7 +8,7 @@ import pytest
 from tapeout.compiler.errors import UsageError
 from tapeout.compiler.interpreter import run
 from tapeout.compiler.ir import Activation, Graph
-from tapeout.compiler.passes.prune import (PruneChannels, PruneMagnitude, PruneNM, layer_stats, nm_violations,
+from tapeout.compiler.passes.prune import (END_LAYER_SHARE, PruneChannels, PruneMagnitude, PruneNM, layer_stats, nm_violations,
                                            parse_prune, plan_channels)
 from tapeout.compiler.passes.registry import PASSES, default_pipeline
 
@@ -49,15 +49,41 @@ def test_magnitude_per_layer_hits_sparsity_and_keeps_the_largest(mlp, apply, spa
         kept = after != 0
         np.testing.assert_array_equal(after[kept], before[kept])  # survivors untouched
         assert np.abs(before[~kept]).max() <= np.abs(before[kept]).min()
-    # First and last weighted layers stay dense by default.
+    # The last layer (120 of 2,648 weights) is small, so it stays dense by default; the first
+    # (480, 18%) holds more than END_LAYER_SHARE, so it is pruned like the rest.
+    np.testing.assert_array_equal(_weights(res.graph, "out"), _weights(mlp, "out"))
+    assert np.count_nonzero(_weights(res.graph, "fc1") == 0) == round(sparsity * 480)
+    assert any("'fc2'" in d and f"{100 * round(sparsity * 1280) / 1280:.1f}% sparse" in d for d in res.details)
+    assert any("'out'" in d and "dense (last weighted layer)" in d for d in res.details)
+    assert any("'fc1'" in d and "holds 18% of the weights" in d for d in res.details)
+
+
+def test_magnitude_end_layers(mlp, apply, builder):
+    assert END_LAYER_SHARE == 0.10
+    res = apply(PruneMagnitude(0.5, keep_ends="always"), mlp)
     for name in ("fc1", "out"):
         np.testing.assert_array_equal(_weights(res.graph, name), _weights(mlp, name))
-    assert any("'fc2'" in d and f"{100 * round(sparsity * 1280) / 1280:.1f}% sparse" in d for d in res.details)
-    assert any("'fc1'" in d and "first" in d for d in res.details)
+    assert any("'fc1'" in d and "dense (first weighted layer)" in d for d in res.details)
+    res = apply(PruneMagnitude(0.5, keep_ends="never"), mlp)
+    assert all(np.count_nonzero(_weights(res.graph, n) == 0) == round(0.5 * _weights(mlp, n).size)
+               for n in ("fc1", "fc2", "fc3", "out"))
+    # A CNN stem and a classifier head are small: both stay dense by default.
+    b = builder(seed=4)
+    h = _conv(b, b.input("x", 8, 8, 3), 3, 8, "stem", activation=RELU)  # 216 of 2,384 weights
+    h = _conv(b, h, 8, 16, "body", activation=RELU)  # 1,152
+    h = _conv(b, h, 16, 8, "body2", k=1, pads=0, activation=RELU)  # 128
+    h = _dense(b, b.node("global_avg_pool", [h], "gap"), 8, 111, "wide")  # 888
+    g = b.build(h)
+    res = apply(PruneMagnitude(0.5), g)
+    assert np.array_equal(_weights(res.graph, "stem"), _weights(g, "stem"))
+    assert np.count_nonzero(_weights(res.graph, "body") == 0) == 576
+    assert np.count_nonzero(_weights(res.graph, "wide") == 0) == 444  # 37% of the weights: pruned
+    with pytest.raises(ValueError, match="keep_ends"):
+        PruneMagnitude(0.5, keep_ends="sometimes")
 
 
 def test_magnitude_equals_zero_masked_original(mlp, apply, equivalent):
-    res = apply(PruneMagnitude(0.6, skip_first_last=False), mlp)
+    res = apply(PruneMagnitude(0.6, keep_ends="never"), mlp)
     masked = mlp.copy()
     for n in masked.nodes:
         w = _weights(res.graph, n.name)
@@ -69,11 +95,11 @@ def test_magnitude_equals_zero_masked_original(mlp, apply, equivalent):
 
 
 def test_magnitude_global_and_exclusions(mlp, apply):
-    res = apply(PruneMagnitude(0.5, scope="global", exclude=["fc3"]), mlp)
+    res = apply(PruneMagnitude(0.5, scope="global", exclude=["fc3"], keep_ends="always"), mlp)
     assert np.array_equal(_weights(res.graph, "fc3"), _weights(mlp, "fc3"))
     zeros = np.count_nonzero(_weights(res.graph, "fc2") == 0)
     assert zeros == round(0.5 * 1280)  # only fc2 is eligible, so global equals per layer here
-    res = apply(PruneMagnitude(0.5, scope="global", skip_first_last=False), mlp)
+    res = apply(PruneMagnitude(0.5, scope="global", keep_ends="never"), mlp)
     ws = [_weights(res.graph, n) for n in ("fc1", "fc2", "fc3", "out")]
     total = sum(w.size for w in ws)
     assert sum(np.count_nonzero(w == 0) for w in ws) == round(0.5 * total)
@@ -86,7 +112,8 @@ def test_magnitude_does_not_fire(mlp, apply, builder):
     b = builder()
     h = _dense(b, b.input("x", 4), 4, 4, "first")
     g = b.build(_dense(b, h, 4, 2, "last"))
-    assert not apply(PruneMagnitude(0.8), g).changed  # only the first and last layers exist
+    assert not apply(PruneMagnitude(0.8, keep_ends="always"), g).changed  # only the first and last layers exist
+    assert not apply(PruneMagnitude(0.8, exclude=["f*", "last"]), g).changed
 
 
 # ---------------------------------------------------------------------- 2:4
@@ -265,14 +292,16 @@ def test_registry_and_specs():
     assert PASSES["prune:2:4"] is PruneNM
     assert not any(p.name.startswith("prune") for p in default_pipeline().passes)
     p = parse_prune("magnitude:0.7")
-    assert isinstance(p, PruneMagnitude) and p.sparsity == 0.7 and p.scope == "layer" and p.skip_first_last
-    assert parse_prune("magnitude:0.7:all").skip_first_last is False
+    assert isinstance(p, PruneMagnitude) and p.sparsity == 0.7 and p.scope == "layer" and p.keep_ends == "small"
+    assert parse_prune("magnitude:0.7:all").keep_ends == "never"
+    assert parse_prune("magnitude-global:0.7:keep-ends").keep_ends == "always"
     p = parse_prune("channels:0.5")
     assert isinstance(p, PruneChannels) and p.ratio == 0.5 and p.saliency == "l1"
     assert parse_prune("channels-bn:0.3").saliency == "bn"
     p = parse_prune("2:4")
     assert isinstance(p, PruneNM) and (p.n, p.m) == (2, 4)
-    for bad in ("magnitude:1.5", "magnitude:x", "magnitude:0.5:some", "channels", "4:2", "fancy:0.5"):
+    for bad in ("magnitude:1.5", "magnitude:x", "magnitude:0.5:some", "magnitude:auto:some", "channels:auto:all",
+                "magnitude:auto:", "magnitude:0.5:", ":2", "", "channels", "4:2", "fancy:0.5"):
         with pytest.raises(UsageError):
             parse_prune(bad)
 
@@ -302,6 +331,8 @@ def test_auto_specs():
     assert parse_prune("auto") == AutoPrune("magnitude") and parse_prune("channels:auto") == AutoPrune("channels")
     assert isinstance(AutoPrune("channels").make(0.25), PruneChannels)
     assert AutoPrune("magnitude").make(0.0).sparsity == 0.0
+    assert parse_prune("magnitude:auto:all") == AutoPrune("magnitude", ":all")
+    assert AutoPrune("magnitude", ":all").make(0.5).keep_ends == "never"
 
 
 def test_channels_squeeze_excitation_gate_joins_its_feature_map(builder, apply):
