@@ -158,6 +158,7 @@ def compile_model(
     percentile: float | None = None,
     keep_float: Sequence[str] = (),
     prune: str | None = None,
+    prune_exclude: Sequence[str] = (),
     train: str | Path | None = None,
     epochs: int | None = None,
     learning_rate: float | None = None,
@@ -180,6 +181,8 @@ def compile_model(
     quantized artifact that loses more top-1 accuracy; ``fallback`` keeps the most sensitive
     layers in float until that budget (or, without one, the cosine / top-1 agreement
     criteria) holds on the quantization simulation (``compiler.accuracy_control``).
+    ``prune`` names a pruning pass run after the default passes (``passes.prune.parse_prune``);
+    ``prune_exclude`` names conv/dense layers it leaves alone.
     """
     quiet_environment()
     if not targets:
@@ -191,7 +194,7 @@ def compile_model(
             chosen.append(pair)
     _check_quantization_args(chosen, calibration, calibration_method, percentile)
     _check_accuracy_args(chosen, eval_data, max_accuracy_drop, fallback, verify_artifacts)
-    prune_pass = _prune_pass(prune, train, epochs, max_accuracy_drop, learning_rate)
+    prune_pass = _prune_pass(prune, train, epochs, max_accuracy_drop, learning_rate, prune_exclude)
     # Built before the model loads, so a bad option is a usage error before any work.
     built = _build_targets(chosen, target_options or {})
     for target in built:  # targets choosing settings from data (hls4ml's precision search) get the files
@@ -366,11 +369,14 @@ def _judge_accuracy(tr: TargetReport, max_drop: float) -> None:
 
 # ---------------------------------------------------------------- pruning
 def _prune_pass(spec: str | None, train: str | Path | None, epochs: int | None,
-                max_accuracy_drop: float | None = None, learning_rate: float | None = None) -> Any:
+                max_accuracy_drop: float | None = None, learning_rate: float | None = None,
+                exclude: Sequence[str] = ()) -> Any:
     """The pruning pass --prune names (None without one); a bad spec is a usage error before any work."""
     if spec is None:
         if train is not None or epochs is not None or learning_rate is not None:
             raise UsageError("--train/--epochs/--learning-rate fine-tune a pruned model: add --prune SPEC")
+        if exclude:
+            raise UsageError("--prune-exclude names layers a pruning pass leaves alone: add --prune SPEC")
         return None
     for flag, value in (("--epochs", epochs), ("--learning-rate", learning_rate)):
         if value is not None and train is None:
@@ -383,7 +389,7 @@ def _prune_pass(spec: str | None, train: str | Path | None, epochs: int | None,
         raise UsageError(f"--train {train}: no such file")
     from tapeout.compiler.passes.prune import AutoPrune, parse_prune
 
-    chosen = parse_prune(spec)
+    chosen = parse_prune(spec, exclude)
     if isinstance(chosen, AutoPrune) and max_accuracy_drop is None:
         raise UsageError(f"--prune {spec} searches the sparsity within an accuracy budget: add --max-accuracy-drop P "
                          "and --eval DATA with labels y")
@@ -403,8 +409,13 @@ def _prune(graph: Graph, prune_pass: Any, spec: str, piped: Any, train: str | Pa
     from tapeout.compiler.calibration import source_specs
     from tapeout.compiler.finetune import DEFAULT_EPOCHS, DEFAULT_LR, finetune
     from tapeout.compiler.passes.pipeline import Pipeline
-    from tapeout.compiler.passes.prune import AutoPrune, pruning_report
+    from tapeout.compiler.passes.prune import AutoPrune, pruning_report, unmatched_layers, weighted_nodes
 
+    unknown = unmatched_layers(graph, prune_pass.exclude)
+    if unknown:
+        layers = ", ".join(n.name for n in weighted_nodes(graph)) or "none"
+        raise UsageError(f"--prune-exclude: no conv/dense layer named {', '.join(map(repr, unknown))}; "
+                         f"they are {layers}")
     data = None
     tuning = {"epochs": epochs or DEFAULT_EPOCHS, "seed": 0, "learning_rate": learning_rate or DEFAULT_LR}
     if train is not None:

@@ -62,10 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     _hls4ml_flags(c)
     _tensorrt_flags(c)
     c.add_argument("--prune", metavar="SPEC",
-                   help="prune after the default passes: magnitude:S (unstructured, fraction S of the weights), "
+                   help="prune after the default passes: magnitude:S (unstructured, fraction S of the weights; "
+                        "end layers stay dense while under 10%% of the weights, :all prunes them, :keep-ends "
+                        "keeps them), "
                         "channels:R (remove fraction R of the channels), 2:4 (N:M sparsity), auto or "
                         "channels:auto (the largest within --max-accuracy-drop on the --eval labels); "
                         "artifacts are then verified against the pruned graph")
+    c.add_argument("--prune-exclude", action="append", default=[], metavar="LAYER",
+                   help="with --prune: leave this conv/dense layer (a name or a glob such as 'fc*') unpruned "
+                        "(repeatable)")
     c.add_argument("--train", metavar="DATA",
                    help="with --prune: fine-tune the pruned model on this .npz (inputs and labels y, as --eval), "
                         "pruned weights held at zero, seeded")
@@ -269,6 +274,7 @@ def _cmd_compile(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                                calibration=args.calibration, eval_data=args.eval_data, atol=args.atol,
                                rtol=args.rtol, calibration_method=args.calibration_method,
                                percentile=args.percentile, keep_float=args.keep_float, prune=args.prune,
+                               prune_exclude=args.prune_exclude,
                                train=args.train, epochs=args.epochs, learning_rate=args.learning_rate,
                                target_options=_target_options(args), max_accuracy_drop=args.max_accuracy_drop,
                                fallback=args.fallback, verify_artifacts=not args.no_verify,

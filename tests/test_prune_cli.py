@@ -99,7 +99,16 @@ def test_fine_tuning_holds_the_zeros_and_is_deterministic(tmp_path):
     assert fast["learning_rate"] == 3e-3 and fast["losses"] != p["fine_tuning"]["losses"]
 
 
-@pytest.mark.parametrize("args, words", [(["--train", SAMPLE / "calibration.npz"], "--prune"),
+def test_prune_exclude_leaves_the_named_layers_alone(tmp_path):
+    r = compile_json(tmp_path, "magnitude:0.6", "--no-verify", "--prune-exclude", "conv2", "--prune-exclude", "fc*")
+    sparsity = {row["name"]: row["sparsity_after"] for row in r["pruning"]["layers"]}
+    assert sparsity["conv2"] == 0 and sparsity["fc1"] == 0 and sparsity["conv3"] == pytest.approx(0.6, abs=1e-3)
+    assert any("'conv2'" in d and "excluded" in d for d in r["pruning"]["details"])
+
+
+@pytest.mark.parametrize("args, words", [(["--prune-exclude", "conv2"], "--prune SPEC"),
+                                         (["--prune", "2:4", "--prune-exclude", "conv9"], "'conv9'"),
+                                         (["--train", SAMPLE / "calibration.npz"], "--prune"),
                                          (["--prune", "channels:0.5", "--epochs", "3"], "--train"),
                                          (["--prune", "channels:0.5", "--train", "missing.npz"], "no such file"),
                                          (["--prune", "channels:0.5", "--learning-rate", "0.01"], "--train"),

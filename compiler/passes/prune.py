@@ -36,6 +36,12 @@ def _matches(name: str, patterns: Sequence[str]) -> bool:
     return any(name == p or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+def unmatched_layers(graph: Graph, patterns: Sequence[str]) -> list[str]:
+    """The names or globs in ``patterns`` that match no weighted layer (a likely typo)."""
+    names = [n.name for n in weighted_nodes(graph)]
+    return [p for p in patterns if not any(_matches(name, [p]) for name in names)]
+
+
 def layer_stats(graph: Graph) -> list[dict[str, Any]]:
     """Per weighted layer: weights, non-zero weights, sparsity, MACs and MACs of non-zero weights.
 
@@ -569,9 +575,12 @@ class AutoPrune:
 
     kind: str  # a --prune kind taking a fraction: "magnitude", "channels", ...
     suffix: str = ""  # what followed "auto" (magnitude: ":all" or ":keep-ends")
+    exclude: tuple[str, ...] = ()  # layers (names or globs) every candidate leaves alone
 
     def make(self, fraction: float) -> Pass:
-        return parse_prune(f"{self.kind}:{fraction:g}{self.suffix}") if fraction > 0 else _PASS_OF[self.kind](0.0)
+        if fraction > 0:
+            return parse_prune(f"{self.kind}:{fraction:g}{self.suffix}", self.exclude)
+        return _PASS_OF[self.kind](0.0)
 
 
 def search_sparsity(accuracy_at: Callable[[float], float], baseline: float, max_drop_pt: float,
@@ -609,20 +618,24 @@ def _sorted(curve: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(curve, key=lambda c: c["sparsity"])
 
 
-def parse_prune(spec: str) -> Pass | AutoPrune:
-    """The pass a ``--prune`` spec names: magnitude:0.7, channels:0.5, 2:4, auto, ... (UsageError if bad)."""
+def parse_prune(spec: str, exclude: Sequence[str] = ()) -> Pass | AutoPrune:
+    """The pass a ``--prune`` spec names: magnitude:0.7, channels:0.5, 2:4, auto, ... (UsageError if bad).
+
+    ``exclude`` (``--prune-exclude``): conv/dense layers, by name or glob, the pass leaves alone.
+    """
+    exclude = tuple(exclude)
     spec = spec.strip()
     if "" in spec.split(":"):
         raise UsageError(f"--prune {spec!r}: an empty field; one of {PRUNE_SPECS}")
     if spec == "auto":
-        return AutoPrune("magnitude")
+        return AutoPrune("magnitude", exclude=exclude)
     kind, _, arg = spec.partition(":")
     if arg.partition(":")[0] == "auto" and kind in _PASS_OF:
         suffix = arg[len("auto"):]
         if suffix and (kind not in ("magnitude", "magnitude-global") or suffix[1:] not in _ENDS_SUFFIX):
             raise UsageError(f"--prune {spec!r}: expected {kind}:auto" + (
                 f", {kind}:auto:all or {kind}:auto:keep-ends" if kind.startswith("magnitude") else ""))
-        return AutoPrune(kind, suffix)
+        return AutoPrune(kind, suffix, exclude)
 
     def fraction() -> float:
         try:
@@ -640,14 +653,14 @@ def parse_prune(spec: str) -> Pass | AutoPrune:
         if ends not in _ENDS_SUFFIX:
             raise UsageError(f"--prune {spec!r}: expected {kind}:S, {kind}:S:all or {kind}:S:keep-ends")
         return PruneMagnitude(fraction(), scope="global" if kind.endswith("global") else "layer",
-                              keep_ends=_ENDS_SUFFIX[ends])
+                              exclude=exclude, keep_ends=_ENDS_SUFFIX[ends])
     if kind in ("channels", "channels-l1", "channels-l2", "channels-bn"):
-        return PruneChannels(fraction(), saliency=kind.partition("-")[2] or "l1")
+        return PruneChannels(fraction(), saliency=kind.partition("-")[2] or "l1", exclude=exclude)
     if kind.isdigit() and arg.isdigit():
         n, m = int(kind), int(arg)
         if not 0 < n < m:
             raise UsageError(f"--prune {spec!r}: N:M sparsity needs 0 < N < M")
-        return PruneNM(n, m)
+        return PruneNM(n, m, exclude=exclude)
     raise UsageError(f"--prune {spec!r}: unknown pruning; one of {PRUNE_SPECS}")
 
 

@@ -333,6 +333,9 @@ def test_auto_specs():
     assert AutoPrune("magnitude").make(0.0).sparsity == 0.0
     assert parse_prune("magnitude:auto:all") == AutoPrune("magnitude", ":all")
     assert AutoPrune("magnitude", ":all").make(0.5).keep_ends == "never"
+    # --prune-exclude reaches every kind of pass, and every candidate of a search.
+    assert parse_prune("auto", ["fc*"]).make(0.5).exclude == ("fc*",)
+    assert all(parse_prune(s, ["a"]).exclude == ("a",) for s in ("magnitude:0.5", "channels-bn:0.5", "2:4"))
 
 
 def test_channels_squeeze_excitation_gate_joins_its_feature_map(builder, apply):
