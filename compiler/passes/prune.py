@@ -82,9 +82,9 @@ def _eligible(graph: Graph, exclude: Sequence[str], keep_ends: str) -> tuple[lis
         share = graph.constants[n.inputs[1]].size / total
         end_dense = n.name in ends and (keep_ends == "always" or (keep_ends == "small" and share <= END_LAYER_SHARE))
         if end_dense:
-            notes.append(f"left {n.op} {n.name!r} dense ({ends[n.name]} weighted layer)")
+            notes.append(f"left {n.op} {n.name!r} unpruned ({ends[n.name]} weighted layer)")
         elif _matches(n.name, exclude):
-            notes.append(f"left {n.op} {n.name!r} dense (excluded)")
+            notes.append(f"left {n.op} {n.name!r} unpruned (excluded)")
         else:
             keep.append(n)
             if n.name in ends and keep_ends == "small":
@@ -210,7 +210,7 @@ class PruneNM(Pass):
             layout = nm_reduction_layout(node, w)
             if layout is None or layout[1] % self.m:
                 why = "depthwise" if layout is None else f"reduction axis of {layout[1]} is not a multiple of {self.m}"
-                notes.append(f"left {node.op} {node.name!r} dense ({why})")
+                notes.append(f"left {node.op} {node.name!r} unpruned ({why})")
                 continue
             pruned = _nm_prune(w, layout[0], self.n, self.m)
             if not np.array_equal(pruned, w):

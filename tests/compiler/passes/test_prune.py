@@ -54,7 +54,7 @@ def test_magnitude_per_layer_hits_sparsity_and_keeps_the_largest(mlp, apply, spa
     np.testing.assert_array_equal(_weights(res.graph, "out"), _weights(mlp, "out"))
     assert np.count_nonzero(_weights(res.graph, "fc1") == 0) == round(sparsity * 480)
     assert any("'fc2'" in d and f"{100 * round(sparsity * 1280) / 1280:.1f}% sparse" in d for d in res.details)
-    assert any("'out'" in d and "dense (last weighted layer)" in d for d in res.details)
+    assert any("'out'" in d and "unpruned (last weighted layer)" in d for d in res.details)
     assert any("'fc1'" in d and "holds 18% of the weights" in d for d in res.details)
 
 
@@ -63,7 +63,7 @@ def test_magnitude_end_layers(mlp, apply, builder):
     res = apply(PruneMagnitude(0.5, keep_ends="always"), mlp)
     for name in ("fc1", "out"):
         np.testing.assert_array_equal(_weights(res.graph, name), _weights(mlp, name))
-    assert any("'fc1'" in d and "dense (first weighted layer)" in d for d in res.details)
+    assert any("'fc1'" in d and "unpruned (first weighted layer)" in d for d in res.details)
     res = apply(PruneMagnitude(0.5, keep_ends="never"), mlp)
     assert all(np.count_nonzero(_weights(res.graph, n) == 0) == round(0.5 * _weights(mlp, n).size)
                for n in ("fc1", "fc2", "fc3", "out"))
@@ -138,7 +138,7 @@ def test_two_four_along_the_reduction_axis(builder, apply, equivalent):
         assert np.all(np.sort(np.abs(groups), axis=1)[:, 2:].sum(axis=1) == np.abs(groups * kept).sum(axis=1))
     for name in ("dw", "fc1"):
         np.testing.assert_array_equal(_weights(res.graph, name), _weights(g, name))
-    assert any("'fc1' dense (reduction axis of 6" in d for d in res.details)
+    assert any("'fc1' unpruned (reduction axis of 6" in d for d in res.details)
     # The pruned graph is the original with those weights zeroed.
     masked = g.copy()
     for n in ("c1", "c2", "fc2"):
