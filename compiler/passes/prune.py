@@ -68,6 +68,12 @@ END_LAYER_SHARE = 0.10
 KEEP_ENDS = ("small", "always", "never")
 
 
+def _checked_keep_ends(keep_ends: str) -> str:
+    if keep_ends not in KEEP_ENDS:
+        raise ValueError(f"keep_ends must be one of {KEEP_ENDS}, got {keep_ends!r}")
+    return keep_ends
+
+
 def _eligible(graph: Graph, exclude: Sequence[str], keep_ends: str) -> tuple[list[Node], list[str]]:
     """Weighted layers a pass may touch, and detail lines for those it leaves alone.
 
@@ -128,9 +134,7 @@ class PruneMagnitude(Pass):
         if scope not in ("layer", "global"):
             raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
         self.sparsity, self.scope = float(sparsity), scope
-        if keep_ends not in KEEP_ENDS:
-            raise ValueError(f"keep_ends must be one of {KEEP_ENDS}, got {keep_ends!r}")
-        self.exclude, self.keep_ends = tuple(exclude), keep_ends
+        self.exclude, self.keep_ends = tuple(exclude), _checked_keep_ends(keep_ends)
 
     def requires(self, graph: Graph) -> str | None:
         return _not_quantized(graph)
@@ -194,9 +198,7 @@ class PruneNM(Pass):
         if not 0 < n < m:
             raise ValueError(f"N:M sparsity needs 0 < N < M, got {n}:{m}")
         self.n, self.m = n, m
-        if keep_ends not in KEEP_ENDS:
-            raise ValueError(f"keep_ends must be one of {KEEP_ENDS}, got {keep_ends!r}")
-        self.exclude, self.keep_ends = tuple(exclude), keep_ends
+        self.exclude, self.keep_ends = tuple(exclude), _checked_keep_ends(keep_ends)
 
     def requires(self, graph: Graph) -> str | None:
         return _not_quantized(graph)
