@@ -25,7 +25,7 @@ from tapeout.compiler.report import CompileReport, TargetReport, Verification
 from tapeout.runtime.compare import ComparisonResult, Tolerance, compare
 from tapeout.runtime.data import Dataset, load_data, synthesize
 from tapeout.runtime.protocol import IOSpec, Runner
-from tapeout.runtime.runners.select import runner_for
+from tapeout.runtime.runners.select import is_hls4ml_project, runner_for
 from tapeout.runtime.verify import run_batches, verify
 from tapeout.targets.base import Target
 from tapeout.targets.registry import parse_target
@@ -596,9 +596,13 @@ def verify_artifact(source: str | Path, artifact: str | Path, *, weights: str | 
         if scheme is None:
             return verify(ref, cand, dataset, tol)
         from tapeout.targets.base import QUANTIZED_TOLERANCE
+        from tapeout.targets.hls4ml.target import Hls4mlTarget
 
-        # Top-1 agreement only means something for [N, classes] outputs (as in compile).
-        q = replace(QUANTIZED_TOLERANCE, atol=tol.atol, rtol=tol.rtol)
+        # Judged as compile judges that kind of artifact; top-1 agreement only means something
+        # for [N, classes] outputs.
+        q = Hls4mlTarget.default_tolerance(Hls4mlTarget.default_variant) if is_hls4ml_project(artifact) \
+            else QUANTIZED_TOLERANCE
+        q = replace(q, atol=tol.atol, rtol=tol.rtol)
         per_output = {k: q if np.ndim(v) == 2 and np.shape(v)[1] > 1 else replace(q, min_top1_agreement=None)
                       for k, v in run_batches(ref, dataset).items()}
         result = verify(ref, cand, dataset, per_output)
@@ -610,6 +614,8 @@ def verify_artifact(source: str | Path, artifact: str | Path, *, weights: str | 
 def quantized_artifact(path: str | Path) -> str | None:
     """What makes an artifact quantized ("int8 .tflite", "QDQ .onnx", ...), or None for a float one."""
     path = Path(path)
+    if is_hls4ml_project(path):
+        return "fixed-point hls4ml project"
     suffix = path.suffix.lower()
     if suffix == ".tflite":
         from tapeout.runtime.runners.litert import interpreter_class

@@ -199,6 +199,12 @@ def test_verify_fails_on_a_wrong_artifact(tiny_cnn_path, tmp_path, monkeypatch):
     assert "FAILED" in out
 
 
+def test_verify_a_folder_that_is_not_an_hls4ml_project(compiled, tiny_cnn_path):
+    *_, outdir = compiled
+    code, out, err = run_cli("verify", tiny_cnn_path, outdir / "onnx-fp32")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "not an hls4ml project" in err, err
+
+
 # ------------------------------------------------------------ legacy Keras 2 files
 @pytest.fixture(scope="module")
 def legacy_files(tmp_path_factory):

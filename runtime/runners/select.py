@@ -48,8 +48,29 @@ RUNNERS: dict[str, Callable[[Path, Path | None], Runner]] = {
 }
 
 
+def _hls4ml_project(path: Path) -> Runner:
+    from tapeout.runtime.runners.hls4ml_csim import Hls4mlCsimRunner
+
+    return Hls4mlCsimRunner(path)
+
+
+def is_hls4ml_project(path: str | Path) -> bool:
+    """A folder tapeout's hls4ml target wrote (it holds the C-simulation manifest)."""
+    from tapeout.runtime.runners.hls4ml_csim import MANIFEST
+
+    return Path(path).is_dir() and (Path(path) / MANIFEST).is_file()
+
+
 def runner_for(path: str | Path, weights: str | Path | None = None) -> Runner:
+    """The runner for a model or artifact file (by suffix), or for an hls4ml project folder."""
     p = Path(path)
+    if p.is_dir():
+        if is_hls4ml_project(p):
+            return _hls4ml_project(p)
+        from tapeout.runtime.runners.hls4ml_csim import MANIFEST
+
+        raise RuntimeInputError(f"{p}: a folder, and not an hls4ml project written by tapeout (no {MANIFEST}); "
+                                "pass a model or artifact file")
     factory = RUNNERS.get(p.suffix.lower())
     if factory is None:
         raise RuntimeInputError(f"{p}: no runner for {p.suffix or 'files without a suffix'}; "

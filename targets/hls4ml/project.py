@@ -36,6 +36,7 @@ def convert(keras_model: Any, config: dict[str, Any], outdir: Path, *, variant: 
         model.config.trace_output = trace
         model.write()
     make_deterministic(outdir)
+    make_relocatable(outdir)
     return model
 
 
@@ -61,8 +62,56 @@ def make_deterministic(outdir: Path) -> None:
         _fix_keras_archive(path)
 
 
+# hls4ml's build_lib.sh (Vivado, Vitis) bakes the project's absolute path into the C-simulation
+# library as WEIGHTS_DIR, where the bridge reads firmware/weights/*.txt on its first call: a
+# moved project (every tapeout project is built in a temporary folder, then moved into place)
+# exits the host process with "file ... does not exist", and the library differs per folder.
+# Instead the library finds the weights next to itself (dladdr), like hls4ml's Catapult
+# templates call get_weights_dir(). Synthesis never sees this (__SYNTHESIS__).
+_ABSOLUTE_WEIGHTS_DIR = 'WEIGHTS_DIR="\\"${BASEDIR}/firmware/weights\\""'
+WEIGHTS_DIR_HEADER = "tapeout_weights_dir.h"
+_WEIGHTS_DIR_SOURCE = """\
+// Written by tapeout: the C-simulation library reads firmware/weights/*.txt from the folder
+// it was loaded from (dladdr), so the project can be moved and the library holds no absolute
+// path. build_lib.sh force-includes this file (-include); synthesis does not use it.
+#ifndef TAPEOUT_WEIGHTS_DIR_H_
+#define TAPEOUT_WEIGHTS_DIR_H_
+#ifndef __SYNTHESIS__
+#include <dlfcn.h>
+#include <string>
+
+static inline std::string tapeout_weights_dir() {
+    Dl_info info;
+    if (dladdr(reinterpret_cast<void *>(&tapeout_weights_dir), &info) != 0 && info.dli_fname != nullptr) {
+        std::string lib(info.dli_fname);
+        std::string::size_type slash = lib.rfind('/');
+        return (slash == std::string::npos ? std::string(".") : lib.substr(0, slash)) + "/weights";
+    }
+    return "firmware/weights";
+}
+#endif
+#endif
+"""
+
+
+def make_relocatable(outdir: Path) -> None:
+    """Point build_lib.sh's WEIGHTS_DIR at ``tapeout_weights_dir()`` (see above); no-op for the
+    back ends whose build has no WEIGHTS_DIR."""
+    script = outdir / "build_lib.sh"
+    text = script.read_text() if script.is_file() else ""
+    if _ABSOLUTE_WEIGHTS_DIR not in text:
+        return
+    text = text.replace(_ABSOLUTE_WEIGHTS_DIR, 'WEIGHTS_DIR="tapeout_weights_dir()"')
+    text = re.sub(r'(?m)^INCFLAGS="(.*)"$', rf'INCFLAGS="\1 -include firmware/{WEIGHTS_DIR_HEADER}"', text, count=1)
+    text = re.sub(r"(?m)^(BASEDIR=.*\n)", "", text)
+    script.write_text(text)
+    (outdir / "firmware" / WEIGHTS_DIR_HEADER).write_text(_WEIGHTS_DIR_SOURCE)
+
+
 def _fix_keras_archive(path: Path) -> None:
-    """hls4ml's copy of the Keras model: a zip with file dates and a save date; fix both."""
+    """hls4ml's copy of the Keras model: a zip with file dates, a save date and, in config.json,
+    ``shared_object_id``s that are Python ``id()``s (they differ per process); fix all three,
+    numbering the ids in order of first appearance (only their equality matters to Keras)."""
     import zipfile
 
     with zipfile.ZipFile(path) as z:
@@ -71,7 +120,18 @@ def _fix_keras_archive(path: Path) -> None:
         for name, data in entries:
             if name == "metadata.json":
                 data = re.sub(rb'"date_saved":\s*"[^"]*"', b'"date_saved": "1980-01-01@00:00:00"', data)
+            elif name == "config.json":
+                data = _renumber_shared_ids(data)
             z.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
+
+
+def _renumber_shared_ids(config: bytes) -> bytes:
+    ids: dict[bytes, bytes] = {}
+
+    def number(m: re.Match[bytes]) -> bytes:
+        return m.group(1) + ids.setdefault(m.group(2), str(len(ids)).encode())
+
+    return re.sub(rb'("shared_object_id":\s*)(\d+)', number, config)
 
 
 def library_path(project: Path) -> Path:

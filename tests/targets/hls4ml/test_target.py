@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -77,6 +78,34 @@ def test_samples_numpy_model_is_bit_exact_with_csim(compiled_samples, name):
             np.testing.assert_array_equal(traces[layer.name], want, err_msg=f"{name}: {layer.name}")
             kinds.add(layer.kind)
     assert {"dense", "relu"} <= kinds and (name == "jet_mlp" or "conv" in kinds)
+
+
+def test_the_project_holds_no_build_path_and_verifies_after_a_move(compiled_samples, tmp_path):
+    """Projects are built in a temporary folder and moved into place: the C-simulation library
+    must not bake that folder in (hls4ml's WEIGHTS_DIR), or a fresh process loading the moved
+    library exits on missing weights. The Keras copy holds no per-process object ids."""
+    import subprocess
+    import sys
+    import zipfile
+
+    _, outdir = compiled_samples["jet_mlp"]
+    project = outdir / "hls4ml-vitis"
+    lib = (project / "firmware/myproject-tapeout.so").read_bytes()
+    assert str(outdir.parent).encode() not in lib and b"/firmware/weights" not in lib
+    config = zipfile.ZipFile(project / "keras_model.keras").read("config.json").decode()
+    ids = {int(i) for i in re.findall(r'"shared_object_id":\s*(\d+)', config)}
+    assert ids and ids == set(range(len(ids)))
+    moved = tmp_path / "elsewhere" / "project"
+    shutil.copytree(project, moved)
+    # A fresh process, as a user's would be (one that loaded the library before shares it).
+    code = ("import sys; from tapeout.compiler.cli import main; "
+            "sys.exit(main(['verify', sys.argv[1], sys.argv[2], '--data', sys.argv[3], '--json']))")
+    proc = subprocess.run([sys.executable, "-c", code, str(SAMPLES / "jet_mlp/model.keras"), str(moved),
+                           str(SAMPLES / "jet_mlp/eval.npz")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["passed"] and result["samples"] == 2000
+    assert any("fixed-point hls4ml project" in n for n in result["notes"])
 
 
 def test_report_lists_types_ranges_errors_totals_and_estimates(compiled_samples):
