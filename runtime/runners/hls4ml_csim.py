@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,18 @@ class Hls4mlCsimRunner(FileRunner):
         self._out_shapes: list[tuple[int, ...]] = []
 
     # ------------------------------------------------------------ lifecycle
+    def _check_weights(self) -> None:
+        """The library reads firmware/weights/*.txt on its first call and exits the whole process
+        (hls4ml's load_weights_from_txt) when one is missing: refuse before loading it instead."""
+        source = self.path / "firmware" / f"{self._manifest['project']}.cpp"
+        names = re.findall(r'load_weights_from_txt<[^>]*>\(\s*\w+\s*,\s*"([^"]+)"', source.read_text()) \
+            if source.is_file() else []
+        missing = [n for n in names if not (self.path / "firmware" / "weights" / n).is_file()]
+        if missing:
+            raise RuntimeInputError(f"{self.path}: firmware/weights/{missing[0]} is missing ({len(missing)} of "
+                                    f"{len(names)} weight files); the C simulation needs them")
+
+
     def _open(self) -> None:
         mf = self.path / MANIFEST
         if not mf.is_file():
@@ -54,6 +67,7 @@ class Hls4mlCsimRunner(FileRunner):
             if proc.returncode != 0 or not lib.is_file():
                 raise RuntimeUnavailable(f"{self.path}: building the C simulation failed (needs g++): "
                                          + " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-3:]))
+        self._check_weights()
         self._lib = ctypes.CDLL(str(lib.resolve()))
         proj = self._manifest["project"]
         fn = getattr(self._lib, f"{proj}_double")

@@ -106,6 +106,13 @@ def test_the_project_holds_no_build_path_and_verifies_after_a_move(compiled_samp
     result = json.loads(proc.stdout)
     assert result["passed"] and result["samples"] == 2000
     assert any("fixed-point hls4ml project" in n for n in result["notes"])
+    # A missing weight file is refused before the library is loaded (it would exit the process).
+    from tapeout.runtime.errors import RuntimeInputError
+    from tapeout.runtime.runners.hls4ml_csim import Hls4mlCsimRunner
+
+    (moved / "firmware/weights/w4.txt").unlink()
+    with pytest.raises(RuntimeInputError, match="w4.txt is missing"):
+        Hls4mlCsimRunner(moved).open()
 
 
 def test_report_lists_types_ranges_errors_totals_and_estimates(compiled_samples):
