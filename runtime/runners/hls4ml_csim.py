@@ -58,7 +58,14 @@ class Hls4mlCsimRunner(FileRunner):
         mf = self.path / MANIFEST
         if not mf.is_file():
             raise RuntimeInputError(f"{self.path}: not an hls4ml project written by tapeout (no {MANIFEST})")
-        self._manifest = json.loads(mf.read_text())
+        try:
+            manifest = json.loads(mf.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RuntimeInputError(f"{mf}: not a readable C-simulation manifest ({e})") from None
+        keys = ("project", "library", "build", "inputs", "outputs")
+        if not isinstance(manifest, dict) or not all(k in manifest for k in keys):
+            raise RuntimeInputError(f"{mf}: not a C-simulation manifest (it needs {', '.join(keys)})")
+        self._manifest = manifest
         lib = self.path / self._manifest["library"]
         if not lib.is_file():
             if not self.build:

@@ -113,6 +113,10 @@ def test_the_project_holds_no_build_path_and_verifies_after_a_move(compiled_samp
     (moved / "firmware/weights/w4.txt").unlink()
     with pytest.raises(RuntimeInputError, match="w4.txt is missing"):
         Hls4mlCsimRunner(moved).open()
+    for bad in ("{not json", "[]"):
+        (moved / "tapeout_csim.json").write_text(bad)
+        with pytest.raises(RuntimeInputError, match="C-simulation manifest"):
+            Hls4mlCsimRunner(moved).open()
 
 
 def test_report_lists_types_ranges_errors_totals_and_estimates(compiled_samples):
