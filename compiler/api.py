@@ -600,7 +600,7 @@ def verify_artifact(source: str | Path, artifact: str | Path, *, weights: str | 
 
         # Judged as compile judges that kind of artifact; top-1 agreement only means something
         # for [N, classes] outputs.
-        q = Hls4mlTarget.default_tolerance(Hls4mlTarget.default_variant) if is_hls4ml_project(artifact) \
+        q = Hls4mlTarget.default_tolerance(Hls4mlTarget.default_variant) if scheme == HLS4ML_PROJECT \
             else QUANTIZED_TOLERANCE
         q = replace(q, atol=tol.atol, rtol=tol.rtol)
         per_output = {k: q if np.ndim(v) == 2 and np.shape(v)[1] > 1 else replace(q, min_top1_agreement=None)
@@ -611,11 +611,14 @@ def verify_artifact(source: str | Path, artifact: str | Path, *, weights: str | 
         return result
 
 
+HLS4ML_PROJECT = "fixed-point hls4ml project"
+
+
 def quantized_artifact(path: str | Path) -> str | None:
     """What makes an artifact quantized ("int8 .tflite", "QDQ .onnx", ...), or None for a float one."""
     path = Path(path)
     if is_hls4ml_project(path):
-        return "fixed-point hls4ml project"
+        return HLS4ML_PROJECT
     suffix = path.suffix.lower()
     if suffix == ".tflite":
         from tapeout.runtime.runners.litert import interpreter_class

@@ -9,7 +9,6 @@ Keras 3 parser names it). A ``PrecisionPlan`` gives every such layer its types;
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 
 import numpy as np

@@ -53,7 +53,6 @@ class Hls4mlCsimRunner(FileRunner):
             raise RuntimeInputError(f"{self.path}: firmware/weights/{missing[0]} is missing ({len(missing)} of "
                                     f"{len(names)} weight files); the C simulation needs them")
 
-
     def _open(self) -> None:
         mf = self.path / MANIFEST
         if not mf.is_file():

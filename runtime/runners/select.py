@@ -64,13 +64,8 @@ def is_hls4ml_project(path: str | Path) -> bool:
 def runner_for(path: str | Path, weights: str | Path | None = None) -> Runner:
     """The runner for a model or artifact file (by suffix), or for an hls4ml project folder."""
     p = Path(path)
-    if p.is_dir():
-        if is_hls4ml_project(p):
-            return _hls4ml_project(p)
-        from tapeout.runtime.runners.hls4ml_csim import MANIFEST
-
-        raise RuntimeInputError(f"{p}: a folder, and not an hls4ml project written by tapeout (no {MANIFEST}); "
-                                "pass a model or artifact file")
+    if p.is_dir():  # the runner refuses, on open, a folder without the manifest
+        return _hls4ml_project(p)
     factory = RUNNERS.get(p.suffix.lower())
     if factory is None:
         raise RuntimeInputError(f"{p}: no runner for {p.suffix or 'files without a suffix'}; "
