@@ -230,6 +230,7 @@ def compile_model(
     tol = Tolerance(atol if atol is not None else DEFAULT_ATOL, rtol if rtol is not None else DEFAULT_RTOL)
     dataset: Dataset | None = None
     reference: dict[str, np.ndarray] = {}
+    source_notes: list[str] = []  # what the source runner did to run the source (an opset upgrade)
     if verify_artifacts:
         progress("source run")
         with runner_for(model, weights) as source:
@@ -238,6 +239,7 @@ def compile_model(
                 raise UsageError(f"--max-accuracy-drop needs labels: {eval_data} has no array 'y'")
             reference = run_batches(source, dataset)
             source_name = source.name
+            source_notes = list(getattr(source, "notes", []))
         if pruning is not None:
             # Artifacts are checked against the pruned IR; the source only gives the unpruned accuracy.
             reference = _pruned_reference(graph, dataset, reference, pruning)
@@ -249,7 +251,7 @@ def compile_model(
     summary = graph_summary(graph)
     summary["source_nodes"] = nodes_in
     report = CompileReport(source=info.to_json(), graph=summary, passes=piped.to_json(), data=data_info,
-                           outdir=str(outdir), notes=list(graph.metadata.get("notes", [])))
+                           outdir=str(outdir), notes=[*graph.metadata.get("notes", []), *source_notes])
     report.pruning = None if pruning is None else {k: v for k, v in pruning.items() if not k.startswith("_")}
 
     parent = outdir.parent if outdir.parent != Path("") else Path(".")
@@ -594,7 +596,9 @@ def verify_artifact(source: str | Path, artifact: str | Path, *, weights: str | 
             ref.input_specs(), num_samples=SYNTHETIC_SAMPLES, seed=0)
         scheme = quantized_artifact(artifact) if atol is None and rtol is None else None
         if scheme is None:
-            return verify(ref, cand, dataset, tol)
+            result = verify(ref, cand, dataset, tol)
+            result.notes[:0] = getattr(ref, "notes", [])
+            return result
         from tapeout.targets.base import QUANTIZED_TOLERANCE
         from tapeout.targets.hls4ml.target import Hls4mlTarget
 
@@ -606,6 +610,7 @@ def verify_artifact(source: str | Path, artifact: str | Path, *, weights: str | 
         per_output = {k: q if np.ndim(v) == 2 and np.shape(v)[1] > 1 else replace(q, min_top1_agreement=None)
                       for k, v in run_batches(ref, dataset).items()}
         result = verify(ref, cand, dataset, per_output)
+        result.notes[:0] = getattr(ref, "notes", [])
         result.notes.append(f"{scheme} artifact: judged by cosine >= {q.min_cosine:g} and top-1 agreement >= "
                             f"{q.min_top1_agreement:g}; pass --atol/--rtol for elementwise checks")
         return result

@@ -1,9 +1,11 @@
 """Reading an ONNX file safely and preparing it for conversion.
 
 Steps: parse the protobuf (never executing anything), read external data only from
-the model's own folder, validate with the ONNX checker, refuse custom domains,
-lift opsets older than 7 with ``onnx.version_converter``, pin a concrete batch and
-fold every constant and shape computation with onnxscript's constant folder.
+the model's own folder, refuse custom domains, lift opsets older
+than 7 with ``onnx.version_converter`` (the lift the onnxruntime source runner also
+applies), validate with the ONNX checker (after the lift: old exporters wrote attributes
+today's checker rejects), pin a concrete batch and fold every constant and shape
+computation with onnxscript's constant folder.
 
 Batch: every shape computation is folded with a concrete batch ``b`` (the source's
 fixed batch, or 1 when it is dynamic), so ``Shape -> Gather -> Concat -> Reshape``
@@ -18,8 +20,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Iterator
 
 from tapeout.compiler.errors import FrontendError
-
-MIN_OPSET = 7
+from tapeout.runtime.runners.onnxrt import LIFT_OPSET as MIN_OPSET  # one lift for import and source run
 STANDARD_DOMAINS = ("", "ai.onnx")
 # Folding must not build huge constants (ConstantOfShape of a batch-sized shape...).
 MAX_FOLDED_ELEMENTS = 1 << 28
@@ -149,7 +150,8 @@ def default_opset(model: Any) -> int:
 def lift_opset(model: Any, path: Path, notes: list[str]) -> Any:
     """Refuse opsets newer than the installed onnx knows; convert older than 7 up to 7."""
     import onnx
-    from onnx import version_converter
+
+    from tapeout.runtime.runners.onnxrt import lift_old_opset
 
     opset, newest = default_opset(model), onnx.defs.onnx_opset_version()
     if opset > newest:
@@ -158,7 +160,7 @@ def lift_opset(model: Any, path: Path, notes: list[str]) -> Any:
     if opset >= MIN_OPSET:
         return model
     try:
-        lifted = version_converter.convert_version(model, MIN_OPSET)
+        lifted, _ = lift_old_opset(model)
     except Exception as e:  # the converter raises plain RuntimeErrors per unsupported adapter
         raise FrontendError(f"{path}: opset {opset} could not be converted to opset {MIN_OPSET} "
                             f"({_one_line(e)})") from None
@@ -255,10 +257,18 @@ def prepare(path: Path) -> Prepared:
     notes: list[str] = []
     external = check_external_data(model, path)
     check_domains(model, path)
-    check_model(model, path, external)
-    if external:
-        load_external_data(model, path)
-    model = lift_opset(model, path, notes)
+    if default_opset(model) < MIN_OPSET:
+        # Checked once lifted: today's checker rejects forms old exporters wrote (BatchNormalization-6
+        # with consumed_inputs), and the lifted model is the one both tapeout and onnxruntime use.
+        if external:
+            load_external_data(model, path)
+        model = lift_opset(model, path, notes)
+        check_model(model, path, False)
+    else:
+        model = lift_opset(model, path, notes)  # refuses opsets newer than onnx knows
+        check_model(model, path, external)
+        if external:
+            load_external_data(model, path)
     batch, fixed = pin_batch(model, path)
     names = {out: node.name for node in model.graph.node for out in node.output if out}
     irm = fold(model, path)
