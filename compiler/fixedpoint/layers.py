@@ -16,6 +16,12 @@ happen is taken from hls4ml's nnet_utils templates:
 - softmax "stable": ``x_max - x`` in ``inp_norm_t``; its top bits index an exp table; the sum of
   the exps (``accum_t``, balanced adder tree) goes to ``inv_inp_t``, whose top bits index a 1/x
   table; each exp times that inverse is cast to ``result_t``.
+- depthwise conv (``depthwise_product_latency``, and the stream kernel's per-pixel call of it):
+  per channel, each product into ``accum_t``, the sum from ``(accum_t) bias`` in kernel order.
+- batch norm (``nnet::normalize``): ``x * scale + bias`` exact, cast once to ``result_t``.
+- relu6 (``relu_max<..., 6>``): ``x < 0 ? 0 : x > 6 ? 6 : x`` assigned to ``result_t``.
+- zero padding, nearest upsampling (``resize_nearest``: source index ``(i * ((H << 16) / H_new
+  + 1)) >> 16``) and concatenation copy values, each assigned to ``result_t``.
 """
 
 from __future__ import annotations
@@ -118,7 +124,64 @@ def conv(x: Fx, w: Fx, b: Fx | None, acc: FixedType, res: FixedType, *, strides:
     return dense(Fx(cols, x.type), Fx(wk, w.type), b, acc, res)
 
 
+def depthwise_conv(x: Fx, w: Fx, b: Fx | None, acc: FixedType, res: FixedType, *, strides: tuple[int, ...],
+                   pads: tuple[tuple[int, int], ...]) -> Fx:
+    """Channels-last depthwise conv (groups == channels); ``w`` is the IR's ``[*K, 1, C * m]``:
+    output channel ``c * m + j`` reads input channel ``c``."""
+    nsp = x.raw.ndim - 2
+    kernel = tuple(w.raw.shape[:nsp])
+    c = x.raw.shape[-1]
+    m = w.raw.shape[-1] // c
+    raw = x.raw
+    if any(a or e for a, e in pads):
+        raw = np.pad(raw, ((0, 0), *pads, (0, 0)))
+    win = _window_view(raw, kernel, strides, (1,) * nsp)  # [N, *O, C, *K]
+    lead = win.shape[:1 + nsp]
+    cols = win.reshape(-1, c, math.prod(kernel))  # [rows, C, K], kernel positions row-major
+    wk = w.raw.reshape(-1, c, m)  # [K, C, m]
+    bias = requantize(b.raw, b.type.frac, acc) if b is not None else np.zeros(c * m, INT)
+    out = np.empty((cols.shape[0], c * m), INT)
+    for ch in range(c):
+        out[:, ch * m:(ch + 1) * m] = _accumulate(cols[:, ch, :], x.type.frac, wk[:, ch, :], w.type.frac,
+                                                  bias[ch * m:(ch + 1) * m], acc)
+    return Fx(requantize(out.reshape(*lead, c * m), acc.frac, res), res)
+
+
+def normalize(x: Fx, scale: Fx, bias: Fx, res: FixedType) -> Fx:
+    """``(res_t)(x * scale + bias)``: scale and bias broadcast over the last axis."""
+    fp = x.type.frac + scale.type.frac
+    check_headroom(_bits(x.raw) + _bits(scale.raw) + 1, "a batch norm product")
+    f = max(fp, bias.type.frac)
+    total = ((x.raw * scale.raw) << INT(f - fp)) + (bias.raw << INT(f - bias.type.frac))
+    return Fx(requantize(total, f, res), res)
+
+
 # ------------------------------------------------------------- element-wise
+def relu_max(x: Fx, res: FixedType, top: int) -> Fx:
+    """hls4ml's ``relu_max<..., top>`` (relu6 for ``top`` 6): values above ``top`` become ``top``."""
+    hi = Fx.of(np.asarray(float(top)), res).raw
+    y = cast(Fx(np.where(x.raw > 0, x.raw, 0).astype(INT), x.type), res)
+    over = x.raw > (INT(top) << INT(x.type.frac)) if x.type.frac >= 0 else x.raw > (top >> -x.type.frac)
+    return Fx(np.where(over, hi, y.raw).astype(INT), res)
+
+
+def zero_pad(x: Fx, pads: tuple[tuple[int, int], ...], res: FixedType) -> Fx:
+    return cast(Fx(np.pad(x.raw, ((0, 0), *pads, (0, 0))), x.type), res)
+
+
+def resize_nearest(x: Fx, scales: tuple[int, ...], res: FixedType) -> Fx:
+    raw = x.raw
+    for axis, s in enumerate(scales, start=1):
+        n = raw.shape[axis]
+        ratio = ((n << 16) // (n * s)) + 1
+        raw = np.take(raw, (np.arange(n * s) * ratio) >> 16, axis=axis)
+    return cast(Fx(raw, x.type), res)
+
+
+def concat(xs: list[Fx], res: FixedType, axis: int = -1) -> Fx:
+    return Fx(np.concatenate([cast(x, res).raw for x in xs], axis=axis), res)
+
+
 def relu(x: Fx, res: FixedType) -> Fx:
     return cast(Fx(np.where(x.raw > 0, x.raw, 0).astype(INT), x.type), res)
 

@@ -18,14 +18,20 @@ from tapeout.compiler.fixedpoint.layers import Fx, SoftmaxTypes
 from tapeout.compiler.fixedpoint.types import FixedType, FixedTypeError, fixed
 from tapeout.compiler.ir import Graph, Node
 
-# IR ops with weights (hls4ml Dense / Conv1D / Conv2D), element-wise LUT and plain activations.
+# IR ops with weights (hls4ml Dense / Conv1D / Conv2D / DepthwiseConv1D / DepthwiseConv2D), element-wise
+# LUT and plain activations.
 WEIGHTED = ("dense", "conv")
 TABLE_ACTIVATIONS = ("sigmoid", "tanh", "softmax")
-ACTIVATIONS = ("relu", "identity", *TABLE_ACTIVATIONS)
+ACTIVATIONS = ("relu", "identity", "relu6", *TABLE_ACTIVATIONS)
 POOLS = ("max_pool", "avg_pool")
 GLOBAL_POOLS = ("global_max_pool", "global_avg_pool")  # hls4ml's pool_op over every position: same arithmetic
 PASSTHROUGH = ("flatten", "reshape", "dropout")  # no arithmetic: hls4ml reinterprets the array
-SUPPORTED = (*WEIGHTED, *ACTIVATIONS, *POOLS, *GLOBAL_POOLS, "add", *PASSTHROUGH)
+# hls4ml BatchNormalization (nnet::normalize): a per-channel scale and bias, from batch_norm or affine.
+SCALED = ("batch_norm", "affine")
+# Layers that only move values (ZeroPadding, UpSampling -> Resize): their result type is their input's.
+COPIES = ("zero_pad", "resize")
+OTHER = ("add", "concat", "clip", "pad")
+SUPPORTED = (*WEIGHTED, *ACTIVATIONS, *POOLS, *GLOBAL_POOLS, *SCALED, *OTHER, "resize", *PASSTHROUGH)
 
 DEFAULT_TABLE = fixed(18, 8)
 DEFAULT_SOFTMAX_TABLE = fixed(18, 8, "AP_RND", "AP_SAT")
@@ -68,10 +74,12 @@ class PrecisionPlan:
 @dataclass(frozen=True)
 class HlsLayer:
     name: str  # the hls4ml layer name
-    kind: str  # "dense", "conv", "relu", "sigmoid", "tanh", "softmax", "identity", "max_pool", ...
+    kind: str  # "dense", "conv", "relu", "relu6", "sigmoid", "tanh", "softmax", "identity", "max_pool",
+    # "batch_norm", "zero_pad", "resize", "concat", ... (a depthwise conv is a "conv" with groups == channels)
     node: Node
     inputs: tuple[str, ...]  # IR values read (activations only, not constants)
     output: str  # the IR value this layer produces (for a split node's first half: a derived name)
+    padded: bool = False  # a conv whose pads are a separate zero_pad layer before it (not "same"/"valid")
 
 
 def activation_of(node: Node) -> str:
@@ -79,28 +87,165 @@ def activation_of(node: Node) -> str:
     return "identity" if act is None else act.op
 
 
+def _clip_kind(lo, hi) -> str | None:
+    """The hls4ml activation computing clip(lo, hi): relu (0, none), relu6 (0, 6), else None."""
+    if lo is None or float(lo) != 0.0:
+        return None
+    if hi is None:
+        return "relu"
+    return "relu6" if float(hi) == 6.0 else None
+
+
+def activation_kind(node: Node) -> str:
+    """The hls4ml activation layer of a dense/conv's fused activation (its name suffix), or the op."""
+    act = node.attrs.get("activation")
+    if act is None:
+        return "identity"
+    if act.op == "clip":
+        a = act.attr_dict()
+        return _clip_kind(a.get("min"), a.get("max")) or "clip"
+    return act.op
+
+
+def _refuse(n: Node, why: str) -> FixedTypeError:
+    return FixedTypeError(f"node {n.name!r}: op {n.op!r} {why}")
+
+
+def is_depthwise(graph: Graph, n: Node) -> bool:
+    return n.op == "conv" and int(n.attrs.get("groups", 1)) > 1 and \
+        int(n.attrs.get("groups", 1)) == int(graph.type_of(n.inputs[0]).shape[-1])
+
+
+def _same_or_valid(graph: Graph, n: Node, kernel: tuple[int, ...], strides: tuple[int, ...]) -> bool:
+    """Whether the node's pads are Keras's "valid" or "same" (what hls4ml's layers pad by themselves)."""
+    from tapeout.compiler.ops import same_pads
+
+    pads = tuple(tuple(p) for p in (n.attrs.get("pads") or ((0, 0),) * len(kernel)))
+    if all(p == (0, 0) for p in pads):
+        return True
+    sizes = graph.type_of(n.inputs[0]).shape[1:-1]
+    return all(tuple(pads[i]) == tuple(same_pads(int(sizes[i]), kernel[i], strides[i], 1)) for i in range(len(pads)))
+
+
+def scale_shift(graph: Graph, n: Node) -> tuple[np.ndarray, np.ndarray]:
+    """A batch_norm / affine node as hls4ml's per-channel (scale, bias), float32 of the channel count.
+
+    batch_norm: scale = gamma / sqrt(var + eps), bias = beta - mean * scale (in float64, then float32):
+    the lowering hands hls4ml exactly these two (a BatchNormalization with mean 0, variance 1 and
+    epsilon 0), so the C++ weights are these float32 values.
+    """
+    params = n.inputs[1:]
+    if not all(p in graph.constants for p in params):
+        raise _refuse(n, "with runtime (non-constant) parameters has no hls4ml BatchNormalization")
+    channels = int(graph.type_of(n.inputs[0]).shape[-1])
+    if n.op == "batch_norm":
+        gamma, beta, mean, var = (np.asarray(graph.constants[p], np.float64) for p in params)
+        s = gamma / np.sqrt(var + float(n.attrs.get("epsilon", 1e-3)))
+        t = beta - mean * s
+    else:
+        out = []
+        for p in params:
+            v = np.asarray(graph.constants[p], np.float64)
+            if any(int(d) != 1 for d in v.shape[:-1]) or (v.ndim and v.shape[-1] not in (1, channels)):
+                raise _refuse(n, f"with a scale/shift of shape {tuple(v.shape)} (not one value per channel) has "
+                                 "no hls4ml BatchNormalization")
+            out.append(np.broadcast_to(v.reshape(-1), (channels,)))
+        s, t = out
+    return np.asarray(s, np.float32), np.asarray(t, np.float32)
+
+
+def _check(graph: Graph, n: Node) -> None:
+    """Refuse what hls4ml 1.3 cannot compute (or computes wrongly) for this node, in one line."""
+    if n.op not in SUPPORTED:
+        raise FixedTypeError(f"node {n.name!r}: op {n.op!r} has no hls4ml fixed-point model; "
+                             f"supported: {', '.join(SUPPORTED)}")
+    if n.op == "conv":
+        groups = int(n.attrs.get("groups", 1))
+        if groups != 1 and not is_depthwise(graph, n):
+            raise _refuse(n, f"with {groups} groups (1 < groups < channels) is refused: hls4ml 1.3 computes "
+                             "grouped convs wrongly; only groups 1 and depthwise (groups == channels) are supported")
+        if groups != 1 and int(graph.type_of(n.inputs[1]).shape[-1]) != groups:
+            raise _refuse(n, "as a depthwise conv with a depth multiplier above 1: hls4ml 1.3 implements "
+                             "multiplier 1 only")
+        nsp = graph.type_of(n.inputs[0]).rank - 2
+        if nsp not in (1, 2):
+            raise _refuse(n, f"over {nsp} spatial dimensions: hls4ml has 1D and 2D convs only")
+        if any(int(d) != 1 for d in (n.attrs.get("dilations") or ())):
+            raise _refuse(n, "with dilation: hls4ml 1.3's Keras converter ignores dilation_rate")
+    if n.op in WEIGHTED:
+        act = activation_kind(n)
+        if act not in ACTIVATIONS:
+            a = n.attrs["activation"].attr_dict()
+            desc = f"clip({a.get('min')}, {a.get('max')})" if act == "clip" else act
+            raise _refuse(n, f"with fused activation {desc} has no hls4ml fixed-point model (relu = clip(0, none) "
+                             "and relu6 = clip(0, 6) are hls4ml activations)" if act == "clip" else
+                          f"with fused activation {desc} has no hls4ml fixed-point model")
+    if n.op in SCALED:
+        scale_shift(graph, n)
+    if n.op == "clip" and _clip_kind(n.attrs.get("min"), n.attrs.get("max")) is None:
+        raise _refuse(n, f"clip({n.attrs.get('min')}, {n.attrs.get('max')}) is not an hls4ml activation "
+                         "(relu = clip(0, none) and relu6 = clip(0, 6) are)")
+    if n.op in POOLS:
+        nsp = graph.type_of(n.inputs[0]).rank - 2
+        kernel = tuple(int(k) for k in n.attrs["kernel"])
+        strides = tuple(n.attrs.get("strides") or (1,) * nsp)
+        if not _same_or_valid(graph, n, kernel, strides):
+            raise _refuse(n, "with padding other than 'same' or 'valid' has no hls4ml pooling layer")
+    if n.op == "pad":
+        pads = [tuple(p) for p in n.attrs["pads"]]
+        if float(n.attrs.get("value", 0.0)) != 0.0 or len(pads) not in (3, 4) or tuple(pads[-1]) != (0, 0):
+            raise _refuse(n, "other than zero padding of the 1 or 2 spatial axes has no hls4ml layer "
+                             "(ZeroPadding1D/2D)")
+    if n.op == "resize":
+        scales = tuple(int(s) for s in n.attrs["scales"])
+        if n.attrs.get("mode", "nearest") != "nearest" or len(scales) not in (1, 2):
+            raise _refuse(n, "other than nearest upsampling of 1 or 2 spatial axes has no hls4ml layer")
+    if n.op == "concat":
+        data = [i for i in n.inputs if i not in graph.constants]
+        r = graph.type_of(n.inputs[0]).rank
+        if len(n.inputs) != 2 or len(data) != 2:
+            raise _refuse(n, f"of {len(n.inputs)} inputs: hls4ml's Concatenate joins two runtime tensors")
+        if int(n.attrs["axis"]) % r != r - 1 or r > 4:
+            raise _refuse(n, "other than along the last (channel) axis is not supported for hls4ml")
+    if n.op == "add":
+        if any(i in graph.constants for i in n.inputs):
+            raise _refuse(n, "with a constant operand has no hls4ml layer")
+
+
 def hls_layers(graph: Graph) -> list[HlsLayer]:
     """The layers hls4ml builds from ``graph``, in order; raises FixedTypeError on an unsupported op."""
     out: list[HlsLayer] = []
     for n in graph.nodes:
-        if n.op not in SUPPORTED:
-            raise FixedTypeError(f"node {n.name!r}: op {n.op!r} has no hls4ml fixed-point model; "
-                                 f"supported: {', '.join(SUPPORTED)}")
+        _check(graph, n)
         data = tuple(i for i in n.inputs if i and i not in graph.constants)
         if n.op in WEIGHTED:
-            if n.op == "conv" and int(n.attrs.get("groups", 1)) != 1:
-                raise FixedTypeError(f"node {n.name!r}: grouped/depthwise conv is not modelled")
-            act = activation_of(n)
-            if act not in ACTIVATIONS:
-                raise FixedTypeError(f"node {n.name!r}: fused activation {act!r} is not modelled")
+            padded = False
+            if n.op == "conv":
+                nsp = graph.type_of(n.inputs[0]).rank - 2
+                kernel = tuple(int(k) for k in graph.type_of(n.inputs[1]).shape[:nsp])
+                strides = tuple(n.attrs.get("strides") or (1,) * nsp)
+                if not _same_or_valid(graph, n, kernel, strides):
+                    # The Keras emitter writes a ZeroPadding layer "<node>_pad" and a "valid" conv.
+                    padded_value = f"{n.outputs[0]}:padded"
+                    out.append(HlsLayer(f"{n.name}_pad", "zero_pad", n, data[:1], padded_value))
+                    data = (padded_value, *data[1:])
+                    padded = True
+            act = activation_kind(n)
             if act == "identity":
-                out.append(HlsLayer(n.name, n.op, n, data, n.outputs[0]))
+                out.append(HlsLayer(n.name, n.op, n, data, n.outputs[0], padded))
             else:
                 pre = f"{n.outputs[0]}:linear"
-                out.append(HlsLayer(n.name, n.op, n, data, pre))
+                out.append(HlsLayer(n.name, n.op, n, data, pre, padded))
                 out.append(HlsLayer(f"{n.name}_{act}", act, n, (pre,), n.outputs[0]))
         elif n.op in PASSTHROUGH:
             continue
+        elif n.op in SCALED:
+            out.append(HlsLayer(n.name, "batch_norm", n, data[:1], n.outputs[0]))
+        elif n.op == "clip":
+            out.append(HlsLayer(n.name, _clip_kind(n.attrs.get("min"), n.attrs.get("max")) or "clip", n, data,
+                                n.outputs[0]))
+        elif n.op == "pad":
+            out.append(HlsLayer(n.name, "zero_pad", n, data, n.outputs[0]))
         else:
             out.append(HlsLayer(n.name, n.op, n, data, n.outputs[0]))
     return out
@@ -156,9 +301,29 @@ def eval_layer(graph: Graph, layer: HlsLayer, lp: LayerPrecision, args: list[Fx]
             return L.dense(args[0], w, b, lp.accum, lp.result)
         nsp = args[0].raw.ndim - 2
         strides, pads, dil = _spatial(n, nsp)
+        if layer.padded:
+            pads = ((0, 0),) * nsp
+        if is_depthwise(graph, n):
+            return L.depthwise_conv(args[0], w, b, lp.accum, lp.result, strides=strides, pads=pads)
         return L.conv(args[0], w, b, lp.accum, lp.result, strides=strides, pads=pads, dilations=dil)
+    if kind == "batch_norm":
+        if lp.weight is None or lp.bias is None:
+            raise FixedTypeError(f"layer {layer.name!r}: scale (weight) and bias types are required")
+        s, t = scale_shift(graph, n)
+        return L.normalize(args[0], Fx.of(s.astype(np.float64), lp.weight), Fx.of(t.astype(np.float64), lp.bias),
+                           lp.result)
+    if kind == "zero_pad":
+        nsp = args[0].raw.ndim - 2
+        pads = _spatial(n, nsp)[1] if n.op == "conv" else tuple(tuple(p) for p in n.attrs["pads"][1:-1])
+        return L.zero_pad(args[0], pads, lp.result)
+    if kind == "resize":
+        return L.resize_nearest(args[0], tuple(int(s) for s in n.attrs["scales"]), lp.result)
+    if kind == "concat":
+        return L.concat(args, lp.result)
     if kind == "relu":
         return L.relu(args[0], lp.result)
+    if kind == "relu6":
+        return L.relu_max(args[0], lp.result, 6)
     if kind == "identity":
         return L.linear(args[0], lp.result)
     if kind in ("sigmoid", "tanh"):

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from tapeout.compiler import interpreter
-from tapeout.compiler.fixedpoint.model import (DEFAULT_SOFTMAX_TABLE, DEFAULT_TABLE, GLOBAL_POOLS, POOLS, HlsLayer,
-                                               LayerPrecision, PrecisionPlan, activation_of, hls_layers, pool_cells,
-                                               predict_fixed, run_fixed)
+from tapeout.compiler.fixedpoint.model import (COPIES, DEFAULT_SOFTMAX_TABLE, DEFAULT_TABLE, GLOBAL_POOLS, POOLS,
+                                               HlsLayer, LayerPrecision, PrecisionPlan, activation_of, hls_layers,
+                                               pool_cells, predict_fixed, run_fixed, scale_shift)
 from tapeout.compiler.fixedpoint.types import FixedType, fixed
 from tapeout.compiler.ir import LINEAR, Graph, Node
 
@@ -115,7 +115,10 @@ def observed_ranges(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, flo
             if len(n.inputs) > 2 and n.inputs[2]:
                 out[f"{layer.name}:bias"] = float(np.max(np.abs(graph.constants[n.inputs[2]])))
         else:
-            out[layer.name] = float(np.max(np.abs(values[layer.output])))
+            out[layer.name] = float(np.max(np.abs(values[layer.output]))) if layer.output in values else 0.0
+            if layer.kind == "batch_norm":  # its scale and bias are the "weight" and "bias"
+                s, t = scale_shift(graph, n)
+                out[f"{layer.name}:weight"], out[f"{layer.name}:bias"] = float(np.max(np.abs(s))), float(np.max(np.abs(t)))
     return out
 
 
@@ -164,6 +167,10 @@ def _resolve_input_types(graph: Graph, plan: PrecisionPlan, layers: list[HlsLaye
 
 
 def _finish(graph: Graph, plan: PrecisionPlan, layers: list[HlsLayer], ranges: dict[str, float]) -> PrecisionPlan:
+    for layer in layers:  # padding/upsampling copy values: hls4ml needs the input's type (first: others read it)
+        if layer.kind in COPIES:
+            t = _resolve_input_types(graph, plan, layers)[layer.inputs[0]]
+            plan.layers[layer.name] = replace(plan.layers[layer.name], result=t)
     src = _resolve_input_types(graph, plan, layers)
     for layer in layers:
         lp = plan.layers[layer.name]
@@ -188,11 +195,12 @@ def initial_plan(graph: Graph, ranges: dict[str, float], frac: int = START_FRAC,
     for layer in layers:
         ib = int_bits(ranges[layer.name])
         res = fixed(ib + frac, ib, "AP_RND", "AP_SAT")
-        if layer.kind in ("dense", "conv"):
+        if layer.kind in ("dense", "conv", "batch_norm"):
             wi = int_bits(ranges[f"{layer.name}:weight"], 1.0)
             bi = int_bits(ranges.get(f"{layer.name}:bias", 0.0), 1.0)
             plan.layers[layer.name] = LayerPrecision(result=res, weight=fixed(wi + frac, wi, "AP_RND"),
-                                                     bias=fixed(bi + frac, bi, "AP_RND"), accum=res)
+                                                     bias=fixed(bi + frac, bi, "AP_RND"),
+                                                     accum=None if layer.kind == "batch_norm" else res)
         elif layer.kind == "softmax":
             plan.layers[layer.name] = LayerPrecision(result=fixed(17, 1, "AP_RND", "AP_SAT"),
                                                      table=DEFAULT_SOFTMAX_TABLE, inv_table=DEFAULT_SOFTMAX_TABLE,
@@ -275,7 +283,8 @@ def search(graph: Graph, feeds: dict[str, np.ndarray], budget: Budget = Budget()
                 lo = mid + 1
         plan = _finish(graph, PrecisionPlan({**plan.inputs, inp: _set_frac(cur, hi)}, plan.layers), layers, ranges)
     for layer in layers:
-        keys = ["weight", "bias", "result"] if layer.kind in ("dense", "conv") else ["result"]
+        keys = ["weight", "bias", "result"] if layer.kind in ("dense", "conv", "batch_norm") else \
+            [] if layer.kind in COPIES else ["result"]
         if layer.kind in ("softmax", "sigmoid", "tanh"):
             # Probabilities are what the user reads: a graph output keeps 16 fractional bits
             # (top-1 on a few-bit softmax is decided by ties).
@@ -330,6 +339,9 @@ def float_layer_outputs(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str,
             args = [graph.constants[i] if i in graph.constants else values[i] if i else None for i in n.inputs]
             linear = Node(n.op, n.name, n.inputs, n.outputs, {**n.attrs, "activation": LINEAR})
             out[layer.name] = np.asarray(interpreter.eval_node(linear, args)[0])
+        elif layer.output not in values:  # a conv's padding, written as its own layer
+            pads = tuple(tuple(p) for p in n.attrs["pads"])
+            out[layer.name] = np.pad(np.asarray(values[layer.inputs[0]]), ((0, 0), *pads, (0, 0)))
         else:
             out[layer.name] = np.asarray(values[layer.output])
     return out
@@ -373,8 +385,9 @@ def uniform_plan(graph: Graph, t: FixedType) -> PrecisionPlan:
     layers = hls_layers(graph)
     plan = PrecisionPlan({i: t for i in graph.inputs})
     for layer in layers:
-        if layer.kind in ("dense", "conv"):
-            plan.layers[layer.name] = LayerPrecision(result=t, weight=t, bias=t, accum=t)
+        if layer.kind in ("dense", "conv", "batch_norm"):
+            plan.layers[layer.name] = LayerPrecision(result=t, weight=t, bias=t,
+                                                     accum=None if layer.kind == "batch_norm" else t)
         elif layer.kind == "softmax":
             plan.layers[layer.name] = LayerPrecision(result=t, table=DEFAULT_SOFTMAX_TABLE,
                                                      inv_table=DEFAULT_SOFTMAX_TABLE, accum=DEFAULT_SOFTMAX_TABLE)

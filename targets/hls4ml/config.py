@@ -60,6 +60,8 @@ def hls_config(layers: list[HlsLayer], plan: PrecisionPlan, options: Hls4mlOptio
                 if t is not None:
                     prec[key] = str(t)
             entry.update(Implementation="stable", TableSize=lp.table_size)
+        elif layer.kind == "batch_norm":  # hls4ml's BatchNormalization: scale_t and bias_t, no accumulator
+            prec = {"result": str(lp.result), "scale": str(lp.weight), "bias": str(lp.bias)}
         else:
             prec = {k: str(t) for k, t in lp.types().items() if k not in ("inv_table", "inv_inp")}
             if layer.kind in ("sigmoid", "tanh"):

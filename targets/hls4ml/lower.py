@@ -14,6 +14,55 @@ from tapeout.targets.hls4ml.project import convert, write_manifest
 from tapeout.targets.onnx.layout import is_channels_first
 
 
+# hls4ml 1.3 layers that exist only in io_parallel (nnet_activation_stream.h has no relu_max).
+PARALLEL_ONLY = {"relu6": "relu6 (clip(0, 6)) exists only in io_parallel in hls4ml 1.3"}
+
+
+def check_io_type(layers: list[Any], io_type: str) -> None:
+    """Refuse, before any C++ is written, a layer hls4ml has no implementation of in ``io_type``."""
+    from tapeout.compiler.fixedpoint.types import FixedTypeError
+
+    if io_type != "stream":
+        return
+    for layer in layers:
+        if layer.kind in PARALLEL_ONLY:
+            raise FixedTypeError(f"node {layer.node.name!r}: op {layer.node.op!r} cannot be compiled with "
+                                 f"--io-type stream: {PARALLEL_ONLY[layer.kind]}; use --io-type parallel")
+
+
+def keras_model(graph: Graph) -> Any:
+    """The IR as the Keras 3 model handed to hls4ml (``KerasModel``): the shared emitter, channels-last,
+    with the layers hls4ml reads differently from the emitter's defaults:
+
+    - batch_norm / affine -> BatchNormalization(gamma=scale, beta=bias, mean 0, variance 1, epsilon 0),
+      so hls4ml's scale and bias are exactly ``scale_shift``'s float32 values (its own
+      gamma / sqrt(var + eps) would round differently from the NumPy model's);
+    - clip(0, 6) -> Activation("relu6") (hls4ml's Keras 3 reader refuses ReLU(max_value=6)).
+    """
+    import keras
+
+    from tapeout.compiler.fixedpoint.model import SCALED, _clip_kind, scale_shift
+    from tapeout.targets.keras.emit import apply, graph_to_keras
+
+    def batch_norm(ctx: Any, n: Any) -> Any:
+        s, t = scale_shift(graph, n)
+        layer = keras.layers.BatchNormalization(axis=-1, epsilon=0.0, name=ctx.name(n))
+        return apply(layer, ctx.tensor(n, n.inputs[0]), [s, t, np.zeros_like(s), np.ones_like(s)])
+
+    def relu6(ctx: Any, n: Any) -> Any:
+        return keras.layers.Activation("relu6", name=ctx.name(n))(ctx.tensor(n, n.inputs[0]))
+
+    builders: dict[str, Any] = {}
+    for n in graph.nodes:
+        if n.op in SCALED:
+            builders[n.name] = batch_norm
+        elif n.op == "clip" and _clip_kind(n.attrs.get("min"), n.attrs.get("max")) == "relu6":
+            builders[n.name] = relu6
+    # hls4ml writes layer names into C++ (types; inputs as variables): '/net/net.0/Gemm' or 'input.1'
+    # would not compile, so every name is made a C++ identifier.
+    return graph_to_keras(graph, keep_io_layout=False, node_builders=builders, identifiers=True)
+
+
 def lower(keras_model: Any, graph: Graph, plan: PrecisionPlan, outdir: Path, *, variant: str,
           options: Hls4mlOptions, names: dict[str, str] | None = None) -> Any:
     """Write the hls4ml project for ``keras_model`` (which computes ``graph``) into ``outdir``."""

@@ -293,9 +293,12 @@ class Hls4mlTarget(Target):
         from tapeout.targets.hls4ml.estimates import estimate
         from tapeout.targets.hls4ml.lower import lower
 
+        from tapeout.targets.hls4ml.lower import check_io_type
+
         s = self.settings
         try:
             layers = hls_layers(graph)
+            check_io_type(layers, s.io_type)
         except FixedTypeError as e:
             raise UsageError(f"target hls4ml: {e}") from None
         notes: list[str] = []
@@ -309,9 +312,9 @@ class Hls4mlTarget(Target):
         options = Hls4mlOptions(part=s.part, clock_period=s.clock_period, io_type=s.io_type, strategy=s.strategy,
                                 reuse_factor=s.reuse_factor, layer_reuse=reuse)
         with captured_output():
-            from tapeout.targets.keras.emit import graph_to_keras
+            from tapeout.targets.hls4ml.lower import keras_model
 
-            km = graph_to_keras(graph, keep_io_layout=False)
+            km = keras_model(graph)
         names = self._names(graph, layers, km)
         lower(km.model, graph, plan, outdir, variant=self.variant, options=options, names=names)
         rows, totals = estimate(graph, plan, reuse, variant=self.variant, io_type=s.io_type, strategy=s.strategy,
