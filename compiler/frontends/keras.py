@@ -5,6 +5,11 @@ h5, or the JSON text) is checked against the supported layer table *before* any
 Keras loader runs, so a Lambda or custom class is refused without executing code
 from the file.
 
+Legacy configs (a Sequential written as a plain layer list by Keras 1 and Keras <= 2.2.4,
+Keras 1 layer names and settings) are first rewritten as data in Keras 2 spellings
+(``tapeout.runtime.runners.keras_legacy``, shared with the source runner), then go
+through the same check.
+
 Conversion walks the live functional graph from the model outputs back through
 each tensor's ``_keras_history`` (layer, node index, tensor index) and that
 node's input tensors. Keras 3 and tf_keras share this structure (only the name
@@ -23,6 +28,7 @@ from typing import Any
 from tapeout.compiler.errors import FrontendError
 from tapeout.compiler.frontends.keras_layers import CONVERTERS, MODEL_CLASSES, SUPPORTED_CLASSES, Emitter
 from tapeout.compiler.ir import BATCH, Graph, IRError, TensorType
+from tapeout.runtime.runners.keras_legacy import LegacyConfigError, load_weights, translate
 
 _LAYOUTS = {2: "NC", 3: "NWC", 4: "NHWC", 5: "NDHWC"}
 
@@ -85,7 +91,14 @@ def _load_keras3(path: Path, safe_mode: bool) -> Any:
         raise FrontendError(f"{path}: Keras could not load the model: {_one_line(e)}") from None
 
 
-def _load_h5(path: Path) -> Any:
+def _translated(path: Path, cfg: Any) -> tuple[Any, list[str]]:
+    try:
+        return translate(cfg)
+    except LegacyConfigError as e:
+        raise FrontendError(f"{path}: {e}") from None
+
+
+def _load_h5(path: Path) -> tuple[Any, list[str]]:
     import h5py
 
     try:
@@ -100,16 +113,33 @@ def _load_h5(path: Path) -> Any:
         cfg = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
     except ValueError as e:
         raise FrontendError(f"{path}: the stored model_config is not valid JSON ({e})") from None
+    cfg, notes = _translated(path, cfg)
     check_config(path, cfg)
+    if notes:  # a legacy config tf_keras's h5 loader cannot read: the translated one, the file's weights
+        return _from_config(path, cfg, path), notes
     import tf_keras
 
     try:
-        return tf_keras.models.load_model(path, compile=False)
+        return tf_keras.models.load_model(path, compile=False), notes
     except Exception as e:  # see _load_keras3
         raise FrontendError(f"{path}: tf_keras could not load the model: {_one_line(e)}") from None
 
 
-def _load_json(path: Path, weights: Path | None) -> Any:
+def _from_config(path: Path, cfg: dict, weights: Path) -> Any:
+    import tf_keras
+
+    try:
+        model = tf_keras.models.model_from_json(json.dumps(cfg))
+    except Exception as e:  # see _load_keras3
+        raise FrontendError(f"{path}: tf_keras could not build the model: {_one_line(e)}") from None
+    try:
+        load_weights(model, weights)
+    except Exception as e:  # see _load_keras3
+        raise FrontendError(f"{weights}: could not load the weights: {_one_line(e)}") from None
+    return model
+
+
+def _load_json(path: Path, weights: Path | None) -> tuple[Any, list[str]]:
     if weights is None:
         raise FrontendError(f"{path}: an architecture JSON needs its weights .h5 (--weights)")
     if not weights.is_file():
@@ -119,18 +149,9 @@ def _load_json(path: Path, weights: Path | None) -> Any:
         cfg = json.loads(text)
     except (ValueError, OSError) as e:
         raise FrontendError(f"{path}: not a readable JSON architecture ({_one_line(e)})") from None
+    cfg, notes = _translated(path, cfg)
     check_config(path, cfg)
-    import tf_keras
-
-    try:
-        model = tf_keras.models.model_from_json(text)
-    except Exception as e:  # see _load_keras3
-        raise FrontendError(f"{path}: tf_keras could not build the model: {_one_line(e)}") from None
-    try:
-        model.load_weights(weights)
-    except Exception as e:  # see _load_keras3
-        raise FrontendError(f"{weights}: could not load the weights: {_one_line(e)}") from None
-    return model
+    return _from_config(path, cfg, weights), notes
 
 
 def _one_line(e: BaseException) -> str:
@@ -147,16 +168,19 @@ def load_keras(path: str | Path, weights: str | Path | None = None, *, safe_mode
     if not p.is_file():
         raise FrontendError(f"{p}: no such model file")
     suffix = p.suffix.lower()
+    notes: list[str] = []
     if suffix == ".keras":
         model, fmt = _load_keras3(p, safe_mode), "keras"
     elif suffix in (".h5", ".hdf5"):
-        model, fmt = _load_h5(p), "keras2-h5"
+        (model, notes), fmt = _load_h5(p), "keras2-h5"
     elif suffix == ".json":
-        model, fmt = _load_json(p, Path(weights) if weights is not None else None), "keras2-json"
+        (model, notes), fmt = _load_json(p, Path(weights) if weights is not None else None), "keras2-json"
     else:
         raise FrontendError(f"{p}: not a Keras model file (expected .keras, .h5 or .json)")
     graph = model_to_graph(model)
     graph.metadata["source_format"] = fmt
+    if notes:
+        graph.metadata["notes"] = notes  # type: ignore[assignment]  # the report copies the list
     return graph
 
 

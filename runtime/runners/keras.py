@@ -27,6 +27,11 @@ def _dtype_name(dtype: Any) -> str:
     return getattr(dtype, "name", None) or str(dtype)  # tf.DType (tf_keras) or str (Keras 3)
 
 
+def _noted(translated: tuple[str, list[str]]) -> tuple[str, list[str]]:
+    text, notes = translated
+    return text, ["source runner: tf_keras ran the legacy config as rewritten for the import"] if notes else []
+
+
 class KerasRunner(FileRunner):
     name = "keras"
 
@@ -37,6 +42,7 @@ class KerasRunner(FileRunner):
         self.safe_mode = safe_mode
         self._model: Any = None
         self._inputs: list[str] = []
+        self.notes: list[str] = []  # legacy config forms rewritten so that tf_keras reads them
 
     # loading ---------------------------------------------------------------
     def _load(self) -> Any:
@@ -46,15 +52,28 @@ class KerasRunner(FileRunner):
                 raise RuntimeInputError(f"{self.path}: an architecture JSON needs its weights file")
             import tf_keras
 
-            model = tf_keras.models.model_from_json(self.path.read_text())
-            model.load_weights(str(self.weights))
+            from tapeout.runtime.runners.keras_legacy import load_weights, translate_json
+
+            text, self.notes = _noted(translate_json(self.path.read_text()))
+            model = tf_keras.models.model_from_json(text)
+            load_weights(model, self.weights)
             return model
         if self.weights is not None:
             raise RuntimeInputError(f"{self.path}: a weights file applies to an architecture .json only")
         if suffix in LEGACY_SUFFIXES:
+            import h5py
             import tf_keras
 
-            return tf_keras.models.load_model(str(self.path), compile=False)
+            from tapeout.runtime.runners.keras_legacy import load_weights, translate_json
+
+            with h5py.File(self.path, "r") as f:
+                raw = f.attrs.get("model_config")
+            text, self.notes = _noted(translate_json(raw.decode() if isinstance(raw, bytes) else str(raw)))
+            if not self.notes:
+                return tf_keras.models.load_model(str(self.path), compile=False)
+            model = tf_keras.models.model_from_json(text)
+            load_weights(model, self.path)
+            return model
         if suffix == ".keras":
             import keras
 
