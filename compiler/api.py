@@ -272,7 +272,7 @@ def compile_model(
             seconds = time.perf_counter() - t0
             size = _dir_size(tdir, emitted.size_artifacts or emitted.artifacts)
             tr = TargetReport(cls.name, variant, [f"{folder}/{a}" for a in emitted.artifacts], size, seconds,
-                              list(emitted.notes), extra=dict(emitted.extra))
+                              list(emitted.notes), extra=dict(emitted.extra), interface=_io_report(tdir, qgraph))
             if qinfo is not None:
                 tr.extra["quantization"] = qinfo
             if verify_artifacts and dataset is not None:
@@ -289,6 +289,16 @@ def compile_model(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report
+
+
+def _io_report(tdir: Path, graph: Graph) -> dict[str, Any]:
+    """Each input/output of the artifact: its name there, layout and shape (tapeout_io.json, which the
+    target wrote; a target writing none keeps the source's names and layouts)."""
+    from tapeout.runtime.io_map import IOMap
+    from tapeout.targets.io import io_map
+
+    found = IOMap.load(tdir) or io_map(graph, graph)
+    return {"inputs": [p.to_json() for p in found.inputs], "outputs": [p.to_json() for p in found.outputs]}
 
 
 def _build_targets(chosen: Sequence[tuple[type[Target], str]],

@@ -64,6 +64,9 @@ class TargetReport:
     notes: list[str] = field(default_factory=list)
     verification: Verification | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The artifact's inputs and outputs: source name, the artifact's own name, layout and shape
+    # (tapeout_io.json, runtime.io_map).
+    interface: dict[str, Any] | None = None
 
     @property
     def folder(self) -> str:
@@ -80,6 +83,8 @@ class TargetReport:
             "notes": self.notes,
             "verification": self.verification.to_json() if self.verification else None,
         }
+        if self.interface is not None:
+            d["interface"] = self.interface
         d.update(self.extra)
         return d
 

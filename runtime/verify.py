@@ -8,6 +8,8 @@ import numpy as np
 
 from tapeout.runtime.compare import ComparisonResult, Tolerance, compare
 from tapeout.runtime.data import Dataset, batches
+from tapeout.runtime.errors import RuntimeInputError
+from tapeout.runtime.io_map import FILE as IO_MAP
 from tapeout.runtime.protocol import Runner
 
 
@@ -34,6 +36,17 @@ def _positional(kind: str, ref: list[str], cand: list[str], notes: list[str]) ->
     return {}
 
 
+def _check_names(candidate: Runner, dataset: Dataset, rename: Mapping[str, str]) -> None:
+    """A candidate input the data cannot feed: say where names are mapped instead of a bare 'no data'."""
+    fed = {rename.get(k, k) for k in dataset.feeds}
+    missing = [s.name for s in candidate.input_specs() if s.name not in fed]
+    if missing:
+        raise RuntimeInputError(
+            f"{getattr(candidate, 'path', candidate.name)}: no data for input(s) {', '.join(missing)} (the data has "
+            f"{', '.join(dataset.feeds)}); an artifact that renames or re-lays out the source's inputs is run "
+            f"through the {IO_MAP} written beside it: keep that file next to the artifact")
+
+
 def verify(reference: Runner, candidate: Runner, dataset: Dataset,
            tolerances: Tolerance | Mapping[str, Tolerance] = Tolerance(), batch_size: int = 32) -> ComparisonResult:
     """Both runners on every sample of ``dataset``; outputs matched by name and compared.
@@ -49,6 +62,7 @@ def verify(reference: Runner, candidate: Runner, dataset: Dataset,
         inputs = _positional("input", [s.name for s in reference.input_specs()],
                              [s.name for s in candidate.input_specs()], notes)
         outputs = _positional("output", reference.output_names(), candidate.output_names(), notes)
+        _check_names(candidate, dataset, inputs)
         ref_out = run_batches(reference, dataset, batch_size)
         cand_out = run_batches(candidate, dataset, batch_size, rename=inputs)
         back = {c: r for r, c in outputs.items()}

@@ -62,7 +62,10 @@ def is_hls4ml_project(path: str | Path) -> bool:
 
 
 def runner_for(path: str | Path, weights: str | Path | None = None) -> Runner:
-    """The runner for a model or artifact file (by suffix), or for an hls4ml project folder."""
+    """The runner for a model or artifact file (by suffix), or for an hls4ml project folder.
+
+    An artifact whose folder holds tapeout's I/O map (``runtime.io_map``) is run through it:
+    fed and read with the source model's names and layouts."""
     p = Path(path)
     if p.is_dir():  # the runner refuses, on open, a folder without the manifest
         return _hls4ml_project(p)
@@ -72,4 +75,6 @@ def runner_for(path: str | Path, weights: str | Path | None = None) -> Runner:
                                 f"known: {', '.join(sorted(RUNNERS))}")
     if not p.is_file():
         raise RuntimeInputError(f"{p}: no such file")
-    return factory(p, Path(weights) if weights else None)
+    from tapeout.runtime.io_map import mapped
+
+    return mapped(factory(p, Path(weights) if weights else None), p.parent)

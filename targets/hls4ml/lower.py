@@ -87,4 +87,11 @@ def lower(keras_model: Any, graph: Graph, plan: PrecisionPlan, outdir: Path, *, 
               if layer.get_attr("function_cpp", None) and layer.get_attr("trace", False)]
     write_manifest(outdir, inputs=[io(i) for i in graph.inputs], outputs=[io(o) for o in graph.outputs],
                    trace=sorted(traced, key=lambda t: t["name"]))
+    # The C++ ports (channels-last, hls4ml's variable names) against the source's, for the report
+    # (tapeout_io.json, as every target writes); the C-simulation runner works from the manifest.
+    from tapeout.targets.io import artifact_graph, io_map
+
+    ports = dict(zip(graph.inputs, (v.name for v in model.get_input_variables())))
+    ports.update(zip(graph.outputs, (v.name for v in model.get_output_variables())))
+    io_map(graph, artifact_graph(graph, "channels-last"), ports).write(outdir)
     return model

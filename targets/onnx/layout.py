@@ -55,3 +55,8 @@ def flatten_row_order(spatial_and_channels: Sequence[int]) -> np.ndarray:
     dims = tuple(spatial_and_channels)
     ids = np.arange(int(np.prod(dims))).reshape(dims)
     return ids.transpose(len(dims) - 1, *range(len(dims) - 1)).reshape(-1)
+
+
+def channels_last_layout(layout: str) -> str:
+    """"NCHW" -> "NHWC", "NCW" -> "NWC": the same axes with the channels moved last."""
+    return layout[0] + layout[2:] + layout[1]

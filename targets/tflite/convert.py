@@ -27,7 +27,6 @@ from tapeout.compiler.ir import Graph, IRError
 from tapeout.compiler.quiet import captured_output, quiet_environment
 
 CACHE_SIZE = 4  # traced models kept: the float one and each integer scheme of one command
-_TF_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/]*$")  # what TensorFlow accepts as a placeholder name
 
 
 class ConversionError(TapeoutError):
@@ -41,7 +40,7 @@ class Traced:
     keras: Any  # tapeout.targets.keras.emit.KerasModel
     function: Any  # ConcreteFunction: {IR output name: tensor}, variables frozen to constants
     saved: tempfile.TemporaryDirectory  # the function as a SavedModel (its "serving_default" signature)
-    input_names: list[str]  # signature input names, in graph.inputs order
+    input_names: list[str]  # signature input names, in graph.inputs order (identifiers: see spec_names)
     seconds: float  # Keras build + trace + freeze
 
 
@@ -95,8 +94,23 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
-def _spec_name(name: str) -> str:
-    return name if _TF_NAME.match(name) else "x" + re.sub(r"[^A-Za-z0-9_.\-/]", "_", name)
+# What TensorFlow keeps verbatim as a signature input name; it rewrites others ('/' -> '_').
+_TF_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-]*$")
+
+
+def spec_names(names: list[str]) -> list[str]:
+    """The model's input names: the source's where TensorFlow keeps them, else with each other
+    character made '_' (and an 'x' in front of a leading one TensorFlow refuses), unique.
+    Choosing them here makes the signature's names known exactly (tapeout_io.json records them)."""
+    out: list[str] = []
+    for name in names:
+        base = name if _TF_NAME.match(name) else re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
+        base = base if _TF_NAME.match(base) else "x" + base
+        candidate, i = base, 1
+        while candidate in out:
+            candidate, i = f"{base}_{i}", i + 1
+        out.append(candidate)
+    return out
 
 
 def _trace(graph: Graph, integer: bool = False) -> Traced:
@@ -118,7 +132,7 @@ def _trace(graph: Graph, integer: bool = False) -> Traced:
         else:
             emitted = graph_to_keras(graph)
         model = emitted.model
-        names = [_spec_name(n) for n in emitted.input_names]
+        names = spec_names(list(graph.inputs))
         specs = [tf.TensorSpec(t.shape, t.dtype, name=n) for t, n in zip(model.inputs, names)]
         n_out = len(graph.outputs)
 

@@ -8,7 +8,7 @@ no TensorFlow import), else TensorFlow's copy of it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
@@ -58,6 +58,8 @@ class ModelInfo:
     tensors: list[TensorInfo]
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
+    # The first signature's names -> tensor indices ({"inputs": {...}, "outputs": {...}}).
+    signature: dict[str, dict[str, int]] = field(default_factory=lambda: {"inputs": {}, "outputs": {}})
 
     def op_names(self) -> list[str]:
         return [o.op for o in self.ops]
@@ -109,4 +111,11 @@ def read_model(data: bytes) -> ModelInfo:
         ops.append(OpInfo(codes[op.OpcodeIndex()], ins, outs, fused))
     graph_in = tuple(int(v) for v in np.atleast_1d(sub.InputsAsNumpy())) if sub.InputsLength() else ()
     graph_out = tuple(int(v) for v in np.atleast_1d(sub.OutputsAsNumpy())) if sub.OutputsLength() else ()
-    return ModelInfo(ops, tensors, graph_in, graph_out)
+    signature: dict[str, dict[str, int]] = {"inputs": {}, "outputs": {}}
+    if model.SignatureDefsLength():
+        sig = model.SignatureDefs(0)
+        for kind, count, get in (("inputs", sig.InputsLength(), sig.Inputs),
+                                 ("outputs", sig.OutputsLength(), sig.Outputs)):
+            for i in range(count):
+                signature[kind][get(i).Name().decode("utf-8", "replace")] = int(get(i).TensorIndex())
+    return ModelInfo(ops, tensors, graph_in, graph_out, signature)

@@ -68,7 +68,7 @@ class TfliteTarget(Target):
         notes: list[str] = []
         extra: dict[str, Any] = {}
         if self.variant in INTEGER_VARIANTS:
-            data = self._integer(graph, notes, extra)
+            data, traced = self._integer(graph, notes, extra)
         else:
             if self.options.get("io") not in (None, "float"):
                 notes.append(f"--io {self.options['io']} applies to the integer variants; "
@@ -78,6 +78,12 @@ class TfliteTarget(Target):
             notes += traced.keras.notes
         (outdir / "model.tflite").write_bytes(data)
         info = read_model(data)
+        io = self._io_map(graph, traced, info)
+        io.write(outdir)
+        renamed = [f"'{p.name}' -> '{p.artifact}'" for p in io.inputs if p.artifact != p.name]
+        if renamed:
+            notes.append(f"input(s) renamed as identifiers in the model's signature: {', '.join(renamed)} "
+                         f"(tapeout_io.json maps them back)")
         arena = estimate_arena(info)
         artifacts = ["model.tflite"]
         # Nothing here depends on what ran before in this process (the trace cache): reports of
@@ -97,7 +103,21 @@ class TfliteTarget(Target):
             notes.append(f"C array {array} in model.cc/model.h; tensor arena estimate {arena.total} bytes")
         return EmitResult(artifacts, notes, extra, size_artifacts=["model.tflite"])
 
-    def _integer(self, graph: Graph, notes: list[str], extra: dict[str, Any]) -> bytes:
+    @staticmethod
+    def _io_map(graph: Graph, traced: Any, info: Any) -> Any:
+        """Source names/layouts -> the model signature's, checked against the converted file."""
+        from tapeout.targets.io import io_map
+        from tapeout.targets.tflite.convert import ConversionError
+
+        io = io_map(graph, graph, dict(zip(graph.inputs, traced.input_names)))
+        for kind, ports in (("inputs", io.inputs), ("outputs", io.outputs)):
+            found = sorted(info.signature[kind])
+            if found != sorted(p.artifact for p in ports):
+                raise ConversionError(f"the converted model's signature {kind} are {found}, not the "
+                                      f"{sorted(p.artifact for p in ports)} tapeout named")
+        return io
+
+    def _integer(self, graph: Graph, notes: list[str], extra: dict[str, Any]) -> tuple[bytes, Any]:
         """int8 / int16x8 from the quantize pass's annotations (see quantized.py)."""
         from tapeout.targets.tflite import convert
         from tapeout.targets.tflite.quantized import align, widen_int16_biases
@@ -138,9 +158,10 @@ class TfliteTarget(Target):
                                       "exact_scales_set": found.exact_set, "widened": len(found.widened),
                                       "fixed_outputs_quantized": len(found.fixed),
                                       "float_ops": len(found.float_ops)}
-        return data
+        return data, traced
 
     def runner(self, outdir: Path) -> Runner:
+        from tapeout.runtime.io_map import mapped
         from tapeout.runtime.runners.litert import LiteRTRunner
 
-        return LiteRTRunner(outdir / "model.tflite")
+        return mapped(LiteRTRunner(outdir / "model.tflite"), outdir)
