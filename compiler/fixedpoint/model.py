@@ -8,6 +8,7 @@ Keras 3 parser names it). A ``PrecisionPlan`` gives every such layer its types;
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 
@@ -268,12 +269,34 @@ def _alias_map(graph: Graph) -> dict[str, str]:
     return alias
 
 
+_WRITTEN: dict[tuple, np.ndarray] = {}
+
+
+def written_weights(values: np.ndarray, t: FixedType) -> Fx:
+    """Weights as hls4ml's C simulation holds them: its writer prints each value with as many
+    decimals as ``t`` has fractional bits (``"{:.Ff}"``) and the C++ reads that text back into ``t``
+    (a double, then ``t``'s rounding). A value exactly on a rounding tie (k + 1/2 steps, common for
+    float32 weights and 16-odd fractional bits) is printed just off the tie and rounds the other way.
+    Weights reach hls4ml through the Keras model, in float32."""
+    arr = np.ascontiguousarray(values, dtype=np.float32)  # the Keras model handed to hls4ml holds float32
+    key = (t, arr.shape, arr.dtype.str, hashlib.blake2b(arr.tobytes(), digest_size=16).digest())
+    raw = _WRITTEN.get(key)
+    if raw is None:
+        d = max(0, t.frac)
+        text = np.array([float(f"{float(v):.{d}f}") for v in arr.ravel()], np.float64).reshape(arr.shape)
+        raw = Fx.of(text, t).raw
+        if len(_WRITTEN) > 4096:
+            _WRITTEN.clear()
+        _WRITTEN[key] = raw
+    return Fx(raw, t)
+
+
 def _const(graph: Graph, node: Node, idx: int, t: FixedType | None) -> Fx | None:
     if len(node.inputs) <= idx or not node.inputs[idx]:
         return None
     if t is None:
         raise FixedTypeError(f"node {node.name!r}: no type for input {idx}")
-    return Fx.of(np.asarray(graph.constants[node.inputs[idx]], np.float64), t)
+    return written_weights(graph.constants[node.inputs[idx]], t)
 
 
 def _spatial(node: Node, nsp: int):
@@ -310,8 +333,7 @@ def eval_layer(graph: Graph, layer: HlsLayer, lp: LayerPrecision, args: list[Fx]
         if lp.weight is None or lp.bias is None:
             raise FixedTypeError(f"layer {layer.name!r}: scale (weight) and bias types are required")
         s, t = scale_shift(graph, n)
-        return L.normalize(args[0], Fx.of(s.astype(np.float64), lp.weight), Fx.of(t.astype(np.float64), lp.bias),
-                           lp.result)
+        return L.normalize(args[0], written_weights(s, lp.weight), written_weights(t, lp.bias), lp.result)
     if kind == "zero_pad":
         nsp = args[0].raw.ndim - 2
         pads = _spatial(n, nsp)[1] if n.op == "conv" else tuple(tuple(p) for p in n.attrs["pads"][1:-1])

@@ -140,3 +140,17 @@ def test_depth_multiplier_dilation_and_per_position_affine_are_refused():
     g = _graph((3, 3, 2), [Node("concat", "cat", ["x", "x", "x"], ["cat"], {"axis": -1})], {}, ["cat"])
     with pytest.raises(FixedTypeError, match="node 'cat': op 'concat' of 3 inputs"):
         hls_layers(g)
+
+
+def test_weights_are_quantized_from_the_text_hls4ml_writes():
+    """hls4ml prints each weight with F decimals (F = fractional bits) and the C++ reads the text back:
+    a float32 weight exactly on a rounding tie (here -11857.5 steps of 2^-16) is printed just past it
+    and rounds away from the tie. Found as a 1-LSB C-simulation mismatch in the U-Net block."""
+    from tapeout.compiler.fixedpoint.model import written_weights
+
+    t = fixed(17, 1, "AP_RND")
+    w = np.array([-0.18093109130859375, 0.25, -0.1], np.float32)
+    assert w[0] * 2**16 == -11857.5
+    assert Fx.of(w.astype(np.float64), t).raw[0] == -11857  # AP_RND on the exact tie: toward +inf
+    assert written_weights(w, t).raw[0] == -11858  # "-0.1809310913085938" is below the tie
+    np.testing.assert_array_equal(written_weights(w, t).raw[1:], Fx.of(w[1:].astype(np.float64), t).raw)
