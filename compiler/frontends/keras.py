@@ -31,6 +31,7 @@ from tapeout.compiler.ir import BATCH, Graph, IRError, TensorType
 from tapeout.runtime.runners.keras_legacy import LegacyConfigError, load_weights, translate
 
 _LAYOUTS = {2: "NC", 3: "NWC", 4: "NHWC", 5: "NDHWC"}
+_LAYOUTS_FIRST = {2: "NC", 3: "NCW", 4: "NCHW", 5: "NCDHW"}  # models with channels_first layers ('th')
 
 
 # ------------------------------------------------------------ safety check
@@ -276,14 +277,29 @@ def model_to_graph(model: Any) -> Graph:
     except (AttributeError, ValueError):
         raise FrontendError(f"model {model.name!r} has no defined inputs; build it on a keras.Input") from None
     graph = Graph(name=model.name, inputs=[], outputs=[])
+    # A channels_first ('th') model keeps its layout between layers; its I/O is channels-last in
+    # the IR, as for NCHW ONNX models, with a transpose at each edge (io_layouts says NCHW).
+    first = _channels_first(model)
+    layouts = _LAYOUTS_FIRST if first else _LAYOUTS
+    emitter = Emitter(graph)
     feeds = {}
     for t in inputs:
         name = _history(t)[0].name
-        graph.types[name] = _input_type(model.name, name, t)
+        ttype = _input_type(model.name, name, t)
         graph.inputs.append(name)
-        graph.io_layouts[name] = _LAYOUTS.get(len(t.shape), "")
+        graph.io_layouts[name] = layouts.get(len(t.shape), "")
         feeds[_key(t)] = name
-    graph.outputs = _emit_model(model, Emitter(graph), feeds)
+        graph.types[name] = ttype
+        rank = len(ttype.shape)
+        if first and rank >= 3:
+            graph.types[name] = TensorType((ttype.shape[0], *ttype.shape[2:], ttype.shape[1]), ttype.dtype)
+            feeds[_key(t)] = emitter.node("transpose", f"{name}/to_channels_first", [name],
+                                          perm=(0, rank - 1, *range(1, rank - 1)))
+    produced = _emit_model(model, emitter, feeds)
+    if first:
+        produced = [emitter.node("transpose", f"{v}/to_channels_last", [v], perm=(0, *range(2, r), 1))
+                    if (r := len(emitter.shape(v))) >= 3 else v for v in produced]
+    graph.outputs = produced
     _name_outputs(graph, model, outputs)
     try:
         graph.infer_shapes()
@@ -292,11 +308,24 @@ def model_to_graph(model: Any) -> Graph:
         raise FrontendError(f"model {model.name!r}: the converted graph is inconsistent: {e}") from None
     for value, t in zip(graph.outputs, outputs):
         want = (BATCH, *tuple(t.shape)[1:])
+        if first and len(want) >= 3:
+            want = (BATCH, *want[2:], want[1])
         if graph.types[value].shape != want:
             raise FrontendError(f"model {model.name!r}: output {value!r} infers to {graph.types[value]} but Keras "
                                 f"says {tuple(t.shape)}")
-        graph.io_layouts[value] = _LAYOUTS.get(len(want), "")
+        graph.io_layouts[value] = layouts.get(len(want), "")
     return graph
+
+
+def _channels_first(model: Any) -> bool:
+    """Whether any layer (nested models included) works channels-first."""
+    for layer in getattr(model, "layers", []):
+        if type(layer).__name__ in MODEL_CLASSES:
+            if _channels_first(layer):
+                return True
+        elif type(layer).__name__ != "Flatten" and getattr(layer, "data_format", None) == "channels_first":
+            return True
+    return False
 
 
 def _name_outputs(graph: Graph, model: Any, outputs: list[Any]) -> None:

@@ -68,6 +68,33 @@ def _channels_last(layer: Any, cfg: dict) -> None:
         raise _fail(layer, f"data_format={cfg['data_format']!r} is not supported (channels_last only)")
 
 
+def _to_last(e: "Emitter", name: str, x: str, axis: int) -> tuple[str, tuple[int, ...]]:
+    """Transpose ``axis`` of ``x`` to the end; returns the value and the perm that undoes it."""
+    rank = len(e.shape(x))
+    axis %= rank
+    perm = (*[a for a in range(rank) if a != axis], axis)
+    back = tuple(int(i) for i in np.argsort(perm))
+    return e.node("transpose", f"{name}/to_channels_last", [x], perm=perm), back
+
+
+def _channels_first_aware(convert: "Converter") -> "Converter":
+    """Run a channels-last converter on a channels_first layer (Keras 1 'th' models) between transposes.
+
+    The IR op is channels-last; the value between layers keeps the layer's own layout, so a
+    later Flatten flattens in the same (channels-first) order as Keras did. The passes cancel
+    the transposes between consecutive channels_first layers.
+    """
+    def wrapped(e: "Emitter", layer, cfg, ins):
+        if cfg.get("data_format") != "channels_first":
+            return convert(e, layer, cfg, ins)
+        x, back = _to_last(e, layer.name, ins[0], 1)
+        y = convert(e, layer, {**cfg, "data_format": "channels_last"}, [x])
+        if len(e.shape(y)) != len(back):  # a global pool without keepdims: [N, C], nothing to undo
+            return y
+        return e.node("transpose", f"{layer.name}/to_channels_first", [y], perm=back)
+    return wrapped
+
+
 # -------------------------------------------------------------- activations
 # Keras activation names -> (IR op, attrs). hard_sigmoid differs between Keras 3
 # (relu6(x+3)/6) and tf_keras 2.x (0.2x+0.5), so it is resolved per framework.
@@ -217,8 +244,12 @@ def _batch_norm(e: Emitter, layer, cfg, ins):
     rank = len(e.shape(ins[0]))
     axis = cfg.get("axis", -1)
     axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
-    if not isinstance(axis, int) or axis % rank != rank - 1:
-        raise _fail(layer, f"normalising over axis {axis} is not supported (last axis only)")
+    if not isinstance(axis, int) or not 0 < axis % rank:
+        raise _fail(layer, f"normalising over axis {axis} is not supported (one axis, not the batch)")
+    if axis % rank != rank - 1:  # channels-first (axis=1): normalize the axis moved last
+        x, back = _to_last(e, layer.name, ins[0], axis)
+        y = _batch_norm(e, layer, {**cfg, "axis": -1}, [x])
+        return e.node("transpose", f"{layer.name}/to_channels_first", [y], perm=back)
     mean, var = _var(layer.moving_mean), _var(layer.moving_variance)
     gamma = _var(layer.gamma) if getattr(layer, "gamma", None) is not None else np.ones_like(mean)
     beta = _var(layer.beta) if getattr(layer, "beta", None) is not None else np.zeros_like(mean)
@@ -276,7 +307,10 @@ def _concat(e: Emitter, layer, cfg, ins):
 
 # ------------------------------------------------------------------- shaping
 def _flatten(e: Emitter, layer, cfg, ins):
-    _channels_last(layer, cfg)
+    if cfg.get("data_format") == "channels_first" and len(e.shape(ins[0])) > 2:
+        # Keras moves channels last before flattening, to keep weight order across formats
+        x, _ = _to_last(e, layer.name, ins[0], 1)
+        return e.node("flatten", layer.name, [x])
     return e.node("flatten", layer.name, ins)
 
 
@@ -338,24 +372,27 @@ def _normalization(e: Emitter, layer, cfg, ins):
     return _affine(e, layer, ins[0], 1.0 / std, -mean / std)
 
 
+_cf = _channels_first_aware  # layers with a data_format
+
 CONVERTERS: dict[str, Converter] = {
     "Dense": _dense,
-    "Conv1D": _conv, "Conv2D": _conv,
-    "DepthwiseConv1D": _depthwise, "DepthwiseConv2D": _depthwise,
-    "SeparableConv1D": _separable, "SeparableConv2D": _separable,
+    "Conv1D": _cf(_conv), "Conv2D": _cf(_conv),
+    "DepthwiseConv1D": _cf(_depthwise), "DepthwiseConv2D": _cf(_depthwise),
+    "SeparableConv1D": _cf(_separable), "SeparableConv2D": _cf(_separable),
     "BatchNormalization": _batch_norm,
     "Activation": _activation_layer, "ReLU": _relu, "LeakyReLU": _leaky_relu, "ELU": _elu, "Softmax": _softmax,
-    "MaxPooling1D": _pool("max_pool"), "MaxPooling2D": _pool("max_pool"),
-    "AveragePooling1D": _pool("avg_pool"), "AveragePooling2D": _pool("avg_pool"),
-    "GlobalAveragePooling1D": _global_pool("global_avg_pool"),
-    "GlobalAveragePooling2D": _global_pool("global_avg_pool"),
-    "GlobalMaxPooling1D": _global_pool("global_max_pool"), "GlobalMaxPooling2D": _global_pool("global_max_pool"),
+    "MaxPooling1D": _cf(_pool("max_pool")), "MaxPooling2D": _cf(_pool("max_pool")),
+    "AveragePooling1D": _cf(_pool("avg_pool")), "AveragePooling2D": _cf(_pool("avg_pool")),
+    "GlobalAveragePooling1D": _cf(_global_pool("global_avg_pool")),
+    "GlobalAveragePooling2D": _cf(_global_pool("global_avg_pool")),
+    "GlobalMaxPooling1D": _cf(_global_pool("global_max_pool")),
+    "GlobalMaxPooling2D": _cf(_global_pool("global_max_pool")),
     "Add": _merge("add"), "Subtract": _merge("sub"), "Multiply": _merge("mul"),
     "Maximum": _merge("maximum"), "Minimum": _merge("minimum"), "Average": _average,
     "Concatenate": _concat,
     "Flatten": _flatten, "Reshape": _reshape, "Permute": _permute,
-    "ZeroPadding1D": _zero_padding, "ZeroPadding2D": _zero_padding,
-    "UpSampling1D": _upsampling, "UpSampling2D": _upsampling,
+    "ZeroPadding1D": _cf(_zero_padding), "ZeroPadding2D": _cf(_zero_padding),
+    "UpSampling1D": _cf(_upsampling), "UpSampling2D": _cf(_upsampling),
     "Dropout": _dropout, "SpatialDropout1D": _dropout, "SpatialDropout2D": _dropout,
     "GaussianNoise": _identity, "GaussianDropout": _identity, "AlphaDropout": _identity,
     "ActivityRegularization": _identity, "Identity": _identity,

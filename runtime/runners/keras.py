@@ -32,6 +32,16 @@ def _noted(translated: tuple[str, list[str]]) -> tuple[str, list[str]]:
     return text, ["source runner: tf_keras ran the legacy config as rewritten for the import"] if notes else []
 
 
+def _channels_first(model: Any) -> bool:
+    """Whether a layer (nested models included) computes channels-first (Keras 1 'th' models)."""
+    for layer in getattr(model, "layers", []):
+        if hasattr(layer, "layers") and _channels_first(layer):
+            return True
+        if type(layer).__name__ != "Flatten" and getattr(layer, "data_format", None) == "channels_first":
+            return True
+    return False
+
+
 class KerasRunner(FileRunner):
     name = "keras"
 
@@ -41,6 +51,7 @@ class KerasRunner(FileRunner):
         self.weights = Path(weights) if weights is not None else None
         self.safe_mode = safe_mode
         self._model: Any = None
+        self._call: Any = None  # the model, or its XLA-compiled call (channels_first models)
         self._inputs: list[str] = []
         self.notes: list[str] = []  # legacy config forms rewritten so that tf_keras reads them
 
@@ -103,15 +114,26 @@ class KerasRunner(FileRunner):
             for name, t in zip(self._inputs, model.inputs)
         ]
         self._model = model
+        self._call = model
+        if _channels_first(model):
+            import tensorflow as tf
+
+            # TensorFlow's CPU kernels run convolution and pooling channels-last only (without
+            # oneDNN, which tapeout keeps off for reproducible sums); XLA compiles either layout.
+            compiled = tf.function(lambda x: model(x, training=False), jit_compile=True)
+            self._call = lambda x, training=False: compiled(x)
+            self.notes.append("source runner: the channels_first layers ran through XLA (TensorFlow's CPU "
+                              "kernels are channels-last only)")
 
     def _close(self) -> None:
         self._model = None
+        self._call = None
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrays = self._typed_feeds(feeds)
         # Calling the model directly: model.predict is slow and prints progress bars.
         try:
-            result = self._model(arrays[0] if len(arrays) == 1 else arrays, training=False)
+            result = self._call(arrays[0] if len(arrays) == 1 else arrays, training=False)
         except Exception as exc:  # shape errors from the data come back as framework errors
             raise RuntimeInputError(f"{self.path}: the model could not run these inputs ({one_line(exc)})") from None
         if isinstance(result, dict):

@@ -293,6 +293,62 @@ def test_keras1_functional_merge_full_h5(tmp_path: Path) -> None:
     assert {"add", "concat"} <= {n.op for n in graph.nodes}
 
 
+def _keras1_th_cnn(tmp_path: Path, pad: bool) -> tuple[Path, Path, Any]:
+    """dim_ordering 'th': NCHW input, kernels stored (out, in, rows, cols), BatchNormalization axis=1,
+    Flatten in NCHW order, then Dense (and ZeroPadding2D + GlobalAveragePooling2D when ``pad``)."""
+    k, b = _he(4, 3, 3, 3, fan_in=27), _small(4)  # Keras 1 'th' kernel layout
+    bn = _bn(4)
+    w, wb = _he(4 if pad else 64, 5, fan_in=64) * 2, _small(5)
+    th = {"dim_ordering": "th"}
+    layers = [
+        {"class_name": "Convolution2D", "config": {
+            "name": "convolution2d_1", "batch_input_shape": [None, 3, 8, 8], "input_dtype": "float32",
+            "nb_filter": 4, "nb_row": 3, "nb_col": 3, "init": "glorot_uniform", "activation": "relu",
+            "border_mode": "valid" if pad else "same", "subsample": [1, 1], "bias": True, "W_regularizer": None,
+            **th}},
+        {"class_name": "BatchNormalization", "config": {"name": "batchnormalization_1", "epsilon": 1e-3,
+                                                        "mode": 0, "axis": 1, "momentum": 0.99}},
+    ]
+    if pad:
+        layers += [{"class_name": "ZeroPadding2D", "config": {"name": "zeropadding2d_1", "padding": [1, 1], **th}},
+                   {"class_name": "GlobalAveragePooling2D", "config": {"name": "globalaveragepooling2d_1", **th}}]
+    else:
+        layers += [{"class_name": "MaxPooling2D", "config": {"name": "maxpooling2d_1", "pool_size": [2, 2],
+                                                             "strides": [2, 2], "border_mode": "valid", **th}},
+                   {"class_name": "Flatten", "config": {"name": "flatten_1"}}]
+    layers.append({"class_name": "Dense", "config": {"name": "dense_1", "output_dim": 5, "activation": "softmax",
+                                                     "init": "glorot_uniform", "bias": True}})
+    path = tmp_path / f"keras1_th_{pad}.json"
+    path.write_text(json.dumps({"class_name": "Sequential", "config": layers}))
+    weights = _weights_file(tmp_path / f"keras1_th_{pad}_weights.h5", [
+        ("convolution2d_1", [("convolution2d_1_W", k), ("convolution2d_1_b", b)]),
+        ("batchnormalization_1", [(f"batchnormalization_1_{n}", v)
+                                  for n, v in zip(("gamma", "beta", "running_mean", "running_std"), bn)]),
+        *[(entry["config"]["name"], []) for entry in layers[2:4]],
+        ("dense_1", [("dense_1_W", w), ("dense_1_b", wb)])])
+
+    def reference(x):  # NCHW throughout, as Keras 1 computed it
+        nhwc = _conv2d_nhwc(x.transpose(0, 2, 3, 1), k.transpose(2, 3, 1, 0), b, same=not pad)
+        y = _batch_norm(_relu(nhwc.transpose(0, 3, 1, 2)), *bn, eps=1e-3, axis=1)
+        if pad:
+            y = np.pad(y, ((0, 0), (0, 0), (1, 1), (1, 1))).mean(axis=(2, 3))
+        else:
+            y = y.reshape(len(x), 4, 4, 2, 4, 2).max(axis=(3, 5)).reshape(len(x), -1)
+        return _softmax(y @ w + wb)
+
+    return path, weights, reference
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_keras1_th_dim_ordering(tmp_path: Path, pad: bool) -> None:
+    path, weights, reference = _keras1_th_cnn(tmp_path, pad)
+    x = RNG.standard_normal((3, 3, 8, 8)).astype(np.float32)
+    graph, report = _check(path, weights, reference, x, targets=("onnx", "tflite:fp32"))
+    assert graph.io_layouts[graph.inputs[0]] == "NCHW"
+    assert graph.types[graph.inputs[0]].shape[1:] == (8, 8, 3)  # channels-last inside, as for NCHW ONNX
+    assert any("through XLA" in n for n in report["notes"])
+
+
 # ----------------------------------------------------------------- refusals
 def _one_layer(tmp_path: Path, entry: dict, name: str = "m") -> tuple[Path, Path]:
     cfg = entry["config"]
