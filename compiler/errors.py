@@ -39,3 +39,10 @@ class PassFailed(TapeoutError):
     """A compiler pass broke; names the pass and those that ran before it. Internal error."""
 
     exit_code = 4
+
+
+class InternalError(TapeoutError):
+    """tapeout produced something broken (e.g. generated C++ that does not compile): a bug in
+    tapeout, reported as one line with the first thing that went wrong."""
+
+    exit_code = 4

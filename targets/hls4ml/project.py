@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-from tapeout.compiler.errors import MissingToolError, UsageError
+from tapeout.compiler.errors import InternalError, MissingToolError, UsageError
 from tapeout.compiler.quiet import captured_output
 from tapeout.targets.hls4ml.config import BACKENDS, PROJECT
 
@@ -143,17 +144,35 @@ def build_csim(project: Path) -> Path:
     script = project / "build_lib.sh"
     if not script.is_file():
         raise UsageError(f"{project}: no build_lib.sh; this back end has no g++ C simulation")
+    if shutil.which("bash") is None or shutil.which(BUILD_COMPILER) is None:
+        raise MissingToolError(f"hls4ml's C simulation needs bash and {BUILD_COMPILER} on PATH")
     try:
         proc = subprocess.run(["bash", "build_lib.sh"], cwd=project, capture_output=True, text=True)
-    except FileNotFoundError as e:  # pragma: no cover - bash is everywhere tapeout runs
+    except FileNotFoundError as e:  # pragma: no cover - checked above
         raise MissingToolError(f"cannot run build_lib.sh: {e}") from None
+    log = proc.stdout + proc.stderr
+    if proc.returncode == 127 or re.search(rf"\b{BUILD_COMPILER}: (command )?not found", log):
+        raise MissingToolError(f"hls4ml's C simulation: build_lib.sh could not run {BUILD_COMPILER}")
+    # Anything else is C++ that tapeout generated and that does not compile: tapeout's bug (exit 4).
     if proc.returncode != 0:
-        tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
-        raise MissingToolError(f"C-simulation build failed in {project}: " + " | ".join(tail))
+        raise InternalError(f"the generated hls4ml project does not compile (a bug in tapeout): "
+                            f"{first_compiler_error(log)} (build_lib.sh in {project.name})")
     lib = library_path(project)
     if not lib.is_file():
-        raise MissingToolError(f"C-simulation build wrote no {lib.name}")
+        raise InternalError(f"the hls4ml C-simulation build wrote no {lib.name} (a bug in tapeout)")
     return lib
+
+
+BUILD_COMPILER = "g++"  # what hls4ml's build_lib.sh calls (CC=g++)
+
+
+def first_compiler_error(log: str) -> str:
+    """The compiler's first error line (later ones are mostly its consequences), else the last line."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    for line in lines:
+        if re.search(r"\b(fatal )?error\b:", line):
+            return line
+    return lines[-1] if lines else "no output"
 
 
 def write_manifest(project: Path, *, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]],

@@ -36,6 +36,28 @@ from tapeout.targets.keras import layers as custom
 from tapeout.targets.onnx.layout import is_channels_first, to_channels_first, to_channels_last
 
 _NAME_OK = re.compile(r"[^A-Za-z0-9_.\-]")
+# identifiers=True (hls4ml writes layer names into C++ type names, and input names as variables):
+# C++ keywords, hls4ml's 'input' (refused) and the names of its generated code get a "_" appended.
+_CPP_KEYWORDS = frozenset(
+    "alignas alignof and and_eq asm auto bitand bitor bool break case catch char char8_t char16_t char32_t class "
+    "compl concept const consteval constexpr constinit const_cast continue co_await co_return co_yield decltype "
+    "default delete do double dynamic_cast else enum explicit export extern false float for friend goto if inline "
+    "int long mutable namespace new noexcept not not_eq nullptr operator or or_eq private protected public register "
+    "reinterpret_cast requires return short signed sizeof static static_assert static_cast struct switch template "
+    "this thread_local throw true try typedef typeid typename union unsigned using virtual void volatile wchar_t "
+    "while xor xor_eq".split())
+_HLS4ML_NAMES = re.compile(r"^(?:input|[wbsz]\d+|layer\d+_out|\w*_t|\w*config\d+|nnet|std|ap_\w+|myproject\w*|"
+                           r"N_[A-Z0-9_]+)$")
+
+
+def cpp_identifier(base: str) -> str:
+    """``base`` as a C/C++ identifier that hls4ml's generated code does not already use."""
+    name = re.sub(r"\W", "_", base, flags=re.ASCII) or "layer"
+    if name[0].isdigit():
+        name = "_" + name
+    if name in _CPP_KEYWORDS or _HLS4ML_NAMES.match(name):
+        name += "_"
+    return name
 
 
 @dataclass
@@ -49,8 +71,9 @@ class KerasModel:
 class EmitContext:
     """The functional graph under construction: IR value -> Keras tensor, and unique layer names."""
 
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, identifiers: bool = False) -> None:
         self.graph = graph
+        self.identifiers = identifiers
         self.values: dict[str, Any] = {}
         self.layer_names: dict[str, str] = {}
         self.notes: list[str] = []
@@ -58,11 +81,13 @@ class EmitContext:
 
     # ------------------------------------------------------------------ names
     def unique(self, base: str) -> str:
-        name = _NAME_OK.sub("_", base) or "layer"
+        name = cpp_identifier(base) if self.identifiers else _NAME_OK.sub("_", base) or "layer"
+        # hls4ml lowercases some type names (fc1_weight_t): identifiers are unique regardless of case.
+        key = str.lower if self.identifiers else str
         candidate, i = name, 1
-        while candidate in self._taken:
+        while key(candidate) in self._taken:
             candidate, i = f"{name}_{i}", i + 1
-        self._taken.add(candidate)
+        self._taken.add(key(candidate))
         return candidate
 
     def name(self, node: Node) -> str:
@@ -458,16 +483,17 @@ ValueHook = Callable[[str, Any, Callable[[str], str]], Any]
 
 
 def graph_to_keras(graph: Graph, *, keep_io_layout: bool = True, value_hook: ValueHook | None = None,
-                   node_builders: dict[str, Builder] | None = None) -> KerasModel:
+                   node_builders: dict[str, Builder] | None = None, identifiers: bool = False) -> KerasModel:
     """Build a functional Keras model computing ``graph``.
 
     ``keep_io_layout``: channels-first source inputs/outputs (``graph.io_layouts``) stay
     channels-first at the model boundary (a Permute each); False gives the IR's channels-last.
     ``value_hook(value, tensor, unique)`` returns the tensor that stands for IR value ``value``
     from then on (``unique(base)`` gives a free, valid layer name). ``node_builders`` maps
-    node names to builders that replace the op's own for those nodes.
+    node names to builders that replace the op's own for those nodes. ``identifiers``: every
+    layer and input name is a C++ identifier (``cpp_identifier``), as hls4ml needs.
     """
-    ctx = EmitContext(graph)
+    ctx = EmitContext(graph, identifiers)
     inputs, input_names = [], []
     for name in graph.inputs:
         t = graph.type_of(name)
