@@ -27,7 +27,7 @@ from tapeout.compiler import interpreter
 from tapeout.compiler.fixedpoint.model import (COPIES, DEFAULT_SOFTMAX_TABLE, DEFAULT_TABLE, GLOBAL_POOLS, POOLS,
                                                HlsLayer, LayerPrecision, PrecisionPlan, activation_of, hls_layers,
                                                pool_cells, predict_fixed, run_fixed, scale_shift)
-from tapeout.compiler.fixedpoint.types import FixedType, fixed
+from tapeout.compiler.fixedpoint.types import FixedType, FixedTypeError, fixed
 from tapeout.compiler.ir import LINEAR, Graph, Node
 
 MARGIN = 1.25  # headroom over the largest calibration value
@@ -147,7 +147,12 @@ class _Evaluator:
         return (min(agree) if agree else None), err
 
     def ok(self, plan: PrecisionPlan) -> bool:
-        agree, err = self.score(plan)
+        try:
+            agree, err = self.score(plan)
+        except FixedTypeError:
+            # A type the candidate implies is illegal (e.g. constant-zero logits narrowed to
+            # ap_fixed<1,1> give hls4ml's softmax an ap_ufixed<0,0> inp_norm_t): not a candidate.
+            return False
         if self.budget.min_agreement is not None and agree is not None and agree < self.budget.min_agreement:
             return False
         if self.budget.max_abs_error is not None and err > self.budget.max_abs_error:
