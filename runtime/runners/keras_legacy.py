@@ -128,7 +128,7 @@ def _translate_layer(entry: dict, first: bool) -> bool:
                     and value is not None:
                 value = _pair(value)
         out[key] = value
-    if "input_dim" in out:  # Keras 1 only
+    if "input_dim" in out and new_cls != "Embedding":  # Keras 1 only (Embedding's own key in Keras 2)
         legacy = True
         dim, length = out.pop("input_dim"), out.pop("input_length", None)
         if first and "batch_input_shape" not in out and dim is not None:

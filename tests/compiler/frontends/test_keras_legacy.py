@@ -162,6 +162,23 @@ def test_list_style_sequential(tmp_path: Path) -> None:
     assert any("plain layer list" in n for n in report["notes"])
 
 
+def test_list_style_sequential_full_h5(tmp_path: Path) -> None:
+    """Keras 2.1 ``model.save``: the list-form model_config at the root, weights under model_weights."""
+    json_path, weights, reference = _keras2_list_mlp(tmp_path)
+    path = tmp_path / "mlp_list_full.h5"
+    with h5py.File(path, "w") as f, h5py.File(weights, "r") as w:
+        f.attrs["model_config"] = json_path.read_text().encode()
+        f.attrs["keras_version"], f.attrs["backend"] = b"2.1.6", b"tensorflow"
+        group = f.create_group("model_weights")
+        for key in w:
+            w.copy(w[key], group, name=key)
+        for key, value in w.attrs.items():
+            group.attrs[key] = value
+    x = RNG.standard_normal((3, 8)).astype(np.float32)
+    graph, _ = _check(path, None, reference, x, tf_keras_reads=True)
+    assert graph.metadata["source_format"] == "keras2-h5"
+
+
 # ------------------------------------------------------------------- Keras 1
 def _keras1_cnn(tmp_path: Path) -> tuple[Path, Path, Any]:
     """Convolution2D / BatchNormalization mode 0 / MaxPooling2D / Dropout p / Flatten / Dense output_dim."""
