@@ -9,7 +9,7 @@ DEMO_OUT ?= out/demo
 # pytest-xdist workers: CI machines have 2 cores.
 JOBS   ?= 2
 
-.PHONY: demo test install freeze bench clean
+.PHONY: demo test install freeze bench clean corpus corpus-sources
 
 install: $(STAMP)
 
@@ -29,6 +29,19 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile
+
+# The public-model corpus (docs/corpus.md): every model through every target that applies.
+corpus: $(STAMP)
+	$(BIN)/python scripts/corpus_matrix.py --jobs $(JOBS)
+
+# Rebuild tests/corpus/ from the public sources. PyTorch exports need torch, which tapeout and
+# its tests never need: it goes into a separate venv, .venv-corpus.
+CORPUS_VENV := .venv-corpus
+corpus-sources: $(STAMP)
+	test -x $(CORPUS_VENV)/bin/python || { $(PYTHON) -m venv $(CORPUS_VENV) && \
+		$(CORPUS_VENV)/bin/pip install --quiet torch==2.13.0 torchvision==0.28.0 timm onnx onnxscript onnxruntime; }
+	$(CORPUS_VENV)/bin/python scripts/make_corpus.py --part torch
+	$(BIN)/python scripts/make_corpus.py --part keras --part legacy --part onnx-zoo --part old-opset
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[all,test,bench]"

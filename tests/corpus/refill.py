@@ -1,0 +1,674 @@
+"""Strip weights from corpus models, and refill them deterministically (LSUV-style).
+
+The corpus (tests/corpus/, built by scripts/make_corpus.py) stores architectures only: ONNX
+files whose weight initializers keep their dims and dtype but no data, Keras 3 configs
+(``*.keras.json``) and legacy Keras 2 JSON. ``materialize`` turns a manifest entry into a
+runnable model file in a folder of the caller's choosing, plus calibration/eval ``.npz``
+files keyed by the source's input names, in the source's layout.
+
+Refill (why not constants: with a constant fill every output is the same for every input, so
+any importer "matches"): weights are drawn from a seeded normal distribution, then, layer by
+layer in graph order, each conv/dense weight (and its bias) is rescaled so that the layer's
+output has unit standard deviation on the refill data (LSUV), and each batch norm gets its
+input's real per-channel mean and variance as running statistics (so var > 0 and its output
+is normalized). The layers that produce a model output are normalized per unit (zero mean,
+std 4 across samples) so logits differ between inputs and their argmax varies, as a trained
+network's do. ONNX layers are measured with onnxruntime (weights fed as inputs, one session,
+one requested output per step), Keras layers with Keras itself. Integer tensors, shape
+tensors, Constant nodes and float initializers with no weight role are left as they are.
+
+Only NumPy and onnx are imported at module level; onnxruntime, keras and tf_keras lazily.
+This file is imported by path (tests/corpus/test_corpus.py, scripts/corpus_matrix.py,
+scripts/make_corpus.py), so it must not import anything else from the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zlib
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CORPUS_DIR = Path(__file__).resolve().parent
+MANIFEST = CORPUS_DIR / "manifest.json"
+# Std of every output unit of a layer that produces a model output (logits).
+LOGIT_STD = 4.0
+# Samples the refill measures on.
+REFILL_SAMPLES = 16
+
+# ONNX ops a weight may pass through between its initializer and the op using it.
+_PASS_THROUGH = {"Transpose", "Reshape", "Cast", "Identity", "Unsqueeze", "Squeeze", "Flatten"}
+
+
+def load_manifest() -> dict:
+    return json.loads(MANIFEST.read_text())
+
+
+def seed_of(name: str, base: int = 0) -> int:
+    return (zlib.crc32(name.encode()) + base) & 0x7FFFFFFF
+
+
+# --------------------------------------------------------------------------- input data
+def input_data(entry: dict, n: int, seed: int) -> dict[str, np.ndarray]:
+    """Deterministic random inputs for every model input, keyed by the source's input name."""
+    rng = np.random.default_rng(seed)
+    lo_hi = entry.get("input_range")
+    feeds = {}
+    for spec in entry["inputs"]:
+        shape = (n, *spec["shape"][1:])
+        if lo_hi:
+            arr = rng.uniform(lo_hi[0], lo_hi[1], shape)
+        else:
+            arr = rng.standard_normal(shape)
+        feeds[spec["name"]] = arr.astype(np.float32)
+    return feeds
+
+
+# --------------------------------------------------------------------------- ONNX roles
+def _initializers(model) -> dict:
+    return {t.name: t for t in model.graph.initializer}
+
+
+def _trace_to_initializer(name: str, producers: dict, inits: dict) -> str | None:
+    seen = 0
+    while name not in inits:
+        node = producers.get(name)
+        if node is None or node.op_type not in _PASS_THROUGH or seen > 8:
+            return None
+        name = node.input[0]
+        seen += 1
+    return name
+
+
+def weight_roles(model) -> dict[str, dict]:
+    """Float initializers with a weight role: name -> {role, node, measure, out_axis}.
+
+    role is weight, bias, bn_scale, bn_bias, bn_mean or bn_var; ``node`` is the index of the
+    node whose output ``measure`` is normalized (for batch norm: whose input is measured).
+    """
+    from onnx import TensorProto
+
+    g = model.graph
+    inits = _initializers(model)
+    producers = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list] = defaultdict(list)
+    for n in g.node:
+        for i in n.input:
+            consumers[i].append(n)
+    roles: dict[str, dict] = {}
+
+    def is_float(name):
+        return name in inits and inits[name].data_type == TensorProto.FLOAT
+
+    def add(name, role, idx, measure, **kw):
+        if name and is_float(name) and name not in roles:
+            roles[name] = {"role": role, "node": idx, "measure": measure, **kw}
+
+    for idx, n in enumerate(g.node):
+        op = n.op_type
+        if op in ("Conv", "ConvTranspose", "Gemm"):
+            w = _trace_to_initializer(n.input[1], producers, inits) if len(n.input) > 1 else None
+            if op == "Gemm" and w is None:
+                w = _trace_to_initializer(n.input[0], producers, inits)
+            if w is None:
+                continue
+            direct = w == n.input[1]
+            trans_b = next((a.i for a in n.attribute if a.name == "transB"), 0)
+            out_axis = (0 if trans_b else 1) if op == "Gemm" and direct else (0 if op != "Gemm" else None)
+            add(w, "weight", idx, n.output[0], op=op, out_axis=out_axis)
+            if len(n.input) > 2 and n.input[2]:
+                add(_trace_to_initializer(n.input[2], producers, inits), "bias", idx, n.output[0])
+        elif op == "MatMul":
+            w = _trace_to_initializer(n.input[1], producers, inits)
+            if w is None:
+                continue
+            measure = n.output[0]
+            cons = consumers.get(measure, [])
+            if len(cons) == 1 and cons[0].op_type == "Add":
+                other = [i for i in cons[0].input if i != measure]
+                b = _trace_to_initializer(other[0], producers, inits) if other else None
+                if b is not None and is_float(b):
+                    measure = cons[0].output[0]
+                    add(w, "weight", idx, measure, op=op, out_axis=1 if w == n.input[1] else None)
+                    add(b, "bias", idx, measure)
+                    continue
+            add(w, "weight", idx, measure, op=op, out_axis=1 if w == n.input[1] else None)
+        elif op == "BatchNormalization":
+            for name, role in zip(n.input[1:5], ("bn_scale", "bn_bias", "bn_mean", "bn_var")):
+                add(_trace_to_initializer(name, producers, inits), role, idx, n.input[0])
+    return roles
+
+
+def unshare(model) -> int:
+    """Give every layer its own weight tensors. In place; returns how many copies were made.
+
+    Exporters deduplicate initializers with equal values (the TorchScript exporter aliases a
+    zero bias of one layer to another's through Identity). Freshly initialized networks have
+    many such equal tensors, trained ones do not; a refill must not tie two layers together.
+    """
+    from onnx import TensorProto
+
+    g = model.graph
+    inits = _initializers(model)
+    copies = 0
+    keep = []
+    for n in g.node:
+        if n.op_type == "Identity" and n.input[0] in inits and inits[n.input[0]].data_type == TensorProto.FLOAT:
+            t = type(inits[n.input[0]])()
+            t.CopyFrom(inits[n.input[0]])
+            t.name = n.output[0]
+            g.initializer.append(t)
+            copies += 1
+            continue
+        keep.append(n)
+    if len(keep) != len(g.node):
+        del g.node[:]
+        g.node.extend(keep)
+        inits = _initializers(model)
+    seen: set[str] = set()
+    for n in g.node:
+        if n.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "Add"):
+            continue
+        for k, name in enumerate(n.input):
+            t = inits.get(name)
+            if t is None or t.data_type != TensorProto.FLOAT or int(np.prod(t.dims or [1])) <= 1:
+                continue
+            if name in seen:
+                c = type(t)()
+                c.CopyFrom(t)
+                c.name = f"{name}__copy{copies}"
+                g.initializer.append(c)
+                inits[c.name] = c
+                n.input[k] = c.name
+                copies += 1
+            seen.add(name)
+    return copies
+
+
+def strip_onnx(model) -> list[str]:
+    """Drop the data of every weight-role float initializer (dims and dtype stay). In place."""
+    unshare(model)
+    stripped = []
+    for name in weight_roles(model):
+        t = _initializers(model)[name]
+        t.ClearField("raw_data")
+        t.ClearField("float_data")
+        stripped.append(name)
+    model.metadata_props.add(key="tapeout_corpus", value="weights stripped; refill with tests/corpus/refill.py")
+    return stripped
+
+
+def unfill_constant_of_shape(model) -> int:
+    """The ONNX light zoo computes its weights as ConstantOfShape(value=0.02): turn each such
+    weight back into a (data-less) initializer so the refill gives it real values. In place."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = model.graph
+    inits = _initializers(model)
+    keep, count = [], 0
+    for n in g.node:
+        if n.op_type == "ConstantOfShape" and n.input and n.input[0] in inits:
+            value = next((a.t for a in n.attribute if a.name == "value"), None)
+            if value is not None and value.data_type == TensorProto.FLOAT:
+                dims = numpy_helper.to_array(inits[n.input[0]]).astype(np.int64).tolist()
+                t = TensorProto(name=n.output[0], data_type=TensorProto.FLOAT, dims=dims)  # no data
+                g.initializer.append(t)
+                count += 1
+                continue
+        keep.append(n)
+    del g.node[:]
+    g.node.extend(keep)
+    # Shape initializers nobody reads any more.
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    for t in list(g.initializer):
+        if t.name.endswith("__SHAPE") and t.name not in used:
+            g.initializer.remove(t)
+            for i in list(g.input):  # IR 3 lists initializers as inputs too
+                if i.name == t.name:
+                    g.input.remove(i)
+    return count
+
+
+# --------------------------------------------------------------------------- ONNX refill
+def _empty_initializers(model) -> list[str]:
+    from onnx import TensorProto
+
+    out = []
+    for t in model.graph.initializer:
+        if t.data_type == TensorProto.FLOAT and len(t.dims) and not t.raw_data and not t.float_data \
+                and not t.external_data:
+            out.append(t.name)
+    return out
+
+
+def _initial_value(role: dict, shape: tuple, rng) -> np.ndarray:
+    r = role["role"]
+    if r == "weight":
+        fan = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        if role.get("op") == "MatMul" and len(shape) == 2:
+            fan = shape[0]
+        return rng.standard_normal(shape) / np.sqrt(max(fan, 1))
+    if r == "bias":
+        return rng.standard_normal(shape) * 0.1
+    if r == "bn_scale":
+        return rng.uniform(0.7, 1.3, shape)
+    if r == "bn_bias":
+        return rng.standard_normal(shape) * 0.1
+    if r == "bn_mean":
+        return np.zeros(shape)
+    if r == "bn_var":
+        return np.ones(shape)
+    raise AssertionError(r)
+
+
+def _upgraded_for_ort(model):
+    """onnxruntime runs opset 7 and newer: measure on an upgraded copy of older models."""
+    import onnx
+    from onnx import version_converter
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset >= 7:
+        return model
+    for n in model.graph.node:  # PyTorch 0.3 wrote consumed_inputs at opset 6, where it is gone
+        for a in list(n.attribute):
+            if a.name == "consumed_inputs":
+                n.attribute.remove(a)
+    return version_converter.convert_version(model, 13)
+
+
+def refill_onnx(model, seed: int, feeds: dict[str, np.ndarray]):
+    """Return a copy of ``model`` with every empty weight filled (LSUV on ``feeds``)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    unfill_constant_of_shape(model)
+    unshare(model)
+    empty = set(_empty_initializers(model))
+    roles = weight_roles(model)
+    missing = empty - set(roles)
+    if missing:
+        raise ValueError(f"stripped initializers with no weight role: {sorted(missing)[:5]}")
+    rng = np.random.default_rng(seed)
+    inits = _initializers(model)
+    values: dict[str, np.ndarray] = {}
+    for name in sorted(empty, key=lambda n: (roles[n]["node"], n)):
+        shape = tuple(int(d) for d in inits[name].dims)
+        values[name] = _initial_value(roles[name], shape, rng).astype(np.float32)
+
+    # Measurement model: refilled tensors are graph inputs, measured tensors graph outputs.
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    g = probe.graph
+    for t in list(g.initializer):
+        if t.name in values:
+            g.initializer.remove(t)
+    existing_inputs = {i.name for i in g.input}
+    for name, v in values.items():
+        if name not in existing_inputs:
+            g.input.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, list(v.shape)))
+    probe = _upgraded_for_ort(probe)
+    g = probe.graph
+    del g.value_info[:]  # the version converter leaves untyped entries onnxruntime rejects
+    graph_outputs = {o.name for o in g.output}
+    measures = sorted({r["measure"] for r in roles.values() if r["node"] is not None and
+                       any(n in values for n in _names_at(roles, r["node"]))},
+                      key=lambda m: _measure_index(roles, m))
+    for m in measures:
+        if m not in graph_outputs:
+            g.output.append(helper.make_tensor_value_info(m, onnx.TensorProto.FLOAT, None))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feed_names = {i.name for i in sess.get_inputs()}
+    data = {k: v for k, v in feeds.items() if k in feed_names}
+    n_samples = len(next(iter(data.values())))
+    fixed_batch = any(i.shape and i.shape[0] == 1 for i in sess.get_inputs() if i.name in data)
+    final = _final_measures(model, roles)
+
+    by_measure: dict[str, list[str]] = defaultdict(list)
+    for name, r in roles.items():
+        if name in values:
+            by_measure[r["measure"]].append(name)
+    for m in measures:
+        names = by_measure[m]
+        weights = {k: v for k, v in values.items() if k in feed_names}
+        if fixed_batch:  # a batch-1 export: one sample per run
+            y = np.concatenate([sess.run([m], {**{k: v[i:i + 1] for k, v in data.items()}, **weights})[0]
+                                for i in range(n_samples)]).astype(np.float64)
+        else:
+            y = sess.run([m], {**data, **weights})[0].astype(np.float64)
+        kinds = {roles[n]["role"] for n in names}
+        if kinds & {"bn_mean", "bn_var", "bn_scale", "bn_bias"}:
+            axes = tuple(i for i in range(y.ndim) if i != 1)
+            for n in names:
+                if roles[n]["role"] == "bn_mean":
+                    values[n] = y.mean(axis=axes).astype(np.float32).reshape(values[n].shape)
+                elif roles[n]["role"] == "bn_var":
+                    values[n] = (y.var(axis=axes) + 1e-3).astype(np.float32).reshape(values[n].shape)
+            continue
+        w = next((n for n in names if roles[n]["role"] == "weight"), None)
+        b = next((n for n in names if roles[n]["role"] == "bias"), None)
+        if w is None:
+            continue
+        if m in final and y.ndim >= 2 and y.shape[1] > 1:
+            # Per output unit: zero mean, LOGIT_STD across samples.
+            _per_unit(values, roles[w], w, b, y, LOGIT_STD)
+        else:
+            std = float(y.std())
+            s = 1.0 / std if std > 1e-12 else 1.0
+            values[w] = (values[w] * s).astype(np.float32)
+            if b is not None:
+                values[b] = (values[b] * s).astype(np.float32)
+
+    out = onnx.ModelProto.FromString(model.SerializeToString())
+    for t in out.graph.initializer:
+        if t.name in values:
+            t.CopyFrom(numpy_helper.from_array(values[t.name].reshape(tuple(t.dims)), t.name))
+    for p in list(out.metadata_props):
+        if p.key == "tapeout_corpus":
+            out.metadata_props.remove(p)
+    return out
+
+
+def _names_at(roles, idx):
+    return [n for n, r in roles.items() if r["node"] == idx]
+
+
+def _measure_index(roles, m):
+    return min(r["node"] for r in roles.values() if r["measure"] == m)
+
+
+def _final_measures(model, roles) -> set[str]:
+    """Measured tensors that reach a graph output through no weight layer (the logits)."""
+    g = model.graph
+    producers = {o: n for n in g.node for o in n.output}
+    measured = {r["measure"] for r in roles.values() if r["role"] == "weight"}
+    final = set()
+    for o in g.output:
+        stack, seen = [o.name], set()
+        while stack:
+            t = stack.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            if t in measured:
+                final.add(t)
+                continue
+            n = producers.get(t)
+            if n is not None and n.op_type in ("Softmax", "LogSoftmax", "Identity", "Reshape", "Flatten",
+                                              "Squeeze", "Sigmoid", "Transpose", "Dropout", "Relu",
+                                              "GlobalAveragePool", "AveragePool"):
+                stack.extend(i for i in n.input[:1] if i)
+    return final
+
+
+def _per_unit(values, role, w, b, y, target):
+    """Scale each output unit of a dense layer to ``target`` std across samples, mean zero."""
+    if y.ndim > 2:  # a conv head (SqueezeNet): per output channel, over samples and positions
+        y = np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
+    mean, std = y.mean(axis=0), y.std(axis=0)
+    s = target / np.maximum(std, 1e-12)
+    W = values[w]
+    axes = [i for i in range(W.ndim) if W.shape[i] == y.shape[1]]
+    if len(axes) > 1:
+        axes = [role["out_axis"]] if role.get("out_axis") is not None else []
+    if len(axes) != 1 or W.ndim != 2 and axes[0] != 0:
+        # Unknown layout: scalar LSUV.
+        k = target / max(float(y.std()), 1e-12)
+        values[w] = (W * k).astype(np.float32)
+        if b is not None:
+            values[b] = (values[b] * k).astype(np.float32)
+        return
+    shape = [1] * W.ndim
+    shape[axes[0]] = -1
+    values[w] = (W * s.reshape(shape)).astype(np.float32)
+    if b is not None and values[b].size == y.shape[1]:
+        # y = Wx + b has per-unit mean `mean`; (Wx + b - mean) * s is centred with std target.
+        old_b = values[b].reshape(-1).astype(np.float64)
+        values[b] = ((old_b - mean) * s).astype(np.float32).reshape(values[b].shape)
+
+
+# --------------------------------------------------------------------------- Keras refill
+_KERAS_WEIGHTED = ("Conv1D", "Conv2D", "Conv3D", "Dense", "DepthwiseConv1D", "DepthwiseConv2D",
+                   "SeparableConv1D", "SeparableConv2D", "Conv2DTranspose", "Conv1DTranspose")
+
+
+def _keras_rescale(layer, x, y, rng, is_final: bool):
+    """Return new weights for a conv/dense layer so ``y = layer(x)`` is normalized."""
+    y = np.asarray(y, dtype=np.float64)
+    ws = layer.get_weights()
+    cls = type(layer).__name__
+    has_bias = getattr(layer, "use_bias", False)
+    # Depthwise/separable: scale the last kernel (pointwise) or the only one.
+    k_index = 1 if cls.startswith("Separable") else 0
+    if is_final and y.ndim == 2 and y.shape[1] > 1 and cls == "Dense":
+        mean, std = y.mean(axis=0), y.std(axis=0)
+        s = LOGIT_STD / np.maximum(std, 1e-12)
+        ws[0] = ws[0] * s[None, :]
+        if has_bias:
+            ws[-1] = (ws[-1] - mean) * s
+        return ws
+    std = float(y.std())
+    s = 1.0 / std if std > 1e-12 else 1.0
+    ws[k_index] = ws[k_index] * s
+    if has_bias:
+        ws[-1] = ws[-1] * s
+    return ws
+
+
+def _keras_initial(layer, rng):
+    ws = []
+    cls = type(layer).__name__
+    for v in layer.weights:
+        shape = tuple(int(d) for d in v.shape)
+        path = getattr(v, "path", None) or v.name
+        leaf = path.split("/")[-1].split(":")[0]
+        if "bias" in leaf or leaf == "beta":
+            a = rng.standard_normal(shape) * 0.1 if leaf != "beta" else rng.standard_normal(shape) * 0.1
+        elif leaf == "gamma":
+            a = rng.uniform(0.7, 1.3, shape)
+        elif leaf == "moving_mean":
+            a = np.zeros(shape)
+        elif leaf == "moving_variance":
+            a = np.ones(shape)
+        elif "kernel" in leaf:
+            fan = int(np.prod(shape[:-1])) if cls != "DepthwiseConv2D" else int(np.prod(shape[:-2]))
+            if cls.startswith("DepthwiseConv") or "depthwise" in leaf:
+                fan = int(np.prod(shape[:-2]))
+            a = rng.standard_normal(shape) / np.sqrt(max(fan, 1))
+        else:
+            a = np.asarray(v.numpy() if hasattr(v, "numpy") else v)
+        ws.append(np.asarray(a, dtype=np.float32))
+    return ws
+
+
+def refill_keras_model(model, seed: int, feeds: list[np.ndarray], legacy: bool = False) -> None:
+    """LSUV-refill a built Keras 3 or tf_keras model in place, layer by layer in graph order."""
+    rng = np.random.default_rng(seed)
+    layers = [l for l in model.layers if l.weights]
+    for l in layers:
+        l.set_weights(_keras_initial(l, rng))
+    final = {id(_producer_layer(model, t)) for t in model.outputs}
+    if not legacy:
+        try:
+            _refill_keras3_one_pass(model, feeds, rng, final)
+            return
+        except Exception:  # fall back to one probe model per layer
+            pass
+    _refill_keras_probing(model, feeds, rng, final, legacy)
+
+
+def _producer_layer(model, tensor):
+    hist = getattr(tensor, "_keras_history", None)
+    if hist is not None:
+        return hist[0] if isinstance(hist, tuple) else hist.operation
+    return None
+
+
+def _bn_stats(layer, x):
+    x = np.asarray(x, dtype=np.float64)
+    axis = layer.axis if isinstance(layer.axis, int) else layer.axis[0]
+    axis = axis % x.ndim
+    axes = tuple(i for i in range(x.ndim) if i != axis)
+    ws = layer.get_weights()
+    names = [getattr(v, "path", v.name).split("/")[-1].split(":")[0] for v in layer.weights]
+    for i, n in enumerate(names):
+        if n == "moving_mean":
+            ws[i] = x.mean(axis=axes).astype(np.float32)
+        elif n == "moving_variance":
+            ws[i] = (x.var(axis=axes) + 1e-3).astype(np.float32)
+    return ws
+
+
+def _refill_keras3_one_pass(model, feeds, rng, final):
+    """Walk the functional graph once (Keras's own traversal), normalizing each layer as it runs."""
+    from keras import ops
+
+    def operation_fn(op):
+        def call(*args, **kwargs):
+            kwargs.pop("training", None)
+            cls = type(op).__name__
+            if cls == "BatchNormalization":
+                op.set_weights(_bn_stats(op, ops.convert_to_numpy(args[0])))
+            y = op(*args, training=False, **kwargs) if _accepts_training(op) else op(*args, **kwargs)
+            if cls in _KERAS_WEIGHTED:
+                op.set_weights(_keras_rescale(op, args[0], ops.convert_to_numpy(y), rng, id(op) in final))
+                y = op(*args, **kwargs)
+            elif op.weights and cls not in ("BatchNormalization", "Normalization", "Rescaling"):
+                if hasattr(op, "layers"):
+                    raise NotImplementedError("nested model")
+            return y
+
+        return call
+
+    inputs = feeds if len(feeds) > 1 else feeds[0]
+    model._run_through_graph(model._standardize_inputs(inputs) if hasattr(model, "_standardize_inputs")
+                             else inputs, operation_fn=operation_fn)
+
+
+def _accepts_training(op) -> bool:
+    import inspect
+
+    try:
+        return "training" in inspect.signature(op.call).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _refill_keras_probing(model, feeds, rng, final, legacy):
+    if legacy:
+        import tf_keras as K
+    else:
+        import keras as K
+    for layer in model.layers:
+        cls = type(layer).__name__
+        if cls not in _KERAS_WEIGHTED and cls != "BatchNormalization":
+            continue
+        if cls == "BatchNormalization":
+            probe = K.Model(model.inputs, layer.input)
+            x = probe(feeds if len(feeds) > 1 else feeds[0], training=False)
+            layer.set_weights(_bn_stats(layer, np.asarray(x)))
+            continue
+        probe = K.Model(model.inputs, [layer.input, layer.output])
+        x, y = probe(feeds if len(feeds) > 1 else feeds[0], training=False)
+        layer.set_weights(_keras_rescale(layer, x, np.asarray(y), rng, id(layer) in final))
+
+
+# --------------------------------------------------------------------------- materialize
+def _quiet_tf():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
+
+
+def refill_entry(entry: dict, outdir: str | Path, seed: int = 0) -> dict[str, Path]:
+    """Write a runnable, refilled copy of one manifest entry into ``outdir``.
+
+    Returns {"model": path, "weights": path or absent}.
+    """
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    src = CORPUS_DIR / entry["files"][0]
+    s = seed_of(entry["name"], seed)
+    feeds = input_data(entry, REFILL_SAMPLES, s + 1)
+    kind = entry["kind"]
+    if kind == "onnx":
+        import onnx
+
+        model = onnx.load(str(src))
+        filled = refill_onnx(model, s, feeds)
+        path = outdir / f"{entry['name']}.onnx"
+        path.write_bytes(filled.SerializeToString())
+        return {"model": path}
+    _quiet_tf()
+    arrays = [feeds[i["name"]] for i in entry["inputs"]]
+    if kind == "keras":
+        import keras
+
+        keras.utils.set_random_seed(s % (2**31))
+        config = json.loads(src.read_text())
+        model = keras.saving.deserialize_keras_object(config, safe_mode=True)
+        refill_keras_model(model, s, arrays)
+        path = outdir / f"{entry['name']}.keras"
+        model.save(path)
+        _fix_zip_dates(path)
+        return {"model": path}
+    if kind in ("keras2-json", "keras2-h5"):
+        import tf_keras
+
+        tf_keras.utils.set_random_seed(s % (2**31))
+        text = src.read_text()
+        model = tf_keras.models.model_from_json(text)
+        refill_keras_model(model, s, arrays, legacy=True)
+        if kind == "keras2-h5":
+            path = outdir / f"{entry['name']}.h5"
+            model.save(path, save_format="h5")
+            return {"model": path}
+        path = outdir / f"{entry['name']}.json"
+        shutil.copyfile(src, path)
+        weights = outdir / f"{entry['name']}.weights.h5"
+        model.save_weights(weights, save_format="h5")
+        return {"model": path, "weights": weights}
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def _fix_zip_dates(path: Path) -> None:
+    """Rewrite a .keras zip with fixed entry dates, so the refill is byte-identical."""
+    import zipfile
+
+    tmp = path.with_suffix(".tmp")
+    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in sorted(zin.infolist(), key=lambda i: i.filename):
+            data = zin.read(info.filename)
+            zi = zipfile.ZipInfo(info.filename, date_time=(2020, 1, 1, 0, 0, 0))
+            zi.compress_type = zipfile.ZIP_DEFLATED
+            zout.writestr(zi, data)
+    tmp.replace(path)
+
+
+def write_data(entry: dict, outdir: str | Path, n_cal: int, n_eval: int, seed: int = 0) -> dict[str, Path]:
+    """calibration.npz and eval.npz keyed by the source input names (source layout)."""
+    outdir = Path(outdir)
+    s = seed_of(entry["name"], seed)
+    cal = outdir / "calibration.npz"
+    ev = outdir / "eval.npz"
+    np.savez(cal, **input_data(entry, n_cal, s + 2))
+    np.savez(ev, **input_data(entry, n_eval, s + 3))
+    return {"calibration": cal, "eval": ev}
+
+
+def materialize(entry: dict, outdir: str | Path, seed: int = 0) -> dict[str, Path]:
+    paths = refill_entry(entry, outdir, seed)
+    n_cal, n_eval = entry.get("samples", [32, 16])
+    paths.update(write_data(entry, outdir, n_cal, n_eval, seed))
+    return paths

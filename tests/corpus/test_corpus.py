@@ -1,0 +1,128 @@
+"""The public-model corpus (issue 13): manifest, deterministic refill, and the fast subset of the
+matrix through the `tapeout` CLI (scripts/corpus_matrix.py; the whole matrix is `make corpus`)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS = ROOT / "tests" / "corpus"
+
+
+def _load(name: str, path: Path):
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+R = _load("corpus_refill", CORPUS / "refill.py")
+M = _load("corpus_matrix", ROOT / "scripts" / "corpus_matrix.py")
+MANIFEST = R.load_manifest()
+BY_NAME = {e["name"]: e for e in MANIFEST["models"]}
+FAST = [e["name"] for e in MANIFEST["models"] if e.get("fast")]
+
+
+def test_manifest_has_30_small_models_that_exist():
+    models = MANIFEST["models"]
+    assert len(models) >= 30
+    assert len({e["name"] for e in models}) == len(models)
+    total = 0
+    for e in models:
+        assert e["targets"][:4] == ["onnx", "tflite:fp32", "tflite:int8", "tensorrt:fp16"], e["name"]
+        assert ("hls4ml" in e["targets"]) == (e["name"] in FPGA), e["name"]
+        for f in e["files"]:
+            p = CORPUS / f
+            assert p.is_file(), f
+            size = p.stat().st_size
+            assert size < 1_000_000, f"{f}: {size} bytes; corpus files hold architectures only"
+            total += size
+        assert e["inputs"] and all(i["name"] for i in e["inputs"])
+    assert total < 15_000_000
+    families = {e["family"].split("/")[0] for e in models}
+    assert {"torchvision", "timm", "keras.applications"} <= families
+    assert any("dynamo" in e["family"] for e in models) and any("torchscript" in e["family"] for e in models)
+    assert {f"opset{o}" for o in (11, 13, 18)} <= {e["family"].split("/")[-1] for e in models}
+
+
+FPGA = {e["name"] for e in MANIFEST["models"] if "hls4ml" in e["targets"]}
+
+
+def test_onnx_files_carry_no_weights():
+    """Weight initializers are stripped (dims kept) or, in the light zoo, constant fills."""
+    import onnx
+
+    for e in MANIFEST["models"]:
+        if e["kind"] != "onnx" or e["family"].startswith("onnx light zoo"):
+            continue
+        m = onnx.load(str(CORPUS / e["files"][0]))
+        assert R._empty_initializers(m), e["name"]
+        assert set(R._empty_initializers(m)) <= set(R.weight_roles(m)), e["name"]
+
+
+@pytest.mark.parametrize("name", ["torch_conv2d_small_ts_op11", "zoo_squeezenet", "onnx_opset6_cnn"])
+def test_onnx_refill_is_deterministic_and_not_constant(name, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    e = BY_NAME[name]
+    a = R.refill_entry(e, tmp_path / "a")["model"].read_bytes()
+    b = R.refill_entry(e, tmp_path / "b")["model"].read_bytes()
+    assert hashlib.sha256(a).hexdigest() == hashlib.sha256(b).hexdigest()
+    model = onnx.load_from_string(a)
+    assert not R._empty_initializers(model)
+    assert not any(n.op_type == "ConstantOfShape" and "w_0" in n.output[0] for n in model.graph.node)
+    if e["name"].startswith("onnx_opset6"):
+        model = R._upgraded_for_ort(model)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = R.input_data(e, 8, 123)
+    fixed = sess.get_inputs()[0].shape[0] == 1
+    outs = np.concatenate([sess.run(None, {k: v[i:i + 1] for k, v in feeds.items()})[0] for i in range(8)]) \
+        if fixed else sess.run(None, feeds)[0]
+    outs = outs.reshape(8, -1)
+    # Outputs vary across inputs (a constant fill gives the same output for every input) ...
+    assert np.std(outs, axis=0).mean() > 1e-3 * max(1.0, float(np.abs(outs).mean()))
+    # ... and batch norms got sane statistics.
+    for t in model.graph.initializer:
+        if "running_var" in t.name or t.name.endswith("_var"):
+            assert (onnx.numpy_helper.to_array(t) > 0).all(), t.name
+
+
+def test_keras_refill_is_deterministic_and_varies(tmp_path):
+    import tf_keras
+
+    e = BY_NAME["legacy_cnn_h5"]
+    a = R.refill_entry(e, tmp_path / "a")["model"]
+    b = R.refill_entry(e, tmp_path / "b")["model"]
+    ma, mb = tf_keras.models.load_model(a), tf_keras.models.load_model(b)
+    for wa, wb in zip(ma.get_weights(), mb.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+    x = R.input_data(e, 8, 5)["image"]
+    y = ma.predict(x, verbose=0)
+    assert y.argmax(1).tolist().count(y.argmax(1)[0]) < 8 or np.std(y, axis=0).mean() > 1e-3
+    bn = ma.get_layer("bn1").get_weights()
+    assert (bn[3] > 0).all() and not np.allclose(bn[3], 1.0)
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_fast_subset_has_no_failed_cell(name, tmp_path):
+    """Every target that applies: pass, or refused (exit 2) naming the op; never fail, never exit 4."""
+    entry = BY_NAME[name]
+    targets = [t for t in entry["targets"] if t != "hls4ml" or entry.get("fast_hls4ml")]
+    result = M.run_model(entry, tmp_path, targets, log=lambda *_: None)
+    bad = {t: c for t, c in result["cells"].items() if c["status"] == "fail"}
+    assert not bad, json.dumps(bad, indent=1)
+    for t, c in result["cells"].items():
+        assert c["exit"] != 4, (t, c)
+        if c["status"] == "refused":
+            assert M._NAMES_OP.search(c["error"]), (t, c)
