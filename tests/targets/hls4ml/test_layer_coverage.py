@@ -271,3 +271,31 @@ def test_unet_block_compiles_and_verifies_bit_exact(root):
     assert t.verification is not None and t.verification.passed, t.verification
     print(f"unet block: {h['csim']['bit_exact_layers']}/{h['csim']['checked_layers']} layers bit-exact, "
           f"build {BUILD_SECONDS}")
+
+
+def test_standalone_batch_norm_reaches_hls4ml(tmp_path):
+    """Issue 13, failure 6: a BatchNormalization normalizing the inputs (nothing before it to fold
+    into; a ReLU after it keeps it from the dense) was refused ("op 'batch_norm' has no hls4ml
+    fixed-point model"). It is hls4ml's BatchNormalization (nnet::normalize) now; the C simulation of
+    such layers is checked above, so this one writes the project only."""
+    from tapeout.compiler.api import compile_model
+
+    keras = _keras()
+    L = keras.layers
+    keras.utils.set_random_seed(15)
+    x = keras.Input((16,), name="x")
+    h = L.ReLU(name="act")(L.BatchNormalization(name="bn_in")(x))
+    m = keras.Model(x, L.Dense(5, activation="softmax", name="fc")(h), name="bn_mlp")
+    _randomize_bn(m)
+    m.save(tmp_path / "m.keras")
+    report = compile_model(tmp_path / "m.keras", ["hls4ml"], tmp_path / "out", verify_artifacts=False,
+                           target_options={"hls4ml": {"build_csim": False}})
+    h = report.targets[0].extra["hls4ml"]
+    bn = next(r for r in h["layers"] if r["layer"] == "bn_in")
+    assert bn["kind"] == "batch_norm" and set(bn["types"]) == {"result", "weight", "bias"}
+    cpp = (tmp_path / "out/hls4ml-vitis/firmware/myproject.cpp").read_text()
+    assert "nnet::normalize<" in cpp and "// bn_in" in cpp
+    defines = (tmp_path / "out/hls4ml-vitis/firmware/defines.h").read_text()
+    scale = bn["types"]["weight"]
+    full = scale[:-1] + ",AP_WRAP,0>" if "AP_RND>" in scale else scale
+    assert f"typedef {full} bn_in_scale_t;" in defines
