@@ -299,3 +299,17 @@ def test_standalone_batch_norm_reaches_hls4ml(tmp_path):
     scale = bn["types"]["weight"]
     full = scale[:-1] + ",AP_WRAP,0>" if "AP_RND>" in scale else scale
     assert f"typedef {full} bn_in_scale_t;" in defines
+
+
+def test_estimates_count_the_batch_norm_multipliers(tmp_path):
+    from tapeout.compiler.fixedpoint.search import uniform_plan
+    from tapeout.targets.hls4ml.estimates import estimate
+
+    graph = _graph(cov2d(), tmp_path / "cov2d.keras")
+    plan = uniform_plan(graph, fixed(16, 6))
+    for io_type, want in (("parallel", 8 * 8 * 3), ("stream", 3)):
+        rows, totals = estimate(graph, plan, {}, variant="vitis", io_type=io_type, strategy="latency",
+                                clock_period=5.0)
+        bn = next(r for r in rows if r.layer == "bn_in")
+        assert bn.multipliers == want and bn.dsp_multipliers == want and bn.weight_bits == 3 * 32
+        assert totals["multipliers"] >= sum(r.multipliers for r in rows if r.kind == "conv") + want
