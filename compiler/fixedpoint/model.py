@@ -211,6 +211,10 @@ def _check(graph: Graph, n: Node) -> None:
     if n.op == "add":
         if any(i in graph.constants for i in n.inputs):
             raise _refuse(n, "with a constant operand has no hls4ml layer")
+        if graph.type_of(n.inputs[0]).shape[1:] != graph.type_of(n.inputs[1]).shape[1:]:
+            raise _refuse(n, "with broadcasting has no hls4ml layer (its Add needs two tensors of one shape)")
+    if n.inputs and n.inputs[0] not in graph.constants and graph.type_of(n.inputs[0]).rank > 4:
+        raise _refuse(n, f"on a rank-{graph.type_of(n.inputs[0]).rank} tensor: hls4ml has 1D and 2D layers only")
 
 
 def hls_layers(graph: Graph) -> list[HlsLayer]:

@@ -313,3 +313,21 @@ def test_estimates_count_the_batch_norm_multipliers(tmp_path):
         bn = next(r for r in rows if r.layer == "bn_in")
         assert bn.multipliers == want and bn.dsp_multipliers == want and bn.weight_bits == 3 * 32
         assert totals["multipliers"] >= sum(r.multipliers for r in rows if r.kind == "conv") + want
+
+
+def test_a_grouped_conv_is_refused_with_exit_2_before_any_cpp(tmp_path):
+    """1 < groups < channels: hls4ml 1.3's Keras 3 reader compiled such convs and computed wrong outputs."""
+    from tapeout.compiler.cli import main
+
+    keras = _keras()
+    x = keras.Input((6, 6, 4), name="x")
+    m = keras.Model(x, keras.layers.Conv2D(4, 3, groups=2, name="gconv")(x))
+    m.save(tmp_path / "g.keras")
+    code = main(["compile", str(tmp_path / "g.keras"), "-t", "hls4ml", "-o", str(tmp_path / "out")])
+    assert code == 2
+    assert not list(tmp_path.rglob("*.cpp"))
+    with pytest.raises(UsageError, match=r"^target hls4ml: node 'gconv': op 'conv' with 2 groups \(1 < groups < "
+                                         r"channels\) is refused"):
+        from tapeout.compiler.api import compile_model
+
+        compile_model(tmp_path / "g.keras", ["hls4ml"], tmp_path / "out2")
