@@ -174,6 +174,8 @@ def _check(graph: Graph, n: Node) -> None:
         if any(int(d) != 1 for d in (n.attrs.get("dilations") or ())):
             raise _refuse(n, "with dilation: hls4ml 1.3's Keras converter ignores dilation_rate")
     if n.op in WEIGHTED:
+        if any(i and i not in graph.constants for i in n.inputs[1:]):
+            raise _refuse(n, "with runtime (non-constant) weights has no hls4ml layer")
         act = activation_kind(n)
         if act not in ACTIVATIONS:
             a = n.attrs["activation"].attr_dict()
