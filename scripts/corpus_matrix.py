@@ -171,6 +171,12 @@ def run_model(entry: dict, workdir: Path, targets: list[str] | None = None, log=
         result["cells"].update(cells)
     if "hls4ml" in wanted:
         result["cells"].update(run_compile(paths, ["hls4ml"], workdir / "out-hls4ml"))
+    # Commands that reproduce each cell anywhere: refill into /tmp/corpus/NAME, then compile.
+    fixed = f"/tmp/corpus/{entry['name']}"
+    for c in result["cells"].values():
+        c["command"] = c["command"].replace(str(workdir), fixed)
+        c["repro"] = (f".venv/bin/python scripts/corpus_matrix.py --materialize {entry['name']} {fixed} && "
+                      + c["command"].replace(str(TAPEOUT), ".venv/bin/tapeout").replace(" --json", ""))
     result["seconds"] = round(time.time() - t0, 1)
     log(f"{entry['name']:<48} " + " ".join(f"{t}={c['status']}" for t, c in result["cells"].items())
         + f"  ({result['seconds']}s)")
@@ -224,6 +230,36 @@ def write_doc(results: list[dict], header: str) -> None:
     DOC.write_text(text)
 
 
+def write_failures(results: list[dict], path: Path, header: str) -> None:
+    """The open failures, one block per cell, with the command that reproduces it."""
+    lines = ["# Corpus matrix: open failures", "", header, "",
+             "Each block: model / target, exit code, the one-line error, and the command that reproduces it "
+             "(run from the repository root). Written by scripts/corpus_matrix.py --failures; see docs/corpus.md.", ""]
+    n = 0
+    for r in sorted(results, key=lambda r: (r["family"], r["model"])):
+        for t in TARGET_ORDER:
+            c = r["cells"].get(t)
+            if not c or c["status"] == "pass":
+                continue
+            if c["status"] == "refused":
+                continue
+            n += 1
+            if "repro" not in c:  # results of an older run: derive it
+                cmd = re.sub(r"\S*/" + re.escape(r["model"]) + r"(?=/)", f"/tmp/corpus/{r['model']}", c["command"])
+                c["repro"] = (f".venv/bin/python scripts/corpus_matrix.py --materialize {r['model']} "
+                              f"/tmp/corpus/{r['model']} && "
+                              + cmd.replace(str(TAPEOUT), ".venv/bin/tapeout").replace(" --json", ""))
+            lines += [f"## {r['model']} / {t}  ({r['family']})", "",
+                      f"- exit {c['exit']}: {c.get('error', '')}" + (f" ({c['why']})" if c.get("why") else ""),
+                      f"- reproduce: `{c.get('repro', c['command'])}`", ""]
+    refusals = [(r["model"], t, c) for r in results for t, c in r["cells"].items() if c["status"] == "refused"]
+    if refusals:
+        lines += ["## Refusals (exit 2 naming the op; allowed, listed for the FPGA/TFLite owners)", ""]
+        lines += [f"- {m} / {t}: {c.get('error', '')}" for m, t, c in sorted(refusals)]
+    lines.insert(3, f"{n} failing cells.")
+    path.write_text("\n".join(lines) + "\n")
+
+
 def select(models: list[dict], args) -> list[dict]:
     out = []
     for e in models:
@@ -251,6 +287,10 @@ def main(argv=None) -> int:
     ap.add_argument("--results", help=f"results JSON (default {RESULTS.relative_to(ROOT)} for a full run)")
     ap.add_argument("--merge", action="store_true", help="update the results file's entries for the models run")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite the table in docs/corpus.md")
+    ap.add_argument("--failures", metavar="MD", help="write the failing cells (of the results file when merging) "
+                    "with reproduction commands to this markdown file")
+    ap.add_argument("--report-only", action="store_true", help="rewrite docs/corpus.md's table (and --failures) "
+                    "from tests/corpus/results.json without running anything")
     ap.add_argument("--materialize", nargs=2, metavar=("NAME", "DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     R = refill_module()
@@ -263,6 +303,12 @@ def main(argv=None) -> int:
             return 2
         paths = R.materialize(entry, d)
         print(json.dumps({k: str(v) for k, v in paths.items()}))
+        return 0
+    if args.report_only:  # rewrite the table (and failures) from the results file
+        data = json.loads(RESULTS.read_text())
+        write_doc(data["results"], data.get("header", f"{data['models']} models."))
+        if args.failures:
+            write_failures(data["results"], Path(args.failures), data.get("header", ""))
         return 0
     models = select(manifest["models"], args)
     full = not (args.only or args.family or args.fast or args.skip_heavy or args.target)
@@ -287,13 +333,21 @@ def main(argv=None) -> int:
             results_all = sorted(merged, key=lambda r: r["model"])
         else:
             results_all = results
+        header = (f"{'Last full run' if full else 'Results'}: {len(results_all)} models, {jobs} workers"
+                  + (f", {wall / 60:.1f} min wall" if not args.merge else " (partial runs merged)")
+                  + f", {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.")
         data = {"wall_seconds": wall if not args.merge else None, "jobs": jobs, "models": len(results_all),
-                "totals": totals(results_all), "results": results_all}
+                "header": header, "totals": totals(results_all), "results": results_all}
         out_path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
         if not args.no_doc and out_path == RESULTS:
-            header = (f"Last full run: {len(results_all)} models, {jobs} workers"
-                      + (f", {wall / 60:.1f} min wall" if not args.merge else " (merged re-runs)") + ".")
             write_doc(results_all, header)
+        if args.failures:
+            write_failures(results_all, Path(args.failures),
+                           f"From {out_path.relative_to(ROOT) if out_path.is_relative_to(ROOT) else out_path} "
+                           f"({len(results_all)} models), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.")
+    elif args.failures:
+        write_failures(results, Path(args.failures), f"{len(results)} models, "
+                       f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.")
     if not args.workdir:
         shutil.rmtree(workroot, ignore_errors=True)
     tot = totals(results)

@@ -40,11 +40,20 @@ def _refill_module():
 R = _refill_module()
 
 
-def entry(name, files, family, inputs, *, kind="onnx", classifier=True, fpga=False, fast=False,
+# The subset `make test` runs (tests/corpus/test_corpus.py): one small model per kind of source,
+# within ~2-3 minutes on 2 cores. hls4ml (a C++ build) for the first only.
+FAST_MODELS = {"torch_jet_tagger_ts_op11", "torch_conv2d_small_dynamo_op18", "legacy_cnn_h5",
+               "legacy_list_sequential_json", "onnx_opset6_cnn"}
+FAST_HLS4ML = {"torch_jet_tagger_ts_op11"}
+
+
+def entry(name, files, family, inputs, *, kind="onnx", classifier=True, fpga=False, fast=None,
           input_range=None, samples=None, heavy=False, notes=None):
     targets = ["onnx", "tflite:fp32", "tflite:int8", "tensorrt:fp16"] + (["hls4ml"] if fpga else [])
     e = {"name": name, "files": files, "family": family, "kind": kind, "inputs": inputs,
-         "classifier": classifier, "targets": targets, "fast": fast}
+         "classifier": classifier, "targets": targets, "fast": name in FAST_MODELS}
+    if name in FAST_HLS4ML:
+        e["fast_hls4ml"] = True
     if input_range:
         e["input_range"] = input_range
     if samples:
@@ -212,8 +221,6 @@ def build_torch(only: set[str] | None, log) -> list[dict]:
             e = entry(stem, [str(path.relative_to(CORPUS))], family, inputs, classifier=classifier, fpga=fpga,
                       fast=fast and exporter == "ts" and opset == 11 or (fast and exporter == "dynamo"),
                       samples=[16, 8] if heavy else None, heavy=heavy)
-            if stem == "torch_jet_tagger_ts_op11":
-                e["fast_hls4ml"] = True  # the one hls4ml cell make test runs (a C++ build)
             entries.append(e)
             log(f"{stem}: {path.stat().st_size // 1024} KB, {time.time() - t0:.1f}s")
     return entries
