@@ -165,6 +165,7 @@ def compile_model(
     target_options: Mapping[str, Mapping[str, Any]] | None = None,
     max_accuracy_drop: float | None = None,
     fallback: bool = False,
+    io_layout: str | None = None,
     verify_artifacts: bool = True,
     timings: bool = True,
     progress: Progress = _noop,
@@ -182,7 +183,9 @@ def compile_model(
     layers in float until that budget (or, without one, the cosine / top-1 agreement
     criteria) holds on the quantization simulation (``compiler.accuracy_control``).
     ``prune`` names a pruning pass run after the default passes (``passes.prune.parse_prune``);
-    ``prune_exclude`` names conv/dense layers it leaves alone.
+    ``prune_exclude`` names conv/dense layers it leaves alone. ``io_layout`` ("source" or
+    "channels-last", ``targets.io``) is the layout of a channels-first source's rank >= 3 inputs and
+    outputs in every artifact; None: each target's default (tflite channels-last, others source).
     """
     quiet_environment()
     if not targets:
@@ -197,6 +200,11 @@ def compile_model(
     prune_pass = _prune_pass(prune, train, epochs, max_accuracy_drop, learning_rate, prune_exclude)
     # Built before the model loads, so a bad option is a usage error before any work.
     built = _build_targets(chosen, target_options or {})
+    from tapeout.targets.io import IO_LAYOUTS, has_channels_first_io
+
+    if io_layout is not None and io_layout not in IO_LAYOUTS:
+        raise UsageError(f"unknown --io-layout {io_layout!r}; one of {', '.join(IO_LAYOUTS)}")
+    layout_notes = [target.set_io_layout(io_layout) for target in built]
     for target in built:  # targets choosing settings from data (hls4ml's precision search) get the files
         if hasattr(target, "use_data"):
             target.use_data(calibration=calibration, eval_data=eval_data)
@@ -258,7 +266,7 @@ def compile_model(
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}-tapeout-", dir=parent))
     try:
-        for (cls, variant), target in zip(chosen, built):
+        for (cls, variant), target, layout_note in zip(chosen, built, layout_notes):
             folder = f"{cls.name}-{variant}"
             tdir = staging / folder
             tdir.mkdir()
@@ -273,6 +281,8 @@ def compile_model(
             size = _dir_size(tdir, emitted.size_artifacts or emitted.artifacts)
             tr = TargetReport(cls.name, variant, [f"{folder}/{a}" for a in emitted.artifacts], size, seconds,
                               list(emitted.notes), extra=dict(emitted.extra), interface=_io_report(tdir, qgraph))
+            if layout_note and has_channels_first_io(qgraph):
+                tr.notes.append(layout_note)
             if qinfo is not None:
                 tr.extra["quantization"] = qinfo
             if verify_artifacts and dataset is not None:

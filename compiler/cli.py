@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--io", choices=("float", "int8", "uint8", "int16"),
                    help="input/output type of the integer tflite variants: float (default), int8 or uint8 "
                         "(tflite:int8), int16 (tflite:int16x8); the runner still takes and gives floats")
+    c.add_argument("--io-layout", choices=("source", "channels-last"),
+                   help="layout of a channels-first (NCHW) source's rank-3/4/5 inputs and outputs in the "
+                        "artifacts: channels-last (NHWC; default for tflite) or source (default for the others); "
+                        "data files and verify keep the source's layout")
     c.add_argument("--target-option", dest="target_options", action="append", default=[],
                    metavar="TARGET[:VARIANT].KEY=VALUE",
                    help="an option for one target's emitter, e.g. tflite.c_array=false or onnx.opset=18 "
@@ -277,7 +281,8 @@ def _cmd_compile(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                                prune_exclude=args.prune_exclude,
                                train=args.train, epochs=args.epochs, learning_rate=args.learning_rate,
                                target_options=_target_options(args), max_accuracy_drop=args.max_accuracy_drop,
-                               fallback=args.fallback, verify_artifacts=not args.no_verify,
+                               fallback=args.fallback, io_layout=args.io_layout,
+                               verify_artifacts=not args.no_verify,
                                timings=not args.no_timings, progress=status.update)
     if args.json:
         out.write(report.dumps(timings=not args.no_timings))

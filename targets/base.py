@@ -36,10 +36,24 @@ class Target:
     # Python modules the target needs to emit / to run its artifact.
     requires: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
+    # I/O layouts the emitter can present (targets.io): "source" always; and the one used when
+    # --io-layout is not given (tflite: "channels-last", what its users feed).
+    io_layouts: ClassVar[tuple[str, ...]] = ("source",)
+    default_io_layout: ClassVar[str] = "source"
 
     def __init__(self, variant: str | None = None, **options: Any) -> None:
         self.variant = variant or self.default_variant
         self.options = options
+        self.io_layout = self.default_io_layout
+
+    def set_io_layout(self, layout: str | None) -> str | None:
+        """Use ``layout`` (--io-layout) when the target can; returns a note when it cannot."""
+        if layout is None or layout == self.io_layout:
+            return None
+        if layout not in self.io_layouts:
+            return f"--io-layout {layout}: {self.name} keeps the {self.io_layout} layout at its inputs and outputs"
+        self.io_layout = layout
+        return None
 
     @classmethod
     def quant_scheme(cls, variant: str) -> str | None:

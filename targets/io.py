@@ -32,6 +32,12 @@ def artifact_graph(graph: Graph, io_layout: str) -> Graph:
     return g
 
 
+def has_channels_first_io(graph: Graph) -> bool:
+    """Whether some input/output of ``graph`` is channels-first in the source (where --io-layout matters)."""
+    return any(is_channels_first(graph.io_layouts.get(v), graph.type_of(v).rank)
+               for v in [*graph.inputs, *graph.outputs])
+
+
 def io_map(source: Graph, artifact: Graph, names: Mapping[str, str] | None = None) -> IOMap:
     """How ``artifact`` (``artifact_graph(source, ...)``) relates to ``source``; ``names`` maps
     source names the artifact changed to its own."""

@@ -136,6 +136,10 @@ def parse_settings(options: dict[str, Any]) -> Settings:
 
 class Hls4mlTarget(Target):
     name = "hls4ml"
+    # The C++ takes channels-last arrays whatever the source (tapeout_io.json says so; the C-simulation
+    # runner transposes a channels-first source's data with the manifest's perm).
+    io_layouts = ("channels-last",)
+    default_io_layout = "channels-last"
     variants = ("vitis", "vivado", "quartus", "oneapi", "catapult")
     default_variant = "vitis"
     requires = ("hls4ml", "keras", "tensorflow")

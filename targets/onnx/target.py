@@ -13,6 +13,7 @@ class OnnxTarget(Target):
     name = "onnx"
     variants = ("fp32", "int8")
     default_variant = "fp32"
+    io_layouts = ("source", "channels-last")
     requires = ("onnx", "onnxruntime")
     description = ("ONNX model (opset 17, source I/O layout): float32, or int8 QDQ from the IR's "
                    "calibration; verified with onnxruntime")
@@ -25,7 +26,11 @@ class OnnxTarget(Target):
         # onnx is imported here, not at module level, so `tapeout --help` stays light.
         from tapeout.targets.onnx.emit import MIN_OPSET, graph_to_onnx
 
+        from tapeout.targets.io import artifact_graph, io_map
+
         opset = int(self.options.get("opset", MIN_OPSET))
+        source, graph = graph, artifact_graph(graph, self.io_layout)
+        io_map(source, graph).write(outdir)  # ONNX keeps every name; --io-layout may move channels last
         if self.variant == "int8":
             from tapeout.targets.onnx.qdq import graph_to_qdq
 
@@ -39,7 +44,8 @@ class OnnxTarget(Target):
         notes = [f"opset {opset}, {len(model.graph.node)} nodes, channels-first inside",
                  f"{transposes} Transpose node(s)"]
         if layouts:
-            notes.append(f"I/O layouts kept from the source: {layouts}")
+            kept = graph is source
+            notes.append(f"I/O layouts {'kept from the source' if kept else '(--io-layout channels-last)'}: {layouts}")
         extra = {"opset": opset, "transposes": transposes}
         if self.variant == "int8":
             pairs = sum(n.op_type == "QuantizeLinear" for n in model.graph.node)
@@ -50,6 +56,7 @@ class OnnxTarget(Target):
         return EmitResult(["model.onnx"], notes, extra=extra)
 
     def runner(self, outdir: Path) -> Runner:
+        from tapeout.runtime.io_map import mapped
         from tapeout.runtime.runners.onnxrt import OnnxRuntimeRunner
 
-        return OnnxRuntimeRunner(outdir / "model.onnx")
+        return mapped(OnnxRuntimeRunner(outdir / "model.onnx"), outdir)

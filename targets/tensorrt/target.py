@@ -47,6 +47,7 @@ class TensorrtTarget(Target):
     name = "tensorrt"
     variants = ("fp32", "fp16", "int8", "best")
     default_variant = "fp32"
+    io_layouts = ("source", "channels-last")
     requires = ("onnx", "onnxruntime")  # to emit and verify; tensorrt itself is optional (engine only)
     description = ("NVIDIA TensorRT: optimized ONNX (int8 as explicit Q/DQ from the IR's calibration) + plan.json "
                    "with profiles and the trtexec command; model.plan where tensorrt and a GPU are present")
@@ -112,7 +113,11 @@ class TensorrtTarget(Target):
         from tapeout.targets.onnx.emit import MIN_OPSET, graph_to_onnx
         from tapeout.targets.tensorrt.plan import build_plan, dumps
 
+        from tapeout.targets.io import artifact_graph, io_map
+
         opset = int(self.options.get("opset", MIN_OPSET))
+        source, graph = graph, artifact_graph(graph, self.io_layout)
+        io_map(source, graph).write(outdir)  # names kept; --io-layout may move channels last
         if self.variant in ("int8", "best"):
             from tapeout.targets.onnx.qdq import graph_to_qdq
 
@@ -179,7 +184,13 @@ class TensorrtTarget(Target):
                           else ["model.onnx"])
 
     def runner(self, outdir: Path) -> Runner:
-        """The engine when one was built; else the ONNX in onnxruntime (fp16 emulated for fp16/best)."""
+        """The engine when one was built; else the ONNX in onnxruntime (fp16 emulated for fp16/best);
+        seen through the folder's tapeout_io.json (source layouts in and out)."""
+        from tapeout.runtime.io_map import mapped
+
+        return mapped(self._runner(outdir), outdir)
+
+    def _runner(self, outdir: Path) -> Runner:
         from tapeout.runtime.runners.onnxrt import OnnxRuntimeRunner
 
         if (outdir / "model.plan").is_file():

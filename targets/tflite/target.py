@@ -30,6 +30,9 @@ class TfliteTarget(Target):
     name = "tflite"
     variants = ("fp32", "fp16", "dynamic", "int8", "int16x8")
     default_variant = "fp32"
+    # Channels-last by default: what TFLite and microcontroller users feed (no edge transposes).
+    io_layouts = ("source", "channels-last")
+    default_io_layout = "channels-last"
     requires = ("tensorflow", "keras")
     description = ("TFLite flatbuffer (+ C array for TFLite Micro): fp32, fp16 weights, dynamic-range int8 "
                    "weights, full int8, int16x8; verified with LiteRT")
@@ -65,25 +68,34 @@ class TfliteTarget(Target):
         if refused:
             raise UsageError(f"target tflite cannot express node(s) {', '.join(refused)}: TFLite has no "
                              "builtin 3D pooling op")
+        from tapeout.targets.io import artifact_graph
+
         notes: list[str] = []
         extra: dict[str, Any] = {}
+        # The graph as the model presents it: io_layouts say which inputs/outputs stay channels-first.
+        agraph = artifact_graph(graph, self.io_layout)
         if self.variant in INTEGER_VARIANTS:
-            data, traced = self._integer(graph, notes, extra)
+            data, traced = self._integer(agraph, notes, extra)
         else:
             if self.options.get("io") not in (None, "float"):
                 notes.append(f"--io {self.options['io']} applies to the integer variants; "
                              f"tflite:{self.variant} keeps float inputs and outputs")
-            traced, _ = convert.trace(graph)
+            traced, _ = convert.trace(agraph)
             data = convert.convert(traced, self.variant)
             notes += traced.keras.notes
         (outdir / "model.tflite").write_bytes(data)
         info = read_model(data)
-        io = self._io_map(graph, traced, info)
+        io = self._io_map(graph, agraph, traced, info)
         io.write(outdir)
         renamed = [f"'{p.name}' -> '{p.artifact}'" for p in io.inputs if p.artifact != p.name]
         if renamed:
             notes.append(f"input(s) renamed as identifiers in the model's signature: {', '.join(renamed)} "
                          f"(tapeout_io.json maps them back)")
+        moved = [p for p in (*io.inputs, *io.outputs) if p.perm is not None]
+        if moved:
+            notes.append(f"--io-layout {self.io_layout}: {', '.join(f'{p.name} {p.layout}' for p in moved)} "
+                         f"(source {'/'.join(sorted({str(p.source_layout) for p in moved}))}); no transposes at "
+                         "the model's edges")
         arena = estimate_arena(info)
         artifacts = ["model.tflite"]
         # Nothing here depends on what ran before in this process (the trace cache): reports of
@@ -104,17 +116,22 @@ class TfliteTarget(Target):
         return EmitResult(artifacts, notes, extra, size_artifacts=["model.tflite"])
 
     @staticmethod
-    def _io_map(graph: Graph, traced: Any, info: Any) -> Any:
+    def _io_map(graph: Graph, agraph: Graph, traced: Any, info: Any) -> Any:
         """Source names/layouts -> the model signature's, checked against the converted file."""
         from tapeout.targets.io import io_map
         from tapeout.targets.tflite.convert import ConversionError
 
-        io = io_map(graph, graph, dict(zip(graph.inputs, traced.input_names)))
+        io = io_map(graph, agraph, dict(zip(graph.inputs, traced.input_names)))
         for kind, ports in (("inputs", io.inputs), ("outputs", io.outputs)):
-            found = sorted(info.signature[kind])
-            if found != sorted(p.artifact for p in ports):
-                raise ConversionError(f"the converted model's signature {kind} are {found}, not the "
+            found = info.signature[kind]
+            if sorted(found) != sorted(p.artifact for p in ports):
+                raise ConversionError(f"the converted model's signature {kind} are {sorted(found)}, not the "
                                       f"{sorted(p.artifact for p in ports)} tapeout named")
+            for p in ports:
+                have = info.tensors[found[p.artifact]].shape
+                if list(have[1:]) != list(p.shape[1:]):
+                    raise ConversionError(f"the converted model's {kind[:-1]} {p.artifact!r} has shape {list(have)}, "
+                                          f"not the {p.layout} {list(p.shape)} tapeout built")
         return io
 
     def _integer(self, graph: Graph, notes: list[str], extra: dict[str, Any]) -> tuple[bytes, Any]:
@@ -163,5 +180,7 @@ class TfliteTarget(Target):
     def runner(self, outdir: Path) -> Runner:
         from tapeout.runtime.io_map import mapped
         from tapeout.runtime.runners.litert import LiteRTRunner
+
+        # Source names and layouts in and out: the folder's tapeout_io.json maps them.
 
         return mapped(LiteRTRunner(outdir / "model.tflite"), outdir)
