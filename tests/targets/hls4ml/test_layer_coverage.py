@@ -72,9 +72,10 @@ def cov1d():
     x = keras.Input((16, 3), name="x")
     h = L.BatchNormalization(name="bn_in")(x)
     dw = L.DepthwiseConv1D(3, padding="same", activation="relu", name="dw")(h)
-    h = L.Conv1D(4, 3, name="c")(L.ZeroPadding1D((2, 0), name="zp_c")(dw))
+    res = L.Add(name="res")([dw, L.Conv1D(3, 1, name="pw")(dw)])  # a residual: io_stream clones dw
+    h = L.Conv1D(4, 3, name="c")(L.ZeroPadding1D((2, 0), name="zp_c")(res))
     h = L.UpSampling1D(2, name="up")(L.MaxPooling1D(2, name="mp")(h))
-    h = L.Concatenate(name="cat")([dw, h])
+    h = L.Concatenate(name="cat")([res, h])
     h = L.GlobalMaxPooling1D(name="gmp")(h)
     m = keras.Model(x, L.Dense(2, name="fc")(h), name="cov1d")
     _randomize_bn(m)
@@ -210,7 +211,8 @@ def test_2d_layers_are_bit_exact_in_csim(root, io_type):
 @pytest.mark.parametrize("io_type", ["parallel", "stream"])
 def test_1d_layers_are_bit_exact_in_csim(root, io_type):
     checked = _compare(*_build(cov1d(), root, io_type))
-    want = {"bn_in": "batch_norm", "dw": "conv", "dw_relu": "relu", "c_pad": "zero_pad", "c": "conv",
+    want = {"bn_in": "batch_norm", "dw": "conv", "dw_relu": "relu", "pw": "conv", "res": "add",
+            "c_pad": "zero_pad", "c": "conv",
             "mp": "max_pool", "up": "resize", "cat": "concat", "gmp": "global_max_pool", "fc": "dense"}
     assert {k: checked[k] for k in want} == want
 
