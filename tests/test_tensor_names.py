@@ -187,3 +187,19 @@ def test_tflite_input_names_are_the_ones_tensorflow_keeps() -> None:
 
     assert spec_names(["image", "input.1", "0", "in-put", "gpu_0/data_0", "input:0", "input_0", "_x", "é"]) == \
         ["image", "input.1", "0", "in-put", "gpu_0_data_0", "input_0", "input_0_1", "x_x", "x_"]
+
+
+@pytest.mark.parametrize("text, words", [("{not json", "not a readable I/O map"),
+                                         ('{"format": "other"}', "not a tapeout I/O map"),
+                                         (None, "does not have")])
+def test_a_bad_map_is_one_line_exit_2(names_build, tmp_path, text, words) -> None:
+    model, data, out, code, err = names_build
+    assert code == 0, err
+    folder = tmp_path / "t"
+    shutil.copytree(out / "tflite-fp32", folder)
+    if text is None:  # a map naming an input the model does not have
+        text = (folder / "tapeout_io.json").read_text().replace('"gpu_0_data_0"', '"gpu_0_data_9"')
+    (folder / "tapeout_io.json").write_text(text)
+    code, _, err = run_cli("verify", model, folder / "model.tflite", "--data", data)
+    assert code == 2, err
+    assert words in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
