@@ -274,10 +274,23 @@ def _upgraded_for_ort(model):
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     if opset >= 7:
         return model
+    inits = _initializers(model)
     for n in model.graph.node:  # PyTorch 0.3 wrote consumed_inputs at opset 6, where it is gone
         for a in list(n.attribute):
             if a.name == "consumed_inputs":
                 n.attribute.remove(a)
+        attrs = {a.name: a for a in n.attribute}
+        # Axis-aligned broadcast of a [C] operand onto NCHW: onnx's converter unsqueezes it to
+        # [C, 1, 1, 1], which broadcasts over the batch. Give it numpy's [C, 1, 1] here.
+        if "broadcast" in attrs and "axis" in attrs and len(n.input) > 1 and n.input[1] in inits \
+                and len(inits[n.input[1]].dims) == 1:
+            t = inits[n.input[1]]
+            t.dims.extend([1] * (3 - attrs["axis"].i))
+            n.attribute.remove(attrs["axis"])
+            n.attribute.remove(attrs["broadcast"])
+            for i in model.graph.input:
+                if i.name == t.name:
+                    i.CopyFrom(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     return version_converter.convert_version(model, 13)
 
 
@@ -331,7 +344,9 @@ def refill_onnx(model, seed: int, feeds: dict[str, np.ndarray]):
     feed_names = {i.name for i in sess.get_inputs()}
     data = {k: v for k, v in feeds.items() if k in feed_names}
     n_samples = len(next(iter(data.values())))
-    fixed_batch = any(i.shape and i.shape[0] == 1 for i in sess.get_inputs() if i.name in data)
+    # A batch-1 export (the version converter may drop input shapes: read the original's).
+    fixed_batch = any(i.name in data and i.type.tensor_type.shape.dim and
+                      i.type.tensor_type.shape.dim[0].dim_value == 1 for i in model.graph.input)
     final = _final_measures(model, roles)
 
     by_measure: dict[str, list[str]] = defaultdict(list)
@@ -368,6 +383,31 @@ def refill_onnx(model, seed: int, feeds: dict[str, np.ndarray]):
             values[w] = (values[w] * s).astype(np.float32)
             if b is not None:
                 values[b] = (values[b] * s).astype(np.float32)
+
+    # A conv head (conv, relu, global pool: SqueezeNet): pooling averages the per-sample variation
+    # away, so scale each output channel again by the pooled logits' spread across samples (exact:
+    # relu and average pooling are positively homogeneous).
+    for m in final:
+        pooled = _pooled_logits(model, m)
+        w = next((n for n in by_measure.get(m, []) if roles[n]["role"] == "weight"), None)
+        if pooled is None or w is None or values[w].ndim < 3:
+            continue
+        probe.graph.output.append(helper.make_tensor_value_info(pooled, onnx.TensorProto.FLOAT, None))
+        sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        weights = {k: v for k, v in values.items() if k in feed_names}
+        if fixed_batch:
+            y = np.concatenate([sess.run([pooled], {**{k: v[i:i + 1] for k, v in data.items()}, **weights})[0]
+                                for i in range(n_samples)]).astype(np.float64)
+        else:
+            y = sess.run([pooled], {**data, **weights})[0].astype(np.float64)
+        y = y.reshape(y.shape[0], y.shape[1], -1).mean(axis=2)
+        # One scale for all channels: per-channel scales would blow up the differences between the
+        # channels' means (which relu keeps) over the differences between samples.
+        s = np.full(y.shape[1], LOGIT_STD / max(float(np.median(y.std(axis=0))), 1e-12))
+        values[w] = (values[w] * s.reshape((-1,) + (1,) * (values[w].ndim - 1))).astype(np.float32)
+        b = next((n for n in by_measure[m] if roles[n]["role"] == "bias"), None)
+        if b is not None:
+            values[b] = (values[b] * s.reshape(values[b].shape)).astype(np.float32)
 
     out = onnx.ModelProto.FromString(model.SerializeToString())
     for t in out.graph.initializer:
@@ -409,6 +449,27 @@ def _final_measures(model, roles) -> set[str]:
                                               "GlobalAveragePool", "AveragePool"):
                 stack.extend(i for i in n.input[:1] if i)
     return final
+
+
+def _pooled_logits(model, measure: str) -> str | None:
+    """The output of the global/average pool between ``measure`` (a conv) and a model output."""
+    g = model.graph
+    consumers: dict[str, list] = defaultdict(list)
+    for n in g.node:
+        for i in n.input:
+            consumers[i].append(n)
+    t = measure
+    for _ in range(4):
+        nxt = consumers.get(t, [])
+        if len(nxt) != 1:
+            return None
+        n = nxt[0]
+        if n.op_type in ("GlobalAveragePool", "AveragePool", "ReduceMean"):
+            return n.output[0]
+        if n.op_type not in ("Relu", "Dropout", "Identity"):
+            return None
+        t = n.output[0]
+    return None
 
 
 def _per_unit(values, role, w, b, y, target):
@@ -541,7 +602,8 @@ def _refill_keras3_one_pass(model, feeds, rng, final):
                 op.set_weights(_bn_stats(op, ops.convert_to_numpy(args[0])))
             y = op(*args, training=False, **kwargs) if _accepts_training(op) else op(*args, **kwargs)
             if cls in _KERAS_WEIGHTED:
-                op.set_weights(_keras_rescale(op, args[0], ops.convert_to_numpy(y), rng, id(op) in final))
+                pre = ops.convert_to_numpy(_pre_activation(op, args[0]))
+                op.set_weights(_keras_rescale(op, args[0], pre, rng, id(op) in final))
                 y = op(*args, **kwargs)
             elif op.weights and cls not in ("BatchNormalization", "Normalization", "Rescaling"):
                 if hasattr(op, "layers"):
@@ -553,6 +615,18 @@ def _refill_keras3_one_pass(model, feeds, rng, final):
     inputs = feeds if len(feeds) > 1 else feeds[0]
     model._run_through_graph(model._standardize_inputs(inputs) if hasattr(model, "_standardize_inputs")
                              else inputs, operation_fn=operation_fn)
+
+
+def _pre_activation(layer, x):
+    """The layer's output before its fused activation (a Dense(softmax) is normalized on logits)."""
+    act = getattr(layer, "activation", None)
+    if act is None:
+        return layer(x)
+    layer.activation = lambda v: v
+    try:
+        return layer(x)
+    finally:
+        layer.activation = act
 
 
 def _accepts_training(op) -> bool:
@@ -578,8 +652,9 @@ def _refill_keras_probing(model, feeds, rng, final, legacy):
             x = probe(feeds if len(feeds) > 1 else feeds[0], training=False)
             layer.set_weights(_bn_stats(layer, np.asarray(x)))
             continue
-        probe = K.Model(model.inputs, [layer.input, layer.output])
-        x, y = probe(feeds if len(feeds) > 1 else feeds[0], training=False)
+        probe = K.Model(model.inputs, layer.input)
+        x = probe(feeds if len(feeds) > 1 else feeds[0], training=False)
+        y = _pre_activation(layer, x)
         layer.set_weights(_keras_rescale(layer, x, np.asarray(y), rng, id(layer) in final))
 
 

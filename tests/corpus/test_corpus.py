@@ -86,12 +86,14 @@ def test_onnx_refill_is_deterministic_and_not_constant(name, tmp_path):
         model = R._upgraded_for_ort(model)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     feeds = R.input_data(e, 8, 123)
-    fixed = sess.get_inputs()[0].shape[0] == 1
+    fixed = e["inputs"][0]["shape"][0] == 1  # a batch-1 export
     outs = np.concatenate([sess.run(None, {k: v[i:i + 1] for k, v in feeds.items()})[0] for i in range(8)]) \
         if fixed else sess.run(None, feeds)[0]
     outs = outs.reshape(8, -1)
     # Outputs vary across inputs (a constant fill gives the same output for every input) ...
-    assert np.std(outs, axis=0).mean() > 1e-3 * max(1.0, float(np.abs(outs).mean()))
+    assert np.std(outs, axis=0).mean() > 0.1 * float(np.abs(outs).mean())
+    if e["classifier"]:
+        assert len(set(outs.argmax(axis=1).tolist())) > 1
     # ... and batch norms got sane statistics.
     for t in model.graph.initializer:
         if "running_var" in t.name or t.name.endswith("_var"):
