@@ -22,9 +22,12 @@ from tapeout.targets.base import QUANTIZED_TOLERANCE, EmitResult, Target
 OPTIONS = ("min_batch", "opt_batch", "max_batch", "workspace_mib", "opt_level", "cache_dir", "require_engine",
            "opset")
 _SCHEMES = {"fp16": "fp16", "int8": "int8", "best": "int8"}
-# fp32 is held to Polygraphy's defaults; fp16 to 1e-3 (a half-precision ulp is ~1e-3 relative),
-# except a classifier's, judged like a quantized one (see _is_classifier).
-_TOLERANCES = {"fp32": Tolerance(1e-5, 1e-5), "fp16": Tolerance(1e-3, 1e-3)}
+# fp32 is held to Polygraphy's defaults. fp16 is judged relative to each output's scale: an
+# absolute 1e-3 holds for a shallow head but not for deep nets, where fp16's ~5e-4 relative
+# rounding compounds over 50+ layers. On the corpus (docs/corpus.md), 19 PyTorch exports kept
+# cosine >= 0.99993 while logits of std 4 moved by up to 0.65. 0.9995 bounds the relative RMS
+# error at ~3%; a classifier also keeps its top-1 (see _is_classifier).
+_TOLERANCES = {"fp32": Tolerance(1e-5, 1e-5), "fp16": Tolerance(min_cosine=0.9995)}
 # Tighter than int8's 0.99: fp16 keeps ~3 significant digits, so anything below 0.999 is a real error.
 FP16_CLASSIFIER_TOLERANCE = Tolerance(min_cosine=0.999, min_top1_agreement=0.99)
 

@@ -361,7 +361,7 @@ def test_gpu_engines_build_for_every_variant(tmp_path, tiny_cnn_path, tiny_eval_
 
 # ------------------------------------------------------------------ fp16 tolerance: classifiers vs the rest
 def _linear_onnx(path: Path) -> Path:
-    """A regression head (MatMul + Add, no softmax): fp16 must stay elementwise here."""
+    """A regression head (MatMul + Add, no softmax): judged by its cosine, not by agreement."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -376,16 +376,17 @@ def _linear_onnx(path: Path) -> Path:
     return path
 
 
-def test_fp16_without_softmax_output_stays_elementwise(tmp_path):
+def test_fp16_without_softmax_output_is_judged_by_scale_relative_cosine(tmp_path):
     outdir = tmp_path / "o"
     rc, _, err = _compile([str(_linear_onnx(tmp_path / "linear.onnx")), "-t", "tensorrt:fp16", "-o", str(outdir),
                            "--no-timings", "--json"])
     assert rc == 0, err
     t = _report_target(outdir, "fp16")
     v = t["verification"]
-    assert v["passed"] and v["atol"] == v["rtol"] == 1e-3
-    assert v["outputs"][0]["tolerance"]["min_cosine"] is None
+    assert v["passed"] and v["cosine"] >= 0.9995
+    assert v["outputs"][0]["tolerance"]["min_cosine"] == 0.9995
     assert v["outputs"][0]["tolerance"]["min_top1_agreement"] is None
+    assert v["max_abs_err"] < 1e-3  # a shallow head in fp16 still moves by less than an ulp-scale 1e-3
     assert not any(n.startswith("softmax outputs") for n in t["notes"])
 
 
