@@ -256,7 +256,14 @@ def write_failures(results: list[dict], path: Path, header: str) -> None:
     if refusals:
         lines += ["## Refusals (exit 2 naming the op; allowed, listed for the FPGA/TFLite owners)", ""]
         lines += [f"- {m} / {t}: {c.get('error', '')}" for m, t, c in sorted(refusals)]
-    lines.insert(3, f"{n} failing cells.")
+    by_kind: dict[str, int] = {}
+    for r in results:
+        for t, c in r["cells"].items():
+            if c["status"] == "fail":
+                kind = f"{t}, exit {c['exit']}" + (": verification" if c["exit"] == 1 else "")
+                by_kind[kind] = by_kind.get(kind, 0) + 1
+    summary = [f"{n} failing cells: " + "; ".join(f"{k} x{v}" for k, v in sorted(by_kind.items())) + "."]
+    lines[3:3] = summary
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -306,6 +313,8 @@ def main(argv=None) -> int:
         return 0
     if args.report_only:  # rewrite the table (and failures) from the results file
         data = json.loads(RESULTS.read_text())
+        known = {e["name"] for e in manifest["models"]}
+        data["results"] = [r for r in data["results"] if r["model"] in known]
         write_doc(data["results"], data.get("header", f"{data['models']} models."))
         if args.failures:
             write_failures(data["results"], Path(args.failures), data.get("header", ""))
@@ -329,7 +338,8 @@ def main(argv=None) -> int:
         if args.merge and out_path.is_file():
             old = json.loads(out_path.read_text())
             ran = {r["model"] for r in results}
-            merged = [r for r in old["results"] if r["model"] not in ran] + results
+            known = {e["name"] for e in manifest["models"]}  # drop models no longer in the corpus
+            merged = [r for r in old["results"] if r["model"] not in ran and r["model"] in known] + results
             results_all = sorted(merged, key=lambda r: r["model"])
         else:
             results_all = results
