@@ -235,7 +235,8 @@ def compile_model(
     if fallback:
         quantized = _fallback(quantized, eval_data, calibration, max_accuracy_drop, progress)
 
-    tol = Tolerance(atol if atol is not None else DEFAULT_ATOL, rtol if rtol is not None else DEFAULT_RTOL)
+    tol = Tolerance(atol if atol is not None else DEFAULT_ATOL, rtol if rtol is not None else DEFAULT_RTOL,
+                    scale_atol=atol is None)
     dataset: Dataset | None = None
     reference: dict[str, np.ndarray] = {}
     source_notes: list[str] = []  # what the source runner did to run the source (an opset upgrade)
@@ -610,7 +611,8 @@ def verify_artifact(source: str | Path, artifact: str | Path, *, weights: str | 
     ``rtol`` is given.
     """
     quiet_environment()
-    tol = Tolerance(atol if atol is not None else DEFAULT_ATOL, rtol if rtol is not None else DEFAULT_RTOL)
+    tol = Tolerance(atol if atol is not None else DEFAULT_ATOL, rtol if rtol is not None else DEFAULT_RTOL,
+                    scale_atol=atol is None)
     with runner_for(source, weights) as ref, runner_for(artifact) as cand:
         dataset = load_data(data, ref.input_specs(), kind="eval") if data else synthesize(
             ref.input_specs(), num_samples=SYNTHETIC_SAMPLES, seed=0)

@@ -143,3 +143,23 @@ def test_summary_is_one_line_naming_failures() -> None:
 
 def test_no_outputs_does_not_pass() -> None:
     assert not compare({}, {}).passed
+
+
+def test_scaled_atol_follows_the_output_rms_and_still_catches_real_errors():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(0, 4, (16, 10))  # logits of a deep net: RMS ~4
+    roundoff = ref + rng.choice([-2e-4, 2e-4], ref.shape)  # cross-framework fp32 round-off
+    absolute = Tolerance(1e-4, 1e-4)
+    scaled = Tolerance(1e-4, 1e-4, scale_atol=True)
+    near_zero = np.abs(ref) < 1  # only there can the rtol arm not cover the round-off
+    assert near_zero.any()
+    assert not compare_output("y", ref, roundoff, absolute).passed
+    got = compare_output("y", ref, roundoff, scaled)
+    assert got.passed and 3.5e-4 < got.effective_atol < 4.5e-4
+    wrong = ref + 0.05 * np.std(ref) * rng.normal(size=ref.shape)  # a small real error: 5% of the scale
+    assert not compare_output("y", ref, wrong, scaled).passed
+    # Outputs below unit scale keep the absolute atol.
+    small = ref / 100
+    assert compare_output("y", small, small + 2e-4, scaled).effective_atol == 1e-4
+    again = OutputComparison.from_json(got.to_json())
+    assert again.tolerance.scale_atol is True and again.effective_atol == pytest.approx(got.effective_atol, rel=1e-8)
