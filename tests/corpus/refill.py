@@ -744,6 +744,6 @@ def write_data(entry: dict, outdir: str | Path, n_cal: int, n_eval: int, seed: i
 
 def materialize(entry: dict, outdir: str | Path, seed: int = 0) -> dict[str, Path]:
     paths = refill_entry(entry, outdir, seed)
-    n_cal, n_eval = entry.get("samples", [32, 16])
+    n_cal, n_eval = entry.get("samples", [64, 100])
     paths.update(write_data(entry, outdir, n_cal, n_eval, seed))
     return paths
