@@ -40,7 +40,9 @@ def test_manifest_has_30_small_models_that_exist():
     total = 0
     for e in models:
         assert e["targets"][:4] == ["onnx", "tflite:fp32", "tflite:int8", "tensorrt:fp16"], e["name"]
-        assert ("hls4ml" in e["targets"]) == (e["name"] in FPGA), e["name"]
+        # hls4ml only for FPGA-sized models (here: at most 1024 input values per sample).
+        in_size = sum(int(np.prod(i["shape"][1:])) for i in e["inputs"])
+        assert ("hls4ml" in e["targets"]) == (in_size <= 1024), (e["name"], in_size)
         for f in e["files"]:
             p = CORPUS / f
             assert p.is_file(), f
@@ -54,8 +56,6 @@ def test_manifest_has_30_small_models_that_exist():
     assert any("dynamo" in e["family"] for e in models) and any("torchscript" in e["family"] for e in models)
     assert {f"opset{o}" for o in (11, 13, 18)} <= {e["family"].split("/")[-1] for e in models}
 
-
-FPGA = {e["name"] for e in MANIFEST["models"] if "hls4ml" in e["targets"]}
 
 
 def test_onnx_files_carry_no_weights():
@@ -111,7 +111,7 @@ def test_keras_refill_is_deterministic_and_varies(tmp_path):
         np.testing.assert_array_equal(wa, wb)
     x = R.input_data(e, 8, 5)["image"]
     y = ma.predict(x, verbose=0)
-    assert y.argmax(1).tolist().count(y.argmax(1)[0]) < 8 or np.std(y, axis=0).mean() > 1e-3
+    assert len(set(y.argmax(axis=1).tolist())) > 1  # logits vary across inputs, like a trained net's
     bn = ma.get_layer("bn1").get_weights()
     assert (bn[3] > 0).all() and not np.allclose(bn[3], 1.0)
 
