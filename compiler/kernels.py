@@ -15,6 +15,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from tapeout.compiler.ir import Activation, Node
+from tapeout.compiler.ops import slice_bounds, slice_spec
 
 Kernel = Callable[[Node, list], list]
 KERNELS: dict[str, Kernel] = {}
@@ -276,6 +277,16 @@ def reshape(node: Node, inputs: list) -> list:
 @_kernel("transpose")
 def transpose(node: Node, inputs: list) -> list:
     return [np.transpose(inputs[0], tuple(node.attrs["perm"]))]
+
+
+@_kernel("slice")
+def slice_(node: Node, inputs: list) -> list:
+    x = inputs[0]
+    index = [slice(None)] * x.ndim
+    for axis, start, end, step in slice_spec(node, x.ndim):
+        b, e, s = slice_bounds(x.shape[axis], start, end, step)
+        index[axis] = slice(b, None if e < 0 else e, s)  # e == -1 (negative step): through element 0
+    return [x[tuple(index)]]
 
 
 @_kernel("pad")

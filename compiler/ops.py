@@ -19,6 +19,8 @@ reshape(x)                                   batch kept, the rest becomes ``shap
 transpose(x)                                 perm over all axes, perm[0] == 0
 pad(x)                                       constant pad, pads per axis (before, after)
 resize(x)                                    nearest-neighbour upsampling by integer scales per spatial dim
+slice(x)                                     x[starts:ends:steps] along non-batch axes, ONNX Slice's clamping
+                                             (negative indices count from the end, out-of-range ends clamp)
 """
 
 from __future__ import annotations
@@ -391,6 +393,55 @@ def _infer_resize(n: Node, ins):
 
 
 _register("resize", _infer_resize, defaults={"mode": "nearest"}, required=("scales",))
+
+
+def slice_bounds(dim: int, start: int, end: int, step: int) -> tuple[int, int, int]:
+    """ONNX Slice's clamping: ``range(start, end, step)`` lists exactly the elements taken.
+
+    Negative indices count from the end; then a positive step clamps both to [0, dim], a
+    negative one clamps start to [0, dim - 1] and end to [-1, dim - 1] (-1: through element 0).
+    """
+    if step == 0:
+        raise ValueError("slice step 0")
+    start, end = int(start), int(end)
+    start = start + dim if start < 0 else start
+    end = end + dim if end < 0 else end
+    if step > 0:
+        return min(max(start, 0), dim), min(max(end, 0), dim), step
+    return min(max(start, 0), dim - 1), min(max(end, -1), dim - 1), step
+
+
+def slice_spec(n: Node, rank: int) -> list[tuple[int, int, int, int]]:
+    """A slice node's (IR axis, start, end, step) per sliced axis, axes normalized, indices as given."""
+    axes, starts, ends = (list(n.attrs[k]) for k in ("axes", "starts", "ends"))
+    steps = list(n.attrs.get("steps") or [1] * len(axes))
+    if not (len(axes) == len(starts) == len(ends) == len(steps)) or not axes:
+        raise _fail(n, f"axes {axes}, starts {starts}, ends {ends} and steps {steps} must be non-empty and "
+                       "of equal length")
+    norm = []
+    for a in axes:
+        if not -rank <= int(a) < rank or int(a) % rank == 0:
+            raise _fail(n, f"axis {a} is not a non-batch axis of a rank-{rank} tensor")
+        norm.append(int(a) % rank)
+    if len(set(norm)) != len(norm):
+        raise _fail(n, f"axes {axes} repeat an axis")
+    if any(int(s) == 0 for s in steps):
+        raise _fail(n, "a step of 0")
+    return [(a, int(b), int(e), int(s)) for a, b, e, s in zip(norm, starts, ends, steps)]
+
+
+def _infer_slice(n: Node, ins):
+    x = ins[0]
+    shape = list(x.shape)
+    for axis, start, end, step in slice_spec(n, x.rank):
+        dim = shape[axis]
+        if not isinstance(dim, int):
+            raise _fail(n, f"axis {axis} of {x} is not static")
+        shape[axis] = len(range(*slice_bounds(dim, start, end, step)))
+    return [TensorType(tuple(shape), x.dtype)]
+
+
+_register("slice", _infer_slice, defaults={"steps": None}, required=("axes", "starts", "ends"))
 
 
 def graph_macs(graph: Graph) -> int:

@@ -33,7 +33,7 @@ _SPATIAL = {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPoo
             "Resize", "Upsample"}
 _LAYOUT_FREE = {"Relu", "Sigmoid", "Tanh", "HardSwish", "LeakyRelu", "Elu", "HardSigmoid", "Gelu", "Swish",
                 "Clip", "Identity", "Dropout", "Cast", "Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "Mean",
-                "Pad", "Concat"}
+                "Pad", "Concat", "Slice", "Split"}
 
 
 def load_onnx(path: str | Path) -> Graph:
@@ -99,7 +99,7 @@ def input_perm(name: str, rank: int, consumers: dict[str, list[OnnxNode]]) -> Pe
             if node.op == "Transpose" and len(node.attr("perm") or []) == rank:
                 queue.append((node.outputs[0], compose_onnx_transposes(t, node.attr("perm"))))
             elif node.op in _LAYOUT_FREE:
-                queue.append((node.outputs[0], t))
+                queue.extend((o, t) for o in node.outputs if o)  # every part of a Split
     return identity(rank)
 
 

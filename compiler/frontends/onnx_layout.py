@@ -23,6 +23,8 @@ from typing import Sequence
 
 import numpy as np
 
+from tapeout.compiler.ops import slice_bounds
+
 Perm = tuple[int, ...]
 Shape = tuple[int, ...]
 
@@ -229,3 +231,63 @@ def reshape_target(src: Sequence[int], target: Sequence[int], allowzero: bool = 
     if math.prod(out) != total:
         raise ValueError(f"cannot reshape {list(src)} to {list(target)}")
     return tuple(out)
+
+
+# --------------------------------------------------------------- slice/split
+# An end this large means "to the end of the axis" (exporters write INT32_MAX or INT64_MAX).
+_OPEN_END = 2**31 - 1
+
+
+def slice_axes(shape: Sequence[int], axes: Sequence[int], starts: Sequence[int], ends: Sequence[int],
+               steps: Sequence[int], batch_fixed: bool = False) -> list[tuple[int, int, int, int]]:
+    """ONNX Slice on ``shape`` as the IR slice's (axis, start, end, step), no-op axes left out.
+
+    Bounds come back in range: 0 <= start, end <= dim, except a negative step's end of
+    -dim - 1 (through element 0). The batch (axis 0, ``shape[0]`` being the folding batch)
+    may only be kept whole: from 0 to an open end, or to its size when ``batch_fixed``.
+    Raises ValueError for a zero step, a repeated axis, a batch slice, or an open end with a
+    negative step (which the spec and onnxruntime disagree on).
+    """
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"axes {list(axes)} repeat an axis")
+    out = []
+    for a, b, e, s in zip(axes, starts, ends, steps):
+        if s == 0:
+            raise ValueError("a step of 0 is not a slice")
+        dim = int(shape[a])
+        if s < 0 and e >= _OPEN_END:
+            # The ONNX spec clamps it to dim - 1 (an empty slice); onnxruntime takes the whole axis.
+            raise ValueError(f"end {e} with the negative step {s} is read differently by the ONNX spec (empty) "
+                             "and onnxruntime (the whole axis); not supported")
+        lo, hi, s = slice_bounds(dim, b, e, s)
+        whole = (lo, hi, s) == (0, dim, 1)
+        if a == 0:
+            if not (whole and (batch_fixed or (b == 0 and e >= _OPEN_END))):
+                raise ValueError("slicing the batch axis is not supported")
+            continue
+        if not whole:
+            out.append((a, lo, hi if hi >= 0 else -dim - 1, s))
+    return out
+
+
+def split_sizes(dim: int, sizes: Sequence[int] | None, count: int, uneven: bool = False) -> list[int]:
+    """The part sizes of ONNX Split of an axis of length ``dim``.
+
+    ``sizes`` given: checked to add up. Else ``count`` equal parts; with ``uneven`` (Split-18's
+    ``num_outputs``) the parts are ceil(dim / count) long and the last one takes the rest.
+    """
+    if sizes is not None:
+        if any(s < 0 for s in sizes) or sum(sizes) != dim:
+            raise ValueError(f"split sizes {list(sizes)} do not add up to the axis length {dim}")
+        return list(sizes)
+    if count < 1:
+        raise ValueError(f"cannot split into {count} parts")
+    if dim % count == 0:
+        return [dim // count] * count
+    if not uneven:
+        raise ValueError(f"an axis of length {dim} does not split into {count} equal parts")
+    part = -(-dim // count)
+    sizes = [min(part, max(dim - i * part, 0)) for i in range(count)]
+    if sizes[-1] <= 0:
+        raise ValueError(f"an axis of length {dim} does not split into {count} parts of {part}")
+    return sizes

@@ -1,4 +1,4 @@
-"""Handlers for shape ops: Flatten, Reshape, Squeeze, Unsqueeze, Transpose, Concat.
+"""Handlers for shape ops: Flatten, Reshape, Squeeze, Unsqueeze, Transpose, Concat, Slice, Split.
 
 A Transpose moves no data: it only changes how the IR tensor maps to ONNX axes, so
 pairs of transposes cancel and a transpose before a conv is absorbed. A reshape moves
@@ -17,7 +17,7 @@ import numpy as np
 
 from tapeout.compiler.frontends.onnx_context import Bound, Context, Handler, OnnxNode, Value, registrar
 from tapeout.compiler.frontends.onnx_layout import (
-    Layout, after_transpose, plan_reshape, reshape_target, to_ir_shape)
+    Layout, after_transpose, plan_reshape, reshape_target, slice_axes, split_sizes, to_ir_shape)
 
 HANDLERS: dict[str, Handler] = {}
 handles = registrar(HANDLERS)
@@ -228,3 +228,68 @@ def _expand(ctx: Context, n: OnnxNode) -> list[Bound]:
     if len(grown) != len(src) or grown[0] != src[0]:
         raise ctx.fail(f"expanding {list(src)} to {grown} changes the rank or the batch axis; not supported")
     return [_ones_like_growth(ctx, x, grown, n.outputs[0])]
+
+
+def _slice(ctx: Context, x: Value, axes: Sequence[int], starts: Sequence[int], ends: Sequence[int],
+           steps: Sequence[int], name: str) -> Value:
+    """``x`` sliced along ONNX axes, in its own storage (each axis remapped to where it is stored)."""
+    x = ctx.unflat(x)
+    try:
+        spec = slice_axes(ctx.onnx_shape(x), axes, starts, ends, steps, ctx.fixed_batch is not None)
+    except ValueError as e:
+        raise ctx.fail(str(e)) from None
+    if not spec:
+        return x
+    ir = [(x.layout.perm.index(a), b, e, s) for a, b, e, s in spec]
+    out = ctx.emit("slice", [x.ir], name, axes=tuple(a for a, *_ in ir), starts=tuple(b for _, b, _, _ in ir),
+                   ends=tuple(e for _, _, e, _ in ir), steps=tuple(s for *_, s in ir))
+    return Value(out, x.layout)
+
+
+def _ints(a: np.ndarray | None) -> list[int] | None:
+    return None if a is None else [int(v) for v in np.asarray(a).reshape(-1)]
+
+
+@handles("Slice")
+def _slice_op(ctx: Context, n: OnnxNode) -> list[Bound]:
+    x = ctx.value(0)
+    rank = x.layout.rank
+    if ctx.opset < 10:  # Slice-1: attributes
+        starts, ends, axes, steps = n.attr("starts"), n.attr("ends"), n.attr("axes"), None
+    else:  # Slice-10+: constant inputs
+        starts, ends = _ints(ctx.need_const(1, "starts")), _ints(ctx.need_const(2, "ends"))
+        axes = _ints(ctx.need_const(3, "axes")) if ctx.has(3) else None
+        steps = _ints(ctx.need_const(4, "steps")) if ctx.has(4) else None
+    starts, ends = [int(v) for v in starts], [int(v) for v in ends]
+    axes = list(range(len(starts))) if axes is None else [ctx.axis(int(a), rank) for a in axes]
+    steps = [1] * len(starts) if steps is None else steps
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise ctx.fail(f"starts {starts}, ends {ends}, axes {axes} and steps {steps} differ in length")
+    return [_slice(ctx, x, axes, starts, ends, steps, n.outputs[0])]
+
+
+@handles("Split")
+def _split(ctx: Context, n: OnnxNode) -> list[Bound]:
+    """One IR slice per output (the IR's ops have one output each)."""
+    x = ctx.value(0)
+    src = ctx.onnx_shape(x)
+    axis = ctx.axis(int(n.attr("axis", 0)), len(src))
+    if ctx.opset < 13:  # Split-2/11: the sizes are an attribute
+        sizes = n.attr("split")
+    else:  # Split-13: an optional input; Split-18: or num_outputs
+        sizes = _ints(ctx.need_const(1, "split")) if ctx.has(1) else None
+    count = int(n.attr("num_outputs", len(n.outputs)))
+    try:
+        sizes = split_sizes(src[axis], None if sizes is None else [int(v) for v in sizes], count,
+                            uneven=n.attr("num_outputs") is not None)
+    except ValueError as e:
+        raise ctx.fail(str(e)) from None
+    if len(sizes) != len(n.outputs):
+        raise ctx.fail(f"has {len(n.outputs)} outputs but splits into {len(sizes)} parts")
+    if axis == 0:
+        raise ctx.fail("splitting along the batch axis is not supported")
+    out, begin = [], 0
+    for name, size in zip(n.outputs, sizes):
+        out.append(_slice(ctx, x, [axis], [begin], [begin + size], [1], name or f"{n.label}/part"))
+        begin += size
+    return out

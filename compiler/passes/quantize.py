@@ -36,7 +36,7 @@ LINEAR_OPS = ("conv", "dense")
 # Data movement / max-like ops whose output keeps its input's scale and zero point: TFLite
 # requires it of them, and onnxruntime drops the Q/DQ pair around them only then.
 SAME_SCALE_OPS = ("max_pool", "avg_pool", "global_max_pool", "reshape", "flatten", "transpose", "pad",
-                  "dropout", "identity", "resize")
+                  "dropout", "identity", "resize", "slice")
 
 # Outputs with a fixed quantization in TFLite's kernels (scale, zero point, float range).
 FIXED_OUTPUTS: dict[str, dict[str, tuple[float, int, tuple[float, float]]]] = {

@@ -31,7 +31,7 @@ import keras
 import numpy as np
 
 from tapeout.compiler.ir import Activation, Graph, IRError, Node
-from tapeout.compiler.ops import same_pads
+from tapeout.compiler.ops import same_pads, slice_bounds, slice_spec
 from tapeout.targets.keras import layers as custom
 from tapeout.targets.onnx.layout import is_channels_first, to_channels_first, to_channels_last
 
@@ -454,6 +454,14 @@ def _pad(ctx: EmitContext, n: Node) -> Any:
     return custom.Pad(pads, value, name=ctx.name(n))(ctx.tensor(n, x))
 
 
+def _slice(ctx: EmitContext, n: Node) -> Any:
+    x = n.inputs[0]
+    shape = ctx.shape(x)
+    spec = [(a, *slice_bounds(int(shape[a]), b, e, s)) for a, b, e, s in slice_spec(n, len(shape))]
+    layer = custom.Slice(*(tuple(t[i] for t in spec) for i in range(4)), name=ctx.name(n))
+    return layer(ctx.tensor(n, x))
+
+
 def _resize(ctx: EmitContext, n: Node) -> Any:
     if n.attr("mode") != "nearest":
         raise IRError(f"node {n.name!r} (resize): only nearest resize is supported, not {n.attr('mode')!r}")
@@ -475,6 +483,7 @@ BUILDERS: dict[str, Builder] = {
     **{op: _binary for op in ("add", "sub", "mul", "div", "maximum", "minimum")},
     "concat": _concat,
     "flatten": _flatten, "reshape": _reshape, "transpose": _transpose, "pad": _pad, "resize": _resize,
+    "slice": _slice,
 }
 
 

@@ -153,4 +153,28 @@ class Pad(keras.layers.Layer):
         return {**super().get_config(), "pads": [list(p) for p in self.pads], "value": self.value}
 
 
-CUSTOM_LAYERS = (Binary, ConstantBinary, Affine, Clip, HardSigmoid, Gelu, Pad)
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Slice(keras.layers.Layer):
+    """``x[start:end:step]`` along non-batch axes (Keras has no slicing layer; Cropping is spatial only).
+
+    Bounds are in range (``ops.slice_bounds``); an end of -1 with a negative step means through
+    element 0. TensorFlow lowers the indexing to one StridedSlice.
+    """
+
+    def __init__(self, axes: Sequence[int], starts: Sequence[int], ends: Sequence[int], steps: Sequence[int],
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.axes, self.starts, self.ends, self.steps = (tuple(int(v) for v in a) for a in (axes, starts, ends, steps))
+
+    def call(self, x: Any) -> Any:
+        index = [slice(None)] * len(x.shape)
+        for axis, start, end, step in zip(self.axes, self.starts, self.ends, self.steps):
+            index[axis] = slice(start, None if end < 0 else end, step)
+        return x[tuple(index)]
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "axes": list(self.axes), "starts": list(self.starts),
+                "ends": list(self.ends), "steps": list(self.steps)}
+
+
+CUSTOM_LAYERS = (Binary, ConstantBinary, Affine, Clip, HardSigmoid, Gelu, Pad, Slice)

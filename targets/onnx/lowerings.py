@@ -13,7 +13,7 @@ import numpy as np
 
 from tapeout.compiler.errors import UsageError
 from tapeout.compiler.ir import Node
-from tapeout.compiler.ops import ACTIVATION_OPS
+from tapeout.compiler.ops import ACTIVATION_OPS, slice_bounds, slice_spec
 from tapeout.compiler.passes.prune import nm_violations
 from tapeout.targets.onnx.activations import emit_activation
 from tapeout.targets.onnx.builder import Builder
@@ -255,6 +255,24 @@ def _pad(b: Builder, n: Node) -> None:
     phys = [pads[a] for a in physical_axes(rank, cf)]
     pads_name = b.int64s(f"{n.name}/pads", [p[0] for p in phys] + [p[1] for p in phys])
     b.add("Pad", [b.get(x), pads_name, b.scalar(float(n.attr("value")))], out, n.name, mode="constant")
+    b.define(out, out, cf)
+
+
+@_lowers("slice")
+def _slice(b: Builder, n: Node) -> None:
+    x, out = n.inputs[0], n.outputs[0]
+    rank, cf = b.rank(x), b.is_cf(x)
+    shape = b.graph.type_of(x).shape
+    axes, starts, ends, steps = [], [], [], []
+    for axis, start, end, step in slice_spec(n, rank):
+        lo, hi, step = slice_bounds(int(shape[axis]), start, end, step)
+        axes.append(physical_axis(axis, rank, cf))
+        starts.append(lo)
+        ends.append(hi if hi >= 0 else -2**63)  # -1 after clamping: through element 0 (a negative step)
+        steps.append(step)
+    ins = [b.get(x), b.int64s(f"{n.name}/starts", starts), b.int64s(f"{n.name}/ends", ends),
+           b.int64s(f"{n.name}/axes", axes), b.int64s(f"{n.name}/steps", steps)]
+    b.add("Slice", ins, out, n.name)
     b.define(out, out, cf)
 
 

@@ -392,6 +392,9 @@ OP_CASES: dict[str, tuple] = {
     "expand_unit_axis": ("Expand", ["N", 4, 1, 6], ["s"], {}, {"s": _i(1, 1, 5, 1)}, 13, True),
     "upsample_opset7": ("Upsample", X4, [], {"scales": [1.0, 1.0, 2.0, 2.0]}, {}, 7, True),
     "upsample_opset9": ("Upsample", X4, ["scales"], {}, {"scales": np.array([1, 1, 2, 1], np.float32)}, 9, True),
+    # Every form of Slice and Split: test_onnx_slice_split.py.
+    "slice_channels": ("Slice", X4, ["s", "e", "a"], {}, {"s": _i(1), "e": _i(3), "a": _i(1)}, 13, True),
+    "split_one_part": ("Split", X4, [], {"axis": 1}, {}, 13, True),
 }
 
 

@@ -121,6 +121,13 @@ def _shaping_cases(M) -> dict[str, Graph]:
     out["pad_spatial_and_channels"] = m.done(m.node("pad", c, pads=((0, 0), (1, 2), (0, 1), (0, 0)), value=0.5),
                                              m.node("pad", c, pads=((0, 0), (0, 0), (0, 0), (1, 2))))
     m = M(x=IMG)
+    c = m.conv("x", 4, (1, 1))
+    out["slice_channels_spatial_flip"] = m.done(
+        m.node("slice", c, axes=(3,), starts=(1,), ends=(3,)),
+        m.node("slice", c, axes=(1, 2), starts=(5, 0), ends=(-7, 6), steps=(-2, 2)))
+    m = M(x=SEQ)
+    out["slice_input_open_end"] = m.done(m.node("slice", "x", axes=(-2,), starts=(-4,), ends=(2**63 - 1,)))
+    m = M(x=IMG)
     out["resize_2d"] = m.done(m.node("resize", m.conv("x", 2, (1, 1)), scales=(2, 3)))
     m = M(x=SEQ)
     out["resize_1d"] = m.done(m.node("resize", "x", scales=(2,)))
