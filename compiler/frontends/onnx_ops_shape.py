@@ -129,10 +129,19 @@ def _squeeze(ctx: Context, n: OnnxNode) -> list[Bound]:
             raise ctx.fail("squeezing every unit axis would remove the batch axis of this batch-1 model; "
                            "give explicit axes")
         axes = [a for a in range(1, len(src)) if src[a] == 1]
-    if 0 in axes:
-        raise ctx.fail("removing the batch axis is not supported")
     if any(src[a] != 1 for a in axes):
         raise ctx.fail(f"axes {axes} of shape {list(src)} are not all of size 1")
+    kept = [a for a in range(1, len(src)) if a not in axes]
+    if 0 in axes:
+        # At a fixed batch of 1, dropping axis 0 when the next kept axis is a unit one (x[0] of a
+        # [1, 1, ...] tensor, as PyTorch indexes) equals dropping that axis instead.
+        if ctx.fixed_batch != 1 or not kept or src[kept[0]] != 1:
+            raise ctx.fail("removing the batch axis is not supported")
+        ctx.note(f"Squeeze {n.label!r} removes axis 0, which ties the model to batch 1; it is imported as "
+                 f"removing axis {kept[0]} instead, identical at batch 1 (run the compiled model at batch 1 to "
+                 "keep the source's meaning)")
+        ctx.tied_batch = True
+        axes = sorted({*axes, kept[0]} - {0})
     dst = [d for a, d in enumerate(src) if a not in axes]
     return [reshape(ctx, x, dst, n.outputs[0])]
 

@@ -200,17 +200,6 @@ def test_split_of_the_batch_axis_is_refused(tmp_path: Path) -> None:
     assert "(Split)" in msg and "batch axis" in msg
 
 
-def test_runtime_slice_bounds_are_refused(tmp_path: Path) -> None:
-    model = B.make_model([B.node("Slice", ["x", "s", "e"], "y")], {"x": ["N", 8], "s": [1], "e": [1]},
-                         {"y": None}, opset=13)
-    model.graph.input[1].type.tensor_type.elem_type = onnx.TensorProto.INT64
-    model.graph.input[2].type.tensor_type.elem_type = onnx.TensorProto.INT64
-    path = B.save(model, tmp_path, "runtime")
-    with pytest.raises(FrontendError) as info:
-        load_onnx(path)
-    assert "\n" not in str(info.value)
-
-
 # ----------------------------------------------------- ShuffleNet unit
 def shuffle_unit(opset: int = 13, split_op: str = "Slice", width: int = 8, size: int = 8,
                  seed: int = 0) -> onnx.ModelProto:
@@ -289,3 +278,20 @@ def test_shuffle_unit_is_refused_by_hls4ml_before_any_cpp(tmp_path: Path) -> Non
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and "'slice'" in err
     assert not list(out.rglob("*.cpp"))
+
+
+# ------------------------------------------------ x[0] of a batch-1 model
+def test_index_0_of_a_batch1_model_imports_tied_to_batch_1(tmp_path: Path) -> None:
+    """PyTorch's x[0] (Slice axis 0 [0:1], Squeeze axis 0) on a [1, 1, 5] input: identical at batch 1."""
+    nodes = [B.node("Slice", ["x"], "first", starts=[0], ends=[1], axes=[0]),
+             B.node("Squeeze", ["first"], "y", axes=[0])]
+    graph = check(B.make_model(nodes, {"x": [1, 1, 5]}, {"y": None}, opset=9), tmp_path, batch=1)
+    assert graph.types["y"].shape == ("N", 5)
+    assert any("ties the model to batch 1" in note for note in graph.metadata["notes"])
+
+
+def test_index_0_of_a_dynamic_batch_is_refused(tmp_path: Path) -> None:
+    nodes = [B.node("Slice", ["x", "s", "e", "a"], "first"), B.node("Squeeze", ["first", "a"], "y")]
+    model = B.make_model(nodes, {"x": ["N", 1, 5]}, {"y": None}, {"s": _i(0), "e": _i(1), "a": _i(0)}, opset=13)
+    msg = _refused(model, tmp_path)
+    assert "(Slice)" in msg and "batch axis" in msg
