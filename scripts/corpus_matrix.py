@@ -43,8 +43,7 @@ PY = ROOT / ".venv" / "bin" / "python"
 TAPEOUT = ROOT / ".venv" / "bin" / "tapeout"
 TARGET_ORDER = ["onnx", "tflite:fp32", "tflite:int8", "tensorrt:fp16", "hls4ml"]
 # A refusal must say what it refuses.
-_NAMES_OP = re.compile(r"\b(op|ops|operator|operators|layer|layers|node|nodes)\b|'[A-Za-z_][\w.]*'|\"[A-Za-z_]",
-                       re.IGNORECASE)
+_NAMES_OP = re.compile(r"\b(op|operator|layer|node)\b", re.IGNORECASE)
 TIMEOUT_S = int(os.environ.get("CORPUS_TIMEOUT_S", "1200"))
 
 
@@ -186,6 +185,19 @@ def run_model(entry: dict, workdir: Path, targets: list[str] | None = None, log=
     return result
 
 
+def reclassify(results: list[dict]) -> None:
+    """Apply the current refusal rule to stored exit-2 cells (results of older runs)."""
+    for r in results:
+        for c in r["cells"].values():
+            if c.get("exit") == 2:
+                named = bool(_NAMES_OP.search(c.get("error", "")))
+                c["status"] = "refused" if named else "fail"
+                if not named:
+                    c["why"] = "exit 2 without naming an op"
+                else:
+                    c.pop("why", None)
+
+
 def totals(results: list[dict]) -> dict:
     tot = {t: {"pass": 0, "refused": 0, "fail": 0} for t in TARGET_ORDER}
     for r in results:
@@ -315,6 +327,9 @@ def main(argv=None) -> int:
         data = json.loads(RESULTS.read_text())
         known = {e["name"] for e in manifest["models"]}
         data["results"] = [r for r in data["results"] if r["model"] in known]
+        reclassify(data["results"])
+        data["totals"] = totals(data["results"])
+        RESULTS.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
         write_doc(data["results"], data.get("header", f"{data['models']} models."))
         if args.failures:
             write_failures(data["results"], Path(args.failures), data.get("header", ""))
@@ -341,6 +356,7 @@ def main(argv=None) -> int:
             known = {e["name"] for e in manifest["models"]}  # drop models no longer in the corpus
             merged = [r for r in old["results"] if r["model"] not in ran and r["model"] in known] + results
             results_all = sorted(merged, key=lambda r: r["model"])
+            reclassify(results_all)
         else:
             results_all = results
         header = (f"{'Last full run' if full else 'Results'}: {len(results_all)} models, {jobs} workers"

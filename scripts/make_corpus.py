@@ -233,8 +233,8 @@ KERAS_APPS = [
     ("MobileNetV3Small", {"input_shape": (96, 96, 3), "minimalistic": False}, (0.0, 255.0), (True, True)),
     ("EfficientNetB0", {"input_shape": (64, 64, 3)}, (0.0, 255.0), (True, True)),
     ("ResNet50", {"input_shape": (64, 64, 3)}, None, (True, True)),
-    ("DenseNet121", {"input_shape": (64, 64, 3)}, None, (True, False)),
-    ("NASNetMobile", {"input_shape": (96, 96, 3)}, None, (False, True)),
+    ("DenseNet121", {"input_shape": (64, 64, 3)}, None, (True, True)),
+    ("NASNetMobile", {"input_shape": (96, 96, 3)}, None, (True, True)),
 ]
 
 
@@ -258,7 +258,8 @@ def build_keras(only, log) -> list[dict]:
         keras.utils.set_random_seed(0)
         model = getattr(keras.applications, app)(weights=None, classes=10, **kw)
         shape = list(kw["input_shape"])
-        in_name = model.inputs[0].name
+        # The InputLayer's name (a saved model's input name; inputs[0].name is a per-process tensor id).
+        in_name = next(l.name for l in model.layers if type(l).__name__ == "InputLayer")
         heavy = app in ("ResNet50", "DenseNet121", "NASNetMobile")
         samples = [16, 8] if heavy else None
         d = CORPUS / "keras"

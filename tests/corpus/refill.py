@@ -218,6 +218,9 @@ def unfill_constant_of_shape(model) -> int:
                 dims = numpy_helper.to_array(inits[n.input[0]]).astype(np.int64).tolist()
                 t = TensorProto(name=n.output[0], data_type=TensorProto.FLOAT, dims=dims)  # no data
                 g.initializer.append(t)
+                if model.ir_version < 4 and n.output[0] not in {i.name for i in g.input}:
+                    # IR 3: every initializer is also a graph input.
+                    g.input.append(helper.make_tensor_value_info(n.output[0], TensorProto.FLOAT, dims))
                 count += 1
                 continue
         keep.append(n)
