@@ -160,13 +160,17 @@ class Hls4mlTarget(Target):
             require_tool(self.variant)  # exit 3 before any work
         self.calibration: str | None = None
         self.eval_data: str | None = None
-        tol = Tolerance(min_cosine=0.99, min_top1_agreement=self.settings.min_agreement)
+        from tapeout.compiler.fixedpoint.search import MIN_COSINE  # the search budgets the same cosine
+
+        tol = Tolerance(min_cosine=MIN_COSINE, min_top1_agreement=self.settings.min_agreement)
         # The user's --min-agreement judges the C simulation too (instance level: the api asks the target).
         self.default_tolerance = lambda variant: tol  # type: ignore[method-assign]
 
     @classmethod
     def default_tolerance(cls, variant: str) -> Tolerance | None:  # type: ignore[override]
-        return Tolerance(min_cosine=0.99, min_top1_agreement=DEFAULT_MIN_AGREEMENT)
+        from tapeout.compiler.fixedpoint.search import MIN_COSINE
+
+        return Tolerance(min_cosine=MIN_COSINE, min_top1_agreement=DEFAULT_MIN_AGREEMENT)
 
     def use_data(self, calibration: str | Path | None, eval_data: str | Path | None) -> None:
         """compile_model hands over the data files: precision is searched on them."""
@@ -196,7 +200,8 @@ class Hls4mlTarget(Target):
     def _plan(self, graph: Graph, feeds: dict[str, np.ndarray], notes: list[str]) -> tuple[Any, dict[str, Any]]:
         from tapeout.compiler.fixedpoint import hls_layers
         from tapeout.compiler.fixedpoint.model import TABLE_ACTIVATIONS
-        from tapeout.compiler.fixedpoint.search import TABLE_SIZES, Budget, observed_ranges, search, uniform_plan
+        from tapeout.compiler.fixedpoint.search import (MIN_COSINE, TABLE_SIZES, Budget, observed_ranges, search,
+                                                        uniform_plan)
 
         s = self.settings
         layers = hls_layers(graph)
@@ -207,7 +212,8 @@ class Hls4mlTarget(Target):
                              f"{', '.join(layer.name for layer in layers)}")
         pinned = {k: uniform_plan(graph, t).layers[k] for k, t in s.layer_precision.items()}
         info: dict[str, Any] = {"mode": "auto" if s.precision is None else "explicit",
-                                "budget": {"min_agreement": s.min_agreement, "max_abs_error": s.max_abs_error}}
+                                "budget": {"min_agreement": s.min_agreement, "max_abs_error": s.max_abs_error,
+                                           "min_cosine": MIN_COSINE}}
         if s.precision is not None:
             plan = uniform_plan(graph, s.precision)
             plan.layers.update(pinned)
@@ -216,7 +222,7 @@ class Hls4mlTarget(Target):
         baseline = uniform_plan(graph, _parse_type(BASELINE, "baseline"))
         # The NumPy model's lookup tables are Vivado/Vitis's; the other back ends write their own
         # (other formulas), so their tables stay at hls4ml's default size.
-        res = search(graph, feeds, Budget(s.min_agreement, s.max_abs_error), pinned=pinned,
+        res = search(graph, feeds, Budget(s.min_agreement, s.max_abs_error, MIN_COSINE), pinned=pinned,
                      baseline=baseline if s.min_agreement is not None else None,
                      table_sizes=TABLE_SIZES if self.variant in AMD_TABLES else (1024,))
         notes.extend(res.notes)
@@ -228,8 +234,10 @@ class Hls4mlTarget(Target):
         if not res.met:
             notes.append(f"precision budget not met on the {info['budget']} budget even with wide types and "
                          f"{max(lp.table_size for lp in res.plan.layers.values())}-entry tables "
-                         f"(agreement {res.agreement}, max abs error {res.max_abs_error:.3g}): the widest plan is used")
+                         f"(agreement {res.agreement}, cosine {res.cosine:.4f}, max abs error "
+                         f"{res.max_abs_error:.3g}): the widest plan is used")
         info.update(met=res.met, evaluations=res.evaluations, required_agreement=res.required_agreement,
+                    required_cosine=res.required_cosine, cosine=res.cosine,
                     baseline={"type": BASELINE, "agreement": res.baseline_agreement}, ranges=res.ranges)
         return res.plan, info
 
@@ -380,12 +388,14 @@ class Hls4mlTarget(Target):
         out: dict[str, Any] = {"built": False}
         numpy_out = {o: model[_last_layer(graph, o)].to_float() for o in graph.outputs}
         out["numpy_agreement"] = _agreement(ref, numpy_out)
+        out["numpy_cosine"] = _cosine_of(ref, numpy_out)
         if self.variant not in CSIM_VARIANTS or not self.settings.build_csim:
             why = "oneAPI's C simulation needs Intel's icpx" if self.variant == "oneapi" else "not requested"
             notes.append(f"C simulation not built ({why}); the NumPy model stands in for the per-layer errors")
             out["layer_errors"] = layer_errors(graph, plan, ir_feeds)
             out["first_error_jump"] = first_error_jump(out["layer_errors"])
-            self._below_budget(out["numpy_agreement"], "the NumPy model's", out["first_error_jump"], notes)
+            self._below_budget(out["numpy_agreement"], "the NumPy model's", out["first_error_jump"], notes,
+                               out["numpy_cosine"])
             return out
         if shutil.which("g++") is None:
             raise MissingToolError("hls4ml's C simulation needs g++ on PATH")
@@ -409,7 +419,8 @@ class Hls4mlTarget(Target):
             else:
                 mismatched.append({"layer": layer.name, "max_abs_diff": diff})
         csim_ir = to_ir_outputs(graph, got)
-        out.update(csim_agreement=_agreement(ref, csim_ir), bit_exact_layers=exact,
+        out.update(csim_agreement=_agreement(ref, csim_ir), csim_cosine=_cosine_of(ref, csim_ir),
+                   bit_exact_layers=exact,
                    checked_layers=exact + len(mismatched), mismatched=mismatched,
                    samples=int(len(next(iter(ir_feeds.values())))))
         have = {k: v for k, v in traces.items()}
@@ -421,14 +432,19 @@ class Hls4mlTarget(Target):
         if mismatched:
             notes.append(f"C simulation differs from the NumPy model in {len(mismatched)} layer(s), first "
                          f"{mismatched[0]['layer']}")
-        self._below_budget(out["csim_agreement"], "C simulation", out["first_error_jump"], notes)
+        self._below_budget(out["csim_agreement"], "C simulation", out["first_error_jump"], notes, out["csim_cosine"])
         return out
 
-    def _below_budget(self, agree: float | None, who: str, jump: str | None, notes: list[str]) -> None:
+    def _below_budget(self, agree: float | None, who: str, jump: str | None, notes: list[str],
+                      cosine: float | None = None) -> None:
+        from tapeout.compiler.fixedpoint.search import MIN_COSINE
+
         budget = self.settings.min_agreement
+        where = f"the first layer whose error jumps: {jump or '(no single layer stands out)'}"
         if budget is not None and agree is not None and agree < budget:
-            notes.append(f"{who} top-1 agreement {agree:.4f} is below {budget} on the search data; the first "
-                         f"layer whose error jumps: {jump or '(no single layer stands out)'}")
+            notes.append(f"{who} top-1 agreement {agree:.4f} is below {budget} on the search data; {where}")
+        if cosine is not None and cosine < MIN_COSINE:
+            notes.append(f"{who} cosine {cosine:.4f} is below {MIN_COSINE} on the search data; {where}")
 
     def runner(self, outdir: Path) -> Runner:
         from tapeout.runtime.errors import RuntimeUnavailable
@@ -471,6 +487,15 @@ def _agreement(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> float 
         r = np.asarray(r)
         if k in got and r.ndim == 2 and r.shape[1] > 1:
             vals.append(float(np.mean(np.argmax(r, -1) == np.argmax(np.asarray(got[k]).reshape(r.shape), -1))))
+    return min(vals) if vals else None
+
+
+def _cosine_of(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> float | None:
+    """The worst output's cosine, as the verification computes it."""
+    from tapeout.runtime.compare import _cosine
+
+    vals = [_cosine(np.asarray(r, np.float64).ravel(), np.asarray(got[k], np.float64).reshape(np.shape(r)).ravel())
+            for k, r in ref.items() if k in got]
     return min(vals) if vals else None
 
 

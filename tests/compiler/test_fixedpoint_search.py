@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tapeout.compiler.fixedpoint import fixed, predict_fixed
 from tapeout.compiler.fixedpoint.reuse import auto_reuse, valid_reuse_factor
-from tapeout.compiler.fixedpoint.search import Budget, int_bits, search, uniform_plan, weight_bits
+from tapeout.compiler.fixedpoint.search import MIN_COSINE, Budget, int_bits, search, uniform_plan, weight_bits
 from tapeout.compiler.ir import Activation, Graph, Node, TensorType
+from tapeout.runtime.compare import Tolerance
 
 
 def _mlp(seed: int = 0, last: str = "identity") -> tuple[Graph, np.ndarray]:
@@ -67,3 +69,90 @@ def test_reuse_factor_raised_for_128x128_dense():
     rf = auto_reuse(128, 128)
     assert rf > 1 and valid_reuse_factor(128, 128, rf) and 128 * 128 / rf <= 4096
     assert not valid_reuse_factor(128, 128, 3)
+
+
+# ------------------------------------------------ the cosine budget (what verification checks)
+def _glorot(rng, shape, fan_in, fan_out):
+    lim = np.sqrt(6 / (fan_in + fan_out))
+    return rng.uniform(-lim, lim, shape).astype(np.float32)
+
+
+def _gap_classifier(seed: int = 1) -> Graph:
+    """conv-relu, conv-relu, global average pool, dense(5): Keras's default init, untrained. The pooled
+    features barely vary, so one class wins on every input (seed 1: class 0 on all of them)."""
+    rng = np.random.default_rng(seed)
+    consts = {"w1": _glorot(rng, (3, 3, 3, 8), 27, 72), "b1": np.zeros(8, np.float32),
+              "w2": _glorot(rng, (3, 3, 8, 8), 72, 72), "b2": np.zeros(8, np.float32),
+              "w3": _glorot(rng, (8, 5), 8, 5), "b3": np.zeros(5, np.float32)}
+    nodes = [Node("conv", "c1", ["x", "w1", "b1"], ["h1"], {"activation": Activation("relu")}),
+             Node("conv", "c2", ["h1", "w2", "b2"], ["h2"], {"activation": Activation("relu")}),
+             Node("global_avg_pool", "gap", ["h2"], ["p"], {}),
+             Node("dense", "fc", ["p", "w3", "b3"], ["y"], {"activation": Activation()})]
+    g = Graph("gap", ["x"], ["y"], nodes, consts, types={"x": TensorType(("N", 8, 8, 3))})
+    g.infer_shapes()
+    return g
+
+
+def _regression(n_out: int, seed: int = 0) -> Graph:
+    rng = np.random.default_rng(seed)
+    consts = {"w1": _glorot(rng, (16, 32), 16, 32), "b1": np.zeros(32, np.float32),
+              "w2": _glorot(rng, (32, n_out), 32, n_out), "b2": np.zeros(n_out, np.float32)}
+    nodes = [Node("dense", "fc1", ["x", "w1", "b1"], ["h"], {"activation": Activation("relu")}),
+             Node("dense", "out", ["h", "w2", "b2"], ["y"], {"activation": Activation()})]
+    g = Graph("reg", ["x"], ["y"], nodes, consts, types={"x": TensorType(("N", 16))})
+    g.infer_shapes()
+    return g
+
+
+def _held_out(g: Graph, plan, x: np.ndarray) -> tuple[float, float | None]:
+    """Cosine and top-1 agreement of the plan against the float model, as verification computes them."""
+    from tapeout.compiler import interpreter
+    from tapeout.runtime.compare import compare_output
+
+    ref = interpreter.run(g, {"x": x})["y"]
+    c = compare_output("y", ref, predict_fixed(g, plan, {"x": x})["y"], Tolerance(min_cosine=MIN_COSINE))
+    return c.cosine, c.top1_agreement
+
+
+def test_budget_guards_the_cosine_like_the_agreement():
+    assert Budget().min_cosine == MIN_COSINE == 0.99
+    g = Budget(0.995).guarded()
+    assert g.min_agreement == pytest.approx(0.9995) and g.min_cosine == pytest.approx(0.995)
+    assert Budget(None, 0.1).guarded() == Budget(None, 0.1, pytest.approx(0.995))
+    assert Budget(0.995, None, None).guarded().min_cosine is None
+
+
+def test_collapsed_classifier_is_held_to_the_cosine():
+    """The bug: top-1 never changes on a global-pool head, so agreement stayed 1.0 with 1-4-bit types
+    (here every logit rounded to 0: cosine 0.0) and verification rejected the plan the search chose."""
+    g = _gap_classifier()
+    x = np.random.default_rng(0).standard_normal((1024, 8, 8, 3)).astype(np.float32)
+    res = search(g, {"x": x[:512]}, Budget(0.995))
+    cos, agree = _held_out(g, res.plan, x[512:])
+    assert cos >= MIN_COSINE and agree >= 0.995
+    assert res.met and res.agreement == 1.0
+    assert res.required_cosine == pytest.approx(0.995) and res.cosine >= 0.995
+    # Still narrower than hls4ml's default everywhere it matters.
+    assert weight_bits(g, res.plan)[0] < 0.75 * weight_bits(g, uniform_plan(g, fixed(16, 6)))[0]
+
+
+def test_regression_output_is_searched_on_the_cosine():
+    """[N, 1]: no top-1 to agree on; the cosine alone drives the search (before: held-out cosine 0.46)."""
+    g = _regression(1)
+    x = np.random.default_rng(1).standard_normal((1024, 16)).astype(np.float32)
+    res = search(g, {"x": x[:512]}, Budget(0.995))
+    cos, agree = _held_out(g, res.plan, x[512:])
+    assert agree is None and cos >= MIN_COSINE
+    assert res.agreement is None and res.met and res.cosine >= 0.995
+    assert min(res.plan.layers[n].weight.width for n in ("fc1", "out")) >= 4
+
+
+def test_max_abs_error_budget_alone_still_keeps_the_cosine():
+    """--max-abs-error without --min-agreement: verification still checks the cosine."""
+    g = _regression(3)
+    x = np.random.default_rng(2).standard_normal((1024, 16)).astype(np.float32)
+    res = search(g, {"x": x[:512]}, Budget(None, 100.0))  # an error budget that allows anything
+    assert _held_out(g, res.plan, x[512:])[0] >= MIN_COSINE
+    assert res.met and res.cosine >= 0.995
+    loose = search(g, {"x": x[:512]}, Budget(None, 100.0, None))  # no cosine: nothing holds the widths
+    assert loose.cosine < MIN_COSINE
