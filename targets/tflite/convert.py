@@ -42,6 +42,7 @@ class Traced:
     saved: tempfile.TemporaryDirectory  # the function as a SavedModel (its "serving_default" signature)
     input_names: list[str]  # signature input names, in graph.inputs order (identifiers: see spec_names)
     seconds: float  # Keras build + trace + freeze
+    fake_quants: int = 0  # FakeQuant layers (integer variants): none means a float model, see convert()
 
 
 _CACHE: list[tuple[str, Traced]] = []
@@ -124,11 +125,13 @@ def _trace(graph: Graph, integer: bool = False) -> Traced:
 
         if len(set(graph.outputs)) != len(graph.outputs):
             raise IRError(f"graph outputs {graph.outputs} repeat a value; TFLite outputs need distinct names")
+        fake_quants = 0
         if integer:
             from tapeout.targets.tflite.quantized import fake_quant_hook, float_builders, on_grid
 
-            emitted = graph_to_keras(on_grid(graph), value_hook=fake_quant_hook(graph),
-                                     node_builders=float_builders(graph))
+            hook = fake_quant_hook(graph)
+            emitted = graph_to_keras(on_grid(graph), value_hook=hook, node_builders=float_builders(graph))
+            fake_quants = hook.count
         else:
             emitted = graph_to_keras(graph)
         model = emitted.model
@@ -155,7 +158,7 @@ def _trace(graph: Graph, integer: bool = False) -> Traced:
         saved = tempfile.TemporaryDirectory(prefix="tapeout-tflite-")
         tf.saved_model.save(tf.Module(), saved.name, signatures={"serving_default": function},
                             options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
-    return Traced(emitted, function, saved, names, time.perf_counter() - t0)
+    return Traced(emitted, function, saved, names, time.perf_counter() - t0, fake_quants)
 
 
 def convert(traced: Traced, variant: str, io: str = "float") -> bytes:
@@ -165,7 +168,15 @@ def convert(traced: Traced, variant: str, io: str = "float") -> bytes:
 
     converter = tf.lite.TFLiteConverter.from_saved_model(traced.saved.name)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if variant in ("int8", "int16x8"):
+    if variant in ("int8", "int16x8") and traced.fake_quants == 0:
+        # Every layer kept float (--keep-float, --fallback): with no FakeQuant the converter's
+        # Optimize.DEFAULT would be dynamic-range quantization (int8 weights), not float.
+        if io != "float":
+            from tapeout.compiler.errors import UsageError
+
+            raise UsageError(f"--io {io}: tflite:{variant} has no quantized input or output, every layer is "
+                             "kept float; use --io float")
+    elif variant in ("int8", "int16x8"):
         from tapeout.targets.tflite.quantized import configure
 
         configure(converter, variant, io)

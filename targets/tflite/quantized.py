@@ -125,8 +125,10 @@ def fake_quant_hook(graph: Graph):
             return tensor
         lo, hi = grid_range(tq)
         bits = 8 if tq.dtype == "int8" else 16
+        hook.count += 1
         return FakeQuant(lo, hi, bits, name=unique(f"{value}_quant"))(tensor)
 
+    hook.count = 0  # FakeQuant layers made (convert.Traced.fake_quants)
     return hook
 
 
