@@ -90,11 +90,9 @@ def _judge(reference, ours, theirs, labels=None) -> None:
 @pytest.mark.parametrize("sample", ["jet_mlp", "digits_cnn"])
 def test_trained_sample_int8_is_as_close_as_tensorflows_own(sample, tmp_path) -> None:
     folder = SAMPLES / sample
-    cal = {"x": np.load(folder / "calibration.npz")["x"][:512]}
-    ev = np.load(folder / "eval.npz")
-    graph_input = load_model(folder / "model.keras")[0].inputs[0]
-    reference, ours, theirs = _compare(folder / "model.keras", {graph_input: cal["x"]}, {graph_input: ev["x"]},
-                                       tmp_path)
+    name = load_model(folder / "model.keras")[0].inputs[0]
+    cal, ev = np.load(folder / "calibration.npz"), np.load(folder / "eval.npz")
+    reference, ours, theirs = _compare(folder / "model.keras", {name: cal["x"][:512]}, {name: ev["x"]}, tmp_path)
     _judge(reference, ours, theirs, np.asarray(ev["y"]).ravel())
 
 
