@@ -163,3 +163,37 @@ def test_scaled_atol_follows_the_output_rms_and_still_catches_real_errors():
     assert compare_output("y", small, small + 2e-4, scaled).effective_atol == 1e-4
     again = OutputComparison.from_json(got.to_json())
     assert again.tolerance.scale_atol is True and again.effective_atol == pytest.approx(got.effective_atol, rel=1e-8)
+
+
+def test_top1_agreement_counts_a_tie_with_the_reference_class_as_a_share():
+    ref = np.array([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.2, 0.3, 0.5], [0.1, 0.2, 0.7]])
+    # Sample 0: a 2-way tie of classes 0 and 1 (argmax would say 0, a flip); sample 1 kept;
+    # sample 2: a 3-way tie including class 2; sample 3: class 2 lost outright.
+    cand = np.array([[0.5, 0.5, 0.0], [0.8, 0.1, 0.1], [0.3, 0.3, 0.3], [0.1, 0.8, 0.1]])
+    got = compare_output("p", ref, cand, Tolerance(min_cosine=0.0, min_top1_agreement=0.0))
+    assert got.top1_agreement == pytest.approx((0.5 + 1 + 1 / 3 + 0) / 4)
+    assert float(np.mean(ref.argmax(1) == cand.argmax(1))) == pytest.approx(0.25)  # argmax's count
+
+
+def test_agreement_below_the_threshold_fails_only_when_significant():
+    from tapeout.runtime.compare import agreement_holds
+
+    # One flip in 100 against a 0.995 threshold (0.5 flips expected) is no evidence of a worse rate.
+    assert agreement_holds(0.99, 100, 0.995)
+    assert not agreement_holds(0.97, 100, 0.995)  # 3 flips: P = 0.014
+    # Many samples: the point value decides (the trained jet tagger's int8, 2000 samples).
+    assert agreement_holds(0.9834, 2000, 0.98) and not agreement_holds(0.9834, 2000, 0.99)
+    # A broken artifact fails on any sample count.
+    assert not agreement_holds(0.75, 16, 0.98) and not agreement_holds(0.9, 1000, 0.98)
+    assert agreement_holds(1.0, 0, 0.99) and agreement_holds(0.98, 100, 0.98)
+
+
+def test_compare_output_applies_the_significance_rule():
+    ref = np.eye(10)[np.arange(100) % 10] + 0.01
+    cand = ref.copy()
+    cand[0] = np.roll(cand[0], 1)  # one flip of 100
+    tol = Tolerance(min_cosine=0.0, min_top1_agreement=0.995)
+    got = compare_output("p", ref, cand, tol)
+    assert got.top1_agreement == pytest.approx(0.99) and got.passed
+    cand[1:4] = np.roll(cand[1:4], 1, axis=1)  # four flips
+    assert not compare_output("p", ref, cand, tol).passed

@@ -316,7 +316,7 @@ def test_verify_judges_quantized_artifacts_by_cosine_and_agreement(digits) -> No
         result = verify_artifact(SAMPLE / "model.keras", artifact, data=data)
         (o,) = result.outputs
         assert result.passed and o.mismatches > 0  # elementwise it would fail; cosine/top-1 pass
-        assert o.tolerance.min_cosine == 0.99 and o.tolerance.min_top1_agreement == 0.99
+        assert o.tolerance.min_cosine == 0.99 and o.tolerance.min_top1_agreement == 0.98
         assert any("judged by cosine" in n for n in result.notes)
         strict = verify_artifact(SAMPLE / "model.keras", artifact, data=data, atol=1e-4)
         assert not strict.passed and strict.outputs[0].tolerance.min_cosine is None
