@@ -77,6 +77,25 @@ def onnx_inputs(model) -> list[dict]:
     return out
 
 
+def freeze_extra_inputs(model, keep: str) -> list[str]:
+    """tf2onnx (also under Keras's exporter) turns a Keras Normalization layer's mean and variance
+    into graph inputs of shape [1, 1, 1, C]. Make them initializers holding the layer's values
+    for weights=None (mean 0, variance 1), so the model has its one real input. In place."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    frozen = []
+    for i in list(model.graph.input):
+        if i.name == keep or "normalization" not in i.name:
+            continue
+        dims = [d.dim_value for d in i.type.tensor_type.shape.dim]
+        value = np.ones(dims, np.float32) if "Sqrt" in i.name else np.zeros(dims, np.float32)
+        model.graph.initializer.append(numpy_helper.from_array(value, i.name))
+        model.graph.input.remove(i)
+        frozen.append(i.name)
+    return frozen
+
+
 def save_stripped_onnx(model, path: Path) -> None:
     import onnx
 
@@ -281,6 +300,7 @@ def build_keras(only, log) -> list[dict]:
                     model(np.zeros((1, *shape), np.float32), training=False)  # the exporter needs a called model
                     model.export(str(raw), format="onnx", verbose=False)
                     m = onnx.load(str(raw))
+                freeze_extra_inputs(m, m.graph.input[0].name)
                 inputs = onnx_inputs(m)
                 save_stripped_onnx(m, path)
                 entries.append(entry(path.stem, [str(path.relative_to(CORPUS))], "keras.applications/keras-export-onnx",
@@ -300,6 +320,7 @@ def build_keras(only, log) -> list[dict]:
                 spec = (tf.TensorSpec((None, *shape), tf.float32, name=in_name),)
                 fn = tf.function(lambda x: model(x, training=False))
                 m, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=13)
+                freeze_extra_inputs(m, in_name)
                 inputs = onnx_inputs(m)
                 save_stripped_onnx(m, path)
                 entries.append(entry(path.stem, [str(path.relative_to(CORPUS))], "keras.applications/tf2onnx/opset13",

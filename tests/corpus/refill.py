@@ -309,6 +309,27 @@ def refill_onnx(model, seed: int, feeds: dict[str, np.ndarray]):
     empty = set(_empty_initializers(model))
     roles = weight_roles(model)
     missing = empty - set(roles)
+    # The light zoo also fills Caffe2's affine batch norms (Mul by a scale, Add of a bias) with
+    # ConstantOfShape: give those a per-channel scale near 1 and a small bias.
+    consumers: dict[str, list] = defaultdict(list)
+    for idx, n in enumerate(model.graph.node):
+        for i in n.input:
+            consumers[i].append((idx, n))
+    for name in sorted(missing):
+        t = name
+        for _ in range(4):  # through Unsqueeze/Reshape to the Mul or Add using it
+            use = consumers.get(t, [])
+            if len(use) != 1:
+                break
+            idx, n = use[0]
+            if n.op_type in ("Mul", "Add", "Sum"):
+                roles[name] = {"role": "bn_scale" if n.op_type == "Mul" else "bn_bias", "node": idx,
+                               "measure": None}
+                missing.discard(name)
+                break
+            if n.op_type not in _PASS_THROUGH:
+                break
+            t = n.output[0]
     if missing:
         raise ValueError(f"stripped initializers with no weight role: {sorted(missing)[:5]}")
     rng = np.random.default_rng(seed)
@@ -332,7 +353,7 @@ def refill_onnx(model, seed: int, feeds: dict[str, np.ndarray]):
     g = probe.graph
     del g.value_info[:]  # the version converter leaves untyped entries onnxruntime rejects
     graph_outputs = {o.name for o in g.output}
-    measures = sorted({r["measure"] for r in roles.values() if r["node"] is not None and
+    measures = sorted({r["measure"] for r in roles.values() if r["measure"] is not None and
                        any(n in values for n in _names_at(roles, r["node"]))},
                       key=lambda m: _measure_index(roles, m))
     for m in measures:
@@ -354,7 +375,7 @@ def refill_onnx(model, seed: int, feeds: dict[str, np.ndarray]):
 
     by_measure: dict[str, list[str]] = defaultdict(list)
     for name, r in roles.items():
-        if name in values:
+        if name in values and r["measure"] is not None:
             by_measure[r["measure"]].append(name)
     for m in measures:
         names = by_measure[m]
