@@ -310,6 +310,8 @@ def main(argv=None) -> int:
                     "with reproduction commands to this markdown file")
     ap.add_argument("--report-only", action="store_true", help="rewrite docs/corpus.md's table (and --failures) "
                     "from tests/corpus/results.json without running anything")
+    ap.add_argument("--merge-from", action="append", metavar="JSON",
+                    help="with --report-only: first merge this results file (from --results) into the results")
     ap.add_argument("--materialize", nargs=2, metavar=("NAME", "DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     R = refill_module()
@@ -325,10 +327,19 @@ def main(argv=None) -> int:
         return 0
     if args.report_only:  # rewrite the table (and failures) from the results file
         data = json.loads(RESULTS.read_text())
+        for extra in args.merge_from or []:  # results of partial runs written elsewhere
+            newer = json.loads(Path(extra).read_text())["results"]
+            ran = {r["model"] for r in newer}
+            data["results"] = sorted([r for r in data["results"] if r["model"] not in ran] + newer,
+                                     key=lambda r: r["model"])
         known = {e["name"] for e in manifest["models"]}
         data["results"] = [r for r in data["results"] if r["model"] in known]
         reclassify(data["results"])
         data["totals"] = totals(data["results"])
+        data["models"] = len(data["results"])
+        if args.merge_from:
+            data["header"] = (f"Full run (`make corpus`) with re-runs of some models merged: "
+                              f"{len(data['results'])} models, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.")
         RESULTS.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
         write_doc(data["results"], data.get("header", f"{data['models']} models."))
         if args.failures:
