@@ -156,14 +156,16 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def _top1_agreement(ref: np.ndarray, cand: np.ndarray) -> float:
     """Share of samples whose top class the candidate keeps. A k-way tie for the candidate's top
-    value that includes the reference's class counts 1/k: int8 outputs tie often (a softmax in
-    1/256 steps), and argmax would break every tie towards the lower class index."""
+    value counts by the share of its classes that are the reference's top (itself a set when the
+    reference ties): int8 outputs tie often (a softmax in 1/256 steps), and argmax would break
+    every tie towards the lower class index."""
     if not len(ref):
         return 1.0
-    c = np.asarray(cand, dtype=np.float64)
+    r, c = np.asarray(ref, dtype=np.float64), np.asarray(cand, dtype=np.float64)
     top = c == c.max(axis=1, keepdims=True)
-    kept = top[np.arange(len(ref)), np.asarray(ref).argmax(axis=1)]
-    return float(np.mean(np.where(kept, 1.0 / top.sum(axis=1), 0.0)))
+    ref_top = r == r.max(axis=1, keepdims=True)
+    shared = (top & ref_top).sum(axis=1)
+    return float(np.mean(shared / np.maximum(top.sum(axis=1), 1)))
 
 
 # A top-1 agreement below the threshold fails only when it is significant at this level: the

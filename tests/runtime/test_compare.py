@@ -197,3 +197,12 @@ def test_compare_output_applies_the_significance_rule():
     assert got.top1_agreement == pytest.approx(0.99) and got.passed
     cand[1:4] = np.roll(cand[1:4], 1, axis=1)  # four flips
     assert not compare_output("p", ref, cand, tol).passed
+
+
+def test_top1_agreement_of_a_constant_output_that_ties_on_both_sides_is_one():
+    flat = np.full((8, 5), 0.2)  # a softmax of constant logits: every class ties, in both
+    got = compare_output("p", flat, flat.copy(), Tolerance(min_cosine=0.99, min_top1_agreement=0.98))
+    assert got.top1_agreement == 1.0 and got.passed
+    ref = np.array([[0.5, 0.5, 0.0]])  # the reference ties on classes 0 and 1: either one is its top
+    assert compare_output("p", ref, np.array([[0.4, 0.6, 0.0]]), Tolerance()).top1_agreement == 1.0
+    assert compare_output("p", ref, np.array([[0.1, 0.2, 0.7]]), Tolerance()).top1_agreement == 0.0
