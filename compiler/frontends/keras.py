@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from tapeout.compiler.errors import FrontendError
-from tapeout.compiler.frontends.keras_layers import CONVERTERS, MODEL_CLASSES, SUPPORTED_CLASSES, Emitter
+from tapeout.compiler.frontends.keras_layers import (CONVERTERS, MODEL_CLASSES, OP_MODULE, OPERATIONS,
+                                                     SUPPORTED_CLASSES, Emitter, convert_operation, is_operation)
 from tapeout.compiler.ir import BATCH, Graph, IRError, TensorType
 from tapeout.runtime.runners.keras_legacy import LegacyConfigError, load_weights, translate
 
@@ -61,6 +62,11 @@ def check_config(path: Path, cfg: Any) -> None:
         name = layer.get("name") or (layer.get("config") or {}).get("name")
         module = layer.get("module")
         registered = layer.get("registered_name")
+        if str(module).startswith(OP_MODULE):  # an operation on tensors (x + 3.0), not a layer
+            if cls not in OPERATIONS:
+                raise FrontendError(f"{path}: Keras operation {name!r} ({cls}) is not supported; supported "
+                                    f"operations: {', '.join(sorted(OPERATIONS))}")
+            continue
         custom = (module is not None and not str(module).startswith("keras")) or registered not in (None, cls)
         if cls in ("Lambda", "TFOpLambda", "SlicingOpLambda") or custom:
             raise _refuse(path, name, cls, "holds code: tapeout does not execute code from model files")
@@ -231,7 +237,14 @@ def _emit_model(model: Any, e: Emitter, feeds: dict[tuple, str]) -> list[str]:
         stack.pop()
         cls = type(layer).__name__
         in_values = [values[_key(x)] for x in ins]
-        if cls in MODEL_CLASSES:
+        if is_operation(layer):  # its constants are in the call arguments, not the input tensors
+            args = layer._inbound_nodes[_history(t)[1]].arguments
+            try:
+                produced = [convert_operation(e, layer, list(args.args), dict(args.kwargs),
+                                              lambda x: values[_key(x)])]
+            except IRError as err:
+                raise FrontendError(f"operation {layer.name!r} ({cls}): {err}") from None
+        elif cls in MODEL_CLASSES:
             inner = {_key(x): v for x, v in zip(_flat(layer.inputs), in_values)}
             produced = _emit_model(layer, e, inner)
         elif cls in CONVERTERS:

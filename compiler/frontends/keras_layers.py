@@ -372,6 +372,41 @@ def _normalization(e: Emitter, layer, cfg, ins):
     return _affine(e, layer, ins[0], 1.0 / std, -mean / std)
 
 
+# ------------------------------------------- Keras 3 operations on tensors
+# ``x + 3.0`` or ``keras.ops.multiply(x, c)`` in a functional model is stored as an operation
+# (module keras.src.ops.*), not a layer; its call arguments may hold constants, which a node's
+# input tensors leave out (MobileNetV3's hard sigmoid is relu6(x + 3) * (1/6)).
+OP_MODULE = "keras.src.ops."
+OPERATIONS: dict[str, str] = {
+    "Add": "add", "Subtract": "sub", "Multiply": "mul", "Divide": "div", "TrueDivide": "div",
+    "Maximum": "maximum", "Minimum": "minimum",
+}
+
+
+def is_operation(layer: Any) -> bool:
+    return type(layer).__module__.startswith(OP_MODULE)
+
+
+def convert_operation(e: Emitter, op: Any, args: list[Any], kwargs: dict, value_of: Callable[[Any], str]) -> str:
+    """Emit a binary elementwise operation; ``value_of`` maps a Keras tensor to its IR value."""
+    cls = type(op).__name__
+    if cls not in OPERATIONS:
+        raise _fail(op, f"the Keras operation is not supported; supported operations: {', '.join(sorted(OPERATIONS))}")
+    if len(args) != 2 or kwargs:
+        raise _fail(op, f"expected 2 positional operands, got {len(args)} and keywords {sorted(kwargs)}")
+    operands = []
+    for i, a in enumerate(args):
+        if hasattr(a, "_keras_history"):
+            operands.append(value_of(a))
+            continue
+        try:
+            c = np.asarray(a.numpy() if hasattr(a, "numpy") else a, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise _fail(op, f"operand {i} ({type(a).__name__}) is neither a tensor nor a number") from None
+        operands.append(e.const(f"{op.name}/operand{i}", c.reshape(c.shape or (1,))))
+    return e.node(OPERATIONS[cls], op.name, operands)
+
+
 _cf = _channels_first_aware  # layers with a data_format
 
 CONVERTERS: dict[str, Converter] = {
