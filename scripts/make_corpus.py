@@ -180,6 +180,13 @@ TORCH_MODELS = [
 NOT_BUILT: list[dict] = []  # exports that failed, kept in the manifest under "not_built"
 
 
+def record_failure(name: str, exc: Exception, log) -> None:
+    """Log a failed export and keep it for the manifest's "not_built" list."""
+    msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    log(f"FAILED {name}: {msg}")
+    NOT_BUILT.append({"name": name, "error": msg[:300]})
+
+
 def build_torch(only: set[str] | None, log) -> list[dict]:
     import onnx
 
@@ -230,9 +237,7 @@ def build_torch(only: set[str] | None, log) -> list[dict]:
                 inputs = onnx_inputs(model)
                 save_stripped_onnx(model, path)
             except Exception as exc:  # record and go on: the manifest lists exports that failed
-                msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                log(f"FAILED {stem}: {msg}")
-                NOT_BUILT.append({"name": stem, "error": msg[:300]})
+                record_failure(stem, exc, log)
                 continue
             family = f"{'timm' if key.startswith('timm:') else 'torchvision' if key.startswith('tv:') else 'torch'}" \
                      f"/{'torchscript' if exporter == 'ts' else 'dynamo'}/opset{opset}"
@@ -307,9 +312,7 @@ def build_keras(only, log) -> list[dict]:
                                      inputs, input_range=rng, samples=samples, heavy=heavy))
                 log(f"{path.name}: {path.stat().st_size // 1024} KB, {time.time() - t0:.1f}s")
             except Exception as exc:
-                msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                log(f"FAILED {path.name}: {msg}")
-                NOT_BUILT.append({"name": path.stem, "error": msg[:300]})
+                record_failure(path.stem, exc, log)
         if t2o:
             t0 = time.time()
             path = d / f"keras_{name}_tf2onnx_op13.onnx"
@@ -327,9 +330,7 @@ def build_keras(only, log) -> list[dict]:
                                      inputs, input_range=rng, samples=samples, heavy=heavy))
                 log(f"{path.name}: {path.stat().st_size // 1024} KB, {time.time() - t0:.1f}s")
             except Exception as exc:
-                msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                log(f"FAILED {path.name}: {msg}")
-                NOT_BUILT.append({"name": path.stem, "error": msg[:300]})
+                record_failure(path.stem, exc, log)
     return entries
 
 
