@@ -160,7 +160,7 @@ def normalize(x: Fx, scale: Fx, bias: Fx, res: FixedType) -> Fx:
 def relu_max(x: Fx, res: FixedType, top: int) -> Fx:
     """hls4ml's ``relu_max<..., top>`` (relu6 for ``top`` 6): values above ``top`` become ``top``."""
     hi = Fx.of(np.asarray(float(top)), res).raw
-    y = cast(Fx(np.where(x.raw > 0, x.raw, 0).astype(INT), x.type), res)
+    y = relu(x, res)
     over = x.raw > (INT(top) << INT(x.type.frac)) if x.type.frac >= 0 else x.raw > (top >> -x.type.frac)
     return Fx(np.where(over, hi, y.raw).astype(INT), res)
 
