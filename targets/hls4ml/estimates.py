@@ -121,17 +121,15 @@ def estimate(graph: Graph, plan: PrecisionPlan, reuse: dict[str, int], *, varian
             continue
         if layer.kind == "batch_norm" and lp.weight is not None and lp.bias is not None:
             # nnet::normalize: one product per element (io_parallel) or per channel of a pixel (io_stream).
-            from tapeout.compiler.fixedpoint.model import scale_shift
-
+            # It holds one scale and one bias per channel (scale_shift's arrays: the last axis).
             out_shape = [int(d) for d in graph.type_of(layer.node.outputs[0]).shape[1:]]
-            s, _ = scale_shift(graph, layer.node)
             pixels = int(np.prod(out_shape[:-1])) if len(out_shape) > 1 else 1
             mults = int(np.prod(out_shape)) if io_type == "parallel" else out_shape[-1]
             a = src[layer.inputs[0]].width
             per = dsp_per_multiplier(a, lp.weight.width, shape)
             interval = 1 if io_type == "parallel" else pixels
             rows.append(LayerEstimate(layer.name, layer.kind, 1, mults, mults if per else 0, 0 if per else mults,
-                                      mults * per, [a, lp.weight.width], int(s.size) * (lp.weight.width + lp.bias.width),
+                                      mults * per, [a, lp.weight.width], out_shape[-1] * (lp.weight.width + lp.bias.width),
                                       "registers", 0, interval + (1 if per else 0), interval))
             continue
         if layer.kind == "softmax":
