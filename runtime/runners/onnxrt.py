@@ -123,10 +123,13 @@ def _numpy_dtype(ort_type: str) -> str:
 class OnnxRuntimeRunner(FileRunner):
     name = "onnxruntime"
 
-    def __init__(self, model: str | Path | bytes, providers: list[str] | None = None) -> None:
+    def __init__(self, model: str | Path | bytes, providers: list[str] | None = None, *,
+                 lift_old: bool = True) -> None:
         super().__init__()
         self.model = model
         self.providers = providers or ["CPUExecutionProvider"]
+        # False for tapeout's own artifacts (opset >= 17): no parse with onnx on open to read the opset.
+        self.lift_old = lift_old
         self._session: Any = None
         self.notes: list[str] = []  # what was done to the model so that it runs (an opset upgrade)
 
@@ -143,7 +146,7 @@ class OnnxRuntimeRunner(FileRunner):
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only
         options.use_deterministic_compute = True
-        source = self._lifted() or (self.model if isinstance(self.model, bytes) else str(self.model))
+        source = (self.lift_old and self._lifted()) or (self.model if isinstance(self.model, bytes) else str(self.model))
         try:
             self._session = ort.InferenceSession(source, options, providers=self.providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors for any bad file

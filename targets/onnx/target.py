@@ -59,4 +59,4 @@ class OnnxTarget(Target):
         from tapeout.runtime.io_map import mapped
         from tapeout.runtime.runners.onnxrt import OnnxRuntimeRunner
 
-        return mapped(OnnxRuntimeRunner(outdir / "model.onnx"), outdir)
+        return mapped(OnnxRuntimeRunner(outdir / "model.onnx", lift_old=False), outdir)

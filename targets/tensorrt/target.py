@@ -211,10 +211,10 @@ class TensorrtTarget(Target):
             plan = json.loads((outdir / "plan.json").read_text())
             pinned = [n for r in plan["precision"]["layers"] if r["pinned"] for n in r["onnx_nodes"]]
             model = emulate_fp16(onnx.load(outdir / "model.onnx"), pinned)
-            runner = OnnxRuntimeRunner(model.SerializeToString(), providers)
+            runner = OnnxRuntimeRunner(model.SerializeToString(), providers, lift_old=False)
             runner.name = f"onnxruntime ({providers[0]}, fp16 emulated)"
             return runner
-        runner = OnnxRuntimeRunner(outdir / "model.onnx", providers)
+        runner = OnnxRuntimeRunner(outdir / "model.onnx", providers, lift_old=False)
         runner.name = f"onnxruntime ({providers[0]})"
         return runner
 

@@ -113,3 +113,22 @@ def test_verify_batches_and_leaves_caller_opened_runners_open(onnx_file) -> None
     assert ref.calls == cand.calls == 3
     assert ref.closed == 0 and cand.closed == 1
 
+
+
+def test_artifact_runner_skips_the_old_opset_lift(tmp_path) -> None:
+    """lift_old=False (tapeout's own artifacts, opset >= 17) runs the file as it is: no onnx parse."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "old",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    path = tmp_path / "relu6.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 6)], ir_version=3), path)
+    x = np.array([[-1.0, 0.0, 2.0]], np.float32)
+    with OnnxRuntimeRunner(path) as source:
+        assert source.infer({"x": x})["y"].tolist() == [[0.0, 0.0, 2.0]]
+        assert source.notes == ["source runner: opset 6 upgraded to opset 7 for onnxruntime"]
+    with OnnxRuntimeRunner(path, lift_old=False) as artifact:
+        assert artifact.infer({"x": x})["y"].tolist() == [[0.0, 0.0, 2.0]]
+        assert artifact.notes == []
