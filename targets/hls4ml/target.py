@@ -303,9 +303,7 @@ class Hls4mlTarget(Target):
         from tapeout.compiler.quiet import captured_output
         from tapeout.targets.hls4ml.config import Hls4mlOptions
         from tapeout.targets.hls4ml.estimates import estimate
-        from tapeout.targets.hls4ml.lower import lower
-
-        from tapeout.targets.hls4ml.lower import check_io_type
+        from tapeout.targets.hls4ml.lower import check_io_type, keras_model, lower
 
         s = self.settings
         try:
@@ -323,9 +321,7 @@ class Hls4mlTarget(Target):
         reuse, raised = self._reuse(graph, notes)
         options = Hls4mlOptions(part=s.part, clock_period=s.clock_period, io_type=s.io_type, strategy=s.strategy,
                                 reuse_factor=s.reuse_factor, layer_reuse=reuse)
-        with captured_output():
-            from tapeout.targets.hls4ml.lower import keras_model
-
+        with captured_output():  # keras is imported and the model built here: its start-up noise
             km = keras_model(graph)
         names = self._names(graph, layers, km)
         lower(km.model, graph, plan, outdir, variant=self.variant, options=options, names=names)
