@@ -558,7 +558,7 @@ def _keras_initial(layer, rng):
         path = getattr(v, "path", None) or v.name
         leaf = path.split("/")[-1].split(":")[0]
         if "bias" in leaf or leaf == "beta":
-            a = rng.standard_normal(shape) * 0.1 if leaf != "beta" else rng.standard_normal(shape) * 0.1
+            a = rng.standard_normal(shape) * 0.1
         elif leaf == "gamma":
             a = rng.uniform(0.7, 1.3, shape)
         elif leaf == "moving_mean":
@@ -566,7 +566,7 @@ def _keras_initial(layer, rng):
         elif leaf == "moving_variance":
             a = np.ones(shape)
         elif "kernel" in leaf:
-            fan = int(np.prod(shape[:-1])) if cls != "DepthwiseConv2D" else int(np.prod(shape[:-2]))
+            fan = int(np.prod(shape[:-1]))
             if cls.startswith("DepthwiseConv") or "depthwise" in leaf:
                 fan = int(np.prod(shape[:-2]))
             a = rng.standard_normal(shape) / np.sqrt(max(fan, 1))
