@@ -178,11 +178,12 @@ def _check(graph: Graph, n: Node) -> None:
             raise _refuse(n, "with runtime (non-constant) weights has no hls4ml layer")
         act = activation_kind(n)
         if act not in ACTIVATIONS:
-            a = n.attrs["activation"].attr_dict()
-            desc = f"clip({a.get('min')}, {a.get('max')})" if act == "clip" else act
-            raise _refuse(n, f"with fused activation {desc} has no hls4ml fixed-point model (relu = clip(0, none) "
-                             "and relu6 = clip(0, 6) are hls4ml activations)" if act == "clip" else
-                          f"with fused activation {desc} has no hls4ml fixed-point model")
+            why = f"with fused activation {act} has no hls4ml fixed-point model"
+            if act == "clip":
+                a = n.attrs["activation"].attr_dict()
+                why = (f"with fused activation clip({a.get('min')}, {a.get('max')}) has no hls4ml fixed-point model "
+                       "(relu = clip(0, none) and relu6 = clip(0, 6) are hls4ml activations)")
+            raise _refuse(n, why)
     if n.op in SCALED:
         scale_shift(graph, n)
     if n.op == "clip" and _clip_kind(n.attrs.get("min"), n.attrs.get("max")) is None:
