@@ -687,13 +687,11 @@ def _refill_keras_probing(model, feeds, rng, final, legacy):
         cls = type(layer).__name__
         if cls not in _KERAS_WEIGHTED and cls != "BatchNormalization":
             continue
-        if cls == "BatchNormalization":
-            probe = K.Model(model.inputs, layer.input)
-            x = probe(feeds if len(feeds) > 1 else feeds[0], training=False)
-            layer.set_weights(_bn_stats(layer, np.asarray(x)))
-            continue
         probe = K.Model(model.inputs, layer.input)
         x = probe(feeds if len(feeds) > 1 else feeds[0], training=False)
+        if cls == "BatchNormalization":
+            layer.set_weights(_bn_stats(layer, np.asarray(x)))
+            continue
         y = _pre_activation(layer, x)
         layer.set_weights(_keras_rescale(layer, x, np.asarray(y), rng, id(layer) in final))
 
