@@ -550,13 +550,17 @@ def _keras_rescale(layer, x, y, rng, is_final: bool):
     return ws
 
 
+def _weight_leaf(v) -> str:
+    """A Keras weight's own name ("kernel", "moving_mean"), without its layer path or ":0"."""
+    return (getattr(v, "path", None) or v.name).split("/")[-1].split(":")[0]
+
+
 def _keras_initial(layer, rng):
     ws = []
     cls = type(layer).__name__
     for v in layer.weights:
         shape = tuple(int(d) for d in v.shape)
-        path = getattr(v, "path", None) or v.name
-        leaf = path.split("/")[-1].split(":")[0]
+        leaf = _weight_leaf(v)
         if "bias" in leaf or leaf == "beta":
             a = rng.standard_normal(shape) * 0.1
         elif leaf == "gamma":
@@ -605,7 +609,7 @@ def _bn_stats(layer, x):
     axis = axis % x.ndim
     axes = tuple(i for i in range(x.ndim) if i != axis)
     ws = layer.get_weights()
-    names = [getattr(v, "path", v.name).split("/")[-1].split(":")[0] for v in layer.weights]
+    names = [_weight_leaf(v) for v in layer.weights]
     for i, n in enumerate(names):
         if n == "moving_mean":
             ws[i] = x.mean(axis=axes).astype(np.float32)
@@ -621,7 +625,7 @@ def _bn_affine(layer):
     (1% input noise: MobileNetV2 softmax cosine 0.75), so int8 collapsed with tapeout and
     TensorFlow's converter alike (0.61 and 0.55); as an affine, 0.91 and 0.92."""
     ws = layer.get_weights()
-    names = [getattr(v, "path", v.name).split("/")[-1].split(":")[0] for v in layer.weights]
+    names = [_weight_leaf(v) for v in layer.weights]
     for i, n in enumerate(names):
         if n == "moving_mean":
             ws[i] = np.zeros_like(ws[i])
