@@ -373,18 +373,21 @@ def refill_onnx(model, seed: int, feeds: dict[str, np.ndarray]):
                       i.type.tensor_type.shape.dim[0].dim_value == 1 for i in model.graph.input)
     final = _final_measures(model, roles)
 
+    def run(sess, name: str) -> np.ndarray:
+        """``name`` on every sample with the current weights (a batch-1 export: one sample per run)."""
+        weights = {k: v for k, v in values.items() if k in feed_names}
+        if fixed_batch:
+            return np.concatenate([sess.run([name], {**{k: v[i:i + 1] for k, v in data.items()}, **weights})[0]
+                                   for i in range(n_samples)]).astype(np.float64)
+        return sess.run([name], {**data, **weights})[0].astype(np.float64)
+
     by_measure: dict[str, list[str]] = defaultdict(list)
     for name, r in roles.items():
         if name in values and r["measure"] is not None:
             by_measure[r["measure"]].append(name)
     for m in measures:
         names = by_measure[m]
-        weights = {k: v for k, v in values.items() if k in feed_names}
-        if fixed_batch:  # a batch-1 export: one sample per run
-            y = np.concatenate([sess.run([m], {**{k: v[i:i + 1] for k, v in data.items()}, **weights})[0]
-                                for i in range(n_samples)]).astype(np.float64)
-        else:
-            y = sess.run([m], {**data, **weights})[0].astype(np.float64)
+        y = run(sess, m)
         kinds = {roles[n]["role"] for n in names}
         if kinds & {"bn_mean", "bn_var", "bn_scale", "bn_bias"}:
             axes = tuple(i for i in range(y.ndim) if i != 1)
@@ -418,12 +421,7 @@ def refill_onnx(model, seed: int, feeds: dict[str, np.ndarray]):
             continue
         probe.graph.output.append(helper.make_tensor_value_info(pooled, onnx.TensorProto.FLOAT, None))
         sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        weights = {k: v for k, v in values.items() if k in feed_names}
-        if fixed_batch:
-            y = np.concatenate([sess.run([pooled], {**{k: v[i:i + 1] for k, v in data.items()}, **weights})[0]
-                                for i in range(n_samples)]).astype(np.float64)
-        else:
-            y = sess.run([pooled], {**data, **weights})[0].astype(np.float64)
+        y = run(sess, pooled)
         y = y.reshape(y.shape[0], y.shape[1], -1).mean(axis=2)
         # One scale for all channels: per-channel scales would blow up the differences between the
         # channels' means (which relu keeps) over the differences between samples.
