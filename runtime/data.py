@@ -6,6 +6,7 @@ Every problem with a file is one RuntimeInputError line naming the file and what
 
 from __future__ import annotations
 
+import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from tapeout.runtime.budgets import MAX_SYNTH_BYTES
 from tapeout.runtime.errors import RuntimeInputError, one_line
 from tapeout.runtime.protocol import IOSpec
 
@@ -125,11 +127,17 @@ def synthesize(specs: list[IOSpec], num_samples: int = 8, seed: int = 0) -> Data
     """Deterministic inputs: standard-normal floats, small non-negative ints, random bools."""
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
+    total, limit = 0, MAX_SYNTH_BYTES.value()
     for spec in specs:
         rest = spec.shape[1:]
         if not all(isinstance(d, int) for d in rest):
             raise RuntimeInputError(f"input '{spec.name}' has dynamic dims {_shape_str(spec.shape)}: "
                                     "cannot synthesize inputs for it; pass a data file")
+        # Sized before allocating: a [N, 100000, 100000, 1] input is refused, not a MemoryError.
+        total += num_samples * math.prod(rest) * max(np.dtype(spec.dtype).itemsize, 8)
+        if total > limit:
+            raise MAX_SYNTH_BYTES.exceeded(f"input '{spec.name}' {_shape_str(spec.shape)}",
+                                           f"synthesizing {num_samples} samples ({total:,} bytes)")
         shape = (num_samples, *rest)
         dtype = np.dtype(spec.dtype)
         if dtype.kind == "b":

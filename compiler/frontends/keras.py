@@ -1,14 +1,10 @@
 """Keras front end: Keras 3 ``.keras``, legacy Keras 2 ``.h5`` and JSON + weights ``.h5`` into the IR.
 
-Safety: the stored architecture (config.json in the zip, ``model_config`` in the
-h5, or the JSON text) is checked against the supported layer table *before* any
-Keras loader runs, so a Lambda or custom class is refused without executing code
-from the file.
-
-Legacy configs (a Sequential written as a plain layer list by Keras 1 and Keras <= 2.2.4,
-Keras 1 layer names and settings) are first rewritten as data in Keras 2 spellings
-(``tapeout.runtime.runners.keras_legacy``, shared with the source runner), then go
-through the same check.
+Safety: every file goes through ``tapeout.runtime.model_files.load_keras_model``, the one gate
+for Keras files that the source runner uses too (budgets, config shape, no code or custom
+classes, no HDF5 links or external storage; legacy Keras 1 forms rewritten as data first).
+:func:`check_config` adds what only the compiler knows, the activations the IR converts, and
+runs inside that gate, before any Keras loader sees the file.
 
 Conversion walks the live functional graph from the model outputs back through
 each tensor's ``_keras_history`` (layer, node index, tensor index) and that
@@ -20,8 +16,6 @@ converting its own graph with its inputs bound to the caller's values.
 
 from __future__ import annotations
 
-import json
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +23,7 @@ from tapeout.compiler.errors import FrontendError
 from tapeout.compiler.frontends.keras_layers import (CONVERTERS, MODEL_CLASSES, OP_MODULE, OPERATIONS,
                                                      SUPPORTED_CLASSES, Emitter, convert_operation, is_operation)
 from tapeout.compiler.ir import BATCH, Graph, IRError, TensorType
-from tapeout.runtime.runners.keras_legacy import LegacyConfigError, load_weights, translate
+from tapeout.runtime.model_files import ModelFileError, load_keras_model
 
 _LAYOUTS = {2: "NC", 3: "NWC", 4: "NHWC", 5: "NDHWC"}
 _LAYOUTS_FIRST = {2: "NC", 3: "NCW", 4: "NCHW", 5: "NCDHW"}  # models with channels_first layers ('th')
@@ -51,25 +45,17 @@ def _refuse(path: Path, name: Any, cls: Any, why: str) -> FrontendError:
 
 
 def check_config(path: Path, cfg: Any) -> None:
-    """Refuse Lambda, custom and unsupported classes from the stored config alone."""
+    """Refuse unsupported classes and activations from the stored (already shape- and code-checked) config."""
     from tapeout.compiler.frontends.keras_layers import ACTIVATION_NAMES
 
-    if not isinstance(cfg, dict) or cfg.get("class_name") not in MODEL_CLASSES:
-        got = cfg.get("class_name") if isinstance(cfg, dict) else type(cfg).__name__
-        raise FrontendError(f"{path}: expected a Keras Functional or Sequential model, got {got!r}")
     for layer in _layer_configs(cfg):
         cls = layer.get("class_name")
         name = layer.get("name") or (layer.get("config") or {}).get("name")
-        module = layer.get("module")
-        registered = layer.get("registered_name")
-        if str(module).startswith(OP_MODULE):  # an operation on tensors (x + 3.0), not a layer
+        if str(layer.get("module")).startswith(OP_MODULE):  # an operation on tensors (x + 3.0), not a layer
             if cls not in OPERATIONS:
                 raise FrontendError(f"{path}: Keras operation {name!r} ({cls}) is not supported; supported "
                                     f"operations: {', '.join(sorted(OPERATIONS))}")
             continue
-        custom = (module is not None and not str(module).startswith("keras")) or registered not in (None, cls)
-        if cls in ("Lambda", "TFOpLambda", "SlicingOpLambda") or custom:
-            raise _refuse(path, name, cls, "holds code: tapeout does not execute code from model files")
         if cls not in SUPPORTED_CLASSES:
             raise _refuse(path, name, cls, "is not supported")
         act = (layer.get("config") or {}).get("activation")
@@ -81,113 +67,33 @@ def check_config(path: Path, cfg: Any) -> None:
 
 
 # ------------------------------------------------------------------ loading
-def _load_keras3(path: Path, safe_mode: bool) -> Any:
-    if not zipfile.is_zipfile(path):
-        raise FrontendError(f"{path}: not a Keras 3 .keras archive (not a zip file)")
-    try:
-        with zipfile.ZipFile(path) as z:
-            cfg = json.loads(z.read("config.json"))
-    except (KeyError, ValueError, zipfile.BadZipFile, OSError) as e:
-        raise FrontendError(f"{path}: not a readable Keras 3 archive ({type(e).__name__}: {e})") from None
-    check_config(path, cfg)
-    import keras
-
-    try:
-        return keras.saving.load_model(path, safe_mode=safe_mode, compile=False)
-    except Exception as e:  # any loader failure on a bad file is the user's input problem
-        raise FrontendError(f"{path}: Keras could not load the model: {_one_line(e)}") from None
-
-
-def _translated(path: Path, cfg: Any) -> tuple[Any, list[str]]:
-    try:
-        return translate(cfg)
-    except LegacyConfigError as e:
-        raise FrontendError(f"{path}: {e}") from None
-
-
-def _load_h5(path: Path) -> tuple[Any, list[str]]:
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            raw = f.attrs.get("model_config")
-    except OSError as e:
-        raise FrontendError(f"{path}: not a readable HDF5 file ({_one_line(e)})") from None
-    if raw is None:
-        raise FrontendError(f"{path}: this .h5 holds no model architecture (weights only?); "
-                            "pass the architecture .json with this file as its weights")
-    try:
-        cfg = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-    except ValueError as e:
-        raise FrontendError(f"{path}: the stored model_config is not valid JSON ({e})") from None
-    cfg, notes = _translated(path, cfg)
-    check_config(path, cfg)
-    if notes:  # a legacy config tf_keras's h5 loader cannot read: the translated one, the file's weights
-        return _from_config(path, cfg, path), notes
-    import tf_keras
-
-    try:
-        return tf_keras.models.load_model(path, compile=False), notes
-    except Exception as e:  # see _load_keras3
-        raise FrontendError(f"{path}: tf_keras could not load the model: {_one_line(e)}") from None
-
-
-def _from_config(path: Path, cfg: dict, weights: Path) -> Any:
-    import tf_keras
-
-    try:
-        model = tf_keras.models.model_from_json(json.dumps(cfg))
-    except Exception as e:  # see _load_keras3
-        raise FrontendError(f"{path}: tf_keras could not build the model: {_one_line(e)}") from None
-    try:
-        load_weights(model, weights)
-    except Exception as e:  # see _load_keras3
-        raise FrontendError(f"{weights}: could not load the weights: {_one_line(e)}") from None
-    return model
-
-
-def _load_json(path: Path, weights: Path | None) -> tuple[Any, list[str]]:
-    if weights is None:
-        raise FrontendError(f"{path}: an architecture JSON needs its weights .h5 (--weights)")
-    if not weights.is_file():
-        raise FrontendError(f"{weights}: no such weights file")
-    try:
-        text = path.read_text()
-        cfg = json.loads(text)
-    except (ValueError, OSError) as e:
-        raise FrontendError(f"{path}: not a readable JSON architecture ({_one_line(e)})") from None
-    cfg, notes = _translated(path, cfg)
-    check_config(path, cfg)
-    return _from_config(path, cfg, weights), notes
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text[:300]}"
-
-
 def load_keras(path: str | Path, weights: str | Path | None = None, *, safe_mode: bool = True) -> Graph:
-    """Load a Keras model file into a shape-checked IR graph."""
+    """Load a Keras model file into a shape-checked IR graph.
+
+    The file goes through tapeout.runtime.model_files (the one gate for Keras files: budgets,
+    config shape, no code, no HDF5 links or external storage) with the supported-layer check
+    added, before any framework sees it.
+    """
     from tapeout.compiler.quiet import quiet_environment
 
     quiet_environment()
     p = Path(path)
     if not p.is_file():
         raise FrontendError(f"{p}: no such model file")
-    suffix = p.suffix.lower()
-    notes: list[str] = []
-    if suffix == ".keras":
-        model, fmt = _load_keras3(p, safe_mode), "keras"
-    elif suffix in (".h5", ".hdf5"):
-        (model, notes), fmt = _load_h5(p), "keras2-h5"
-    elif suffix == ".json":
-        (model, notes), fmt = _load_json(p, Path(weights) if weights is not None else None), "keras2-json"
-    else:
+    if p.suffix.lower() not in (".keras", ".h5", ".hdf5", ".json"):
         raise FrontendError(f"{p}: not a Keras model file (expected .keras, .h5 or .json)")
-    graph = model_to_graph(model)
-    graph.metadata["source_format"] = fmt
-    if notes:
-        graph.metadata["notes"] = notes  # type: ignore[assignment]  # the report copies the list
+    if p.suffix.lower() == ".json" and weights is None:
+        raise FrontendError(f"{p}: an architecture JSON needs its weights .h5 (--weights)")
+    if weights is not None and not Path(weights).is_file():
+        raise FrontendError(f"{weights}: no such weights file")
+    try:
+        loaded = load_keras_model(p, weights, safe_mode=safe_mode, check=lambda cfg: check_config(p, cfg))
+    except ModelFileError as e:
+        raise FrontendError(str(e)) from None
+    graph = model_to_graph(loaded.model)
+    graph.metadata["source_format"] = loaded.format
+    if loaded.notes:
+        graph.metadata["notes"] = loaded.notes  # type: ignore[assignment]  # the report copies the list
     return graph
 
 

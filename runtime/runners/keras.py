@@ -14,8 +14,6 @@ import numpy as np
 from tapeout.runtime.errors import RuntimeInputError, RuntimeUnavailable, one_line
 from tapeout.runtime.protocol import FileRunner, IOSpec
 
-LEGACY_SUFFIXES = (".h5", ".hdf5")
-
 
 def _layer_name(tensor: Any) -> str:
     """The name of the layer that produced a Keras 3 symbolic tensor."""
@@ -25,11 +23,6 @@ def _layer_name(tensor: Any) -> str:
 
 def _dtype_name(dtype: Any) -> str:
     return getattr(dtype, "name", None) or str(dtype)  # tf.DType (tf_keras) or str (Keras 3)
-
-
-def _noted(translated: tuple[str, list[str]]) -> tuple[str, list[str]]:
-    text, notes = translated
-    return text, ["source runner: tf_keras ran the legacy config as rewritten for the import"] if notes else []
 
 
 def _channels_first(model: Any) -> bool:
@@ -57,39 +50,15 @@ class KerasRunner(FileRunner):
 
     # loading ---------------------------------------------------------------
     def _load(self) -> Any:
-        suffix = self.path.suffix.lower()
-        if suffix == ".json":
-            if self.weights is None:
-                raise RuntimeInputError(f"{self.path}: an architecture JSON needs its weights file")
-            import tf_keras
+        # The one gate for Keras files (runtime.model_files): the checks compile applies, before
+        # Keras or tf_keras sees the file; tf_keras's own h5 loader (which runs Lambda bytecode)
+        # is never used.
+        from tapeout.runtime.model_files import load_keras_model
 
-            from tapeout.runtime.runners.keras_legacy import load_weights, translate_json
-
-            text, self.notes = _noted(translate_json(self.path.read_text()))
-            model = tf_keras.models.model_from_json(text)
-            load_weights(model, self.weights)
-            return model
-        if self.weights is not None:
-            raise RuntimeInputError(f"{self.path}: a weights file applies to an architecture .json only")
-        if suffix in LEGACY_SUFFIXES:
-            import h5py
-            import tf_keras
-
-            from tapeout.runtime.runners.keras_legacy import load_weights, translate_json
-
-            with h5py.File(self.path, "r") as f:
-                raw = f.attrs.get("model_config")
-            text, self.notes = _noted(translate_json(raw.decode() if isinstance(raw, bytes) else str(raw)))
-            if not self.notes:
-                return tf_keras.models.load_model(str(self.path), compile=False)
-            model = tf_keras.models.model_from_json(text)
-            load_weights(model, self.path)
-            return model
-        if suffix == ".keras":
-            import keras
-
-            return keras.saving.load_model(str(self.path), safe_mode=self.safe_mode, compile=False)
-        raise RuntimeInputError(f"{self.path}: not a Keras model file (.keras, .h5, .hdf5 or .json)")
+        loaded = load_keras_model(self.path, self.weights, safe_mode=self.safe_mode)
+        if loaded.notes:
+            self.notes = ["source runner: tf_keras ran the legacy config as rewritten for the import"]
+        return loaded.model
 
     def _open(self) -> None:
         for f in (self.path, self.weights):

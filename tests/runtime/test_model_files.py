@@ -1,0 +1,171 @@
+"""runtime.model_files, the one gate for Keras files, and runtime.budgets, without running a framework.
+
+The CLI-level cases (compile, inspect, verify) are in tests/test_security.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tapeout.runtime import budgets
+from tapeout.runtime.errors import RuntimeInputError
+from tapeout.runtime.model_files import (KERAS_LAYERS, KERAS_OPERATIONS, ModelFileError, check_hdf5, check_safe,
+                                         check_shape, parse_config)
+
+h5py = pytest.importorskip("h5py")
+
+
+def _model(*layers: dict) -> dict:
+    return {"class_name": "Functional", "config": {"name": "m", "layers": list(layers)}}
+
+
+def _layer(cls: str = "Dense", **extra) -> dict:
+    return {"class_name": cls, "config": {"name": cls.lower(), **extra}, "name": cls.lower(), "inbound_nodes": []}
+
+
+def test_allow_list_matches_the_compiler_front_end() -> None:
+    from tapeout.compiler.frontends.keras_layers import OPERATIONS, SUPPORTED_CLASSES
+
+    assert sorted(KERAS_LAYERS) == sorted(SUPPORTED_CLASSES)
+    assert sorted(KERAS_OPERATIONS) == sorted(OPERATIONS)
+
+
+def test_module_imports_no_compiler_or_framework() -> None:
+    code = ("import tapeout.runtime.model_files, tapeout.runtime.budgets, sys; "
+            "bad = [m for m in sys.modules if m.startswith(('tapeout.compiler', 'tapeout.targets', "
+            "'tensorflow', 'keras', 'tf_keras', 'h5py'))]; assert not bad, bad")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+# ------------------------------------------------------------- parse / shape
+def test_parse_refuses_recursion_depth_and_size(monkeypatch) -> None:
+    with pytest.raises(ModelFileError, match="nests"):
+        parse_config("m.json", "[" * 100_000 + "]" * 100_000)  # json's own RecursionError
+    with pytest.raises(ModelFileError, match="deeper than 100 levels.*TAPEOUT_MAX_CONFIG_DEPTH"):
+        parse_config("m.json", "[" * 150 + "]" * 150)  # parses, then the budget refuses it
+    monkeypatch.setenv("TAPEOUT_MAX_CONFIG_DEPTH", "200")
+    assert isinstance(parse_config("m.json", "[" * 150 + "]" * 150), list)  # raised: now allowed
+    monkeypatch.setenv("TAPEOUT_MAX_CONFIG_BYTES", "10")
+    with pytest.raises(RuntimeInputError, match="TAPEOUT_MAX_CONFIG_BYTES"):
+        parse_config("m.json", json.dumps(_model()))
+    with pytest.raises(ModelFileError, match="not valid JSON"):
+        parse_config("m.json", b"{")
+
+
+@pytest.mark.parametrize("cfg, where", [
+    ([1, 2], "the config"),
+    ({"class_name": "Functional", "config": "x"}, "config is a string"),
+    ({"class_name": "Functional", "config": {"layers": {"a": 1}}}, "config.layers is an object"),
+    (_model(_layer(), 3), r"config.layers\[1\] is a number"),
+    (_model({"class_name": "Dense", "config": [1]}), r"config.layers\[0\].config is a list"),
+    (_model({"class_name": "Dense"}), r"config.layers\[0\].config is null"),
+    (_model({**_layer(), "name": 5}), r"config.layers\[0\].name is a number"),
+    (_model({"class_name": "Functional", "config": {"layers": [{"class_name": "Dense", "config": "s"}]}}),
+     r"config.layers\[0\].config.layers\[0\].config is a string"),
+])
+def test_shape_errors_name_the_path(cfg, where) -> None:
+    with pytest.raises(ModelFileError, match=where) as info:
+        check_shape("m.keras", cfg)
+    assert "\n" not in str(info.value)
+
+
+def test_keras1_sequential_layer_list_is_a_valid_shape() -> None:
+    check_shape("m.h5", {"class_name": "Sequential", "config": [_layer()]})
+    with pytest.raises(ModelFileError, match=r"config\[0\] is a string"):
+        check_shape("m.h5", {"class_name": "Sequential", "config": ["Dense"]})
+
+
+# ------------------------------------------------------------------- safety
+@pytest.mark.parametrize("cfg, words", [
+    (_model(_layer("Lambda")), "holds code"),
+    (_model(_layer("TFSMLayer")), "holds code"),
+    (_model({**_layer(), "module": "evil.layers"}), "holds code"),
+    (_model({**_layer(), "registered_name": "pkg>Dense"}), "holds code"),
+    (_model(_layer("LSTM")), "not supported"),
+    (_model(_layer(kernel_initializer={"module": "posix", "class_name": "system", "config": {}})),
+     "names module 'posix'"),
+    (_model(_layer(activation={"module": "keras.config", "class_name": "function",
+                                "config": "enable_unsafe_deserialization"})), "enable_unsafe_deserialization"),
+    (_model(_layer(activation={"class_name": "__lambda__", "config": {"code": "AA=="}})), "__lambda__"),
+    (_model(_layer(kernel_initializer={"class_name": "GlorotUniform", "registered_name": "x>Glorot"})), "custom"),
+])
+def test_code_and_foreign_objects_are_refused(cfg, words) -> None:
+    check_shape("m.keras", cfg)
+    with pytest.raises(ModelFileError, match=words):
+        check_safe("m.keras", cfg)
+
+
+def test_keras_own_objects_pass() -> None:
+    cfg = _model(
+        {**_layer(kernel_initializer={"module": "keras.initializers", "class_name": "GlorotUniform", "config": {},
+                                      "registered_name": None},
+                  dtype={"module": "keras", "class_name": "DTypePolicy", "config": {"name": "float32"}},
+                  activation={"module": "keras.activations", "class_name": "function", "config": "relu",
+                              "registered_name": "function"}), "module": "keras.layers"},
+        {**_layer("Add"), "module": "keras.src.ops.numpy", "registered_name": "Add"})
+    check_shape("m.keras", cfg)
+    check_safe("m.keras", cfg)
+
+
+# --------------------------------------------------------------------- HDF5
+def _h5(build) -> io.BytesIO:
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        build(f)
+    buf.seek(0)
+    return buf
+
+
+def test_plain_weights_pass_and_are_summed() -> None:
+    summary = check_hdf5("w.h5", _h5(lambda f: f.create_dataset("g/kernel", data=np.ones((3, 4), np.float32))))
+    assert (summary.elements, summary.nbytes) == (12, 48)
+
+
+def test_links_and_external_storage_are_refused(tmp_path) -> None:
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"\1" * 64)
+    with pytest.raises(ModelFileError, match="external link"):
+        check_hdf5("w.h5", _h5(lambda f: f.__setitem__("k", h5py.ExternalLink(str(tmp_path / "o.h5"), "/k"))))
+    with pytest.raises(ModelFileError, match="soft link"):
+        check_hdf5("w.h5", _h5(lambda f: f.__setitem__("k", h5py.SoftLink("/elsewhere"))))
+    with pytest.raises(ModelFileError, match="external storage"):
+        check_hdf5("w.h5", _h5(lambda f: f.create_dataset("k", (16,), "<f4", external=[(str(secret), 0, 64)])))
+
+
+def test_declared_far_beyond_stored_is_refused_and_raisable(monkeypatch) -> None:
+    sparse = _h5(lambda f: f.create_dataset("k", (10_000, 1_000), "<f4"))  # 40 MB declared, nothing stored
+    with pytest.raises(RuntimeInputError, match="TAPEOUT_MAX_TENSOR_RATIO"):
+        check_hdf5("w.h5", sparse)
+    sparse.seek(0)
+    monkeypatch.setenv("TAPEOUT_MAX_TENSOR_RATIO", str(10 ** 12))
+    monkeypatch.setenv("TAPEOUT_MAX_MODEL_BYTES", "1000")
+    with pytest.raises(RuntimeInputError, match="TAPEOUT_MAX_MODEL_BYTES"):
+        check_hdf5("w.h5", sparse)
+
+
+def test_not_hdf5_is_one_line() -> None:
+    with pytest.raises(ModelFileError, match="not a readable HDF5 file"):
+        check_hdf5("w.h5", io.BytesIO(b"garbage" * 10))
+
+
+# ------------------------------------------------------------------ budgets
+def test_every_budget_is_named_and_documented() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs" / "security.md").read_text()
+    for b in budgets.BUDGETS:
+        assert b.env.startswith("TAPEOUT_MAX_") and b.default > 0
+        assert b.env in doc, b.env
+
+
+def test_bad_budget_value_is_one_line(monkeypatch) -> None:
+    monkeypatch.setenv("TAPEOUT_MAX_SYNTH_BYTES", "-3")
+    with pytest.raises(RuntimeInputError, match="TAPEOUT_MAX_SYNTH_BYTES"):
+        budgets.MAX_SYNTH_BYTES.value()
