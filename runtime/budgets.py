@@ -31,10 +31,10 @@ class Budget:
             raise RuntimeInputError(f"{self.env}={raw!r}: a budget must be a whole number >= 1")
         return value
 
-    def exceeded(self, label: str, amount: str) -> RuntimeInputError:
+    def exceeded(self, label: str, amount: str, advice: str = "") -> RuntimeInputError:
         """The one-line refusal: what went over, the limit, and how to raise it."""
         return RuntimeInputError(f"{label}: {amount} exceeds the budget for {self.what} ({self.value():,}); "
-                                 f"set {self.env} to raise it for a file you trust")
+                                 f"{advice}set {self.env} to raise it for a file you trust")
 
 
 MiB = 1 << 20

@@ -137,7 +137,8 @@ def synthesize(specs: list[IOSpec], num_samples: int = 8, seed: int = 0) -> Data
         total += num_samples * math.prod(rest) * max(np.dtype(spec.dtype).itemsize, 8)
         if total > limit:
             raise MAX_SYNTH_BYTES.exceeded(f"input '{spec.name}' {_shape_str(spec.shape)}",
-                                           f"synthesizing {num_samples} samples ({total:,} bytes)")
+                                           f"synthesizing {num_samples} samples ({total:,} bytes)",
+                                           "pass a data file (--eval, --data) or ")
         shape = (num_samples, *rest)
         dtype = np.dtype(spec.dtype)
         if dtype.kind == "b":
