@@ -239,6 +239,8 @@ def compile_model(
                     scale_atol=atol is None)
     dataset: Dataset | None = None
     reference: dict[str, np.ndarray] = {}
+    exact: dict[str, np.ndarray] = {}  # the float IR in float64: what the error model judges against
+    ir32: dict[str, np.ndarray] = {}  # and in float32
     source_notes: list[str] = []  # what the source runner did to run the source (an opset upgrade)
     if verify_artifacts:
         progress("source run")
@@ -253,6 +255,11 @@ def compile_model(
             # Artifacts are checked against the pruned IR; the source only gives the unpruned accuracy.
             reference = _pruned_reference(graph, dataset, reference, pruning)
             source_name = "pruned IR (reference interpreter)"
+        if any(_error_model_applies(target, variant, atol, rtol) for (_, variant), target in zip(chosen, built)):
+            progress("IR run (float64, float32)")
+            exact = _ir_outputs(graph, dataset, "float64")
+            # The float32 IR measures float32 rounding alone (the error model's bounds); pruned, it is the reference.
+            ir32 = reference if pruning is not None else _ir_outputs(graph, dataset, "float32")
     data_info = {"kind": dataset.kind if dataset else None,
                  "samples": dataset.num_samples if dataset else 0,
                  "labels": dataset is not None and dataset.labels is not None}
@@ -289,7 +296,7 @@ def compile_model(
             if verify_artifacts and dataset is not None:
                 progress(f"verify {cls.name}:{variant}")
                 ttol = _target_tolerance(target, variant, atol, rtol, tol)
-                tr.verification = _verify_target(target, tdir, dataset, reference, ttol, source_name)
+                tr.verification = _verify_target(target, tdir, dataset, reference, ttol, source_name, exact, ir32)
                 if max_accuracy_drop is not None and cls.default_tolerance(variant) is not None:
                     _judge_accuracy(tr, max_accuracy_drop)
             report.targets.append(tr)
@@ -323,7 +330,8 @@ def _build_targets(chosen: Sequence[tuple[type[Target], str]],
 
 
 def _verify_target(target: Target, tdir: Path, dataset: Dataset, reference: dict[str, np.ndarray],
-                   tol: Tolerance, source_name: str) -> Verification:
+                   tol: Tolerance, source_name: str, exact: Mapping[str, np.ndarray] | None = None,
+                   ir32: Mapping[str, np.ndarray] | None = None) -> Verification:
     runner = target.runner(tdir)
     with runner:
         candidate = run_batches(runner, dataset)
@@ -331,19 +339,43 @@ def _verify_target(target: Target, tdir: Path, dataset: Dataset, reference: dict
     # Top-1 agreement only means something for [N, classes] outputs; others keep the cosine test.
     per_output = {k: tol if tol.min_top1_agreement is None or (np.ndim(v) == 2 and np.shape(v)[1] > 1)
                   else replace(tol, min_top1_agreement=None) for k, v in reference.items()}
-    result = compare(reference, candidate, per_output, labels=dataset.labels, data_kind=dataset.kind)
+    result = compare(reference, candidate, per_output, labels=dataset.labels, data_kind=dataset.kind,
+                     exact=exact if tol.error_model else None, ir_float32=ir32 if tol.error_model else None)
     return _summarize(result, f"{name} vs {source_name}", tol)
+
+
+def _error_model_applies(cls: type[Target] | Target, variant: str, atol: float | None, rtol: float | None) -> bool:
+    """A float32 variant judged by default: onnx, tflite:fp32 (no default tolerance) and
+    tensorrt:fp32 (an elementwise default: its engine's error is float32's too, or TF32's, which
+    the 1e-5 default fails as well). --atol/--rtol keep every target elementwise."""
+    if atol is not None or rtol is not None or cls.quant_scheme(variant) is not None:
+        return False
+    default = cls.default_tolerance(variant)
+    return default is None or default.elementwise
+
+
+def _ir_outputs(graph: Graph, dataset: Dataset, precision: str) -> dict[str, np.ndarray]:
+    """The float IR (before quantization; pruned when pruning ran) on the verification data, in the
+    source's layout. In float64: the near-exact values the error model judges source and artifact against."""
+    from tapeout.compiler.reference_runner import ReferenceRunner
+
+    with ReferenceRunner(graph, source_layout=True, precision=precision) as runner:
+        return run_batches(runner, dataset)
 
 
 def _target_tolerance(cls: type[Target] | Target, variant: str, atol: float | None, rtol: float | None,
                       tol: Tolerance) -> Tolerance:
-    """--atol/--rtol when given (elementwise for every target), else the variant's default."""
+    """--atol/--rtol when given (elementwise for every target); a float32 variant's error model; else
+    the variant's default."""
     if atol is not None or rtol is not None:
         return tol
+    if _error_model_applies(cls, variant, atol, rtol):
+        # atol/rtol stay for an output the float64 run lacks (judged elementwise).
+        return replace(tol, error_model=True)
     default = cls.default_tolerance(variant)
     if default is None:
         return tol
-    # An elementwise default (tensorrt:fp32 1e-5, tensorrt:fp16 1e-3) is the variant's own atol/rtol.
+    # An elementwise default is the variant's own atol/rtol.
     return default if default.elementwise else replace(default, atol=tol.atol, rtol=tol.rtol)
 
 

@@ -8,7 +8,8 @@ import numpy as np
 
 from tapeout.compiler.errors import DataError
 from tapeout.compiler.ir import Graph, IRError, Node, TensorType
-from tapeout.compiler.kernels import KERNELS
+from tapeout.compiler.kernels import KERNELS, compute_dtype
+from tapeout.compiler.kernels import precision as kernel_precision
 
 
 def eval_node(node: Node, inputs: list[np.ndarray | None]) -> list[np.ndarray]:
@@ -26,8 +27,11 @@ def _check_feed(name: str, array: np.ndarray, t: TensorType) -> np.ndarray:
     for i, (have, want) in enumerate(zip(array.shape, t.shape)):
         if isinstance(want, int) and have != want:
             raise DataError(f"input {name!r} has shape {array.shape}, the model expects {t} (axis {i} differs)")
-    if np.issubdtype(array.dtype, np.floating) and array.dtype != np.dtype(t.dtype):
-        array = array.astype(t.dtype)
+    want = np.dtype(t.dtype)
+    if np.issubdtype(want, np.floating) and compute_dtype() != np.float32:
+        want = compute_dtype()  # float64 mode: float inputs upcast with the weights
+    if np.issubdtype(array.dtype, np.floating) and array.dtype != want:
+        array = array.astype(want)
     return array
 
 
@@ -62,7 +66,7 @@ ValueHook = Callable[[str, np.ndarray], np.ndarray]
 
 
 def run(graph: Graph, feeds: dict[str, np.ndarray], *, keep_intermediates: bool = False,
-        value_hook: ValueHook | None = None) -> dict[str, np.ndarray]:
+        value_hook: ValueHook | None = None, precision: str = "float32") -> dict[str, np.ndarray]:
     """Run ``graph`` on ``feeds``; return its outputs by name.
 
     With ``keep_intermediates`` every computed value (graph inputs and node outputs,
@@ -72,7 +76,17 @@ def run(graph: Graph, feeds: dict[str, np.ndarray], *, keep_intermediates: bool 
     ``value_hook(name, array)`` is called on every graph input and node output as soon
     as it exists; what it returns replaces the value. Calibration uses it to observe
     ranges without keeping every tensor; quantization simulation to round values.
+
+    ``precision="float64"`` computes every float kernel in float64 on the same (float32)
+    weights and inputs, upcast exactly; outputs are then float64. Verification judges float32
+    artifacts against it (``runtime.compare``'s error model). Another name is a ValueError.
     """
+    with kernel_precision(precision):
+        return _run(graph, feeds, keep_intermediates, value_hook)
+
+
+def _run(graph: Graph, feeds: dict[str, np.ndarray], keep_intermediates: bool,
+         value_hook: ValueHook | None) -> dict[str, np.ndarray]:
     env: dict[str, np.ndarray] = dict(_validated_feeds(graph, feeds))
     if value_hook is not None:
         env = {k: value_hook(k, v) for k, v in env.items()}

@@ -4,12 +4,18 @@ Every kernel has the signature ``kernel(node, inputs) -> outputs``: ``inputs`` a
 the node's input arrays in order (``None`` for an absent optional input), the
 result is the list of output arrays. Float results are float32; conv and dense
 accumulate in float32 through BLAS (matmul), which stays within 1e-5 of TF.
+
+Inside ``precision("float64")`` every float kernel computes in float64 instead (weights
+upcast exactly): the near-exact outputs that verification judges float32 artifacts against.
+A context variable rather than a parameter, so no kernel signature carries it.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -35,8 +41,40 @@ def _kernel(*names: str) -> Callable[[Kernel], Kernel]:
     return deco
 
 
+PRECISIONS = ("float32", "float64")
+_DTYPE: ContextVar[np.dtype] = ContextVar("tapeout_kernel_dtype", default=np.dtype(np.float32))
+
+
+@contextmanager
+def precision(name: str) -> Iterator[None]:
+    """Kernels run inside compute floats in ``name`` ("float32", the default, or "float64")."""
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {name!r}; one of {', '.join(PRECISIONS)}")
+    token = _DTYPE.set(np.dtype(name))
+    try:
+        yield
+    finally:
+        _DTYPE.reset(token)
+
+
+def compute_dtype() -> np.dtype:
+    """The float dtype kernels compute in here (see ``precision``)."""
+    return _DTYPE.get()
+
+
 def _f32(x: np.ndarray) -> np.ndarray:
-    return np.asarray(x, dtype=np.float32)
+    """As a float array of the compute dtype (float32 unless inside ``precision``)."""
+    return np.asarray(x, dtype=_DTYPE.get())
+
+
+def _promote(x: np.ndarray) -> np.ndarray:
+    """Float arrays in float64 mode become float64 (a float32 constant with float32 data would
+    otherwise stay float32); in float32 mode, as they are."""
+    x = np.asarray(x)
+    dtype = _DTYPE.get()
+    if dtype != np.float32 and np.issubdtype(x.dtype, np.floating) and x.dtype != dtype:
+        return x.astype(dtype)
+    return x
 
 
 # ---------------------------------------------------------------- activations
@@ -68,7 +106,7 @@ def _activate(op: str, x: np.ndarray, attrs: dict) -> np.ndarray:
         lo, hi = attrs.get("min"), attrs.get("max")
         if lo is None and hi is None:
             return x
-        return np.clip(x, lo, hi).astype(np.float32)
+        return _f32(np.clip(x, lo, hi))
     if op == "leaky_relu":
         return np.where(x >= 0, x, np.float32(attrs.get("alpha", 0.3)) * x)
     if op == "elu":
@@ -78,7 +116,7 @@ def _activate(op: str, x: np.ndarray, attrs: dict) -> np.ndarray:
         return _sigmoid(x)
     if op == "hard_sigmoid":
         alpha, beta = attrs.get("alpha", 1.0 / 6.0), attrs.get("beta", 0.5)
-        return np.clip(np.float32(alpha) * x + np.float32(beta), 0, 1).astype(np.float32)
+        return _f32(np.clip(np.float32(alpha) * x + np.float32(beta), 0, 1))
     if op == "tanh":
         return np.tanh(x)
     if op == "softmax":
@@ -252,13 +290,13 @@ _BINARY = {
 
 @_kernel(*_BINARY)
 def binary(node: Node, inputs: list) -> list:
-    a, b = np.asarray(inputs[0]), np.asarray(inputs[1])
+    a, b = _promote(inputs[0]), _promote(inputs[1])
     return [_BINARY[node.op](a, b)]
 
 
 @_kernel("concat")
 def concat(node: Node, inputs: list) -> list:
-    return [np.concatenate(inputs, axis=int(node.attrs["axis"]))]
+    return [np.concatenate([_promote(x) for x in inputs], axis=int(node.attrs["axis"]))]
 
 
 # -------------------------------------------------------------------- shaping

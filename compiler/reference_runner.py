@@ -6,6 +6,7 @@ import numpy as np
 
 from tapeout.compiler import interpreter
 from tapeout.compiler.ir import Graph
+from tapeout.compiler.kernels import PRECISIONS
 from tapeout.runtime.protocol import IOSpec, Runner
 
 
@@ -28,15 +29,21 @@ class ReferenceRunner(Runner):
     With ``source_layout=True`` inputs are taken and outputs returned in the source
     model's layout recorded in ``graph.io_layouts`` (NCHW for most ONNX models), so the
     results compare directly with the source's runtime; by default tensors are in the
-    IR's channels-last layout.
+    IR's channels-last layout. ``precision="float64"`` runs the kernels in float64 (outputs
+    float64; inputs are still specified and fed as the graph's dtypes).
     """
 
     name = "reference"
 
-    def __init__(self, graph: Graph, *, source_layout: bool = False) -> None:
+    def __init__(self, graph: Graph, *, source_layout: bool = False, precision: str = "float32") -> None:
         super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; one of {', '.join(PRECISIONS)}")
         self.graph = graph
         self.source_layout = source_layout
+        self.precision = precision
+        if precision != "float32":
+            self.name = f"reference ({precision})"
 
     def _transposed(self, value: str) -> bool:
         rank = self.graph.type_of(value).rank
@@ -59,7 +66,7 @@ class ReferenceRunner(Runner):
         if self.source_layout:
             feeds = {k: np.transpose(v, _to_ir(np.ndim(v))) if k in self.graph.inputs and self._transposed(k)
                      else v for k, v in feeds.items()}
-        out = interpreter.run(self.graph, feeds)
+        out = interpreter.run(self.graph, feeds, precision=self.precision)
         if self.source_layout:
             out = {k: np.transpose(v, _to_source(v.ndim)) if self._transposed(k) else v for k, v in out.items()}
         return out

@@ -2,10 +2,15 @@
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from tapeout.runtime.compare import ERROR_MODEL_FLOOR as FLOOR
+from tapeout.runtime.compare import ERROR_MODEL_K as K
+from tapeout.runtime.compare import ERROR_MODEL_SANITY as SANITY
+from tapeout.runtime.compare import ERROR_MODEL_SANITY_K as SANITY_K
 from tapeout.runtime.compare import ComparisonResult, OutputComparison, Tolerance, compare, compare_output
 from tapeout.runtime.errors import RuntimeInputError
 
@@ -206,3 +211,109 @@ def test_top1_agreement_of_a_constant_output_that_ties_on_both_sides_is_one():
     ref = np.array([[0.5, 0.5, 0.0]])  # the reference ties on classes 0 and 1: either one is its top
     assert compare_output("p", ref, np.array([[0.4, 0.6, 0.0]]), Tolerance()).top1_agreement == 1.0
     assert compare_output("p", ref, np.array([[0.1, 0.2, 0.7]]), Tolerance()).top1_agreement == 0.0
+
+
+# ------------------------------------------------------------------ error model
+def _softmax(v: np.ndarray) -> np.ndarray:
+    e = np.exp(v - v.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_error_model_passes_float32_reordering_the_elementwise_rule_fails():
+    rng = np.random.default_rng(0)
+    # Logits ~1e5 with a sharp (near one-hot) softmax: float32 evaluation moves each logit by a
+    # few ulps of 1e5 (~2e-2), and the probabilities by up to ~1e-3.
+    z = 1e5 + rng.normal(0, 10, (16, 10))
+    ulps = 1e5 * 6e-8 * 4
+    exact, source, artifact, ir32 = (_softmax(z + rng.normal(0, s, z.shape)) for s in (0.0, ulps, ulps, ulps))
+    tol = Tolerance(1e-4, 1e-4, scale_atol=True, error_model=True)
+    elementwise = compare_output("p", source, artifact, replace(tol, error_model=False))
+    assert not elementwise.passed and elementwise.max_abs_err > 1e-4  # today's rule: a false failure
+    got = compare_output("p", source, artifact, tol, exact, ir32)
+    assert got.passed and got.rule == "error-model" and got.reason is None
+    em = got.error_model
+    rmse = [np.sqrt(np.mean((v - exact) ** 2)) for v in (source, artifact, ir32)]
+    assert [em["e_src"], em["e_art"], em["e_ir32"]] == pytest.approx(rmse)
+    assert em["scale"] == pytest.approx(np.sqrt(np.mean(exact ** 2)))
+    assert em["k"] == K and em["floor"] == FLOOR
+    assert em["bound"] == pytest.approx(K * max(rmse[0], rmse[2]) + FLOOR * em["scale"])
+    # This output is ill-conditioned: float32 moves it by more than SANITY of its scale, which the
+    # float32 IR shows (the sanity bound follows e_ir32). Without that measure the fixed bound fails it.
+    assert em["e_src"] > SANITY * em["scale"] and em["sanity_bound"] == pytest.approx(SANITY_K * em["e_ir32"])
+    assert "import" in compare_output("p", source, artifact, tol, exact).reason
+
+
+EM = Tolerance(1e-4, 1e-4, scale_atol=True, error_model=True)
+
+
+def _float32_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    exact = rng.normal(0, 3, (32, 10))
+    source = exact.astype(np.float32).astype(np.float64) * (1 + rng.normal(0, 3e-7, exact.shape))
+    artifact = exact.astype(np.float32).astype(np.float64) * (1 + rng.normal(0, 3e-7, exact.shape))
+    return exact, source, artifact
+
+
+@pytest.mark.parametrize("rel", [1e-3, 1e-4])
+def test_error_model_still_fails_a_real_error(rel):
+    rng = np.random.default_rng(2)
+    exact, source, artifact = _float32_pair(rng)
+    assert compare_output("y", source, artifact, EM, exact).passed
+    scale = np.sqrt(np.mean(exact ** 2))
+    # A lowering bug: one output channel off by ``rel`` of the output's scale on every sample.
+    wrong = artifact.copy()
+    wrong[:, 3] += rel * scale * np.sqrt(10)
+    got = compare_output("y", source, wrong, EM, exact)
+    assert not got.passed and got.rule == "error-model" and "exceeds" in got.reason
+
+
+def test_error_model_sanity_guard_fails_a_source_far_from_the_ir():
+    rng = np.random.default_rng(3)
+    exact, source, artifact = _float32_pair(rng)
+    scale = np.sqrt(np.mean(exact ** 2))
+    # The IR (so the artifact) lost a bias the source has: e_src is far beyond float32 rounding, and
+    # K * e_src would wave through an artifact equally far from the source.
+    shifted = source + 3 * SANITY * scale
+    _, _, ir32 = _float32_pair(np.random.default_rng(3))  # float32's own error here: ~3e-7 relative
+    for f32 in (None, ir32):
+        got = compare_output("y", shifted, artifact, EM, exact, f32)
+        assert not got.passed and "import" in got.reason
+        assert got.error_model["e_src"] > got.error_model["sanity_bound"] == pytest.approx(SANITY * scale)
+    assert compare_output("y", source, artifact, EM, exact, ir32).passed
+
+
+def test_error_model_non_finite_fails_and_missing_exact_falls_back_to_elementwise():
+    rng = np.random.default_rng(4)
+    exact, source, artifact = _float32_pair(rng)
+    bad = artifact.copy()
+    bad[0, 0] = np.nan
+    got = compare_output("y", source, bad, EM, exact)
+    assert not got.passed and got.nonfinite_mismatches == 1
+    both = source.copy()
+    both[0, 0] = np.inf
+    same = artifact.copy()
+    same[0, 0] = np.inf  # the same infinity on both sides passes, as elementwise
+    assert compare_output("y", both, same, EM, exact).passed
+    # No exact values for an output (or of another shape): the Tolerance's atol/rtol judge it.
+    for ex in (None, exact[:3]):
+        got = compare_output("y", source, artifact + 1e-3, EM, ex)
+        assert got.rule == "elementwise" and got.error_model is None and not got.passed
+    result = compare({"y": source, "z": source}, {"y": artifact, "z": artifact}, EM, exact={"y": exact})
+    assert [o.rule for o in result.outputs] == ["error-model", "elementwise"]
+
+
+def test_error_model_record_round_trips_rounded(tmp_path):
+    rng = np.random.default_rng(5)
+    exact, source, artifact = _float32_pair(rng)
+    result = compare({"y": source, "q": source}, {"y": artifact, "q": artifact},
+                     {"y": EM, "q": Tolerance(min_cosine=0.99)}, exact={"y": exact, "q": exact})
+    d = result.to_json()
+    y, q = d["outputs"]
+    assert y["rule"] == "error-model" and q["rule"] == "cosine/top-1" and q["error_model"] is None
+    assert set(y["error_model"]) == {"e_src", "e_ir32", "e_art", "scale", "k", "floor", "bound", "sanity",
+                                     "sanity_k", "sanity_bound"}
+    assert all(v == float(f"{v:.9g}") for v in y["error_model"].values() if v is not None)
+    assert y["tolerance"]["error_model"] is True
+    path = tmp_path / "cmp.json"
+    result.save(path)
+    assert ComparisonResult.load(path).to_json() == d
+    assert compare_output("y", source, artifact, Tolerance()).rule == "elementwise"
