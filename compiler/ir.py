@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy as _copy
 from dataclasses import dataclass, field
 from dataclasses import replace as _dc_replace
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -207,15 +207,19 @@ class Graph:
     def is_constant(self, value: str) -> bool:
         return value in self.constants
 
-    def unique_name(self, base: str) -> str:
+    def names(self) -> set[str]:
+        """Every name in use: constants, typed values, node names and outputs, graph inputs."""
         taken = set(self.constants) | set(self.types) | {n.name for n in self.nodes}
         taken |= {o for n in self.nodes for o in n.outputs} | set(self.inputs)
-        if base not in taken:
-            return base
-        i = 1
-        while f"{base}_{i}" in taken:
-            i += 1
-        return f"{base}_{i}"
+        return taken
+
+    def unique_name(self, base: str) -> str:
+        """``base``, or ``base_1``, ``base_2``, ... whichever is free first.
+
+        One scan of the graph per call: code minting many names keeps its own set
+        (``fresh_name`` over ``names()``) or a ``passes.base.Editor``.
+        """
+        return fresh_name(base, self.names().__contains__)
 
     def __iter__(self) -> Iterator[Node]:
         return iter(self.nodes)
@@ -227,7 +231,7 @@ class Graph:
             name=self.name,
             inputs=list(self.inputs),
             outputs=list(self.outputs),
-            nodes=[Node(n.op, n.name, list(n.inputs), list(n.outputs), _copy.deepcopy(n.attrs)) for n in self.nodes],
+            nodes=[Node(n.op, n.name, list(n.inputs), list(n.outputs), _copy_attrs(n.attrs)) for n in self.nodes],
             constants=dict(self.constants),
             types=dict(self.types),
             io_layouts=dict(self.io_layouts),
@@ -249,26 +253,33 @@ class Graph:
         self.outputs = [new if o == old else o for o in self.outputs]
 
     def topo_sort(self) -> None:
+        """Order nodes so producers come first (depth-first, inputs in order; stable for sorted graphs)."""
         produced = {out: n for n in self.nodes for out in n.outputs}
         order: list[Node] = []
-        state: dict[str, int] = {}
-
-        def visit(n: Node) -> None:
-            s = state.get(n.name)
-            if s == 2:
-                return
-            if s == 1:
-                raise IRError(f"cycle through node {n.name!r}")
-            state[n.name] = 1
-            for i in n.inputs:
-                p = produced.get(i)
-                if p is not None:
-                    visit(p)
-            state[n.name] = 2
-            order.append(n)
-
-        for n in self.nodes:
-            visit(n)
+        state: dict[str, int] = {}  # 1: on the current path, 2: placed
+        # An explicit stack, not recursion: a chain of many thousand nodes is as deep.
+        for root in self.nodes:
+            if state.get(root.name) == 2:
+                continue
+            state[root.name] = 1
+            stack: list[tuple[Node, Iterator[str]]] = [(root, iter(root.inputs))]
+            while stack:
+                n, pending = stack[-1]
+                for i in pending:
+                    p = produced.get(i)
+                    if p is None:
+                        continue
+                    s = state.get(p.name)
+                    if s == 1:
+                        raise IRError(f"cycle through node {p.name!r}")
+                    if s is None:
+                        state[p.name] = 1
+                        stack.append((p, iter(p.inputs)))
+                        break
+                else:
+                    stack.pop()
+                    state[n.name] = 2
+                    order.append(n)
         self.nodes = order
 
     def remove_unused_constants(self) -> None:
@@ -350,6 +361,31 @@ class Graph:
         if self.quant is not None:
             lines.extend(_dump_quant(self))
         return "\n".join(lines)
+
+
+# Attribute values deepcopy would return as they are: copying skips it for them (a copy per
+# node per pass is most of Graph.copy's time on long graphs).
+_IMMUTABLE = (int, float, str, bool, type(None), Activation)
+
+
+def _copy_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in attrs.items():
+        if type(v) in _IMMUTABLE or (type(v) is tuple and all(type(x) in _IMMUTABLE for x in v)):
+            out[k] = v
+        else:
+            out[k] = _copy.deepcopy(v)
+    return out
+
+
+def fresh_name(base: str, taken: Callable[[str], bool]) -> str:
+    """``base`` when ``taken(base)`` is false, else the first free ``base_1``, ``base_2``, ..."""
+    if not taken(base):
+        return base
+    i = 1
+    while taken(f"{base}_{i}"):
+        i += 1
+    return f"{base}_{i}"
 
 
 def _fmt_input(g: Graph, name: str) -> str:

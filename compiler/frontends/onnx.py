@@ -156,9 +156,9 @@ def _name_output(ctx: Context, ir_name: str, want: str) -> str:
     if ir_name == want:
         return want
     if want in ctx.producer:  # the name holds an earlier form of the value (before a transpose)
-        ctx.rename(want, graph.unique_name(f"{want}/inner"))
+        ctx.rename(want, ctx.unique_name(f"{want}/inner"))
     elif want in graph.constants:  # an importer-made constant took the name first
-        moved = graph.add_constant(f"{want}/const", graph.constants.pop(want))
+        moved = ctx.add_constant(f"{want}/const", graph.constants.pop(want))
         graph.replace_uses(want, moved)
     if ir_name in graph.inputs or ir_name in graph.outputs or ir_name not in ctx.producer:
         return ctx.emit("identity", [ir_name], want)

@@ -17,7 +17,7 @@ import numpy as np
 from tapeout.compiler.errors import FrontendError
 from tapeout.compiler.frontends.onnx_layout import (
     Flat, Layout, Perm, channels_last, identity, moves_data, to_ir_shape, to_onnx_shape, transpose_between)
-from tapeout.compiler.ir import Graph, IRError, Node
+from tapeout.compiler.ir import Graph, IRError, Node, fresh_name
 from tapeout.compiler.ops import infer_node
 
 
@@ -89,6 +89,10 @@ class Context:
         self._ordered: dict[str, Value] = {}  # flattened IR value -> its ONNX-order copy
         self.readers: dict[str, int] = {}  # IR value -> IR nodes reading it so far
         self.aliases: dict[str, list[str]] = {}  # IR value -> the ONNX values bound to it
+        # Node names and outputs so far, so a fresh name costs O(1), not a scan of the graph
+        # (nodes are added only by emit; outputs change only by rename).
+        self._node_names: set[str] = {n.name for n in graph.nodes}
+        self._outputs: set[str] = {o for n in graph.nodes for o in n.outputs}
 
     # ------------------------------------------------------------- errors
     def fail(self, why: str) -> FrontendError:
@@ -118,6 +122,9 @@ class Context:
         from tapeout.compiler.passes.base import rename_value
 
         rename_value(self.graph, old, new)
+        if old in self._outputs:
+            self._outputs.discard(old)
+            self._outputs.add(new)
 
         def fix(b: Any) -> Any:
             return Value(new, b.layout) if isinstance(b, Value) and b.ir == old else b
@@ -180,22 +187,39 @@ class Context:
         return axis % rank
 
     # ----------------------------------------------------------- emitting
+    def _taken(self, name: str) -> bool:
+        g = self.graph  # the names Graph.unique_name counts
+        return (name in g.constants or name in g.types or name in self._node_names or name in self._outputs
+                or name in g.inputs)
+
+    def unique_name(self, base: str) -> str:
+        """``Graph.unique_name`` without its scan of the graph."""
+        return fresh_name(base, self._taken)
+
     def emit(self, op: str, inputs: Sequence[str], name: str, **attrs: Any) -> str:
         g = self.graph
-        name = g.unique_name(name)
+        name = self.unique_name(name)
         node = Node(op, name, list(inputs), [name], attrs)
         try:
             g.types[name] = infer_node(node, [g.type_of(i) for i in inputs], g)[0]
         except IRError as e:
             raise self.fail(f"cannot be expressed in the IR: {e}") from None
         g.nodes.append(node)
+        self._node_names.add(name)
+        self._outputs.add(name)
         self.producer[name] = node
         for i in inputs:
             self.readers[i] = self.readers.get(i, 0) + 1
         return name
 
     def add_const(self, base: str, array: np.ndarray) -> str:
-        return self.graph.add_constant(base, np.asarray(array, dtype=np.float32))
+        return self.add_constant(base, np.asarray(array, dtype=np.float32))
+
+    def add_constant(self, base: str, array: np.ndarray) -> str:
+        """``Graph.add_constant`` without its scan of the graph."""
+        name = self.unique_name(base)
+        self.graph.constants[name] = np.ascontiguousarray(array)
+        return name
 
     # ------------------------------------------------------------ layouts
     def with_perm(self, v: Value, perm: Perm) -> Value:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from tapeout.compiler.ir import Graph, Node
-from tapeout.compiler.passes.base import CompositePass, RewritePass, bypass, sole_consumer
+from tapeout.compiler.passes.base import CompositePass, Editor, RewritePass
 
 NO_OPS = ("identity", "dropout")  # dropout is the identity at inference
 
@@ -17,9 +17,13 @@ class RemoveIdentity(RewritePass):
 
     def rewrite(self, graph: Graph) -> list[str]:
         details = []
-        for n in [n for n in graph.nodes if n.op in NO_OPS]:
-            if bypass(graph, n):
-                details.append(f"removed {n.op} {n.name!r}")
+        candidates = [n for n in graph.nodes if n.op in NO_OPS]
+        if not candidates:
+            return details
+        with Editor(graph) as ed:
+            for n in candidates:
+                if ed.bypass(n):
+                    details.append(f"removed {n.op} {n.name!r}")
         return details
 
 
@@ -36,18 +40,22 @@ class FoldConstants(RewritePass):
         from tapeout.compiler.interpreter import eval_node
 
         details = []
-        for n in list(graph.nodes):
+        outputs = set(graph.outputs)
+        folded: set[int] = set()
+        for n in graph.nodes:
             ins = [i for i in n.inputs if i]
             if not ins or not all(i in graph.constants for i in ins):
                 continue
-            if any(o in graph.outputs for o in n.outputs):
+            if any(o in outputs for o in n.outputs):
                 continue
             values = eval_node(n, [graph.constants[i] if i else None for i in n.inputs])
-            graph.nodes.remove(n)
+            folded.add(id(n))
             for o, v in zip(n.outputs, values):
                 graph.constants[o] = np.ascontiguousarray(v)
                 graph.types.pop(o, None)
             details.append(f"folded {n.op} {n.name!r} into a constant")
+        if folded:
+            graph.nodes = [n for n in graph.nodes if id(n) not in folded]
         return details
 
 
@@ -87,19 +95,23 @@ class MergePad(RewritePass):
 
     def rewrite(self, graph: Graph) -> list[str]:
         details = []
-        for p in [n for n in graph.nodes if n.op == "pad"]:
-            user = sole_consumer(graph, p.outputs[0])
-            if user is None or user.inputs[0] != p.outputs[0] or not self._legal(p, user):
-                continue
-            pads = [tuple(x) for x in p.attrs["pads"]]
-            spatial = pads[1:-1]
-            own = [tuple(x) for x in (user.attrs.get("pads") or [(0, 0)] * len(spatial))]
-            user.attrs["pads"] = tuple((a + c, b + d) for (a, b), (c, d) in zip(spatial, own))
-            if user.op == "avg_pool":
-                user.attrs["count_include_pad"] = True
-            user.inputs[0] = p.inputs[0]
-            graph.nodes.remove(p)
-            details.append(f"merged pad {p.name!r} into {user.op} {user.name!r}")
+        pads = [n for n in graph.nodes if n.op == "pad"]
+        if not pads:
+            return details
+        with Editor(graph) as ed:
+            for p in pads:
+                user = ed.sole_consumer(p.outputs[0])
+                if user is None or user.inputs[0] != p.outputs[0] or not self._legal(p, user):
+                    continue
+                pads = [tuple(x) for x in p.attrs["pads"]]
+                spatial = pads[1:-1]
+                own = [tuple(x) for x in (user.attrs.get("pads") or [(0, 0)] * len(spatial))]
+                user.attrs["pads"] = tuple((a + c, b + d) for (a, b), (c, d) in zip(spatial, own))
+                if user.op == "avg_pool":
+                    user.attrs["count_include_pad"] = True
+                ed.set_input(user, 0, p.inputs[0])
+                ed.remove(p)
+                details.append(f"merged pad {p.name!r} into {user.op} {user.name!r}")
         return details
 
     @staticmethod

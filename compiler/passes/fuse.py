@@ -6,7 +6,7 @@ import numpy as np
 
 from tapeout.compiler.ir import Activation, Graph, Node
 from tapeout.compiler.ops import get_schema
-from tapeout.compiler.passes.base import CompositePass, RewritePass, absorb_into_producer, bypass, sole_consumer
+from tapeout.compiler.passes.base import CompositePass, Editor, RewritePass
 
 LINEAR_OPS = ("conv", "dense")
 
@@ -30,11 +30,11 @@ def _weights(graph: Graph, node: Node) -> tuple[np.ndarray, np.ndarray | None] |
     return w, b
 
 
-def _set_params(graph: Graph, node: Node, w: np.ndarray, b: np.ndarray, dtype: np.dtype) -> None:
+def _set_params(ed: Editor, node: Node, w: np.ndarray, b: np.ndarray, dtype: np.dtype) -> None:
     # New constants (never written into the shared arrays of the input graph).
-    node.inputs[1] = graph.add_constant(f"{node.name}_w", w.astype(dtype))
-    bias = graph.add_constant(f"{node.name}_b", b.astype(dtype))
-    node.inputs[2:] = [bias]
+    weights = ed.add_constant(f"{node.name}_w", w.astype(dtype))
+    bias = ed.add_constant(f"{node.name}_b", b.astype(dtype))
+    ed.set_inputs(node, [node.inputs[0], weights, bias])
 
 
 def _is_linear(node: Node) -> bool:
@@ -57,16 +57,21 @@ class FuseBatchNorm(RewritePass):
 
     def rewrite(self, graph: Graph) -> list[str]:
         details = []
-        for bn in [n for n in graph.nodes if n.op == "batch_norm"]:
-            msg = self._into_producer(graph, bn) or self._into_consumer(graph, bn)
-            if msg:
-                details.append(msg)
+        bns = [n for n in graph.nodes if n.op == "batch_norm"]
+        if not bns:
+            return details
+        with Editor(graph) as ed:
+            for bn in bns:
+                msg = self._into_producer(ed, bn) or self._into_consumer(ed, bn)
+                if msg:
+                    details.append(msg)
         return details
 
     @staticmethod
-    def _into_producer(graph: Graph, bn: Node) -> str | None:
-        prod = graph.producers().get(bn.inputs[0])
-        if prod is None or not _is_linear(prod) or sole_consumer(graph, prod.outputs[0]) is not bn:
+    def _into_producer(ed: Editor, bn: Node) -> str | None:
+        graph = ed.graph
+        prod = ed.producer.get(bn.inputs[0])
+        if prod is None or not _is_linear(prod) or ed.sole_consumer(prod.outputs[0]) is not bn:
             return None
         st, wb = _bn_affine(graph, bn), _weights(graph, prod)
         if st is None or wb is None:
@@ -74,13 +79,14 @@ class FuseBatchNorm(RewritePass):
         (s, t), (w, b) = st, wb
         b64 = np.zeros(w.shape[-1]) if b is None else b.astype(np.float64)
         # The output channel is the last weight axis for both conv [*K, Cg, F] and dense [K, M].
-        _set_params(graph, prod, w.astype(np.float64) * s, b64 * s + t, w.dtype)
-        absorb_into_producer(graph, prod, bn)
+        _set_params(ed, prod, w.astype(np.float64) * s, b64 * s + t, w.dtype)
+        ed.absorb_into_producer(prod, bn)
         return f"folded batch_norm {bn.name!r} into {prod.op} {prod.name!r}"
 
     @staticmethod
-    def _into_consumer(graph: Graph, bn: Node) -> str | None:
-        user = sole_consumer(graph, bn.outputs[0])
+    def _into_consumer(ed: Editor, bn: Node) -> str | None:
+        graph = ed.graph
+        user = ed.sole_consumer(bn.outputs[0])
         if user is None or user.op not in LINEAR_OPS or user.inputs[0] != bn.outputs[0]:
             return None
         if user.op == "conv" and any(a or b for a, b in (user.attrs.get("pads") or ())):
@@ -103,9 +109,9 @@ class FuseBatchNorm(RewritePass):
             t_cf = t.reshape(groups, cg)[group_of].T
             new_w = w64 * s_cf
             new_b = b64 + (w64 * t_cf).reshape(-1, f).sum(axis=0)
-        _set_params(graph, user, new_w, new_b, w.dtype)
-        user.inputs[0] = bn.inputs[0]
-        graph.nodes.remove(bn)
+        _set_params(ed, user, new_w, new_b, w.dtype)
+        ed.set_input(user, 0, bn.inputs[0])
+        ed.remove(bn)
         return f"folded batch_norm {bn.name!r} into the following {user.op} {user.name!r}"
 
 
@@ -122,19 +128,23 @@ class FuseActivation(RewritePass):
 
     def rewrite(self, graph: Graph) -> list[str]:
         details = []
-        for act in [n for n in graph.nodes if n.op in self.FUSABLE]:
-            prod = graph.producers().get(act.inputs[0])
-            if prod is None or not _is_linear(prod) or sole_consumer(graph, prod.outputs[0]) is not act:
-                continue
-            attrs = {**get_schema(act.op).defaults, **act.attrs}
-            if act.op == "softmax":
-                rank = graph.type_of(act.inputs[0]).rank
-                if prod.op != "dense" or attrs["axis"] % rank != rank - 1:
+        acts = [n for n in graph.nodes if n.op in self.FUSABLE]
+        if not acts:
+            return details
+        with Editor(graph) as ed:
+            for act in acts:
+                prod = ed.producer.get(act.inputs[0])
+                if prod is None or not _is_linear(prod) or ed.sole_consumer(prod.outputs[0]) is not act:
                     continue
-                attrs["axis"] = -1
-            prod.attrs["activation"] = Activation.of(act.op, **attrs)
-            absorb_into_producer(graph, prod, act)
-            details.append(f"fused {act.op} {act.name!r} into {prod.op} {prod.name!r}")
+                attrs = {**get_schema(act.op).defaults, **act.attrs}
+                if act.op == "softmax":
+                    rank = graph.type_of(act.inputs[0]).rank
+                    if prod.op != "dense" or attrs["axis"] % rank != rank - 1:
+                        continue
+                    attrs["axis"] = -1
+                prod.attrs["activation"] = Activation.of(act.op, **attrs)
+                ed.absorb_into_producer(prod, act)
+                details.append(f"fused {act.op} {act.name!r} into {prod.op} {prod.name!r}")
         return details
 
 
@@ -150,22 +160,26 @@ class FuseReshapeTranspose(RewritePass):
 
     def rewrite(self, graph: Graph) -> list[str]:
         details = []
-        for n in list(graph.nodes):
-            if n not in graph.nodes or n.op not in (*self.SHAPE_OPS, "transpose"):
-                continue
-            prev = graph.producers().get(n.inputs[0])
-            same_kind = prev is not None and (prev.op == n.op == "transpose"
-                                              or (prev.op in self.SHAPE_OPS and n.op in self.SHAPE_OPS))
-            if same_kind and sole_consumer(graph, prev.outputs[0]) is n:
-                if n.op == "transpose":
-                    p1, p2 = prev.attrs["perm"], n.attrs["perm"]
-                    n.attrs["perm"] = tuple(int(p1[i]) for i in p2)
-                n.inputs[0] = prev.inputs[0]
-                graph.nodes.remove(prev)
-                details.append(f"merged {prev.op} {prev.name!r} into {n.op} {n.name!r}")
-            if n.op == "transpose" and tuple(n.attrs["perm"]) == tuple(range(len(n.attrs["perm"]))):
-                if bypass(graph, n):
-                    details.append(f"removed identity transpose {n.name!r}")
+        shape_ops = [n for n in graph.nodes if n.op in (*self.SHAPE_OPS, "transpose")]
+        if not shape_ops:
+            return details
+        with Editor(graph) as ed:
+            for n in shape_ops:
+                if not ed.alive(n):
+                    continue
+                prev = ed.producer.get(n.inputs[0])
+                same_kind = prev is not None and (prev.op == n.op == "transpose"
+                                                  or (prev.op in self.SHAPE_OPS and n.op in self.SHAPE_OPS))
+                if same_kind and ed.sole_consumer(prev.outputs[0]) is n:
+                    if n.op == "transpose":
+                        p1, p2 = prev.attrs["perm"], n.attrs["perm"]
+                        n.attrs["perm"] = tuple(int(p1[i]) for i in p2)
+                    ed.set_input(n, 0, prev.inputs[0])
+                    ed.remove(prev)
+                    details.append(f"merged {prev.op} {prev.name!r} into {n.op} {n.name!r}")
+                if n.op == "transpose" and tuple(n.attrs["perm"]) == tuple(range(len(n.attrs["perm"]))):
+                    if ed.bypass(n):
+                        details.append(f"removed identity transpose {n.name!r}")
         return details
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from tapeout.compiler.errors import UsageError
 from tapeout.compiler.ir import Graph, Node
 from tapeout.compiler.ops import ACTIVATION_OPS, node_macs
-from tapeout.compiler.passes.base import Pass, PassResult, RewritePass
+from tapeout.compiler.passes.base import Editor, Pass, PassResult, RewritePass
 
 WEIGHTED_OPS = ("conv", "dense")
 SALIENCIES = ("l1", "l2", "bn")
@@ -104,9 +104,9 @@ def _not_quantized(graph: Graph) -> str | None:
     return "the graph is already quantized; prune before quantizing" if graph.quant is not None else None
 
 
-def _set_weights(graph: Graph, node: Node, w: np.ndarray) -> None:
+def _set_weights(ed: Editor, node: Node, w: np.ndarray) -> None:
     # A new constant: the input graph shares the old array (passes never write into one).
-    node.inputs[1] = graph.add_constant(f"{node.name}_w", w)
+    ed.set_input(node, 1, ed.add_constant(f"{node.name}_w", w))
 
 
 def _sparsity_line(node: Node, w: np.ndarray) -> str:
@@ -151,12 +151,13 @@ class PruneMagnitude(Pass):
             bounds = np.cumsum([0] + [w.size for w in weights])
             masks = [cut[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
         details = []
-        for n, w, m in zip(layers, weights, masks):
-            pruned = np.where(m.reshape(w.shape), np.zeros((), w.dtype), w)
-            if np.array_equal(pruned, w):
-                continue
-            _set_weights(g, n, pruned)
-            details.append(f"pruned {_sparsity_line(n, pruned)}")
+        with Editor(g) as ed:
+            for n, w, m in zip(layers, weights, masks):
+                pruned = np.where(m.reshape(w.shape), np.zeros((), w.dtype), w)
+                if np.array_equal(pruned, w):
+                    continue
+                _set_weights(ed, n, pruned)
+                details.append(f"pruned {_sparsity_line(n, pruned)}")
         if details:
             g.remove_unused_constants()
             details += notes
@@ -207,17 +208,19 @@ class PruneNM(Pass):
         g = graph.copy()
         layers, notes = _eligible(g, self.exclude, self.keep_ends)
         details = []
-        for node in layers:
-            w = g.constants[node.inputs[1]]
-            layout = nm_reduction_layout(node, w)
-            if layout is None or layout[1] % self.m:
-                why = "depthwise" if layout is None else f"reduction axis of {layout[1]} is not a multiple of {self.m}"
-                notes.append(f"left {node.op} {node.name!r} unpruned ({why})")
-                continue
-            pruned = _nm_prune(w, layout[0], self.n, self.m)
-            if not np.array_equal(pruned, w):
-                _set_weights(g, node, pruned)
-                details.append(f"pruned {self.n}:{self.m} {_sparsity_line(node, pruned)}")
+        with Editor(g) as ed:
+            for node in layers:
+                w = g.constants[node.inputs[1]]
+                layout = nm_reduction_layout(node, w)
+                if layout is None or layout[1] % self.m:
+                    why = ("depthwise" if layout is None
+                           else f"reduction axis of {layout[1]} is not a multiple of {self.m}")
+                    notes.append(f"left {node.op} {node.name!r} unpruned ({why})")
+                    continue
+                pruned = _nm_prune(w, layout[0], self.n, self.m)
+                if not np.array_equal(pruned, w):
+                    _set_weights(ed, node, pruned)
+                    details.append(f"pruned {self.n}:{self.m} {_sparsity_line(node, pruned)}")
         if details:
             g.remove_unused_constants()
             g.metadata["sparsity_pattern"] = f"{self.n}:{self.m}"
@@ -467,8 +470,9 @@ def plan_channels(graph: Graph, ratio: float, saliency: str = "l1", exclude: Seq
     for n in graph.nodes:
         if n.op == "batch_norm" and n.inputs[0] in space and all(i in graph.constants for i in n.inputs[1:]):
             bns.setdefault(sp.find(space[n.inputs[0]]), []).append(n)
+    by_name = {n.name: n for n in graph.nodes}
     for root, names in by_root.items():
-        layers = [graph.node(nm) for nm in names]
+        layers = [by_name[nm] for nm in names]
         excluded = [nm for nm in names if _matches(nm, exclude)]
         if sp.frozen[root] or excluded:
             plan.left_alone.append(tuple(names))
@@ -488,12 +492,18 @@ def plan_channels(graph: Graph, ratio: float, saliency: str = "l1", exclude: Seq
     return plan
 
 
-def _take(graph: Graph, value: str, keep: np.ndarray, axis: int, base: str) -> str:
-    return graph.add_constant(base, np.take(graph.constants[value], keep, axis=axis))
+def _take(ed: Editor, value: str, keep: np.ndarray, axis: int, base: str) -> str:
+    return ed.add_constant(base, np.take(ed.graph.constants[value], keep, axis=axis))
 
 
 def apply_channel_plan(graph: Graph, plan: ChannelPlan) -> None:
     """Shrink ``graph`` in place: every node keeps only the channels the plan keeps."""
+    with Editor(graph) as ed:
+        _apply_channel_plan(ed, plan)
+
+
+def _apply_channel_plan(ed: Editor, plan: ChannelPlan) -> None:
+    graph = ed.graph
     old_types = {n.outputs[0]: graph.type_of(n.outputs[0]) for n in graph.nodes}
     for n in graph.nodes:
         out = n.outputs[0]
@@ -503,27 +513,27 @@ def apply_channel_plan(graph: Graph, plan: ChannelPlan) -> None:
             w = graph.constants[n.inputs[1]]
             if n.op == "conv" and int(n.attr("groups")) > 1:  # depthwise: one filter per channel
                 if k_out is not None:
-                    n.inputs[1] = _take(graph, n.inputs[1], k_out, -1, f"{n.name}_w")
+                    ed.set_input(n, 1, _take(ed, n.inputs[1], k_out, -1, f"{n.name}_w"))
                     n.attrs["groups"] = int(len(k_out))
             else:
                 if k_in is not None:
-                    n.inputs[1] = _take(graph, n.inputs[1], k_in, 0 if n.op == "dense" else w.ndim - 2,
-                                        f"{n.name}_w")
+                    ed.set_input(n, 1, _take(ed, n.inputs[1], k_in, 0 if n.op == "dense" else w.ndim - 2,
+                                             f"{n.name}_w"))
                 if k_out is not None:
-                    n.inputs[1] = _take(graph, n.inputs[1], k_out, -1, f"{n.name}_w")
+                    ed.set_input(n, 1, _take(ed, n.inputs[1], k_out, -1, f"{n.name}_w"))
             if k_out is not None and len(n.inputs) > 2 and n.inputs[2]:
-                n.inputs[2] = _take(graph, n.inputs[2], k_out, 0, f"{n.name}_b")
+                ed.set_input(n, 2, _take(ed, n.inputs[2], k_out, 0, f"{n.name}_b"))
         elif n.op == "reshape" and k_out is not None and int(n.attrs["shape"][-1]) != -1:
             # The target shape names the channel count (an SE gate's [1, 1, C]).
             n.attrs["shape"] = (*n.attrs["shape"][:-1], int(len(k_out)))
         elif n.op == "batch_norm" and k_out is not None:
-            n.inputs[1:] = [_take(graph, p, k_out, 0, f"{n.name}_p") for p in n.inputs[1:]]
+            ed.set_inputs(n, [n.inputs[0], *(_take(ed, p, k_out, 0, f"{n.name}_p") for p in n.inputs[1:])])
         elif (n.op in _BINARY or n.op == "affine") and k_out is not None:
             full = int(old_types[out].shape[-1])
             for i, v in enumerate(n.inputs):
                 c = graph.constants.get(v)
                 if c is not None and c.ndim and c.shape[-1] == full and full > 1:
-                    n.inputs[i] = _take(graph, v, k_out, -1, f"{n.name}_c")
+                    ed.set_input(n, i, _take(ed, v, k_out, -1, f"{n.name}_c"))
 
 
 class PruneChannels(RewritePass):

@@ -22,7 +22,7 @@ import numpy as np
 
 from tapeout.compiler import interpreter
 from tapeout.compiler.ir import Graph, Node, Quantization, TensorQuant
-from tapeout.compiler.passes.base import Pass, PassResult, RewritePass
+from tapeout.compiler.passes.base import Editor, Pass, PassResult, RewritePass
 
 SCHEMES = ("int8", "int16x8", "fp16")
 CALIBRATED_SCHEMES = ("int8", "int16x8")  # they quantize activations, so they need calibrated ranges
@@ -167,16 +167,20 @@ class SplitActivations(RewritePass):
 
     def rewrite(self, graph: Graph) -> list[str]:
         details = []
-        for n in _split_candidates(graph):
-            act = n.attr("activation")
-            out = n.outputs[0]
-            pre = graph.unique_name(f"{out}/linear")
-            act_node = Node(act.op, graph.unique_name(f"{n.name}/{act.op}"), [pre], [out], act.attr_dict())
-            n.outputs[0] = pre
-            del n.attrs["activation"]
-            graph.types[pre] = graph.types[out]
-            graph.nodes.insert(graph.nodes.index(n) + 1, act_node)
-            details.append(f"split {act.op} out of {n.op} {n.name!r}")
+        candidates = _split_candidates(graph)
+        if not candidates:
+            return details
+        with Editor(graph) as ed:
+            for n in candidates:
+                act = n.attr("activation")
+                out = n.outputs[0]
+                pre = ed.unique_name(f"{out}/linear")
+                act_node = Node(act.op, ed.unique_name(f"{n.name}/{act.op}"), [pre], [out], act.attr_dict())
+                ed.set_output(n, 0, pre)
+                del n.attrs["activation"]
+                graph.types[pre] = graph.types[out]
+                ed.insert_after(n, act_node)
+                details.append(f"split {act.op} out of {n.op} {n.name!r}")
         return details
 
 
