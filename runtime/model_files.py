@@ -186,6 +186,113 @@ def layer_entries(cfg: dict, where: str = "") -> list[tuple[str, dict]]:
     return out
 
 
+def _index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _ref(label: str, where: str, item: Any) -> tuple[str, int]:
+    """(layer name, node index) of one [name, node_index, tensor_index, ...] reference."""
+    if not (isinstance(item, list) and len(item) >= 3 and isinstance(item[0], str) and _index(item[1])
+            and _index(item[2])):
+        raise ModelFileError(f"{label}: malformed model config: {where} is not a [layer name, node index >= 0, "
+                             f"tensor index >= 0] reference (got {json.dumps(item)[:80]})")
+    return item[0], item[1]
+
+
+def _node_refs(label: str, where: str, node: Any) -> list[tuple[str, int]]:
+    """The (layer, node index) pairs one inbound node reads: tf_keras lists or Keras 3 tensors."""
+    if isinstance(node, list):  # tf_keras / Keras 2: [[name, node_index, tensor_index, kwargs], ...]
+        return [_ref(label, f"{where}[{j}]", item) for j, item in enumerate(node)]
+    if not isinstance(node, dict):
+        raise _malformed(label, where, node, "an object or a list")
+    refs, stack = [], [(node, where)]  # Keras 3: __keras_tensor__ objects anywhere in args and kwargs
+    while stack:
+        value, here = stack.pop()
+        if isinstance(value, list):
+            stack.extend((v, f"{here}[{i}]") for i, v in enumerate(value))
+        elif isinstance(value, dict):
+            if value.get("class_name") == "__keras_tensor__":
+                body = value.get("config")
+                history = body.get("keras_history") if isinstance(body, dict) else None
+                refs.append(_ref(label, f"{here}.config.keras_history", history))
+            else:
+                stack.extend((v, f"{here}.{k}") for k, v in value.items())
+    return refs
+
+
+def check_graph(label: str, cfg: dict, where: str = "") -> None:
+    """Every inbound node of a functional config refers to a node that will exist, without cycles.
+
+    tf_keras and Keras 3 rebuild a functional model by retrying the nodes they cannot build yet
+    until none is left: a reference to a node that never exists (a cycle, or node 5 of a layer
+    called once) makes that loop spin forever.
+    """
+    body = cfg.get("config")
+    if isinstance(body, list):
+        return
+    entries = body.get("layers", [])
+    lpath = f"{where}config.layers"
+    if cfg.get("class_name") != "Sequential":
+        counts: dict[str, int] = {}
+        for i, entry in enumerate(entries):
+            name = entry.get("name")
+            if not isinstance(name, str):
+                name = entry["config"].get("name") if isinstance(entry.get("config"), dict) else None
+            if not isinstance(name, str):
+                raise _malformed(label, f"{lpath}[{i}].name", name, "a string")
+            if name in counts:
+                raise ModelFileError(f"{label}: malformed model config: {lpath}[{i}] repeats layer name {name!r}")
+            nodes = entry.get("inbound_nodes", [])
+            counts[name] = max(1, len(nodes))  # a layer called k times has nodes 0..k-1; an input has node 0
+        waiting: dict[tuple[str, int], int] = {}  # node -> references not yet built
+        users: dict[tuple[str, int], list[tuple[str, int]]] = {}
+        ready = []
+        for i, entry in enumerate(entries):
+            name = entry.get("name") if isinstance(entry.get("name"), str) else entry["config"]["name"]
+            nodes = entry.get("inbound_nodes", [])
+            if not nodes:
+                ready.append((name, 0))
+            for k, node in enumerate(nodes):
+                here = f"{lpath}[{i}].inbound_nodes[{k}]"
+                deps = _node_refs(label, here, node) + ([(name, k - 1)] if k else [])
+                for src, idx in deps:
+                    if src not in counts:
+                        raise ModelFileError(f"{label}: malformed model config: {here} reads layer {src!r}, "
+                                             "which the model does not have")
+                    if idx >= counts[src]:
+                        raise ModelFileError(f"{label}: malformed model config: {here} reads node {idx} of layer "
+                                             f"{src!r}, which has {counts[src]}")
+                    users.setdefault((src, idx), []).append((name, k))
+                waiting[(name, k)] = len(deps)
+                if not deps:
+                    ready.append((name, k))
+        built = 0
+        while ready:
+            node = ready.pop()
+            built += 1
+            for user in users.get(node, []):
+                waiting[user] -= 1
+                if waiting[user] == 0:
+                    ready.append(user)
+        stuck = sorted(n for n, left in waiting.items() if left > 0)
+        if stuck:
+            raise ModelFileError(f"{label}: malformed model config: layer {stuck[0][0]!r} (in {lpath}) depends on "
+                                 "itself through its inbound nodes (a cycle)")
+        for key in ("input_layers", "output_layers"):
+            refs = body.get(key, [])
+            refs = [refs] if isinstance(refs, list) and refs and isinstance(refs[0], str) else refs
+            if not isinstance(refs, list):
+                raise _malformed(label, f"{where}config.{key}", refs, "a list")
+            for j, item in enumerate(refs):
+                src, idx = _ref(label, f"{where}config.{key}[{j}]", item)
+                if src not in counts or idx >= counts[src]:
+                    raise ModelFileError(f"{label}: malformed model config: {where}config.{key}[{j}] names node "
+                                         f"{idx} of layer {src!r}, which the model does not have")
+    for i, entry in enumerate(entries):
+        if entry.get("class_name") in MODEL_CLASSES:
+            check_graph(label, entry, f"{lpath}[{i}].")
+
+
 def _supported() -> str:
     return ", ".join(KERAS_LAYERS)
 
@@ -409,7 +516,8 @@ def _checked(label: str, cfg: Any, check: ConfigCheck | None) -> tuple[dict, lis
     except LegacyConfigError as e:
         raise ModelFileError(f"{label}: {e}") from None
     check_shape(label, cfg)
-    check_safe(label, cfg)
+    check_safe(label, cfg)  # first: a file that holds code is refused as such, whatever else is wrong
+    check_graph(label, cfg)
     if check is not None:
         check(cfg)
     return cfg, notes

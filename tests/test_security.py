@@ -367,6 +367,21 @@ def test_config_of_the_wrong_type_is_exit_2_naming_the_path(mutation, where, tmp
         assert_refused(code, err, "mutant.keras", where)
 
 
+def test_inbound_node_that_never_exists_is_exit_2_not_a_hang(tmp_path, good):
+    """tf_keras retried the node forever (found by a mutation sweep); a real process, with a timeout."""
+    import h5py
+
+    model = _legacy_h5(tmp_path / "spin.h5")
+    with h5py.File(model, "a") as f:
+        cfg = json.loads(f.attrs["model_config"])
+        cfg["config"]["layers"][1]["inbound_nodes"][0][0][1] = 5  # node 5 of the input layer
+        f.attrs["model_config"] = json.dumps(cfg)
+    for argv in (["inspect", model], ["verify", model, good]):
+        r = subprocess.run([sys.executable, "-m", "tapeout.compiler", *map(str, argv)], capture_output=True,
+                           text=True, timeout=300)
+        assert_refused(r.returncode, r.stderr, "spin.h5", "config.layers[1].inbound_nodes[0]", "node 5")
+
+
 # ------------------------------------------- finding 6: no assets in the system temp
 def test_archive_assets_are_not_extracted_to_the_system_temp(tmp_path, good, monkeypatch):
     model = _rezip(good, tmp_path / "assets.keras", extra={"assets/vocab.txt": b"x" * 4096})

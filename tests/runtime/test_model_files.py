@@ -15,8 +15,8 @@ import pytest
 
 from tapeout.runtime import budgets
 from tapeout.runtime.errors import RuntimeInputError
-from tapeout.runtime.model_files import (KERAS_LAYERS, KERAS_OPERATIONS, ModelFileError, check_hdf5, check_safe,
-                                         check_shape, parse_config)
+from tapeout.runtime.model_files import (KERAS_LAYERS, KERAS_OPERATIONS, ModelFileError, check_graph, check_hdf5,
+                                         check_safe, check_shape, parse_config)
 
 h5py = pytest.importorskip("h5py")
 
@@ -80,6 +80,47 @@ def test_keras1_sequential_layer_list_is_a_valid_shape() -> None:
     check_shape("m.h5", {"class_name": "Sequential", "config": [_layer()]})
     with pytest.raises(ModelFileError, match=r"config\[0\] is a string"):
         check_shape("m.h5", {"class_name": "Sequential", "config": ["Dense"]})
+
+
+# -------------------------------------------------------------------- graph
+def _chain(*inbound) -> dict:
+    """input -> a -> b, tf_keras style; ``inbound`` replaces b's inbound nodes when given."""
+    b = inbound[0] if inbound else [[["a", 0, 0, {}]]]
+    return _model({**_layer("InputLayer"), "name": "x", "inbound_nodes": []},
+                  {**_layer(), "name": "a", "inbound_nodes": [[["x", 0, 0, {}]]]},
+                  {**_layer(), "name": "b", "inbound_nodes": b})
+
+
+def _keras3_ref(name: str, node: int) -> dict:
+    return {"args": [{"class_name": "__keras_tensor__",
+                      "config": {"shape": [None, 3], "dtype": "float32", "keras_history": [name, node, 0]}}],
+            "kwargs": {}}
+
+
+@pytest.mark.parametrize("inbound, words", [
+    ([[["a", 5, 0, {}]]], "reads node 5 of layer 'a', which has 1"),  # tf_keras spun forever on this
+    ([[["a", None, 0, {}]]], "is not a"),
+    ([[["a", -1, 0, {}]]], "is not a"),
+    ([[["nosuch", 0, 0, {}]]], "does not have"),
+    ([[["b", 0, 0, {}]]], "depends on itself"),
+    ([_keras3_ref("a", 3)], "reads node 3 of layer 'a'"),
+    ([_keras3_ref("b", 0)], "depends on itself"),
+    ("nodes", "inbound_nodes is a string"),
+])
+def test_inbound_nodes_that_would_never_build_are_refused(inbound, words) -> None:
+    cfg = _chain(inbound)
+    with pytest.raises(ModelFileError, match=words):
+        check_shape("m.h5", cfg)
+        check_graph("m.h5", cfg)
+
+
+def test_a_cycle_through_two_layers_and_good_graphs() -> None:
+    cfg = _chain()
+    check_graph("m.h5", cfg)
+    check_graph("m.keras", _chain([_keras3_ref("a", 0)]))
+    cfg["config"]["layers"][1]["inbound_nodes"] = [[["b", 0, 0, {}]]]
+    with pytest.raises(ModelFileError, match="depends on itself"):
+        check_graph("m.h5", cfg)
 
 
 # ------------------------------------------------------------------- safety
