@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[all,test,bench]"
 	$(BIN)/python benchmarks/compile_speed.py
 	$(BIN)/python benchmarks/onnx_import.py
+	$(BIN)/python benchmarks/compile_scaling.py
 
 # Re-pin the stack from the current environment.
 freeze:
