@@ -207,6 +207,33 @@ def test_hdf5_external_storage_in_json_weights_is_refused(command, tmp_path, goo
     _no_output(tmp_path)
 
 
+@pytest.mark.parametrize("how", ["external-storage", "external-link"])
+def test_hdf5_leak_inside_a_keras3_archive_is_refused(how, tmp_path, good):
+    """Keras guards its own archives too; tapeout's gate refuses first, naming the member."""
+    import h5py
+
+    secret = _secret(tmp_path / "elsewhere")
+    weights = tmp_path / "model.weights.h5"
+    weights.write_bytes(zipfile.ZipFile(good).read("model.weights.h5"))
+    with h5py.File(weights, "a") as f:
+        names: list[str] = []
+        f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) and o.shape == (8, 4) else None)
+        del f[names[0]]
+        if how == "external-storage":
+            f.create_dataset(names[0], (8, 4), "<f4", external=[(str(secret), 0, len(SECRET))])
+        else:
+            f[names[0]] = h5py.ExternalLink(str(secret), "/kernel")
+    model = tmp_path / "leak.keras"
+    with zipfile.ZipFile(good) as z, zipfile.ZipFile(model, "w") as out:
+        for info in z.infolist():
+            out.writestr(info.filename, weights.read_bytes() if info.filename == "model.weights.h5" else z.read(info))
+    for argv in (["compile", model, "-t", "onnx", "-o", tmp_path / "out", "--no-verify"], ["verify", good, model]):
+        code, out, err = run_cli(*argv)
+        assert_refused(code, err, "leak.keras", "model.weights.h5", how.replace("-", " ").replace("storage", ""))
+        _secret_nowhere(tmp_path, out, err)
+    _no_output(tmp_path)
+
+
 def test_hdf5_external_storage_of_a_system_file_is_refused(tmp_path):
     """The red team's /etc/hostname: an absolute path outside every folder tapeout knows."""
     import h5py
