@@ -30,10 +30,13 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import sys
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from tapeout.runtime.budgets import (MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, MAX_MODEL_BYTES, MAX_TENSOR_RATIO,
                                      MAX_ZIP_RATIO, RATIO_FLOOR)
@@ -161,16 +164,15 @@ def check_shape(label: str, cfg: Any, where: str = "the config") -> None:
             raise _malformed(label, here, entry, "an object (a layer)")
         if not isinstance(entry.get("class_name"), str):
             raise _malformed(label, f"{here}.class_name", entry.get("class_name"), "a string")
-        if entry["class_name"] in MODEL_CLASSES:
-            check_shape(label, entry, here)
-            continue
-        if not isinstance(entry.get("config"), dict):
-            raise _malformed(label, f"{here}.config", entry.get("config"), "an object")
         for key in ("name", "module", "registered_name"):
             if entry.get(key) is not None and not isinstance(entry[key], str):
                 raise _malformed(label, f"{here}.{key}", entry[key], "a string")
         if not isinstance(entry.get("inbound_nodes", []), list):
             raise _malformed(label, f"{here}.inbound_nodes", entry["inbound_nodes"], "a list")
+        if entry["class_name"] in MODEL_CLASSES:
+            check_shape(label, entry, here)
+        elif not isinstance(entry.get("config"), dict):
+            raise _malformed(label, f"{here}.config", entry.get("config"), "an object")
 
 
 def layer_entries(cfg: dict, where: str = "") -> list[tuple[str, dict]]:
@@ -527,13 +529,61 @@ def _framework_error(label: str, what: str, e: BaseException) -> ModelFileError:
     return ModelFileError(f"{label}: {what}: {type(e).__name__}: {one_line(e)}")
 
 
-def _tf_keras_model(label: str, cfg: dict, weights: Path) -> Any:
+def _elements(shape: Any) -> int:
+    try:
+        return math.prod(int(d) for d in shape if d is not None)
+    except (TypeError, ValueError):
+        return 0
+
+
+@contextmanager
+def _bounded_weights(label: str, weights_label: str, limit: int) -> Iterator[list[str]]:
+    """While a framework builds a model, refuse any weight larger than the weights file could fill.
+
+    A weight's size comes from the shapes flowing through the model (a Dense after a Flatten of
+    a [100000, 100000] input), which only the framework computes; both create every weight
+    through ``Layer.add_weight``, so the check sits there, before the initializer allocates.
+    """
+    refused: list[str] = []
+    patched = []
+    for name in ("keras", "tf_keras"):
+        module = sys.modules.get(name)
+        layer = getattr(getattr(module, "layers", None), "Layer", None)
+        if layer is None or "add_weight" not in layer.__dict__:
+            continue
+        original = layer.__dict__["add_weight"]
+
+        def add_weight(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            shape = kwargs.get("shape")
+            if shape is None:
+                shape = next((a for a in args if isinstance(a, (tuple, list))), ())
+            n = _elements(shape)
+            if n > limit:
+                refused.append(f"{label}: layer {getattr(self, 'name', '?')!r} would create a weight of {n:,} "
+                               f"elements, more than {weights_label} declares in all ({limit - RATIO_FLOOR:,}); "
+                               "refused before allocating")
+                raise ModelFileError(refused[-1])
+            return _original(self, *args, **kwargs)
+
+        layer.add_weight = add_weight
+        patched.append((layer, original))
+    try:
+        yield refused
+    finally:
+        for layer, original in patched:
+            layer.add_weight = original
+
+
+def _tf_keras_model(label: str, cfg: dict, weights: Path, summary: Hdf5Summary) -> Any:
     import tf_keras
 
-    try:
-        model = tf_keras.models.model_from_json(json.dumps(cfg))
-    except Exception as e:  # any builder failure on a bad file is the user's input problem
-        raise _framework_error(label, "tf_keras could not build the model", e) from None
+    with _bounded_weights(label, str(weights), summary.elements + RATIO_FLOOR) as refused:
+        try:
+            model = tf_keras.models.model_from_json(json.dumps(cfg))
+        except Exception as e:  # any builder failure on a bad file is the user's input problem
+            if refused:
+                raise ModelFileError(refused[0]) from None
+            raise _framework_error(label, "tf_keras could not build the model", e) from None
     try:
         load_weights(model, weights)
     except Exception as e:  # see above
@@ -541,7 +591,7 @@ def _tf_keras_model(label: str, cfg: dict, weights: Path) -> Any:
     return model
 
 
-def _keras3_model(label: str, cfg: dict, members: dict[str, bytes], safe_mode: bool) -> Any:
+def _keras3_model(label: str, cfg: dict, members: dict[str, bytes], safe_mode: bool, summary: Hdf5Summary) -> Any:
     import keras  # noqa: F401 - the backend is set up before saving_lib
     from keras.src.saving import saving_lib
 
@@ -552,11 +602,14 @@ def _keras3_model(label: str, cfg: dict, members: dict[str, bytes], safe_mode: b
             if name in members:
                 z.writestr(name, members[name])
     buf.seek(0)
-    try:
-        # A file object: Keras reads these three members in memory and extracts nothing.
-        return saving_lib.load_model(buf, compile=False, safe_mode=safe_mode)
-    except Exception as e:  # see _tf_keras_model
-        raise _framework_error(label, "Keras could not load the model", e) from None
+    with _bounded_weights(label, ARCHIVE_WEIGHTS, summary.elements + RATIO_FLOOR) as refused:
+        try:
+            # A file object: Keras reads these three members in memory and extracts nothing.
+            return saving_lib.load_model(buf, compile=False, safe_mode=safe_mode)
+        except Exception as e:  # see _tf_keras_model
+            if refused:
+                raise ModelFileError(refused[0]) from None
+            raise _framework_error(label, "Keras could not load the model", e) from None
 
 
 def load_keras_model(path: str | Path, weights: str | Path | None = None, *, safe_mode: bool = True,
@@ -581,11 +634,12 @@ def load_keras_model(path: str | Path, weights: str | Path | None = None, *, saf
         cfg, notes = _checked(label, raw, check)
         summary = check_hdf5(f"{label} ({ARCHIVE_WEIGHTS})", io.BytesIO(members[ARCHIVE_WEIGHTS]))
         _check_declared(label, ARCHIVE_WEIGHTS, cfg, summary)
-        return LoadedModel(_keras3_model(label, cfg, members, safe_mode), cfg, "keras", notes)
+        return LoadedModel(_keras3_model(label, cfg, members, safe_mode, summary), cfg, "keras", notes)
     if suffix in LEGACY_SUFFIXES:
         cfg, notes = _checked(label, _h5_config(p), check)
-        _check_declared(label, "the file", cfg, check_hdf5(label, p))
-        return LoadedModel(_tf_keras_model(label, cfg, p), cfg, "keras2-h5", notes)
+        summary = check_hdf5(label, p)
+        _check_declared(label, "the file", cfg, summary)
+        return LoadedModel(_tf_keras_model(label, cfg, p, summary), cfg, "keras2-h5", notes)
     if suffix == JSON_SUFFIX:
         if w is None:
             raise ModelFileError(f"{label}: an architecture JSON needs its weights .h5 (--weights)")
@@ -597,6 +651,7 @@ def load_keras_model(path: str | Path, weights: str | Path | None = None, *, saf
         except OSError as e:
             raise ModelFileError(f"{label}: not a readable JSON architecture ({one_line(e)})") from None
         cfg, notes = _checked(label, parse_config(label, raw), check)
-        _check_declared(label, str(w), cfg, check_hdf5(str(w), w))
-        return LoadedModel(_tf_keras_model(label, cfg, w), cfg, "keras2-json", notes)
+        summary = check_hdf5(str(w), w)
+        _check_declared(label, str(w), cfg, summary)
+        return LoadedModel(_tf_keras_model(label, cfg, w, summary), cfg, "keras2-json", notes)
     raise ModelFileError(f"{label}: not a Keras model file (expected .keras, .h5, .hdf5 or .json)")

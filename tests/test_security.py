@@ -329,6 +329,24 @@ def test_config_declaring_more_weights_than_the_file_holds_is_refused(tmp_path):
     assert_refused(code, err, "big.json", "'dense'")
 
 
+def test_weight_sized_by_a_huge_input_is_refused_before_allocating(tmp_path):
+    """Only the framework knows a Dense kernel after a Flatten of [30000, 1000] (1.2e8 elements):
+    refused when the layer asks for it, not after tf_keras has filled 480 MB."""
+    import h5py
+
+    arch, weights = _huge_weights_pair(tmp_path, 4, store=True)
+    cfg = json.loads(arch.read_text())
+    cfg["config"]["layers"][0]["config"]["batch_input_shape"] = [None, 30000, 1000]
+    cfg["config"]["layers"].insert(1, {"class_name": "Flatten", "config": {"name": "flat"}})
+    arch.write_text(json.dumps(cfg))
+    with h5py.File(weights, "a") as f:
+        f.attrs["layer_names"] = [b"flat", b"dense"]
+        f.create_group("flat").attrs["weight_names"] = []
+    for argv in (["inspect", arch, "--weights", weights], ["verify", arch, arch, "--weights", weights]):
+        code, _, err = run_cli(*argv)
+        assert_refused(code, err, "big.json", "'dense'", "120,000,000", "before allocating")
+
+
 def _huge_input_model(path: Path) -> Path:
     import keras
 

@@ -69,6 +69,8 @@ def test_parse_refuses_recursion_depth_and_size(monkeypatch) -> None:
     (_model({**_layer(), "name": 5}), r"config.layers\[0\].name is a number"),
     (_model({"class_name": "Functional", "config": {"layers": [{"class_name": "Dense", "config": "s"}]}}),
      r"config.layers\[0\].config.layers\[0\].config is a string"),
+    (_model({"class_name": "Functional", "config": {"layers": []}, "inbound_nodes": 7}),
+     r"config.layers\[0\].inbound_nodes is a number"),
 ])
 def test_shape_errors_name_the_path(cfg, where) -> None:
     with pytest.raises(ModelFileError, match=where) as info:
