@@ -95,11 +95,11 @@ class MergePad(RewritePass):
 
     def rewrite(self, graph: Graph) -> list[str]:
         details = []
-        pads = [n for n in graph.nodes if n.op == "pad"]
-        if not pads:
+        pad_nodes = [n for n in graph.nodes if n.op == "pad"]
+        if not pad_nodes:
             return details
         with Editor(graph) as ed:
-            for p in pads:
+            for p in pad_nodes:
                 user = ed.sole_consumer(p.outputs[0])
                 if user is None or user.inputs[0] != p.outputs[0] or not self._legal(p, user):
                     continue
