@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from tapeout.compiler.errors import MissingToolError, UsageError
+from tapeout.compiler.errors import FrontendError, MissingToolError, UsageError
 from tapeout.compiler.frontends.loader import SourceInfo, load_model
 from tapeout.compiler.ir import Graph
 from tapeout.compiler.ops import graph_macs, graph_params, node_macs
@@ -640,7 +640,9 @@ def verify_artifact(source: str | Path, artifact: str | Path, *, weights: str | 
 
     A quantized artifact (integer or float16 tensors in a .tflite, Q/DQ or QLinear nodes in an
     .onnx) is judged by cosine and top-1 agreement, as compile judges it, unless ``atol`` or
-    ``rtol`` is given.
+    ``rtol`` is given. A float one is judged by the error model (``runtime.compare``) against the
+    source's IR run in float64, as compile judges it, unless ``atol`` or ``rtol`` is given or the
+    source does not import (then elementwise, with a note).
     """
     quiet_environment()
     tol = Tolerance(atol if atol is not None else DEFAULT_ATOL, rtol if rtol is not None else DEFAULT_RTOL,
@@ -650,8 +652,20 @@ def verify_artifact(source: str | Path, artifact: str | Path, *, weights: str | 
             ref.input_specs(), num_samples=SYNTHETIC_SAMPLES, seed=0)
         scheme = quantized_artifact(artifact) if atol is None and rtol is None else None
         if scheme is None:
-            result = verify(ref, cand, dataset, tol)
-            result.notes[:0] = getattr(ref, "notes", [])
+            exact: dict[str, np.ndarray] = {}
+            ir32: dict[str, np.ndarray] = {}
+            notes = list(getattr(ref, "notes", []))
+            if atol is None and rtol is None:
+                # A float artifact: the error model, against the source's IR in float64, as compile judges it.
+                try:
+                    graph, _ = load_model(source, weights)
+                except FrontendError as e:
+                    notes.append(f"judged elementwise: the source does not import for the error model ({e})")
+                else:
+                    exact, ir32 = _ir_outputs(graph, dataset, "float64"), _ir_outputs(graph, dataset, "float32")
+                    tol = replace(tol, error_model=True)
+            result = verify(ref, cand, dataset, tol, exact=exact, ir_float32=ir32)
+            result.notes[:0] = notes
             return result
         from tapeout.targets.base import QUANTIZED_TOLERANCE
         from tapeout.targets.hls4ml.target import Hls4mlTarget

@@ -257,9 +257,14 @@ def print_comparison(result: Any, out: TextIO) -> None:
             con.print(f"{verdict}  {o.name}: {o.reason or 'not comparable'}", markup=False)
             continue
         extra = f", top-1 agreement {o.top1_agreement:.4f}" if o.top1_agreement is not None else ""
+        if o.error_model is not None:  # judged by the error model: its numbers, not elementwise mismatches
+            em = o.error_model
+            judged = (f"error model: RMSE vs float64 IR artifact {em['e_art']:.3e} <= bound {em['bound']:.3e}"
+                      if o.passed or o.reason is None else o.reason)
+        else:
+            judged = f"{o.mismatches} of {o.elements} elements out of tolerance"
         con.print(f"{verdict}  {o.name}: max abs err {o.max_abs_err:.3e}, mean {_fmt(o.mean_abs_err, '.3e')}, "
-                  f"cosine {_fmt(o.cosine, '.6f')}, {o.mismatches} of {o.elements} elements out of tolerance"
-                  f"{extra}", markup=False)
+                  f"cosine {_fmt(o.cosine, '.6f')}, {judged}{extra}", markup=False)
     for note in result.notes:
         con.print(f"note  {note}", markup=False)
     if result.accuracy:

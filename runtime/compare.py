@@ -11,20 +11,37 @@ onnxruntime and LiteRT), while a lowering bug moves outputs by a large fraction 
 Results round floats to 9 significant digits so saved reports are deterministic.
 
 The error model (``Tolerance.error_model``, tapeout's default for float32 artifacts when no
---atol/--rtol is given) judges an output against exact values (the IR run in float64, passed in
-by the caller, see ``compare``) instead of against the source alone. With e_src = RMSE(source -
-exact), e_art = RMSE(artifact - exact), scale = RMS(exact), both over the elements finite on all
-three sides, an output passes when
+--atol/--rtol is given) judges an output against exact values, the IR run in float64 (passed in by
+the caller, see ``compare``), instead of against the source alone. With RMSE and RMS over the
+elements finite on every side:
 
-    e_art <= ERROR_MODEL_K * e_src + ERROR_MODEL_FLOOR * scale   and   e_src <= ERROR_MODEL_SANITY * scale
+    e_src  = RMSE(source - exact)          float32 error of the source's framework on this network
+    e_ir32 = RMSE(IR in float32 - exact)   float32 error of the reference interpreter (optional)
+    e_art  = RMSE(artifact - exact)
+    scale  = RMS(exact)
 
-The artifact may be as wrong as float32 evaluation of this network is (the source's own error
-measures that, whatever the network's depth and magnitudes: a sharp softmax over large logits
-moves by 1e-3 under mere reordering) times K, plus a floor for networks whose source rounds
-nearly exactly. The second condition stops an artifact passing by riding a large e_src: a source
-that disagrees with the IR far beyond float32 rounding means the import is wrong. Non-finite
-values fail as in the elementwise rule. The constants and the measurements behind them are
-documented at their definitions below and in docs/cli.md.
+an output passes when
+
+    e_art <= K * max(e_src, e_ir32) + FLOOR * scale                      (the artifact)
+    e_src <= max(SANITY * scale, SANITY_K * e_ir32)                      (the import)
+
+The artifact may be K times as wrong as a float32 evaluation of this very network is, whatever its
+depth and magnitudes (a sharp softmax over logits of 1e5 moves by 1e-3 under mere reordering);
+two evaluations measure that, so one that happens to round luckily does not tighten the bound.
+FLOOR covers outputs that float32 computes almost exactly, where a runtime's own approximations
+(exp, reciprocal) still differ by a few ulps. The second line stops an artifact passing by riding
+a large e_src: a source farther from the IR than float32 rounding explains (SANITY of the scale,
+or SANITY_K times the interpreter's own float32 error on ill-conditioned outputs) means the
+import is wrong. Non-finite values fail as in the elementwise rule.
+
+The constants are set from measurements (docs/cli.md, "The error model"): e_art / max(e_src,
+e_ir32) ranged 0.3-3.6 over the bundled samples, five ONNX-zoo / torchvision models and 21
+compiles of sharp-softmax CNNs, the top of that range always TFLite's XNNPACK on deep nets
+(ResNet50 2.9, ShuffleNet 3.6), so K = 5 (torch._dynamo's 2 is for one framework against
+itself); e_src / e_ir32 ranged 0.45-2.1, so SANITY_K = 10; well-conditioned sources sit at 1e-7
+to 5e-5 of the scale, so SANITY = 1e-4; float32 rounds to 6e-8, so FLOOR = 1e-6 (about 8 ulps
+RMS) leaves room for a runtime's approximations and still catches one weight of a small CNN
+changed by 1% (8e-5 of the scale), which the old atol of 1e-4 passed.
 """
 
 from __future__ import annotations
@@ -41,10 +58,10 @@ from tapeout.runtime.errors import RuntimeInputError
 
 ANY_OUTPUT = "*"
 
-# The error model's constants (module docstring); measured in docs/cli.md "Verification".
-ERROR_MODEL_K = 3.0
+# The error model's constants: the module docstring gives the rule and the measurements behind them.
+ERROR_MODEL_K = 5.0
 ERROR_MODEL_FLOOR = 1e-6
-ERROR_MODEL_SANITY = 1e-3
+ERROR_MODEL_SANITY = 1e-4
 ERROR_MODEL_SANITY_K = 10.0
 
 ELEMENTWISE, COSINE_TOP1, ERROR_MODEL = "elementwise", "cosine/top-1", "error-model"

@@ -48,10 +48,13 @@ def _check_names(candidate: Runner, dataset: Dataset, rename: Mapping[str, str])
 
 
 def verify(reference: Runner, candidate: Runner, dataset: Dataset,
-           tolerances: Tolerance | Mapping[str, Tolerance] = Tolerance(), batch_size: int = 32) -> ComparisonResult:
+           tolerances: Tolerance | Mapping[str, Tolerance] = Tolerance(), batch_size: int = 32,
+           exact: Mapping[str, np.ndarray] | None = None,
+           ir_float32: Mapping[str, np.ndarray] | None = None) -> ComparisonResult:
     """Both runners on every sample of ``dataset``; outputs matched by name and compared.
 
-    Runners the caller has not opened are opened here and closed afterwards.
+    Runners the caller has not opened are opened here and closed afterwards. ``exact`` and
+    ``ir_float32`` (by reference output name, on ``dataset``) feed the error model (``compare``).
     """
     # Only what we open here is ours to close.
     opened_here = [r for r in (reference, candidate) if not r.opened]
@@ -71,6 +74,6 @@ def verify(reference: Runner, candidate: Runner, dataset: Dataset,
         for r in opened_here:
             r.close()
     result = compare(ref_out, cand_out, tolerances, labels=dataset.labels, data_kind=dataset.kind,
-                     samples=dataset.num_samples)
+                     samples=dataset.num_samples, exact=exact, ir_float32=ir_float32)
     result.notes[:0] = notes
     return result

@@ -196,3 +196,58 @@ def test_source_far_from_the_ir_fails_the_sanity_guard(plain, tmp_path, monkeypa
     em = out["error_model"]
     assert not out["passed"] and "import is wrong" in out["reason"]
     assert em["e_art"] <= em["floor"] * em["scale"] * 10 and em["e_src"] > em["sanity_bound"]
+
+
+# ------------------------------------------------------------ tapeout verify
+def test_verify_judges_a_float_artifact_by_the_error_model(sharp, tmp_path):
+    assert run_cli("compile", sharp, "-t", "tflite:fp32", "-o", tmp_path / "o", "--json")[0] == 0
+    tflite = tmp_path / "o" / "tflite-fp32" / "model.tflite"
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["verify", str(sharp), str(tflite), "--json"], out, err) == 0, err.getvalue()
+    (o,) = json.loads(out.getvalue())["outputs"]
+    assert o["passed"] and o["rule"] == "error-model" and o["max_abs_err"] > 1e-4
+    code, text = run_cli("verify", sharp, tflite)
+    assert code == 0 and "error model: RMSE vs float64 IR" in text
+    code, text = run_cli("verify", sharp, tflite, "--atol", "1e-4", "--rtol", "1e-4", "--json")
+    assert code == 1 and json.loads(text)["outputs"][0]["rule"] == "elementwise"
+
+
+def test_verify_falls_back_to_elementwise_when_the_source_does_not_import(sharp, tmp_path, monkeypatch):
+    from tapeout.compiler.errors import FrontendError
+
+    assert run_cli("compile", sharp, "-t", "onnx", "-o", tmp_path / "o", "--json")[0] == 0
+
+    def refuse(*a, **k):
+        raise FrontendError("op Foo is not supported")
+
+    monkeypatch.setattr(api, "load_model", refuse)
+    result = api.verify_artifact(sharp, tmp_path / "o" / "onnx-fp32" / "model.onnx")
+    assert result.passed and result.outputs[0].rule == "elementwise"  # onnxruntime twice: identical outputs
+    assert any("does not import" in n and "op Foo" in n for n in result.notes)
+
+
+# ------------------------------------------------------- which targets, pruning
+def test_tensorrt_fp32_uses_the_error_model_and_quantized_variants_do_not(plain, tmp_path):
+    report = api.compile_model(plain, ["tensorrt:fp32", "tensorrt:fp16", "onnx:int8"], tmp_path / "o",
+                               calibration="synthetic")
+    rules = {f"{t.target}:{t.variant}": t.verification.outputs[0]["rule"] for t in report.targets}
+    assert rules == {"tensorrt:fp32": "error-model", "tensorrt:fp16": "cosine/top-1", "onnx:int8": "cosine/top-1"}
+    assert report.targets[0].verification.passed
+
+
+def test_pruned_compile_is_judged_against_the_pruned_ir_in_float64(plain, tmp_path, monkeypatch):
+    seen = []
+    ir_outputs = api._ir_outputs
+
+    def spy(graph, dataset, precision):
+        seen.append((precision, sum(int((graph.constants[n] == 0).sum()) for n in graph.constants)))
+        return ir_outputs(graph, dataset, precision)
+
+    monkeypatch.setattr(api, "_ir_outputs", spy)
+    report = api.compile_model(plain, ["onnx"], tmp_path / "o", prune="magnitude:0.5")
+    v = report.targets[0].verification
+    assert v.passed and v.outputs[0]["rule"] == "error-model" and v.runner.endswith("pruned IR (reference interpreter)")
+    # One float64 run, on the pruned graph (half its weights zero); the float32 IR is the pruned reference itself.
+    assert [p for p, _ in seen] == ["float64"] and seen[0][1] > 1000
+    em = v.outputs[0]["error_model"]
+    assert em["e_src"] == em["e_ir32"]
