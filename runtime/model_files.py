@@ -376,42 +376,51 @@ def check_hdf5(label: str, source: str | Path | io.BytesIO) -> Hdf5Summary:
         f = h5py.File(source, "r")
     except (OSError, ValueError) as e:
         raise ModelFileError(f"{label}: not a readable HDF5 file ({one_line(e)})") from None
-    with f:
-        found: list[str] = []
+    try:
+        with f:
+            return _check_hdf5(label, f)
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # a damaged file: h5py's many types
+        raise ModelFileError(f"{label}: not a readable HDF5 file ({type(e).__name__}: {one_line(e)})") from None
 
-        def link(name: bytes, info: Any) -> None:
-            if info.type != h5py.h5l.TYPE_HARD and not found:
-                kind = {h5py.h5l.TYPE_SOFT: "a soft link", h5py.h5l.TYPE_EXTERNAL: "an external link"}.get(
-                    info.type, "a user-defined link")
-                found.append(f"{name.decode(errors='replace')!r} is {kind}")
-            return None
 
-        f.id.links.visit(link, info=True)
-        if found:
-            raise ModelFileError(f"{label}: {found[0]}; tapeout refuses HDF5 links (they can read other files)")
-        total = Hdf5Summary(0, 0)
-        datasets: list[tuple[str, Any]] = []
-        f.visititems(lambda name, obj: datasets.append((name, obj)) if isinstance(obj, h5py.Dataset) else None)
-        ratio, budget = MAX_TENSOR_RATIO.value(), MAX_MODEL_BYTES.value()
-        for name, ds in datasets:
-            plist = ds.id.get_create_plist()
-            if plist.get_external_count() > 0:
-                raise ModelFileError(f"{label}: dataset {name!r} keeps its data in another file (HDF5 external "
-                                     "storage); tapeout reads weights from the model file only")
-            if plist.get_layout() == h5py.h5d.VIRTUAL:
-                raise ModelFileError(f"{label}: dataset {name!r} is a virtual dataset (it maps other files); "
-                                     "tapeout reads weights from the model file only")
-            elements = int(ds.id.get_space().get_simple_extent_npoints())
-            declared = elements * int(ds.id.get_type().get_size())
-            stored = int(ds.id.get_storage_size())
-            if declared > RATIO_FLOOR and declared > ratio * max(stored, 1):
-                raise MAX_TENSOR_RATIO.exceeded(label, f"dataset {name!r}: {declared:,} bytes declared over "
-                                                       f"{stored:,} stored")
-            total.elements += elements
-            total.nbytes += declared
-        if total.nbytes > budget:
-            raise MAX_MODEL_BYTES.exceeded(label, f"the weights it declares ({total.nbytes:,} bytes)")
-        return total
+def _check_hdf5(label: str, f: Any) -> Hdf5Summary:
+    import h5py
+
+    found: list[str] = []
+
+    def link(name: bytes, info: Any) -> None:
+        if info.type != h5py.h5l.TYPE_HARD and not found:
+            kind = {h5py.h5l.TYPE_SOFT: "a soft link", h5py.h5l.TYPE_EXTERNAL: "an external link"}.get(
+                info.type, "a user-defined link")
+            found.append(f"{name.decode(errors='replace')!r} is {kind}")
+        return None
+
+    f.id.links.visit(link, info=True)
+    if found:
+        raise ModelFileError(f"{label}: {found[0]}; tapeout refuses HDF5 links (they can read other files)")
+    total = Hdf5Summary(0, 0)
+    datasets: list[tuple[str, Any]] = []
+    f.visititems(lambda name, obj: datasets.append((name, obj)) if isinstance(obj, h5py.Dataset) else None)
+    ratio, budget = MAX_TENSOR_RATIO.value(), MAX_MODEL_BYTES.value()
+    for name, ds in datasets:
+        plist = ds.id.get_create_plist()
+        if plist.get_external_count() > 0:
+            raise ModelFileError(f"{label}: dataset {name!r} keeps its data in another file (HDF5 external "
+                                 "storage); tapeout reads weights from the model file only")
+        if plist.get_layout() == h5py.h5d.VIRTUAL:
+            raise ModelFileError(f"{label}: dataset {name!r} is a virtual dataset (it maps other files); "
+                                 "tapeout reads weights from the model file only")
+        elements = int(ds.id.get_space().get_simple_extent_npoints())
+        declared = elements * int(ds.id.get_type().get_size())
+        stored = int(ds.id.get_storage_size())
+        if declared > RATIO_FLOOR and declared > ratio * max(stored, 1):
+            raise MAX_TENSOR_RATIO.exceeded(label, f"dataset {name!r}: {declared:,} bytes declared over "
+                                                   f"{stored:,} stored")
+        total.elements += elements
+        total.nbytes += declared
+    if total.nbytes > budget:
+        raise MAX_MODEL_BYTES.exceeded(label, f"the weights it declares ({total.nbytes:,} bytes)")
+    return total
 
 
 def _declared_weights(cfg: dict) -> tuple[int, str]:
