@@ -511,7 +511,7 @@ def _h5_config(path: Path) -> Any:
             if size > MAX_CONFIG_BYTES.value():
                 raise MAX_CONFIG_BYTES.exceeded(label, f"the stored model_config ({size:,} bytes)")
             raw = f.attrs["model_config"]
-    except (OSError, ValueError, TypeError) as e:
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # a damaged file: h5py's many types
         raise ModelFileError(f"{label}: not a readable HDF5 file ({one_line(e)})") from None
     if hasattr(raw, "tolist") and not isinstance(raw, (bytes, str)):
         raw = raw.tolist()
