@@ -35,9 +35,9 @@ or SANITY_K times the interpreter's own float32 error on ill-conditioned outputs
 import is wrong. Non-finite values fail as in the elementwise rule.
 
 The constants are set from measurements (docs/cli.md, "The error model"): e_art / max(e_src,
-e_ir32) ranged 0.3-3.6 over the bundled samples, five ONNX-zoo / torchvision models and 26
+e_ir32) ranged 0.3-3.6 over the bundled samples, six ONNX-zoo / torchvision models and 26
 compiles of sharp-softmax CNNs, the top of that range always TFLite's XNNPACK on deep nets
-(ResNet50 2.9, ShuffleNet 3.6), so K = 5 (torch._dynamo's 2 is for one framework against
+(ResNet50 2.9, DenseNet121 3.3, ShuffleNet 3.6), so K = 5 (torch._dynamo's 2 is for one framework against
 itself); e_src / e_ir32 ranged 0.3-2.1, so SANITY_K = 10; well-conditioned sources sit at 1e-7
 to 5e-5 of the scale, so SANITY = 1e-4; float32 rounds to 6e-8, so FLOOR = 1e-6 (about 8 ulps
 RMS) leaves room for a runtime's approximations and still catches one weight of a small CNN
