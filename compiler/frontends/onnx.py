@@ -23,6 +23,7 @@ from tapeout.compiler.frontends.onnx_layout import (
     Layout, Perm, channels_last, compose_onnx_transposes, identity, to_ir_shape, to_onnx_shape)
 from tapeout.compiler.frontends.onnx_model import Prepared, prepare
 from tapeout.compiler.frontends.onnx_ops import HANDLERS, supported_ops
+from tapeout.compiler.gc_pause import gc_paused
 from tapeout.compiler.ir import BATCH, Graph, IRError, TensorType
 
 __all__ = ["load_onnx", "supported_ops"]
@@ -41,8 +42,9 @@ def load_onnx(path: str | Path) -> Graph:
     p = Path(path)
     if not p.is_file():
         raise FrontendError(f"{p}: no such model file")
-    prepared = prepare(p)
-    graph = convert(prepared, p)
+    with gc_paused():
+        prepared = prepare(p)
+        graph = convert(prepared, p)
     graph.metadata["source_format"] = "onnx"
     graph.metadata["source_opset"] = str(prepared.opset)
     return graph

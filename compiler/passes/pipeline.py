@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tapeout.compiler.errors import PassFailed
+from tapeout.compiler.gc_pause import gc_paused
 from tapeout.compiler.ir import Graph
 from tapeout.compiler.passes.base import Pass
 
@@ -51,6 +52,10 @@ class Pipeline:
         return cls(passes, check=check, max_iterations=max_iterations)
 
     def run(self, graph: Graph) -> PipelineResult:
+        with gc_paused():  # each pass copies the graph: many objects, no cycles
+            return self._run(graph)
+
+    def _run(self, graph: Graph) -> PipelineResult:
         graph = graph.copy()
         if self.check:
             self._validate(graph, "the input graph is invalid before any pass ran", [])
