@@ -26,7 +26,7 @@ from tapeout.runtime.compare import ComparisonResult, Tolerance, compare
 from tapeout.runtime.data import Dataset, load_data, synthesize
 from tapeout.runtime.protocol import IOSpec, Runner
 from tapeout.runtime.runners.select import is_hls4ml_project, runner_for
-from tapeout.runtime.verify import run_batches, verify
+from tapeout.runtime.verify import attach_expected_errors, expected_output_errors, run_batches, verify
 from tapeout.targets.base import Target
 from tapeout.targets.registry import parse_target
 
@@ -341,7 +341,21 @@ def _verify_target(target: Target, tdir: Path, dataset: Dataset, reference: dict
                   else replace(tol, min_top1_agreement=None) for k, v in reference.items()}
     result = compare(reference, candidate, per_output, labels=dataset.labels, data_kind=dataset.kind,
                      exact=exact if tol.error_model else None, ir_float32=ir32 if tol.error_model else None)
+    if not tol.error_model:  # quantized and fixed-point outputs: their output rounding's expected error
+        attach_expected_errors(result, expected_output_errors(primary_artifact(tdir)))
     return _summarize(result, f"{name} vs {source_name}", tol)
+
+
+def primary_artifact(tdir: Path) -> Path:
+    """What `tapeout verify` takes for a target folder: the hls4ml project folder itself, else its
+    .tflite / .plan / .onnx model (in that order), else the folder."""
+    if is_hls4ml_project(tdir):
+        return tdir
+    for suffix in (".tflite", ".plan", ".onnx"):
+        found = sorted(tdir.glob(f"*{suffix}"))
+        if found:
+            return found[0]
+    return tdir
 
 
 def _error_model_applies(cls: type[Target] | Target, variant: str, atol: float | None, rtol: float | None) -> bool:
@@ -678,6 +692,7 @@ def verify_artifact(source: str | Path, artifact: str | Path, *, weights: str | 
         per_output = {k: q if np.ndim(v) == 2 and np.shape(v)[1] > 1 else replace(q, min_top1_agreement=None)
                       for k, v in run_batches(ref, dataset).items()}
         result = verify(ref, cand, dataset, per_output)
+        attach_expected_errors(result, expected_output_errors(artifact))
         result.notes[:0] = getattr(ref, "notes", [])
         result.notes.append(f"{scheme} artifact: judged by cosine >= {q.min_cosine:g} and top-1 agreement >= "
                             f"{q.min_top1_agreement:g}; pass --atol/--rtol for elementwise checks")

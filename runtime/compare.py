@@ -117,6 +117,9 @@ class OutputComparison:
     rule: str = ELEMENTWISE  # which rule judged: ELEMENTWISE, COSINE_TOP1 or ERROR_MODEL
     # The error model's numbers (rule ERROR_MODEL), see ``error_model``; e_ir32 None without the float32 IR.
     error_model: dict[str, float | None] | None = None
+    # Quantized outputs: the error their final rounding alone brings (``runtime.verify.expected_output_errors``):
+    # basis, dtype, step, rounding, bound (0.5 x scale, or the LSB), rms, max_abs_over_bound. Recorded, not judged.
+    expected_error: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -126,6 +129,8 @@ class OutputComparison:
         d["tolerance"] = {k: _round(v) if isinstance(v, float) else v for k, v in d["tolerance"].items()}
         if d["error_model"] is not None:
             d["error_model"] = {k: _round(v) for k, v in d["error_model"].items()}
+        if d["expected_error"] is not None:
+            d["expected_error"] = {k: _round(v) if isinstance(v, float) else v for k, v in d["expected_error"].items()}
         return d
 
     @classmethod
