@@ -24,6 +24,7 @@ from tapeout.compiler.quiet import quiet_environment
 from tapeout.compiler.report import CompileReport, TargetReport, Verification
 from tapeout.runtime.compare import ComparisonResult, Tolerance, compare
 from tapeout.runtime.data import Dataset, load_data, synthesize
+from tapeout.runtime.errors import RuntimeInputError
 from tapeout.runtime.protocol import IOSpec, Runner
 from tapeout.runtime.runners.select import is_hls4ml_project, runner_for
 from tapeout.runtime.verify import attach_expected_errors, expected_output_errors, run_batches, verify
@@ -303,10 +304,19 @@ def compile_model(
         _install(staging, outdir, [f"{t.target}-{t.variant}" for t in report.targets])
         tmp_report = staging / "report.json"
         report.write(tmp_report, timings)
+        _write_html(report, staging / "report.html", timings)
+        os.replace(staging / "report.html", outdir / "report.html")
         os.replace(tmp_report, outdir / "report.json")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report
+
+
+def _write_html(report: CompileReport, path: Path, timings: bool) -> None:
+    """report.html beside report.json (compiler.report_html), from the same dict."""
+    from tapeout.compiler.report_html import write_html
+
+    write_html(report.to_json(timings), path)
 
 
 def _io_report(tdir: Path, graph: Graph) -> dict[str, Any]:
@@ -639,11 +649,32 @@ def _quantize(graph: Graph, chosen: Sequence[tuple[type[Target], str]], calibrat
                 "method": cal.method, "percentile": cal.percentile, "data": cal.data, "samples": cal.samples,
                 "file": None if cal.data == SYNTHETIC else str(calibration)},
             "float_layers": list(q.float_nodes),
+            "ranges": _quant_ranges(res.graph),
             "details": [d for r in res.records for d in r.details if not d.startswith("warning: ")],
             "warnings": [d[len("warning: "):] for r in res.records for d in r.details if d.startswith("warning: ")],
         }
         out[scheme] = (res.graph, info)
     return out
+
+
+def _quant_ranges(graph: Graph) -> list[dict[str, Any]]:
+    """Each quantized activation in graph order: its range, dtype, scale and zero point (report.html's
+    quantization table); per-tensor only, as activations are."""
+    q = graph.quant
+    if q is None:
+        return []
+    order = list(graph.inputs) + [o for n in graph.nodes for o in n.outputs if o]
+    rows = []
+    for name in dict.fromkeys(order):
+        tq = q.tensors.get(name)
+        if tq is None or tq.role != "activation" or tq.per_channel:
+            continue
+        rows.append({"tensor": name, "dtype": tq.dtype,
+                     "min": float(f"{tq.rmin[0]:.9g}") if tq.rmin else None,
+                     "max": float(f"{tq.rmax[0]:.9g}") if tq.rmax else None,
+                     "scale": float(f"{tq.scale[0]:.9g}") if tq.scale else None,
+                     "zero_point": int(tq.zero_point[0]) if tq.zero_point else None})
+    return rows
 
 
 # ---------------------------------------------------------------- verify
@@ -732,3 +763,110 @@ def quantized_artifact(path: str | Path) -> str | None:
         if any(op.startswith("QLinear") or op in ("MatMulInteger", "ConvInteger") for op in ops):
             return "integer .onnx"
     return None
+
+
+# --------------------------------------------------------- verify a build
+def is_build_folder(path: str | Path) -> bool:
+    """A folder given to `tapeout verify` as the artifact: a whole build (OUTDIR), not one hls4ml project."""
+    p = Path(path)
+    return p.is_dir() and not is_hls4ml_project(p)
+
+
+def verify_build(source: str | Path, outdir: str | Path, *, weights: str | Path | None = None,
+                 data: str | Path | None = None, atol: float | None = None, rtol: float | None = None,
+                 max_accuracy_drop: float | None = None, progress: Progress = _noop) -> CompileReport:
+    """Verify every artifact a compile wrote into ``outdir`` (found through OUTDIR/report.json)
+    against ``source``, with compile's judging rules: each target's runner, its variant's tolerance
+    (the error model for float32 variants, cosine/top-1 for quantized ones), the expected error of
+    quantized outputs, and with ``max_accuracy_drop`` the accuracy budget on ``data``'s labels.
+    Returns a report in compile's format (the artifacts' sizes and notes from the build's report);
+    an artifact that is missing or cannot be run fails, with the reason. Writes nothing.
+    """
+    import json
+
+    quiet_environment()
+    outdir = Path(outdir)
+    found = outdir / "report.json"
+    if not found.is_file():
+        raise UsageError(f"{outdir}: no report.json; give the folder `tapeout compile -o OUTDIR` wrote, "
+                         "or one artifact file")
+    try:
+        built = json.loads(found.read_text())
+        entries = list(built["targets"])
+        pairs = [parse_target(f"{t['target']}:{t['variant']}") for t in entries]
+    except (ValueError, KeyError, TypeError, UsageError) as e:
+        raise UsageError(f"{found}: not a tapeout compile report ({e})") from None
+    if max_accuracy_drop is not None:
+        if not max_accuracy_drop >= 0:
+            raise UsageError(f"--max-accuracy-drop must be >= 0 percentage points, got {max_accuracy_drop:g}")
+        if data is None:
+            raise UsageError("--max-accuracy-drop needs --data FILE with labels y")
+    tol = Tolerance(atol if atol is not None else DEFAULT_ATOL, rtol if rtol is not None else DEFAULT_RTOL,
+                    scale_atol=atol is None)
+    progress("source run")
+    with runner_for(source, weights) as ref:
+        dataset = load_data(data, ref.input_specs(), kind="eval") if data else synthesize(
+            ref.input_specs(), num_samples=SYNTHETIC_SAMPLES, seed=0)
+        if max_accuracy_drop is not None and dataset.labels is None:
+            raise UsageError(f"--max-accuracy-drop needs labels: {data} has no array 'y'")
+        reference = run_batches(ref, dataset)
+        source_name = ref.name
+        notes = list(getattr(ref, "notes", []))
+    exact: dict[str, np.ndarray] = {}
+    ir32: dict[str, np.ndarray] = {}
+    if any(_error_model_applies(cls, v, atol, rtol) for cls, v in pairs):
+        progress("IR run (float64, float32)")
+        try:
+            graph, _ = load_model(source, weights)
+        except FrontendError as e:
+            notes.append(f"float artifacts judged elementwise: the source does not import for the error model ({e})")
+        else:
+            exact, ir32 = _ir_outputs(graph, dataset, "float64"), _ir_outputs(graph, dataset, "float32")
+    if built.get("pruning"):
+        notes.append("the build was pruned: its artifacts are judged against the unpruned source here, while "
+                     "compile judged them against the pruned IR")
+    report = CompileReport(source=built.get("source", {"path": str(source)}), graph=built.get("graph", {}),
+                           passes=built.get("passes", []), pruning=built.get("pruning"),
+                           data={"kind": dataset.kind, "samples": dataset.num_samples,
+                                 "labels": dataset.labels is not None},
+                           outdir=str(outdir), notes=notes)
+    for entry, (cls, variant) in zip(entries, pairs):
+        folder = f"{cls.name}-{variant}"
+        tdir = outdir / folder
+        tr = TargetReport(cls.name, variant, list(entry.get("artifacts", [])), int(entry.get("size_bytes", 0)),
+                          float(entry.get("seconds") or 0.0), [], interface=entry.get("interface"),
+                          extra={k: v for k, v in entry.items() if k not in _TARGET_FIELDS})
+        progress(f"verify {cls.name}:{variant}")
+        missing = [a for a in tr.artifacts if not (outdir / a).exists()]
+        ttol = _target_tolerance(cls, variant, atol, rtol, tol)
+        if ttol.error_model and not exact:
+            ttol = replace(ttol, error_model=False)
+        if missing:
+            tr.verification = _unrun(f"missing: {', '.join(missing)}", ttol, dataset)
+        else:
+            try:
+                tr.verification = _verify_target(cls(variant), tdir, dataset, reference, ttol, source_name,
+                                                 exact, ir32)
+            except (FrontendError, RuntimeInputError) as e:  # a damaged artifact; a missing tool stays exit 3
+                tr.verification = _unrun(f"could not be run: {e}", ttol, dataset)
+        if max_accuracy_drop is not None and tr.verification.error is None \
+                and cls.default_tolerance(variant) is not None:
+            _judge_accuracy(tr, max_accuracy_drop)
+        report.targets.append(tr)
+    return report
+
+
+# Fields of a target's entry in report.json that verify_build recomputes or carries itself.
+_TARGET_FIELDS = {"target", "variant", "artifacts", "size_bytes", "seconds", "notes", "verification", "interface",
+                  "trace"}
+
+
+def _unrun(reason: str, tol: Tolerance, dataset: Dataset) -> Verification:
+    return Verification(passed=False, runner="-", samples=dataset.num_samples, data=dataset.kind,
+                        max_abs_err=None, mean_abs_err=None, cosine=None, top1_agreement=None,
+                        atol=tol.atol, rtol=tol.rtol, error=reason)
+
+
+def failing_artifacts(report: CompileReport) -> list[str]:
+    """'target:variant (artifact, ...)' for every target that failed verification."""
+    return [f"{t.target}:{t.variant} ({', '.join(t.artifacts) or t.folder})" for t in report.targets if not t.passed]

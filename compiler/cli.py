@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-verify", action="store_true", help="emit artifacts without running them")
     c.add_argument("--no-timings", action="store_true",
                    help="write seconds as null so identical builds give byte-identical reports")
+    c.add_argument("--model-explorer", metavar="FILE.json",
+                   help="also write per-node error in Google Model Explorer's node-data format (docs/report.md)")
     c.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
 
     i = sub.add_parser("inspect", parents=[common], help="show the imported graph: nodes, shapes, parameters, MACs")
@@ -100,11 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--dump", action="store_true", help="print the IR text form instead of the table")
     i.add_argument("--json", action="store_true")
 
-    v = sub.add_parser("verify", parents=[common], help="compare an artifact against its source model")
+    v = sub.add_parser("verify", parents=[common], help="compare an artifact, or every artifact of a build, "
+                       "against its source model")
     v.add_argument("source", metavar="SOURCE")
-    v.add_argument("artifact", metavar="ARTIFACT")
+    v.add_argument("artifact", metavar="ARTIFACT|OUTDIR",
+                   help="an artifact file, an hls4ml project folder, or the OUTDIR of a compile (every artifact "
+                        "its report.json lists is verified, as compile verifies it)")
     v.add_argument("--weights", metavar="W", help="weights .h5 when SOURCE is an architecture .json")
     v.add_argument("--data", metavar="FILE", help=".npz/.npy inputs (synthetic when omitted)")
+    v.add_argument("--max-accuracy-drop", type=float, metavar="P",
+                   help="with OUTDIR: fail (exit 1) when a quantized artifact loses more than P percentage points "
+                        "of top-1 accuracy on the --data labels")
+    v.add_argument("--model-explorer", metavar="FILE.json",
+                   help="with OUTDIR: write per-node error in Model Explorer's node-data format")
     _tolerance_flags(v)
     v.add_argument("--json", action="store_true")
 
@@ -160,7 +170,7 @@ def _fmt(x: float | None, spec: str = ".2e") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def print_compile_summary(report: Any, out: TextIO) -> None:
+def print_compile_summary(report: Any, out: TextIO, footer: bool = True) -> None:
     from rich.table import Table
 
     con = _console(out)
@@ -231,7 +241,8 @@ def print_compile_summary(report: Any, out: TextIO) -> None:
                       f"{t.seconds:.2f}", verdict, _fmt(v.max_abs_err if v else None),
                       _fmt(v.cosine if v else None, ".6f"), _fmt(v.top1_agreement if v else None, ".4f"), acc)
     con.print(table)
-    con.print(f"report  {os.path.join(report.outdir, 'report.json')}")
+    if footer:
+        con.print(f"report  {os.path.join(report.outdir, 'report.json')}")
 
 
 def print_inspect(result: Any, out: TextIO) -> None:
@@ -289,6 +300,10 @@ def _cmd_compile(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                                fallback=args.fallback, io_layout=args.io_layout,
                                verify_artifacts=not args.no_verify,
                                timings=not args.no_timings, progress=status.update)
+    if args.model_explorer:
+        from tapeout.compiler.report_html import write_model_explorer
+
+        write_model_explorer(report.to_json(timings=False), args.model_explorer)
     if args.json:
         out.write(report.dumps(timings=not args.no_timings))
     else:
@@ -359,6 +374,15 @@ def _cmd_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from tapeout.compiler.api import verify_artifact
     from tapeout.compiler.quiet import captured_output
 
+    from tapeout.compiler.api import is_build_folder
+
+    if is_build_folder(args.artifact):
+        return _verify_build(args, out, err)
+    if args.max_accuracy_drop is not None or args.model_explorer:
+        from tapeout.compiler.errors import UsageError
+
+        flag = "--max-accuracy-drop" if args.max_accuracy_drop is not None else "--model-explorer"
+        raise UsageError(f"{flag} applies to a whole build: give the OUTDIR of a compile")
     with captured_output(enabled=not args.debug):
         result = verify_artifact(args.source, args.artifact, weights=args.weights, data=args.data,
                                  atol=args.atol, rtol=args.rtol)
@@ -367,6 +391,32 @@ def _cmd_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     else:
         print_comparison(result, out)
     return EXIT_OK if result.passed else EXIT_VERIFY
+
+
+def _verify_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """`tapeout verify SOURCE OUTDIR`: every artifact of the build, compile's table, the failing ones named."""
+    from tapeout.compiler.api import failing_artifacts, verify_build
+    from tapeout.compiler.quiet import captured_output
+
+    status = _Status(err, enabled=not args.json)
+    with status, captured_output(enabled=not args.debug):
+        report = verify_build(args.source, args.artifact, weights=args.weights, data=args.data, atol=args.atol,
+                              rtol=args.rtol, max_accuracy_drop=args.max_accuracy_drop, progress=status.update)
+        if args.model_explorer:
+            from tapeout.compiler.report_html import write_model_explorer
+
+            write_model_explorer(report.to_json(timings=False), args.model_explorer)
+    if args.json:
+        out.write(report.dumps(timings=False))
+    else:
+        print_compile_summary(report, out, footer=False)
+        for t in report.targets:
+            if t.verification is not None and t.verification.error:
+                _console(out).print(f"error   {t.target}:{t.variant}: {t.verification.error}", markup=False)
+        failing = failing_artifacts(report)
+        _console(out).print(f"FAILED: {'; '.join(failing)}" if failing else
+                            f"PASSED: {len(report.targets)} artifact(s) of {args.artifact}", markup=False)
+    return report.exit_code
 
 
 def _cmd_targets(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
