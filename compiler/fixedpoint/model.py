@@ -32,7 +32,10 @@ SCALED = ("batch_norm", "affine")
 # Layers that only move values (ZeroPadding, UpSampling -> Resize): their result type is their input's.
 COPIES = ("zero_pad", "resize")
 OTHER = ("add", "concat", "clip", "pad")
-SUPPORTED = (*WEIGHTED, *ACTIVATIONS, *POOLS, *GLOBAL_POOLS, *SCALED, *OTHER, "resize", *PASSTHROUGH)
+# add/mul of one tensor and a per-channel (or scalar) constant: input normalization in exports
+# (x + mean, x * 1/std), which hls4ml computes as a BatchNormalization too (constant_scaling).
+CONSTANT_SCALING = ("add", "mul")
+SUPPORTED = (*WEIGHTED, *ACTIVATIONS, *POOLS, *GLOBAL_POOLS, *SCALED, *OTHER, "mul", "resize", *PASSTHROUGH)
 
 DEFAULT_TABLE = fixed(18, 8)
 DEFAULT_SOFTMAX_TABLE = fixed(18, 8, "AP_RND", "AP_SAT")
@@ -128,13 +131,34 @@ def _same_or_valid(graph: Graph, n: Node, kernel: tuple[int, ...], strides: tupl
     return all(tuple(pads[i]) == tuple(same_pads(int(sizes[i]), kernel[i], strides[i], 1)) for i in range(len(pads)))
 
 
+def constant_scaling(graph: Graph, n: Node) -> bool:
+    """An add or mul of exactly one runtime tensor and one constant: a scale or shift per channel."""
+    if n.op not in CONSTANT_SCALING or len(n.inputs) != 2:
+        return False
+    return sum(i in graph.constants for i in n.inputs) == 1
+
+
 def scale_shift(graph: Graph, n: Node) -> tuple[np.ndarray, np.ndarray]:
-    """A batch_norm / affine node as hls4ml's per-channel (scale, bias), float32 of the channel count.
+    """A batch_norm / affine node (or an add/mul of a constant, ``constant_scaling``) as hls4ml's
+    per-channel (scale, bias), float32 of the channel count.
 
     batch_norm: scale = gamma / sqrt(var + eps), bias = beta - mean * scale (in float64, then float32):
     the lowering hands hls4ml exactly these two (a BatchNormalization with mean 0, variance 1 and
     epsilon 0), so the C++ weights are these float32 values.
     """
+    if constant_scaling(graph, n):
+        data = next(i for i in n.inputs if i not in graph.constants)
+        c = next(i for i in n.inputs if i in graph.constants)
+        channels = int(graph.type_of(data).shape[-1])
+        v = np.asarray(graph.constants[c], np.float64)
+        if v.ndim > graph.type_of(data).rank or any(int(d) != 1 for d in v.shape[:-1]) or \
+                (v.ndim and v.shape[-1] not in (1, channels)):
+            raise _refuse(n, f"with a constant of shape {tuple(v.shape)} (not one value per channel) has no "
+                             "hls4ml layer")
+        v = np.broadcast_to(v.reshape(-1), (channels,))
+        one = np.ones(channels)
+        s, t = (one, v) if n.op == "add" else (v, np.zeros(channels))
+        return np.asarray(s, np.float32), np.asarray(t, np.float32)
     params = n.inputs[1:]
     if not all(p in graph.constants for p in params):
         raise _refuse(n, "with runtime (non-constant) parameters has no hls4ml BatchNormalization")
@@ -184,7 +208,7 @@ def _check(graph: Graph, n: Node) -> None:
                 why = (f"with fused activation clip({a.get('min')}, {a.get('max')}) has no hls4ml fixed-point model "
                        "(relu = clip(0, none) and relu6 = clip(0, 6) are hls4ml activations)")
             raise _refuse(n, why)
-    if n.op in SCALED:
+    if n.op in SCALED or constant_scaling(graph, n):
         scale_shift(graph, n)
     if n.op == "clip" and _clip_kind(n.attrs.get("min"), n.attrs.get("max")) is None:
         raise _refuse(n, f"clip({n.attrs.get('min')}, {n.attrs.get('max')}) is not an hls4ml activation "
@@ -211,9 +235,12 @@ def _check(graph: Graph, n: Node) -> None:
             raise _refuse(n, f"of {len(n.inputs)} inputs: hls4ml's Concatenate joins two runtime tensors")
         if int(n.attrs["axis"]) % r != r - 1 or r > 4:
             raise _refuse(n, "other than along the last (channel) axis is not supported for hls4ml")
-    if n.op == "add":
+    if n.op == "mul" and not constant_scaling(graph, n):
+        raise _refuse(n, "of two runtime tensors has no hls4ml fixed-point model (a constant per-channel "
+                         "scale has: BatchNormalization)")
+    if n.op == "add" and not constant_scaling(graph, n):
         if any(i in graph.constants for i in n.inputs):
-            raise _refuse(n, "with a constant operand has no hls4ml layer")
+            raise _refuse(n, "of two constants has no hls4ml layer")
         if graph.type_of(n.inputs[0]).shape[1:] != graph.type_of(n.inputs[1]).shape[1:]:
             raise _refuse(n, "with broadcasting has no hls4ml layer (its Add needs two tensors of one shape)")
     if n.inputs and n.inputs[0] not in graph.constants and graph.type_of(n.inputs[0]).rank > 4:
@@ -247,7 +274,7 @@ def hls_layers(graph: Graph) -> list[HlsLayer]:
                 out.append(HlsLayer(f"{n.name}_{act}", act, n, (pre,), n.outputs[0]))
         elif n.op in PASSTHROUGH:
             continue
-        elif n.op in SCALED:
+        elif n.op in SCALED or constant_scaling(graph, n):
             out.append(HlsLayer(n.name, "batch_norm", n, data[:1], n.outputs[0]))
         elif n.op == "clip":
             out.append(HlsLayer(n.name, _clip_kind(n.attrs.get("min"), n.attrs.get("max")) or "clip", n, data,

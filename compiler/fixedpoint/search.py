@@ -111,10 +111,12 @@ class SearchResult:
 
 
 def int_bits(maxabs: float, margin: float = MARGIN) -> int:
-    """Integer bits (sign included) holding ``maxabs * margin``."""
+    """Integer bits (sign included) holding ``maxabs * margin``: a signed type with I integer bits
+    holds [-2^(I-1), 2^(I-1)), so an exact power of two needs one bit more than ceil(log2) + 1 gives
+    (a BatchNormalization scale of exactly 1.0 in ap_fixed<W,1,AP_RND,AP_WRAP> wrapped to -1.0)."""
     if maxabs <= 0 or not math.isfinite(maxabs):
         return 1
-    return min(MAX_INT_BITS, max(1, math.ceil(math.log2(maxabs * margin)) + 1))
+    return min(MAX_INT_BITS, max(1, math.floor(math.log2(maxabs * margin)) + 2))
 
 
 def observed_ranges(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, float]:

@@ -34,27 +34,29 @@ def keras_model(graph: Graph) -> Any:
     """The IR as the Keras 3 model handed to hls4ml (``KerasModel``): the shared emitter, channels-last,
     with the layers hls4ml reads differently from the emitter's defaults:
 
-    - batch_norm / affine -> BatchNormalization(gamma=scale, beta=bias, mean 0, variance 1, epsilon 0),
+    - batch_norm / affine, and add/mul of a per-channel constant -> BatchNormalization(gamma=scale,
+      beta=bias, mean 0, variance 1, epsilon 0),
       so hls4ml's scale and bias are exactly ``scale_shift``'s float32 values (its own
       gamma / sqrt(var + eps) would round differently from the NumPy model's);
     - clip(0, 6) -> Activation("relu6") (hls4ml's Keras 3 reader refuses ReLU(max_value=6)).
     """
     import keras
 
-    from tapeout.compiler.fixedpoint.model import SCALED, _clip_kind, scale_shift
+    from tapeout.compiler.fixedpoint.model import SCALED, _clip_kind, constant_scaling, scale_shift
     from tapeout.targets.keras.emit import apply, graph_to_keras
 
     def batch_norm(ctx: Any, n: Any) -> Any:
         s, t = scale_shift(graph, n)
+        data = next(i for i in n.inputs if i not in graph.constants)
         layer = keras.layers.BatchNormalization(axis=-1, epsilon=0.0, name=ctx.name(n))
-        return apply(layer, ctx.tensor(n, n.inputs[0]), [s, t, np.zeros_like(s), np.ones_like(s)])
+        return apply(layer, ctx.tensor(n, data), [s, t, np.zeros_like(s), np.ones_like(s)])
 
     def relu6(ctx: Any, n: Any) -> Any:
         return keras.layers.Activation("relu6", name=ctx.name(n))(ctx.tensor(n, n.inputs[0]))
 
     builders: dict[str, Any] = {}
     for n in graph.nodes:
-        if n.op in SCALED:
+        if n.op in SCALED or constant_scaling(graph, n):
             builders[n.name] = batch_norm
         elif n.op == "clip" and _clip_kind(n.attrs.get("min"), n.attrs.get("max")) == "relu6":
             builders[n.name] = relu6

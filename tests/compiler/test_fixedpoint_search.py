@@ -29,7 +29,9 @@ def _mlp(seed: int = 0, last: str = "identity") -> tuple[Graph, np.ndarray]:
 
 
 def test_int_bits():
-    assert int_bits(0.9, 1.0) == 1 and int_bits(1.0, 1.0) == 1 and int_bits(1.5, 1.0) == 2
+    assert int_bits(0.9, 1.0) == 1 and int_bits(1.5, 1.0) == 2 and int_bits(0.5, 1.0) == 1
+    # [-2^(I-1), 2^(I-1)): 1.0 needs I = 2 (it wrapped to -1.0 in ap_fixed<W,1>), 2.0 needs 3.
+    assert int_bits(1.0, 1.0) == 2 and int_bits(2.0, 1.0) == 3
     assert int_bits(5.0) == 4  # 5 * 1.25 = 6.25 -> 3 magnitude bits + sign
 
 

@@ -258,3 +258,55 @@ def test_constant_zero_logits_compile_and_verify_on_hls4ml(keras_dead_layer, tmp
     t = report["targets"][0]
     assert t["verification"]["passed"]
     assert t["hls4ml"]["csim"]["built"] and not t["hls4ml"]["csim"]["mismatched"]
+
+
+# ------------------------------------------------------------------ input normalization in exports
+@needs_gxx
+def test_per_channel_constant_add_compiles_and_verifies_on_hls4ml(tmp_path, capsys):
+    """The opset-7 CNN of old exporters adds a per-channel constant after its conv stack (Add of a
+    [C, 1, 1] initializer). It was refused ("op 'add' with a constant operand has no hls4ml layer");
+    hls4ml computes it as a BatchNormalization of scale 1, and the C simulation must agree."""
+    import onnx
+
+    from tests.compiler.frontends.old_opset_builders import cnn
+
+    path = tmp_path / "cnn7.onnx"
+    onnx.save(cnn(7, seed=3), path)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "cal.npz", **{"input.1": rng.standard_normal((32, 3, 16, 16)).astype(np.float32)})
+    code, err = _cli(["compile", str(path), "-t", "hls4ml", "-o", str(tmp_path / "out"), "--calibration",
+                      str(tmp_path / "cal.npz"), "--eval", str(tmp_path / "cal.npz"), "--json"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    h = report["targets"][0]
+    assert h["verification"]["passed"]
+    shift = next(r for r in h["hls4ml"]["layers"] if r["layer"] == "shifted")
+    assert shift["kind"] == "batch_norm"
+    cpp = (tmp_path / "out" / "hls4ml-vitis" / "firmware" / "myproject.cpp").read_text()
+    assert "nnet::normalize<" in cpp
+
+
+def test_constant_scale_and_shift_are_one_normalize_in_the_fixed_point_model():
+    """add/mul of a per-channel constant: (scale 1, shift c) and (scale c, shift 0); a constant that is
+    not one value per channel is refused in one line naming the node."""
+    from tapeout.compiler.fixedpoint.model import hls_layers, scale_shift
+    from tapeout.compiler.fixedpoint.types import FixedTypeError
+    from tapeout.compiler.ir import Graph, Node, TensorType
+
+    g = Graph("g", ["x"], ["z"])
+    g.types["x"] = TensorType((None, 4, 4, 3), "float32")
+    g.constants["c"] = np.array([1.0, 2.0, 3.0], np.float32)
+    g.constants["k"] = np.full((4, 1), 2.0, np.float32)
+    g.nodes = [Node("add", "shift", ["c", "x"], ["y"]), Node("mul", "scale", ["y", "c"], ["z"])]
+    g.types["y"] = g.types["z"] = g.types["x"]
+    s, t = scale_shift(g, g.nodes[0])
+    np.testing.assert_array_equal(s, [1, 1, 1])
+    np.testing.assert_array_equal(t, [1, 2, 3])
+    s, t = scale_shift(g, g.nodes[1])
+    np.testing.assert_array_equal(s, [1, 2, 3])
+    np.testing.assert_array_equal(t, [0, 0, 0])
+    assert [(l.name, l.kind, l.inputs) for l in hls_layers(g)] == [("shift", "batch_norm", ("x",)),
+                                                                   ("scale", "batch_norm", ("y",))]
+    g.nodes[1] = Node("mul", "scale", ["y", "k"], ["z"])
+    with pytest.raises(FixedTypeError, match=r"node .scale.: op .mul. with a constant of shape \(4, 1\)"):
+        hls_layers(g)
