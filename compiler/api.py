@@ -170,6 +170,7 @@ def compile_model(
     verify_artifacts: bool = True,
     timings: bool = True,
     progress: Progress = _noop,
+    trace: bool = False,
 ) -> CompileReport:
     """Compile ``model`` for each target, verify every artifact against the source, write OUTDIR/report.json.
 
@@ -198,6 +199,9 @@ def compile_model(
             chosen.append(pair)
     _check_quantization_args(chosen, calibration, calibration_method, percentile)
     _check_accuracy_args(chosen, eval_data, max_accuracy_drop, fallback, verify_artifacts)
+    if trace and not verify_artifacts:
+        raise UsageError("--trace compares each artifact's layers during verification; drop --no-verify")
+    traced_refs: dict[int, dict[str, np.ndarray]] = {}  # reference intermediates per emitted graph
     prune_pass = _prune_pass(prune, train, epochs, max_accuracy_drop, learning_rate, prune_exclude)
     # Built before the model loads, so a bad option is a usage error before any work.
     built = _build_targets(chosen, target_options or {})
@@ -300,6 +304,9 @@ def compile_model(
                 tr.verification = _verify_target(target, tdir, dataset, reference, ttol, source_name, exact, ir32)
                 if max_accuracy_drop is not None and cls.default_tolerance(variant) is not None:
                     _judge_accuracy(tr, max_accuracy_drop)
+                if trace:  # --trace: per-layer error against the reference interpreter (compiler.trace)
+                    progress(f"trace {cls.name}:{variant}")
+                    tr.extra["trace"] = _trace_target(cls.name, qgraph, tdir, dataset, traced_refs)
             report.targets.append(tr)
         _install(staging, outdir, [f"{t.target}-{t.variant}" for t in report.targets])
         tmp_report = staging / "report.json"
@@ -317,6 +324,17 @@ def _write_html(report: CompileReport, path: Path, timings: bool) -> None:
     from tapeout.compiler.report_html import write_html
 
     write_html(report.to_json(timings), path)
+
+
+def _trace_target(target: str, graph: Graph, tdir: Path, dataset: Dataset,
+                  refs: dict[int, dict[str, np.ndarray]]) -> dict[str, Any]:
+    """The "trace" entry of one target (docs/report.md); the reference run is shared by the targets
+    emitted from the same graph."""
+    from tapeout.compiler.trace import UNTRACEABLE, reference_values, trace_folder
+
+    if target not in UNTRACEABLE and id(graph) not in refs:
+        refs[id(graph)] = reference_values(graph, dataset)
+    return trace_folder(tdir, graph, dataset, target, refs.get(id(graph)))
 
 
 def _io_report(tdir: Path, graph: Graph) -> dict[str, Any]:
@@ -680,7 +698,7 @@ def _quant_ranges(graph: Graph) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- verify
 def verify_artifact(source: str | Path, artifact: str | Path, *, weights: str | Path | None = None,
                     data: str | Path | None = None, atol: float | None = None,
-                    rtol: float | None = None) -> ComparisonResult:
+                    rtol: float | None = None, trace: bool = False) -> ComparisonResult:
     """Run ``source`` and ``artifact`` on the same inputs and compare every output.
 
     A quantized artifact (integer or float16 tensors in a .tflite, Q/DQ or QLinear nodes in an
@@ -689,6 +707,32 @@ def verify_artifact(source: str | Path, artifact: str | Path, *, weights: str | 
     source's IR run in float64, as compile judges it, unless ``atol`` or ``rtol`` is given or the
     source does not import (then elementwise, with a note).
     """
+    result = _verify_artifact(source, artifact, weights, data, atol, rtol)
+    if trace:  # --trace: the per-layer error, as compile's report.json holds it (result.trace)
+        result.trace = _trace_artifact(source, artifact, weights, data)  # type: ignore[attr-defined]
+    return result
+
+
+def _trace_artifact(source: str | Path, artifact: str | Path, weights: str | Path | None,
+                    data: str | Path | None) -> dict[str, Any]:
+    from tapeout.compiler.passes.registry import default_pipeline
+    from tapeout.compiler.trace import trace_artifact
+    from tapeout.runtime.trace import untraced
+
+    try:
+        graph, _ = load_model(source, weights)
+    except FrontendError as e:
+        return untraced(f"the source does not import, so there is no reference interpreter run ({e})")
+    graph = default_pipeline().run(graph).graph
+    from tapeout.compiler.calibration import source_specs
+
+    dataset = load_data(data, source_specs(graph), kind="eval") if data else synthesize(
+        source_specs(graph), num_samples=SYNTHETIC_SAMPLES, seed=0)
+    return trace_artifact(artifact, graph, dataset)
+
+
+def _verify_artifact(source: str | Path, artifact: str | Path, weights: str | Path | None,
+                     data: str | Path | None, atol: float | None, rtol: float | None) -> ComparisonResult:
     quiet_environment()
     tol = Tolerance(atol if atol is not None else DEFAULT_ATOL, rtol if rtol is not None else DEFAULT_RTOL,
                     scale_atol=atol is None)

@@ -11,7 +11,7 @@ fixed batch runs the feed in slices of that batch.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -77,12 +77,25 @@ class _Port:
         return ((q.astype(np.float32) - np.float32(self.zero_point)) * self.scale).astype(np.float32)
 
 
+def _no_delegates(cls: Any) -> Any:
+    """The interpreter module's BUILTIN_WITHOUT_DEFAULT_DELEGATES resolver, None if it has none."""
+    import sys
+
+    kinds = getattr(sys.modules.get(cls.__module__), "OpResolverType", None)
+    return getattr(kinds, "BUILTIN_WITHOUT_DEFAULT_DELEGATES", None)
+
+
 class LiteRTRunner(FileRunner):
     name = "litert"
 
-    def __init__(self, path: str | Path, num_threads: int | None = None, backend: str | None = None) -> None:
+    def __init__(self, path: str | Path, num_threads: int | None = None, backend: str | None = None, *,
+                 intermediates: Sequence[str] = ()) -> None:
         super().__init__()
         self.path = Path(path)
+        # Tensors (by name) returned with the outputs, dequantized (runtime.trace): the interpreter
+        # then keeps every tensor and runs without its default delegate (XNNPACK), which would
+        # compute them inside its own buffers.
+        self.intermediates = list(intermediates)
         self.num_threads = num_threads
         self.backend = backend
         self._interp: Any = None
@@ -95,7 +108,12 @@ class LiteRTRunner(FileRunner):
         if not self.path.is_file():
             raise RuntimeInputError(f"{self.path}: no such TFLite model file")
         cls, self.name = interpreter_class(self.backend)
-        kwargs = {} if self.num_threads is None else {"num_threads": self.num_threads}
+        kwargs: dict[str, Any] = {} if self.num_threads is None else {"num_threads": self.num_threads}
+        if self.intermediates:
+            kwargs["experimental_preserve_all_tensors"] = True
+            resolver = _no_delegates(cls)
+            if resolver is not None:
+                kwargs["experimental_op_resolver_type"] = resolver
         try:
             self._interp = cls(model_path=str(self.path), **kwargs)
             self._interp.allocate_tensors()
@@ -111,6 +129,12 @@ class LiteRTRunner(FileRunner):
         self._specs = [IOSpec(p.name, tuple("N" if i == 0 and d == -1 else (None if d == -1 else d)
                                             for i, d in enumerate(p.shape)),
                               "float32" if p.quantized else p.dtype.name) for p in self._inputs]
+        if self.intermediates:
+            by_name = {d["name"]: d for d in self._interp.get_tensor_details()}
+            missing = [t for t in self.intermediates if t not in by_name]
+            if missing:
+                raise RuntimeInputError(f"{self.path}: no tensor(s) {', '.join(missing[:3])} to trace")
+            self._outs += [_Port(t, by_name[t]) for t in self.intermediates]
         self._outputs = [p.name for p in self._outs]
 
     def _ports(self, details: list[dict[str, Any]], kind: str) -> list[_Port]:

@@ -8,7 +8,7 @@ end imports through the same :func:`lift_old_opset`, so both see the same model.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -124,9 +124,12 @@ class OnnxRuntimeRunner(FileRunner):
     name = "onnxruntime"
 
     def __init__(self, model: str | Path | bytes, providers: list[str] | None = None, *,
-                 lift_old: bool = True) -> None:
+                 lift_old: bool = True, extra_outputs: Sequence[str] = ()) -> None:
         super().__init__()
         self.model = model
+        # Intermediate tensors returned with the outputs (runtime.trace), added as graph outputs
+        # to an in-memory copy of the model; the file itself is not changed.
+        self.extra_outputs = list(extra_outputs)
         self.providers = providers or ["CPUExecutionProvider"]
         # False for tapeout's own artifacts (opset >= 17): no parse with onnx on open to read the opset.
         self.lift_old = lift_old
@@ -147,12 +150,30 @@ class OnnxRuntimeRunner(FileRunner):
         options.log_severity_level = 3  # errors only
         options.use_deterministic_compute = True
         source = (self.lift_old and self._lifted()) or (self.model if isinstance(self.model, bytes) else str(self.model))
+        if self.extra_outputs:
+            source = self._with_outputs(source)
         try:
             self._session = ort.InferenceSession(source, options, providers=self.providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors for any bad file
             raise RuntimeInputError(f"{self._label()}: not a loadable ONNX model ({one_line(exc)})") from None
         self._specs = [IOSpec(i.name, tuple(i.shape), _numpy_dtype(i.type)) for i in self._session.get_inputs()]
         self._outputs = [o.name for o in self._session.get_outputs()]
+
+    def _with_outputs(self, source: str | bytes) -> bytes:
+        """The model with ``extra_outputs`` as graph outputs too (their types left to onnxruntime)."""
+        import onnx
+
+        model = onnx.load_model_from_string(source) if isinstance(source, bytes) else onnx.load_model(source)
+        have = {o.name for o in model.graph.output}
+        produced = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+        missing = [t for t in self.extra_outputs if t not in produced]
+        if missing:
+            raise RuntimeInputError(f"{self._label()}: no tensor(s) {', '.join(missing[:3])} to trace")
+        for t in self.extra_outputs:
+            if t not in have:
+                model.graph.output.append(onnx.ValueInfoProto(name=t))
+                have.add(t)
+        return model.SerializeToString()
 
     def _lifted(self) -> bytes | None:
         """The model upgraded to LIFT_OPSET as bytes when it is older, else None (run it as it is)."""

@@ -325,6 +325,7 @@ class Hls4mlTarget(Target):
             km = keras_model(graph)
         names = self._names(graph, layers, km)
         lower(km.model, graph, plan, outdir, variant=self.variant, options=options, names=names)
+        _write_trace_map(graph, layers, names, plan, outdir)
         rows, totals = estimate(graph, plan, reuse, variant=self.variant, io_type=s.io_type, strategy=s.strategy,
                                 clock_period=s.clock_period)
         csim = self._confirm(graph, plan, outdir, feeds, ir_feeds, names, notes)
@@ -454,6 +455,17 @@ class Hls4mlTarget(Target):
 
 _KEY_FILES = ("build_prj.tcl", "CMakeLists.txt", "Makefile", "firmware/myproject.cpp", "src/firmware/myproject.cpp",
               "tapeout_csim.json")
+
+
+def _write_trace_map(graph: Graph, layers: list[Any], names: dict[str, str], plan: Any, outdir: Path) -> None:
+    """tapeout_trace.json: the traced layers of the manifest by IR value (the per-layer trace)."""
+    import json
+
+    from tapeout.runtime.runners.hls4ml_csim import MANIFEST
+    from tapeout.targets.trace_maps import hls4ml_map
+
+    traced = json.loads((outdir / MANIFEST).read_text()).get("trace", [])
+    hls4ml_map(graph, layers, names, plan, traced).write(outdir)
 
 
 def _uniform(graph: Graph) -> Any:

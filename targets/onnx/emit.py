@@ -21,14 +21,30 @@ from tapeout.targets.onnx.lowerings import LOWERINGS
 MIN_OPSET = 17
 
 
+def _value_names(graph: Graph, b: Builder) -> dict:
+    """IR value -> (ONNX tensor, channels-first, flatten order) before outputs are exported (which renames)."""
+    producers = graph.producers()
+    out = {}
+    for value, v in b.values.items():
+        flat = None
+        if value in b.row_orders:  # a flatten of a channels-first tensor: [N, C*S] in C-major order
+            shape = [int(d) for d in graph.type_of(producers[value].inputs[0]).shape[1:]]
+            flat = (shape[-1], *shape[:-1])
+        out[value] = (v.name, v.cf, flat)
+    return out
+
+
 def _value_info(graph: Graph, value: str, cf: bool) -> onnx.ValueInfoProto:
     t = graph.type_of(value)
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype))
     return helper.make_tensor_value_info(value, elem, physical_shape(t.shape, cf))
 
 
-def graph_to_onnx(graph: Graph, *, opset: int = MIN_OPSET) -> onnx.ModelProto:
-    """Lower ``graph`` to an ONNX model at ``opset`` (17 up to what the installed onnx knows)."""
+def graph_to_onnx(graph: Graph, *, opset: int = MIN_OPSET, values: dict | None = None) -> onnx.ModelProto:
+    """Lower ``graph`` to an ONNX model at ``opset`` (17 up to what the installed onnx knows).
+
+    ``values``, when given, is filled with IR value -> (ONNX tensor, stored channels-first,
+    channels-first flatten order of this [C, *S] shape or None): the per-layer trace's name map."""
     newest = onnx.defs.onnx_opset_version()
     if not MIN_OPSET <= opset <= newest:
         raise UsageError(f"ONNX opset {opset} is not supported; use {MIN_OPSET}..{newest}")
@@ -43,9 +59,13 @@ def graph_to_onnx(graph: Graph, *, opset: int = MIN_OPSET) -> onnx.ModelProto:
         if lower is None:
             raise IRError(f"node {node.name!r}: the onnx target has no lowering for op {node.op!r}")
         lower(b, node)
+    if values is not None:
+        values.update(_value_names(graph, b))
     outputs = []
     for name in graph.outputs:
         cf = is_channels_first(graph.io_layouts.get(name), graph.type_of(name).rank)
+        if values is not None and name in values:
+            values[name] = (name, cf and graph.type_of(name).rank >= 3, values[name][2])
         b.export_output(name, cf)
         outputs.append(_value_info(graph, name, cf))
     body = helper.make_graph(b.nodes, graph.name, inputs, outputs, list(b.initializers.values()))

@@ -32,11 +32,12 @@ from tapeout.targets.onnx.emit import MIN_OPSET, graph_to_onnx
 _MOVEMENT = ("Flatten", "Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze")
 
 
-def graph_to_qdq(graph: Graph, *, opset: int = MIN_OPSET) -> onnx.ModelProto:
-    """The QDQ model of an int8-annotated graph (run ``Quantize("int8")`` first)."""
+def graph_to_qdq(graph: Graph, *, opset: int = MIN_OPSET, values: dict | None = None) -> onnx.ModelProto:
+    """The QDQ model of an int8-annotated graph (run ``Quantize("int8")`` first); ``values`` as
+    ``graph_to_onnx`` fills it (the float tensors, before Q/DQ)."""
     if graph.quant is None or graph.quant.scheme != "int8":
         raise IRError("onnx:int8 needs a graph annotated by the quantize pass with scheme int8")
-    return insert_qdq(graph_to_onnx(graph, opset=opset), graph)
+    return insert_qdq(graph_to_onnx(graph, opset=opset, values=values), graph)
 
 
 def _initializer_source(name: str, constants: list[str]) -> str | None:

@@ -31,13 +31,17 @@ class OnnxTarget(Target):
         opset = int(self.options.get("opset", MIN_OPSET))
         source, graph = graph, artifact_graph(graph, self.io_layout)
         io_map(source, graph).write(outdir)  # ONNX keeps every name; --io-layout may move channels last
+        values: dict = {}  # IR value -> ONNX tensor, for the per-layer trace (tapeout_trace.json)
         if self.variant == "int8":
             from tapeout.targets.onnx.qdq import graph_to_qdq
 
-            model = graph_to_qdq(graph, opset=opset)
+            model = graph_to_qdq(graph, opset=opset, values=values)
         else:
-            model = graph_to_onnx(graph, opset=opset)
+            model = graph_to_onnx(graph, opset=opset, values=values)
         (outdir / "model.onnx").write_bytes(model.SerializeToString())
+        from tapeout.targets.trace_maps import onnx_map
+
+        onnx_map(graph, model, values).write(outdir)
         transposes = sum(n.op_type == "Transpose" for n in model.graph.node)
         layouts = ", ".join(f"{k}={graph.io_layouts[k]}" for k in [*graph.inputs, *graph.outputs]
                             if k in graph.io_layouts)

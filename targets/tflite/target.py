@@ -84,6 +84,9 @@ class TfliteTarget(Target):
             data = convert.convert(traced, self.variant)
             notes += traced.keras.notes
         (outdir / "model.tflite").write_bytes(data)
+        from tapeout.targets.trace_maps import tflite_map
+
+        tflite_map(graph, data, traced.keras.layer_names).write(outdir)  # the per-layer trace's names
         info = read_model(data)
         io = self._io_map(graph, agraph, traced, info)
         io.write(outdir)
