@@ -847,15 +847,25 @@ def verify_build(source: str | Path, outdir: str | Path, *, weights: str | Path 
             raise UsageError("--max-accuracy-drop needs --data FILE with labels y")
     tol = Tolerance(atol if atol is not None else DEFAULT_ATOL, rtol if rtol is not None else DEFAULT_RTOL,
                     scale_atol=atol is None)
+    notes: list[str] = []
+    calibration = None if data is not None else _build_calibration(built)
+    if calibration is not None:
+        # Without --data, the build's own calibration file: synthetic inputs outside its ranges say
+        # little about a quantized artifact (compile, given no --eval, verified on it too).
+        notes.append(f"verified on the build's calibration data {calibration} (pass --data for other inputs)")
     progress("source run")
     with runner_for(source, weights) as ref:
-        dataset = load_data(data, ref.input_specs(), kind="eval") if data else synthesize(
-            ref.input_specs(), num_samples=SYNTHETIC_SAMPLES, seed=0)
+        if data is not None:
+            dataset = load_data(data, ref.input_specs(), kind="eval")
+        elif calibration is not None:
+            dataset = load_data(calibration, ref.input_specs(), kind="calibration")
+        else:
+            dataset = synthesize(ref.input_specs(), num_samples=SYNTHETIC_SAMPLES, seed=0)
         if max_accuracy_drop is not None and dataset.labels is None:
             raise UsageError(f"--max-accuracy-drop needs labels: {data} has no array 'y'")
         reference = run_batches(ref, dataset)
         source_name = ref.name
-        notes = list(getattr(ref, "notes", []))
+        notes[:0] = list(getattr(ref, "notes", []))
     exact: dict[str, np.ndarray] = {}
     ir32: dict[str, np.ndarray] = {}
     if any(_error_model_applies(cls, v, atol, rtol) for cls, v in pairs):
@@ -898,6 +908,15 @@ def verify_build(source: str | Path, outdir: str | Path, *, weights: str | Path 
             _judge_accuracy(tr, max_accuracy_drop)
         report.targets.append(tr)
     return report
+
+
+def _build_calibration(built: Mapping[str, Any]) -> str | None:
+    """The calibration file a build's quantized targets recorded, when it still exists."""
+    for t in built.get("targets", []):
+        cal = ((t.get("quantization") or {}).get("calibration") or {}).get("file")
+        if cal and Path(cal).is_file():
+            return str(cal)
+    return None
 
 
 # Fields of a target's entry in report.json that verify_build recomputes or carries itself.
