@@ -323,7 +323,7 @@ def main(argv=None) -> int:
             print(f"no model {name!r} in the manifest", file=sys.stderr)
             return 2
         paths = R.materialize(entry, d)
-        print(json.dumps({k: str(v) for k, v in paths.items()}))
+        print(json.dumps({k: str(v) for k, v in paths.items() if v is not None}))
         return 0
     if args.report_only:  # rewrite the table (and failures) from the results file
         data = json.loads(RESULTS.read_text())

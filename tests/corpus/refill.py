@@ -39,7 +39,7 @@ MANIFEST = CORPUS_DIR / "manifest.json"
 # Std of every output unit of a layer that produces a model output (logits).
 LOGIT_STD = 4.0
 # Samples the refill measures on.
-REFILL_SAMPLES = 16
+REFILL_SAMPLES = 20  # two per cluster
 
 # ONNX ops a weight may pass through between its initializer and the op using it.
 _PASS_THROUGH = {"Transpose", "Reshape", "Cast", "Identity", "Unsqueeze", "Squeeze", "Flatten"}
@@ -54,19 +54,146 @@ def seed_of(name: str, base: int = 0) -> int:
 
 
 # --------------------------------------------------------------------------- input data
-def input_data(entry: dict, n: int, seed: int) -> dict[str, np.ndarray]:
-    """Deterministic random inputs for every model input, keyed by the source's input name."""
+# Inputs are clustered, as a trained classifier's data is: CLUSTERS prototypes per model (smooth
+# 1/f fields for images, like natural images' spectra; plain normal vectors otherwise), and each
+# sample is a prototype plus SPREAD times a field of its own. With i.i.d. noise inputs a random
+# network's logits sit a hair apart for every input, so any quantizer "disagrees" on top-1;
+# on clustered inputs, with the head fitted to the clusters (_centroid_head), the margins are a
+# trained network's and an int8 artifact is judged on what a user would see.
+CLUSTERS = 10
+SPREAD = 0.15
+# Prototypes drawn per model; the refill keeps the CLUSTERS on which the refilled network is
+# most stable (_choose_clusters): a random deep net is chaotic around some inputs (EfficientNet-B0:
+# within-cluster feature spread from 0.1 to 26 for the same input spread), while a trained
+# network is stable on its own data. The first CLUSTERS are the default without a refill.
+CANDIDATES = 30
+HEAD_SAMPLES_PER_CANDIDATE = 3
+
+
+def _spatial_axes(shape: tuple) -> tuple[int, ...]:
+    """Spatial axes of one sample (no batch axis): all but the channel axis, the smallest of
+    the first and last (NCHW exports put channels first, Keras last)."""
+    if len(shape) < 2:
+        return ()
+    channel = 0 if shape[0] <= shape[-1] else len(shape) - 1
+    return tuple(i for i in range(len(shape)) if i != channel)
+
+
+def _field(rng, shape: tuple, axes: tuple[int, ...]) -> np.ndarray:
+    """A zero-mean, unit-std field with a 1/f amplitude spectrum over ``axes`` (white if none)."""
+    x = rng.standard_normal(shape)
+    if axes:
+        f2 = np.zeros([shape[a] if a in axes else 1 for a in range(len(shape))])
+        for a in axes:
+            fr = np.fft.fftfreq(shape[a])
+            f2 = f2 + fr.reshape([-1 if i == a else 1 for i in range(len(shape))]) ** 2
+        floor = 1.0 / max(shape[a] for a in axes)
+        x = np.real(np.fft.ifftn(np.fft.fftn(x, axes=axes) / np.maximum(np.sqrt(f2), floor), axes=axes))
+    return (x - x.mean()) / max(float(x.std()), 1e-12)
+
+
+def _prototypes(entry: dict, base: int) -> dict[str, np.ndarray]:
+    """CANDIDATES prototypes per input, fixed by the model's name and ``base``."""
+    rng = np.random.default_rng(seed_of(entry["name"], base) ^ 0x5EED)
+    out = {}
+    for spec in entry["inputs"]:
+        shape = tuple(int(d) for d in spec["shape"][1:])
+        out[spec["name"]] = np.stack([_field(rng, shape, _spatial_axes(shape)) for _ in range(CANDIDATES)])
+    return out
+
+
+def labelled_data(entry: dict, n: int, seed: int, base: int = 0,
+                  clusters=None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Deterministic clustered inputs keyed by the source's input names, and each sample's
+    position in ``clusters`` (prototype indices; default the first CLUSTERS). The prototypes
+    depend on the model (and ``base``) only, so refill, calibration and eval data share them;
+    ``seed`` draws the samples."""
+    clusters = list(range(CLUSTERS)) if clusters is None else [int(c) for c in clusters]
+    protos = _prototypes(entry, base)
     rng = np.random.default_rng(seed)
+    labels = np.arange(n) % len(clusters)
+    rng.shuffle(labels)
     lo_hi = entry.get("input_range")
     feeds = {}
     for spec in entry["inputs"]:
-        shape = (n, *spec["shape"][1:])
-        if lo_hi:
-            arr = rng.uniform(lo_hi[0], lo_hi[1], shape)
-        else:
-            arr = rng.standard_normal(shape)
+        p = protos[spec["name"]]
+        shape, axes = p.shape[1:], _spatial_axes(p.shape[1:])
+        arr = np.stack([p[clusters[c]] + SPREAD * _field(rng, shape, axes) for c in labels]) if n else \
+            np.zeros((0, *shape))
+        if lo_hi:  # a model with its own preprocessing (0..255 images): map into the range
+            arr = lo_hi[0] + (lo_hi[1] - lo_hi[0]) * np.clip(0.5 + 0.2 * arr, 0.0, 1.0)
         feeds[spec["name"]] = arr.astype(np.float32)
-    return feeds
+    return feeds, labels
+
+
+def head_data(entry: dict, seed: int, base: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Samples of every candidate prototype, for choosing the clusters and fitting the head."""
+    return labelled_data(entry, CANDIDATES * HEAD_SAMPLES_PER_CANDIDATE, seed, base, range(CANDIDATES))
+
+
+def _choose_clusters(x: np.ndarray, labels: np.ndarray) -> list[int]:
+    """The CLUSTERS candidates whose samples' features spread least relative to the distances
+    between candidates' feature means."""
+    x = x.reshape(len(x), -1).astype(np.float64)
+    ids = np.unique(labels)
+    mu = np.stack([x[labels == c].mean(axis=0) for c in ids])
+    spread = np.array([np.sqrt(((x[labels == c] - m) ** 2).sum(axis=1).mean()) for c, m in zip(ids, mu)])
+    d = np.sqrt(((mu[:, None] - mu[None]) ** 2).sum(axis=-1))
+    scale = float(np.median(d[np.triu_indices(len(ids), 1)])) if len(ids) > 1 else 1.0
+    order = np.argsort(spread / max(scale, 1e-12), kind="stable")
+    return sorted(int(ids[i]) for i in order[:CLUSTERS])
+
+
+def input_data(entry: dict, n: int, seed: int, base: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic inputs for every model input, keyed by the source's input name."""
+    return labelled_data(entry, n, seed, base)[0]
+
+
+def _centroid_head(x: np.ndarray, labels: np.ndarray, n_out: int, rng, clusters=None,
+                   bias: bool = True) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """A dense head W [d, n_out], b [n_out] classifying features ``x`` [n, d] by cluster, as a
+    trained head does. ``labels`` are candidate prototype indices; the CLUSTERS most stable are
+    kept (or ``clusters``, chosen by an earlier head) and cluster k of them is class k % n_out.
+    Nearest centroid, centred: (x - c)'(mu_k - c) - |mu_k - c|^2 / 2, scaled to a median top-1
+    margin of LOGIT_STD. Classes with no cluster get small random weights and logits well below
+    the rest (a 1000-class net on 10 clusters). Without a bias (an export with none): unit
+    directions (mu_k - c) with the common mean c projected out. Returns W, b and the clusters kept."""
+    x = x.reshape(len(x), -1).astype(np.float64)
+    if clusters is None:
+        clusters = _choose_clusters(x, labels)
+    keep = np.isin(labels, clusters)
+    x, pos = x[keep], np.searchsorted(clusters, labels[keep])
+    cls = pos % n_out
+    present = np.unique(cls)
+    mu = np.stack([x[cls == c].mean(axis=0) for c in present])
+    center = x.mean(axis=0)
+    w = (mu - center).T  # [d, k]
+    b = -0.5 * ((mu - center) ** 2).sum(axis=1) - center @ w
+    if not bias:
+        u = center / max(float(np.linalg.norm(center)), 1e-12)
+        w = w - np.outer(u, u @ w)
+        w = w / np.maximum(np.linalg.norm(w, axis=0, keepdims=True), 1e-12)
+        b = np.zeros(w.shape[1])
+    logits = x @ w + b
+    top2 = np.sort(logits, axis=1)[:, -2:] if logits.shape[1] > 1 else np.concatenate(
+        [np.zeros_like(logits), logits], axis=1)
+    margin = float(np.median(top2[:, 1] - top2[:, 0]))
+    scale = LOGIT_STD / max(margin, 1e-12)
+    w, b = w * scale, b * scale
+    W = np.zeros((x.shape[1], n_out))
+    B = np.zeros(n_out)
+    W[:, present], B[present] = w, b
+    absent = np.setdiff1d(np.arange(n_out), present)
+    if absent.size:
+        logits = x @ w + b
+        r = rng.standard_normal((x.shape[1], absent.size))
+        r = r * (0.5 / max(float((x - center).dot(r).std()), 1e-12))
+        W[:, absent] = r
+        B[absent] = float(np.percentile(logits, 5)) - LOGIT_STD - center @ r
+        if not bias:  # no offsets: centre the random directions' scores below the rest instead
+            W[:, absent] = 0.0
+            B[absent] = 0.0
+    return W.astype(np.float32), B.astype(np.float32), list(clusters)
 
 
 # --------------------------------------------------------------------------- ONNX roles
@@ -297,8 +424,9 @@ def _upgraded_for_ort(model):
     return version_converter.convert_version(model, 13)
 
 
-def refill_onnx(model, seed: int, feeds: dict[str, np.ndarray]):
-    """Return a copy of ``model`` with every empty weight filled (LSUV on ``feeds``)."""
+def refill_onnx(model, seed: int, feeds: dict[str, np.ndarray], head: tuple | None = None):
+    """A copy of ``model`` with every empty weight filled (LSUV on ``feeds``), and the clusters
+    its dense head was fitted to on ``head`` = (feeds, candidate labels) (None: no such head)."""
     import onnx
     import onnxruntime as ort
     from onnx import helper, numpy_helper
@@ -366,20 +494,23 @@ def refill_onnx(model, seed: int, feeds: dict[str, np.ndarray]):
     opts.log_severity_level = 3
     sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     feed_names = {i.name for i in sess.get_inputs()}
-    data = {k: v for k, v in feeds.items() if k in feed_names}
-    n_samples = len(next(iter(data.values())))
+    refill_data = {k: v for k, v in feeds.items() if k in feed_names}
     # A batch-1 export (the version converter may drop input shapes: read the original's).
-    fixed_batch = any(i.name in data and i.type.tensor_type.shape.dim and
+    fixed_batch = any(i.name in refill_data and i.type.tensor_type.shape.dim and
                       i.type.tensor_type.shape.dim[0].dim_value == 1 for i in model.graph.input)
     final = _final_measures(model, roles)
 
-    def run(sess, name: str) -> np.ndarray:
+    def run(sess, name: str, inputs: dict | None = None) -> np.ndarray:
         """``name`` on every sample with the current weights (a batch-1 export: one sample per run)."""
         weights = {k: v for k, v in values.items() if k in feed_names}
+        data = refill_data if inputs is None else {k: v for k, v in inputs.items() if k in feed_names}
+        n_samples = len(next(iter(data.values())))
         if fixed_batch:
             return np.concatenate([sess.run([name], {**{k: v[i:i + 1] for k, v in data.items()}, **weights})[0]
                                    for i in range(n_samples)]).astype(np.float64)
         return sess.run([name], {**data, **weights})[0].astype(np.float64)
+
+    clusters = None
 
     by_measure: dict[str, list[str]] = defaultdict(list)
     for name, r in roles.items():
@@ -401,6 +532,11 @@ def refill_onnx(model, seed: int, feeds: dict[str, np.ndarray]):
         b = next((n for n in names if roles[n]["role"] == "bias"), None)
         if w is None:
             continue
+        if m in final and head is not None and y.ndim >= 2 and y.shape[1] > 1 and int(np.prod(y.shape[2:])) == 1:
+            fitted = _fit_onnx_head(model, probe, opts, run, values, roles, w, b, head, rng, clusters)
+            if fitted is not None:
+                clusters = fitted
+                continue
         if m in final and y.ndim >= 2 and y.shape[1] > 1:
             # Per output unit: zero mean, LOGIT_STD across samples.
             _per_unit(values, roles[w], w, b, y, LOGIT_STD)
@@ -438,7 +574,37 @@ def refill_onnx(model, seed: int, feeds: dict[str, np.ndarray]):
     for p in list(out.metadata_props):
         if p.key == "tapeout_corpus":
             out.metadata_props.remove(p)
-    return out
+    return out, clusters
+
+
+def _fit_onnx_head(model, probe, opts, run, values, roles, w, b, head, rng, clusters):
+    """Refit a final Gemm/MatMul as a centroid head on its input features; returns the clusters
+    kept, or None if its layout is not a plain [d, n] or [n, d] matrix."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    role = roles[w]
+    node = model.graph.node[role["node"]]
+    W = values[w]
+    conv = role.get("op") == "Conv" and W.ndim >= 3 and int(np.prod(W.shape[2:])) == 1  # 1x1, on a 1x1 map
+    if not conv and (role.get("op") not in ("Gemm", "MatMul") or role.get("out_axis") is None or W.ndim != 2):
+        return None
+    feature = node.input[0]
+    probe.graph.output.append(helper.make_tensor_value_info(feature, onnx.TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    x = run(sess, feature, head[0])
+    x = x.reshape(x.shape[0], -1)
+    out_axis = 0 if conv else role["out_axis"]
+    n_out = W.shape[out_axis]
+    if x.shape[1] != W.shape[1 - out_axis]:
+        return None
+    has_bias = b is not None and values[b].size == n_out
+    head_w, head_b, clusters = _centroid_head(x, head[1], n_out, rng, clusters, bias=has_bias)
+    values[w] = (head_w if out_axis == 1 else np.ascontiguousarray(head_w.T)).reshape(W.shape)
+    if b is not None and values[b].size == n_out:
+        values[b] = head_b.reshape(values[b].shape)
+    return clusters
 
 
 def _names_at(roles, idx):
@@ -578,20 +744,49 @@ def _keras_initial(layer, rng):
     return ws
 
 
-def refill_keras_model(model, seed: int, feeds: list[np.ndarray], legacy: bool = False) -> None:
-    """LSUV-refill a built Keras 3 or tf_keras model in place, layer by layer in graph order."""
+def refill_keras_model(model, seed: int, feeds: list[np.ndarray], legacy: bool = False,
+                       head: tuple | None = None) -> list[int] | None:
+    """LSUV-refill a built Keras 3 or tf_keras model in place, layer by layer in graph order; then
+    fit each final Dense as a centroid head on ``head`` = (input arrays, candidate labels).
+    Returns the clusters kept (None: no such head)."""
     rng = np.random.default_rng(seed)
     layers = [l for l in model.layers if l.weights]
     for l in layers:
         l.set_weights(_keras_initial(l, rng))
-    final = {id(_producer_layer(model, t)) for t in model.outputs}
+    final = {id(_head_layer(model, t)) for t in model.outputs}
     if not legacy:
         try:
             _refill_keras3_one_pass(model, feeds, rng, final)
-            return
+            return _keras_heads(model, final, head, rng, legacy)
         except Exception:  # fall back to one probe model per layer
             pass
     _refill_keras_probing(model, feeds, rng, final, legacy)
+    return _keras_heads(model, final, head, rng, legacy)
+
+
+def _keras_heads(model, final, head, rng, legacy) -> list[int] | None:
+    if head is None:
+        return None
+    if legacy:
+        import tf_keras as K
+    else:
+        import keras as K
+    clusters = None
+    for layer in model.layers:
+        if id(layer) not in final or type(layer).__name__ not in ("Dense", "Conv2D", "Conv1D") \
+                or not layer.use_bias:
+            continue
+        ws = layer.get_weights()
+        if ws[0].shape[-1] < 2 or int(np.prod(ws[0].shape[:-2])) != 1:  # dense, or a 1x1 conv
+            continue
+        arrays = head[0]
+        x = np.asarray(K.Model(model.inputs, layer.input)(arrays if len(arrays) > 1 else arrays[0], training=False))
+        if int(np.prod(x.shape[1:])) != ws[0].shape[-2]:  # a conv head on a map larger than 1x1
+            continue
+        w, ws[-1], clusters = _centroid_head(x, head[1], ws[0].shape[-1], rng, clusters)
+        ws[0] = w.reshape(ws[0].shape)
+        layer.set_weights(ws)
+    return clusters
 
 
 def _producer_layer(model, tensor):
@@ -599,6 +794,22 @@ def _producer_layer(model, tensor):
     if hist is not None:
         return hist[0] if isinstance(hist, tuple) else hist.operation
     return None
+
+
+# Layers between a classifier's logits and the model output (Keras MobileNetV3: a 1x1 Conv2D
+# "Logits", then Flatten and Activation(softmax)).
+_KERAS_AFTER_LOGITS = ("Activation", "Flatten", "Reshape", "Dropout", "Softmax")
+
+
+def _head_layer(model, tensor):
+    """The layer computing the logits behind an output: its producer, through _KERAS_AFTER_LOGITS."""
+    layer = _producer_layer(model, tensor)
+    for _ in range(4):
+        if layer is None or type(layer).__name__ not in _KERAS_AFTER_LOGITS:
+            return layer
+        inp = layer.input
+        layer = _producer_layer(model, inp[0] if isinstance(inp, (list, tuple)) else inp)
+    return layer
 
 
 def _bn_stats(layer, x):
@@ -709,51 +920,54 @@ def _quiet_tf():
 def refill_entry(entry: dict, outdir: str | Path, seed: int = 0) -> dict[str, Path]:
     """Write a runnable, refilled copy of one manifest entry into ``outdir``.
 
-    Returns {"model": path, "weights": path or absent}.
+    Returns {"model": path, "weights": path or absent, "clusters": the prototype indices the head
+    was fitted to, or None}: the calibration and eval data are drawn from those (write_data).
     """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     src = CORPUS_DIR / entry["files"][0]
     s = seed_of(entry["name"], seed)
-    feeds = input_data(entry, REFILL_SAMPLES, s + 1)
+    feeds = input_data(entry, REFILL_SAMPLES, s + 1, seed)
+    head_feeds, head_labels = head_data(entry, s + 4, seed)
     kind = entry["kind"]
     if kind == "onnx":
         import onnx
 
         model = onnx.load(str(src))
-        filled = refill_onnx(model, s, feeds)
+        filled, clusters = refill_onnx(model, s, feeds, (head_feeds, head_labels))
         path = outdir / f"{entry['name']}.onnx"
         path.write_bytes(filled.SerializeToString())
-        return {"model": path}
+        return {"model": path, "clusters": clusters}
     _quiet_tf()
     arrays = [feeds[i["name"]] for i in entry["inputs"]]
+    head = ([head_feeds[i["name"]] for i in entry["inputs"]], head_labels)
     if kind == "keras":
         import keras
 
         keras.utils.set_random_seed(s % (2**31))
         config = json.loads(src.read_text())
         model = keras.saving.deserialize_keras_object(config, safe_mode=True)
-        refill_keras_model(model, s, arrays)
+        clusters = refill_keras_model(model, s, arrays, head=head)
         path = outdir / f"{entry['name']}.keras"
         model.save(path)
         _fix_zip_dates(path)
-        return {"model": path}
+        return {"model": path, "clusters": clusters}
     if kind in ("keras2-json", "keras2-h5"):
         import tf_keras
 
         tf_keras.utils.set_random_seed(s % (2**31))
         text = src.read_text()
         model = tf_keras.models.model_from_json(text)
-        refill_keras_model(model, s, arrays, legacy=True)
+        clusters = refill_keras_model(model, s, arrays, legacy=True, head=head)
         if kind == "keras2-h5":
             path = outdir / f"{entry['name']}.h5"
             model.save(path, save_format="h5")
-            return {"model": path}
+            return {"model": path, "clusters": clusters}
         path = outdir / f"{entry['name']}.json"
         shutil.copyfile(src, path)
         weights = outdir / f"{entry['name']}.weights.h5"
         model.save_weights(weights, save_format="h5")
-        return {"model": path, "weights": weights}
+        return {"model": path, "weights": weights, "clusters": clusters}
     raise ValueError(f"unknown kind {kind!r}")
 
 
@@ -771,19 +985,21 @@ def _fix_zip_dates(path: Path) -> None:
     tmp.replace(path)
 
 
-def write_data(entry: dict, outdir: str | Path, n_cal: int, n_eval: int, seed: int = 0) -> dict[str, Path]:
-    """calibration.npz and eval.npz keyed by the source input names (source layout)."""
+def write_data(entry: dict, outdir: str | Path, n_cal: int, n_eval: int, seed: int = 0,
+               clusters=None) -> dict[str, Path]:
+    """calibration.npz and eval.npz keyed by the source input names (source layout), drawn from
+    ``clusters`` (refill_entry's; default the first CLUSTERS prototypes)."""
     outdir = Path(outdir)
     s = seed_of(entry["name"], seed)
     cal = outdir / "calibration.npz"
     ev = outdir / "eval.npz"
-    np.savez(cal, **input_data(entry, n_cal, s + 2))
-    np.savez(ev, **input_data(entry, n_eval, s + 3))
+    np.savez(cal, **labelled_data(entry, n_cal, s + 2, seed, clusters)[0])
+    np.savez(ev, **labelled_data(entry, n_eval, s + 3, seed, clusters)[0])
     return {"calibration": cal, "eval": ev}
 
 
 def materialize(entry: dict, outdir: str | Path, seed: int = 0) -> dict[str, Path]:
     paths = refill_entry(entry, outdir, seed)
     n_cal, n_eval = entry.get("samples", [64, 100])
-    paths.update(write_data(entry, outdir, n_cal, n_eval, seed))
+    paths.update(write_data(entry, outdir, n_cal, n_eval, seed, paths.pop("clusters", None)))
     return paths
