@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(or, without one, cosine/top-1 agreement >= 0.99) holds")
     _tolerance_flags(c)
     c.add_argument("--no-verify", action="store_true", help="emit artifacts without running them")
+    _trace_flag(c)
     c.add_argument("--no-timings", action="store_true",
                    help="write seconds as null so identical builds give byte-identical reports")
     c.add_argument("--model-explorer", metavar="FILE.json",
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "its report.json lists is verified, as compile verifies it)")
     v.add_argument("--weights", metavar="W", help="weights .h5 when SOURCE is an architecture .json")
     v.add_argument("--data", metavar="FILE", help=".npz/.npy inputs (synthetic when omitted)")
+    _trace_flag(v)
     v.add_argument("--max-accuracy-drop", type=float, metavar="P",
                    help="with OUTDIR: fail (exit 1) when a quantized artifact loses more than P percentage points "
                         "of top-1 accuracy on the --data labels")
@@ -283,6 +285,48 @@ def print_comparison(result: Any, out: TextIO) -> None:
     con.print(f"{'PASSED' if result.passed else 'FAILED'} on {result.samples} samples ({result.data_kind} data)")
 
 
+def _trace_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trace", action="store_true",
+                   help="compare every intermediate tensor the artifact exposes with the reference interpreter's "
+                        "(onnx, tflite, hls4ml; report.json \"trace\", docs/report.md) and name the first layer "
+                        "whose error jumps")
+
+
+TRACE_WORST = 3  # layers shown per target: the lowest SQNR first
+
+
+def print_trace(entries: Sequence[tuple[str, Any]], out: TextIO) -> None:
+    """--trace: per target, the worst layers by SQNR and the first jump with its suggestion."""
+    from rich.table import Table
+
+    con = _console(out)
+    table = Table(show_edge=False)
+    for col in ("target", "layer", "op", "SQNR dB", "cosine", "max abs err", "RMSE/scale"):
+        table.add_column(col, justify="left" if col in ("target", "layer", "op") else "right")
+    lines = []
+    for name, tr in entries:
+        if not tr:
+            continue
+        if tr.get("untraced") and not tr.get("layers"):
+            lines.append(f"trace   {name}: not traced: {tr['untraced']}")
+            continue
+        rows = tr["layers"]
+        worst = sorted(rows, key=lambda r: (r["sqnr_db"] is not None, r["sqnr_db"] or 0.0, r["index"]))[:TRACE_WORST]
+        for r in worst:
+            table.add_row(name, r["name"], r["op"], _fmt(r["sqnr_db"], ".1f"), _fmt(r["cosine"], ".6f"),
+                          _fmt(r["max_abs"]), _fmt(r["rmse_over_scale"], ".2f"))
+        jump = tr.get("first_jump")
+        lines.append(f"trace   {name}: {len(rows)} layers traced; " + (
+            f"first jump at {jump['name']} ({jump.get('detail') or jump['metric']}): try {jump['suggestion']}"
+            if jump else "no layer's error jumps"))
+        if tr.get("untraced"):
+            lines.append(f"trace   {name}: {tr['untraced']}")
+    if table.row_count:
+        con.print(table)
+    for line in lines:
+        con.print(line, markup=False)
+
+
 # -------------------------------------------------------------- commands
 def _cmd_compile(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from tapeout.compiler.api import compile_model
@@ -299,7 +343,7 @@ def _cmd_compile(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                                target_options=_target_options(args), max_accuracy_drop=args.max_accuracy_drop,
                                fallback=args.fallback, io_layout=args.io_layout,
                                verify_artifacts=not args.no_verify,
-                               timings=not args.no_timings, progress=status.update)
+                               timings=not args.no_timings, progress=status.update, trace=args.trace)
     if args.model_explorer:
         from tapeout.compiler.report_html import write_model_explorer
 
@@ -308,6 +352,8 @@ def _cmd_compile(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.write(report.dumps(timings=not args.no_timings))
     else:
         print_compile_summary(report, out)
+        if args.trace:
+            print_trace([(f"{t.target}:{t.variant}", t.extra.get("trace")) for t in report.targets], out)
     return report.exit_code
 
 
@@ -385,11 +431,14 @@ def _cmd_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise UsageError(f"{flag} applies to a whole build: give the OUTDIR of a compile")
     with captured_output(enabled=not args.debug):
         result = verify_artifact(args.source, args.artifact, weights=args.weights, data=args.data,
-                                 atol=args.atol, rtol=args.rtol)
+                                 atol=args.atol, rtol=args.rtol, trace=args.trace)
     if args.json:
-        out.write(json.dumps(result.to_json(), indent=2) + "\n")
+        out.write(json.dumps({**result.to_json(), **({"trace": result.trace} if args.trace else {})}, indent=2)
+                  + "\n")
     else:
         print_comparison(result, out)
+        if args.trace:
+            print_trace([(str(args.artifact), result.trace)], out)
     return EXIT_OK if result.passed else EXIT_VERIFY
 
 
