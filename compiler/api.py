@@ -818,7 +818,8 @@ def is_build_folder(path: str | Path) -> bool:
 
 def verify_build(source: str | Path, outdir: str | Path, *, weights: str | Path | None = None,
                  data: str | Path | None = None, atol: float | None = None, rtol: float | None = None,
-                 max_accuracy_drop: float | None = None, progress: Progress = _noop) -> CompileReport:
+                 max_accuracy_drop: float | None = None, trace: bool = False,
+                 progress: Progress = _noop) -> CompileReport:
     """Verify every artifact a compile wrote into ``outdir`` (found through OUTDIR/report.json)
     against ``source``, with compile's judging rules: each target's runner, its variant's tolerance
     (the error model for float32 variants, cosine/top-1 for quantized ones), the expected error of
@@ -876,6 +877,14 @@ def verify_build(source: str | Path, outdir: str | Path, *, weights: str | Path 
             notes.append(f"float artifacts judged elementwise: the source does not import for the error model ({e})")
         else:
             exact, ir32 = _ir_outputs(graph, dataset, "float64"), _ir_outputs(graph, dataset, "float32")
+    traced_graph: Graph | None = None
+    if trace:  # --trace: each artifact as `verify SOURCE ARTIFACT --trace` traces it (compiler.trace)
+        try:
+            from tapeout.compiler.passes.registry import default_pipeline
+
+            traced_graph = default_pipeline().run(load_model(source, weights)[0]).graph
+        except FrontendError as e:
+            notes.append(f"not traced: the source does not import ({e})")
     if built.get("pruning"):
         notes.append("the build was pruned: its artifacts are judged against the unpruned source here, while "
                      "compile judged them against the pruned IR")
@@ -906,6 +915,11 @@ def verify_build(source: str | Path, outdir: str | Path, *, weights: str | Path 
         if max_accuracy_drop is not None and tr.verification.error is None \
                 and cls.default_tolerance(variant) is not None:
             _judge_accuracy(tr, max_accuracy_drop)
+        if traced_graph is not None and not missing:
+            from tapeout.compiler.trace import trace_artifact
+
+            progress(f"trace {cls.name}:{variant}")
+            tr.extra["trace"] = trace_artifact(primary_artifact(tdir), traced_graph, dataset)
         report.targets.append(tr)
     return report
 

@@ -450,7 +450,8 @@ def _verify_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     status = _Status(err, enabled=not args.json)
     with status, captured_output(enabled=not args.debug):
         report = verify_build(args.source, args.artifact, weights=args.weights, data=args.data, atol=args.atol,
-                              rtol=args.rtol, max_accuracy_drop=args.max_accuracy_drop, progress=status.update)
+                              rtol=args.rtol, max_accuracy_drop=args.max_accuracy_drop, trace=args.trace,
+                              progress=status.update)
         if args.model_explorer:
             from tapeout.compiler.report_html import write_model_explorer
 
@@ -459,6 +460,8 @@ def _verify_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.write(report.dumps(timings=False))
     else:
         print_compile_summary(report, out, footer=False)
+        if args.trace:
+            print_trace([(f"{t.target}:{t.variant}", t.extra.get("trace")) for t in report.targets], out)
         for t in report.targets:
             if t.verification is not None and t.verification.error:
                 _console(out).print(f"error   {t.target}:{t.variant}: {t.verification.error}", markup=False)

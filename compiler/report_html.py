@@ -171,11 +171,7 @@ def _trace(report: Mapping[str, Any], charts: _Charts) -> str:
     if not traced:
         return ""
     out = ["<h2>Per-layer error (trace)</h2>\n"]
-    order: dict[str, int] = {}
-    for _, tr in traced:
-        for layer in tr.get("layers", []):
-            order.setdefault(layer["name"], int(layer.get("index", len(order))))
-    names = sorted(order, key=lambda n: (order[n], n))  # graph order
+    names = _merged_order([[lay["name"] for lay in tr.get("layers", [])] for _, tr in traced])
     if names and charts.available:
         go = charts.go
         for key, title, ylog in (("sqnr_db", "SQNR per layer (dB, higher is better)", False),
@@ -204,6 +200,20 @@ def _trace(report: Mapping[str, Any], charts: _Charts) -> str:
                 ["#", "layer", "op", "max abs", "mean abs", "SQNR dB", "cosine", "RMSE / scale"], rows,
                 numeric=(0, 3, 4, 5, 6, 7)))
     return "".join(out)
+
+
+def _merged_order(lists: Sequence[Sequence[str]]) -> list[str]:
+    """One x axis for every target: each trace lists its layers in graph order (``index`` is a position in
+    that target's own emitted graph, so not comparable across targets); a name first seen in a later
+    list goes right after the name it follows there."""
+    merged: list[str] = []
+    for names in lists:
+        prev = None
+        for n in names:
+            if n not in merged:
+                merged.insert(0 if prev is None else merged.index(prev) + 1, n)
+            prev = n
+    return merged
 
 
 def _finite(x: Any) -> bool:

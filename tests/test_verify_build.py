@@ -61,6 +61,16 @@ def test_verifies_every_artifact(build):
     assert got["targets"][2]["verification"]["outputs"][0]["rule"] == "error-model"
 
 
+def test_trace_every_artifact(build):
+    code, out, err = run_cli("verify", SAMPLE / "model.keras", build, "--data", SAMPLE / "eval.npz", "--trace",
+                             "--json")
+    assert code == 0, out + err
+    for t in json.loads(out)["targets"]:
+        tr = t["trace"]
+        assert tr["untraced"] is None and len(tr["layers"]) >= 7
+        assert tr["layers"][-1]["name"] == "probabilities"
+
+
 def test_text_output_says_passed(build):
     code, out, _ = run_cli("verify", SAMPLE / "model.keras", build)
     assert code == 0

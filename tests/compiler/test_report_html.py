@@ -33,7 +33,7 @@ def run_cli(*argv) -> tuple[int, str, str]:
 
 def _compile(outdir: Path) -> Path:
     args = ["compile", SAMPLE / "model.keras", "-o", outdir, "--calibration", SAMPLE / "calibration.npz",
-            "--eval", SAMPLE / "eval.npz", "--no-timings"]
+            "--eval", SAMPLE / "eval.npz", "--no-timings", "--trace"]
     for t in TARGETS:
         args += ["-t", t]
     code, out, err = run_cli(*args)
@@ -120,6 +120,20 @@ def test_sections(build):
     m = re.search(r'"categoryarray":\[([^\]]*)\]', page)
     assert m and json.loads(f"[{m.group(1)}]") == LAYERS
     assert page.count('"mode":"lines+markers"') >= 2 * len(report["targets"])
+
+
+def test_real_trace_plotted(build):
+    """The build's own --trace block: every traced layer of every target on the plot's x axis, in graph order."""
+    report = json.loads((build / "report.json").read_text())
+    page = (build / "report.html").read_text()
+    assert len(page.encode()) < 5_000_000
+    m = re.search(r'"categoryarray":\[([^\]]*)\]', page)
+    axis = json.loads(f"[{m.group(1)}]")
+    for t in report["targets"]:
+        names = [lay["name"] for lay in t["trace"]["layers"]]
+        assert names and all(n in axis for n in names)
+        assert [axis.index(n) for n in names] == sorted(axis.index(n) for n in names)
+        assert f'"name":"{t["target"]}:{t["variant"]}"' in page
 
 
 def test_hls4ml_section():
