@@ -9,7 +9,7 @@ DEMO_OUT ?= out/demo
 # pytest-xdist workers: CI machines have 2 cores.
 JOBS   ?= 2
 
-.PHONY: demo test install freeze bench clean corpus corpus-sources
+.PHONY: demo test install freeze bench clean corpus corpus-sources fuzz
 
 install: $(STAMP)
 
@@ -29,6 +29,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile
+
+# Fuzz every input parser through the CLI (docs/security.md): FUZZ_RUNS executions each, coverage-guided.
+FUZZ_RUNS ?= 10000
+fuzz: $(STAMP)
+	$(BIN)/python scripts/fuzz.py --runs $(FUZZ_RUNS) --jobs $(JOBS)
 
 # The public-model corpus (docs/corpus.md): every model through every target that applies.
 corpus: $(STAMP)

@@ -7,10 +7,12 @@ Every problem with a file is one RuntimeInputError line naming the file and what
 from __future__ import annotations
 
 import math
+import tokenize
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
 
@@ -51,17 +53,58 @@ def _read(path: Path) -> dict[str, np.ndarray]:
     if magic[:2] != b"PK" and magic != b"\x93NUMPY":
         raise RuntimeInputError(f"{path}: not an .npz or .npy file")
     try:
+        _check_declared(path, magic)
         loaded = np.load(path, allow_pickle=False)
         if isinstance(loaded, np.ndarray):
             return {SINGLE_INPUT_KEY: loaded}
         with loaded:
-            return {k: loaded[k] for k in loaded.files}
+            arrays = {k: loaded[k] for k in loaded.files}
+        for k, v in arrays.items():
+            if not isinstance(v, np.ndarray):  # NpzFile hands back a non-.npy member's raw bytes
+                raise RuntimeInputError(f"{path}: member '{k}' is not an array (.npy) file")
+        return arrays
+    except MemoryError as exc:  # a shape the header declares but no memory holds
+        raise RuntimeInputError(f"{path}: declares an array too large to read ({one_line(exc)})") from None
     except ValueError as exc:
         if "pickle" in str(exc).lower():
             raise RuntimeInputError(f"{path}: holds pickled objects; only plain numeric arrays are accepted") from None
         raise RuntimeInputError(f"{path}: not a readable {suffix} file ({one_line(exc)})") from None
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+    # A damaged .npy header's literal fails to tokenize (TokenError), inside np.load too.
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, NotImplementedError,
+            tokenize.TokenError) as exc:
         raise RuntimeInputError(f"{path}: not a readable {suffix} file ({one_line(exc)})") from None
+
+
+def _declared_bytes(f: BinaryIO) -> int | None:
+    """Bytes of array data an .npy header declares (None: not an array header numpy reads)."""
+    try:
+        version = np.lib.format.read_magic(f)
+        read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in read:
+            return None
+        shape, _, dtype = read[version](f)
+    except (ValueError, SyntaxError, TypeError, OSError, EOFError, zipfile.BadZipFile, tokenize.TokenError):
+        return None  # np.load says what is wrong with it
+    return math.prod(shape) * dtype.itemsize
+
+
+def _check_declared(path: Path, magic: bytes) -> None:
+    """Refuse an array declaring more bytes than the file (or .npz member) stores, before allocating it."""
+    if magic == b"\x93NUMPY":
+        with open(path, "rb") as f:
+            declared, stored = _declared_bytes(f), path.stat().st_size
+        members = [(path.name, declared, stored)]
+    else:
+        members = []
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if info.filename.endswith(".npy") and not info.is_dir():
+                    with z.open(info) as f:
+                        members.append((info.filename, _declared_bytes(f), info.file_size))
+    for name, declared, stored in members:
+        if declared is not None and declared > stored:
+            raise RuntimeInputError(f"{path}: '{name}' declares {declared:,} bytes of array data but holds "
+                                    f"{stored:,}")
 
 
 def _fit(path: Path, spec: IOSpec, array: np.ndarray) -> np.ndarray:
@@ -83,6 +126,8 @@ def _labels(path: Path, y: np.ndarray, num_samples: int) -> np.ndarray:
     if y.dtype.kind not in "biuf" or y.ndim not in (1, 2):
         raise RuntimeInputError(f"{path}: labels '{LABEL_KEY}' must be class ids [N] or one-hot rows [N, C], "
                                 f"got {y.dtype} {_shape_str(y.shape)}")
+    if y.ndim == 2 and y.shape[1] == 0:
+        raise RuntimeInputError(f"{path}: labels '{LABEL_KEY}' have shape {_shape_str(y.shape)}: no classes")
     ids = y.argmax(axis=1) if y.ndim == 2 else y
     if ids.dtype.kind == "f" and not np.array_equal(ids, np.round(ids)):
         raise RuntimeInputError(f"{path}: labels '{LABEL_KEY}' must be whole class ids")

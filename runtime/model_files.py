@@ -245,7 +245,8 @@ def check_graph(label: str, cfg: dict, where: str = "") -> None:
             if name in counts:
                 raise ModelFileError(f"{label}: malformed model config: {lpath}[{i}] repeats layer name {name!r}")
             nodes = entry.get("inbound_nodes", [])
-            counts[name] = max(1, len(nodes))  # a layer called k times has nodes 0..k-1; an input has node 0
+            # A layer called k times has nodes 0..k-1; an input has node 0; any other uncalled layer none.
+            counts[name] = len(nodes) if nodes else int(entry.get("class_name") == "InputLayer")
         waiting: dict[tuple[str, int], int] = {}  # node -> references not yet built
         users: dict[tuple[str, int], list[tuple[str, int]]] = {}
         ready = []

@@ -573,3 +573,94 @@ def test_staging_leaves_no_partial_output_and_rebuilds_are_byte_identical(tmp_pa
     code, _, err = run_cli("compile", bad, "-t", "onnx", "-o", tmp_path / "a")
     assert_refused(code, err, "bad.keras")
     assert (outs[0] / "onnx-fp32/model.onnx").read_bytes() == (outs[1] / "onnx-fp32/model.onnx").read_bytes()
+
+
+# ------------------------------------- found by the fuzzing harness (tests/fuzz, make fuzz)
+def _npy_declaring(shape: tuple, descr: str = "<f4") -> bytes:
+    """An .npy of 20 float32 zeros whose header declares ``shape`` (or is ``descr``-typed)."""
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((5, 4), np.float32))
+    data = buf.getvalue()
+    hlen = int.from_bytes(data[8:10], "little")
+    header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape!r}, }}".encode()
+    header += b" " * (-(10 + len(header) + 1) % 64) + b"\n"
+    return data[:8] + len(header).to_bytes(2, "little") + header + data[10 + hlen:]
+
+
+def _npz(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return path
+
+
+@pytest.mark.parametrize("how", ["npy-huge", "npz-huge", "npz-raw-member", "npz-empty-classes", "npy-bad-header"])
+def test_damaged_data_files_are_exit_2(how, tmp_path, good):
+    """Were exit 4: MemoryError allocating a declared 256 GiB array, NpzFile's raw bytes for a
+    member that is no .npy ('bytes' has no dtype), argmax of [N, 0] labels, TokenError from a header."""
+    x = io.BytesIO()
+    np.save(x, np.zeros((5, 8), np.float32))
+    if how == "npy-huge":
+        data = tmp_path / "d.npy"
+        data.write_bytes(_npy_declaring((2**36,)))
+    elif how == "npz-huge":
+        data = _npz(tmp_path / "d.npz", {"x.npy": _npy_declaring((2**34, 8))})
+    elif how == "npz-raw-member":
+        data = _npz(tmp_path / "d.npz", {"x": b"plain bytes, no .npy header"})
+    elif how == "npz-empty-classes":
+        y = io.BytesIO()
+        np.save(y, np.zeros((5, 0), np.float32))
+        data = _npz(tmp_path / "d.npz", {"x.npy": x.getvalue(), "y.npy": y.getvalue()})
+    else:
+        data = tmp_path / "d.npy"
+        raw = _npy_declaring((5, 8))
+        data.write_bytes(raw[:10] + b"{" * (len(raw[10:raw.index(b"\n") + 1]) - 1) + raw[raw.index(b"\n"):])
+    code, _, err = run_cli("verify", good, good, "--data", data)
+    assert_refused(code, err, data.name)
+
+
+def test_config_value_the_converter_cannot_read_is_exit_2(tmp_path):
+    """A BatchNormalization epsilon of null builds in tf_keras; the converter's float(None) was exit 4."""
+    import tf_keras
+
+    model = tf_keras.Sequential([tf_keras.Input((8, 8, 1)), tf_keras.layers.Conv2D(2, 3, name="c"),
+                                 tf_keras.layers.BatchNormalization(name="bn")])
+    arch, weights = tmp_path / "bn.json", tmp_path / "bn.h5"
+    cfg = json.loads(model.to_json())
+    cfg["config"]["layers"][2]["config"]["epsilon"] = None  # [0] is the InputLayer
+    arch.write_text(json.dumps(cfg))
+    model.save_weights(weights)
+    code, _, err = run_cli("inspect", arch, "--weights", weights)
+    assert_refused(code, err, "'bn'", "not understood")
+
+
+def test_reading_a_layer_that_is_never_called_is_exit_2_not_a_hang(tmp_path, good):
+    """A layer with no inbound nodes (not an input) has no node 0: tf_keras retried a reader of it forever."""
+    import tf_keras
+
+    inp = tf_keras.Input((6,), name="x")
+    h = tf_keras.layers.Dense(5, name="d1")(inp)
+    model = tf_keras.Model(inp, tf_keras.layers.Dense(3, name="d2")(h))
+    arch, weights = tmp_path / "uncalled.json", tmp_path / "uncalled.h5"
+    cfg = json.loads(model.to_json())
+    cfg["config"]["layers"][1]["inbound_nodes"] = []
+    arch.write_text(json.dumps(cfg))
+    model.save_weights(weights)
+    r = subprocess.run([sys.executable, "-m", "tapeout.compiler", "inspect", str(arch), "--weights", str(weights)],
+                       capture_output=True, text=True, timeout=300)
+    assert_refused(r.returncode, r.stderr, "config.layers[2].inbound_nodes[0]", "'d1'")
+
+
+def test_onnx_reshape_copying_a_dim_past_the_input_rank_is_exit_2(tmp_path):
+    """Reshape's 0 copies the input's dim at that index; past the input's rank it was an IndexError."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    shape = numpy_helper.from_array(np.array([-1, 0, 0], np.int64), "shape")
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 1])], [shape])
+    path = tmp_path / "reshape.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    code, _, err = run_cli("inspect", path)
+    assert_refused(code, err, "reshape.onnx", "Reshape", "rank")

@@ -23,6 +23,7 @@ from tapeout.compiler.errors import FrontendError
 from tapeout.compiler.frontends.keras_layers import (CONVERTERS, MODEL_CLASSES, OP_MODULE, OPERATIONS,
                                                      SUPPORTED_CLASSES, Emitter, convert_operation, is_operation)
 from tapeout.compiler.ir import BATCH, Graph, IRError, TensorType
+from tapeout.runtime.errors import one_line
 from tapeout.runtime.model_files import ModelFileError, load_keras_model
 
 _LAYOUTS = {2: "NC", 3: "NWC", 4: "NHWC", 5: "NDHWC"}
@@ -159,6 +160,9 @@ def _emit_model(model: Any, e: Emitter, feeds: dict[tuple, str]) -> list[str]:
                 produced = [CONVERTERS[cls](e, layer, cfg, in_values)]
             except IRError as err:
                 raise FrontendError(f"layer {layer.name!r} ({cls}): {err}") from None
+            except (TypeError, ValueError, KeyError, IndexError) as err:  # a value the framework took as is
+                raise FrontendError(f"layer {layer.name!r} ({cls}): its config is not understood "
+                                    f"({type(err).__name__}: {one_line(err)})") from None
         else:
             raise FrontendError(f"layer {layer.name!r} ({cls}) is not supported; "
                                 f"supported layers: {', '.join(SUPPORTED_CLASSES)}")

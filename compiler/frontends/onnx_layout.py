@@ -219,6 +219,8 @@ def plan_reshape(src: Sequence[int], perm: Perm, dst: Sequence[int]) -> ReshapeP
 
 def reshape_target(src: Sequence[int], target: Sequence[int], allowzero: bool = False) -> Shape:
     """ONNX Reshape's output shape: 0 copies the input dim (unless allowzero), one -1 is inferred."""
+    if not allowzero and any(d == 0 for d in target[len(src):]):
+        raise ValueError(f"shape {list(target)} copies (0) a dim past the input's rank {len(src)}")
     out = [int(src[i]) if (d == 0 and not allowzero) else int(d) for i, d in enumerate(target)]
     if out.count(-1) > 1:
         raise ValueError(f"shape {list(target)} has more than one -1")
