@@ -833,8 +833,8 @@ def verify_build(source: str | Path, outdir: str | Path, *, weights: str | Path 
     outdir = Path(outdir)
     found = outdir / "report.json"
     if not found.is_file():
-        raise UsageError(f"{outdir}: no report.json; give the folder `tapeout compile -o OUTDIR` wrote, "
-                         "or one artifact file")
+        raise UsageError(f"{outdir}: no report.json and not an hls4ml project (no tapeout_csim.json); give the "
+                         "OUTDIR `tapeout compile -o` wrote, an hls4ml project folder, or one artifact file")
     try:
         built = json.loads(found.read_text())
         entries = list(built["targets"])
