@@ -110,6 +110,8 @@ def run_atheris(parser: str, runs: int, work: Path, limit: float) -> None:
         rng = random.Random(seed)
         if rng.random() < 0.1:
             return atheris.Mutate(data, max_size)
+        if rng.random() < 0.3:  # back to a valid seed now and then: most corpus entries are refused early
+            data = encode(rng.choice(seeds(parser)))
         try:
             out = encode(mutate_case(parser, rng, decode(parser, data)))
         except Exception:  # noqa: BLE001 - a mutator's own failure is no finding: plain byte mutation
