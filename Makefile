@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/compile_speed.py
 	$(BIN)/python benchmarks/onnx_import.py
 	$(BIN)/python benchmarks/compile_scaling.py
+	$(BIN)/python benchmarks/trace_overhead.py
 
 # Re-pin the stack from the current environment.
 freeze:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -199,8 +200,8 @@ def _clipped_share(t: TracedTensor, ref: np.ndarray | None) -> float | None:
     if ref is None or t.lo is None or t.hi is None:
         return None
     r = np.asarray(ref, np.float64)
-    step = t.scale or 0.0
-    return float(np.mean((r < t.lo - step / 2) | (r > t.hi + step / 2))) if r.size else 0.0
+    step = t.scale or 0.0  # within a step of the range is rounding (a softmax's 1.0 in ap_fixed<W,1>), not clipping
+    return float(np.mean((r < t.lo - step) | (r > t.hi + step))) if r.size else 0.0
 
 
 def _detail(row: Mapping[str, Any], prev: float | None, clipped: float | None, t: TracedTensor) -> str:
@@ -219,24 +220,18 @@ def suggestion(kind: str, t: TracedTensor, clipped: float | None) -> str:
     """The flag to try for a jump at ``t``: keep it float, widen its fixed-point type, or recalibrate."""
     clips = clipped is not None and clipped > CLIPPED
     if kind == "fixed":
-        w, i = _ap_fixed(t.dtype)
-        if w is None:
+        m = re.match(r"(ap_u?fixed)<\s*(\d+)\s*,\s*(-?\d+)\s*(.*)$", t.dtype or "")
+        if m is None:
             return f"raise the hls4ml precision of {t.layer}: --precision {t.layer}=ap_fixed<W,I> with a wider type"
-        wider = f"ap_fixed<{w + 4},{i + 4}>" if clips else f"ap_fixed<{w + 4},{i}>"
-        return f"--precision {t.layer}={wider}"
+        w, i = int(m.group(2)), int(m.group(3))
+        # Clipping: 4 more integer bits; rounding: 4 more fractional bits. Modes (AP_RND, AP_SAT) kept.
+        return f"--precision {t.layer}={m.group(1)}<{w + 4},{i + 4 if clips else i}{m.group(4)}"
     if kind in ("int8", "int16x8"):
         if clips:
             return (f"recalibrate {t.layer}: its range clips the values (--calibration-method minmax on "
                     f"representative --calibration data), or --keep-float {t.layer}")
         return f"--keep-float {t.layer}, or try --calibration-method percentile"
     return f"check {t.layer}: its float error stands out"
-
-
-def _ap_fixed(dtype: str | None) -> tuple[int | None, int]:
-    import re
-
-    m = re.match(r"ap_u?fixed<\s*(\d+)\s*,\s*(-?\d+)", dtype or "")
-    return (int(m.group(1)), int(m.group(2))) if m else (None, 0)
 
 
 # --------------------------------------------------------------- collect
