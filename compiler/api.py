@@ -6,9 +6,6 @@ Each call returns an object (the CLI only prints it), raises the errors of
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,6 +19,7 @@ from tapeout.compiler.ir import Graph
 from tapeout.compiler.ops import graph_macs, graph_params, node_macs
 from tapeout.compiler.quiet import quiet_environment
 from tapeout.compiler.report import CompileReport, TargetReport, Verification
+from tapeout.compiler.staging import close_stage, install, open_stage, output_error
 from tapeout.runtime.compare import ComparisonResult, Tolerance, compare
 from tapeout.runtime.data import Dataset, load_data, synthesize
 from tapeout.runtime.errors import RuntimeInputError
@@ -132,17 +130,6 @@ def _summarize(result: ComparisonResult, runner: str, tol: Tolerance) -> Verific
 # --------------------------------------------------------------- compile
 def _dir_size(folder: Path, files: Sequence[str]) -> int:
     return sum((folder / f).stat().st_size for f in files)
-
-
-def _install(staging: Path, outdir: Path, folders: Sequence[str]) -> None:
-    """Move finished target folders into place, replacing older ones, each in one rename."""
-    outdir.mkdir(parents=True, exist_ok=True)
-    for name in folders:
-        dst = outdir / name
-        if dst.exists():
-            old = staging / f".old-{name}"
-            os.replace(dst, old)
-        os.replace(staging / name, dst)
 
 
 def compile_model(
@@ -275,10 +262,9 @@ def compile_model(
                            outdir=str(outdir), notes=[*graph.metadata.get("notes", []), *source_notes])
     report.pruning = None if pruning is None else {k: v for k, v in pruning.items() if not k.startswith("_")}
 
-    parent = outdir.parent if outdir.parent != Path("") else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}-tapeout-", dir=parent))
-    try:
+    staging: Path | None = None
+    try:  # compiler.staging: a locked stage next to OUTDIR, stale ones cleaned, installed under a lock
+        staging = open_stage(outdir)
         for (cls, variant), target, layout_note in zip(chosen, built, layout_notes):
             folder = f"{cls.name}-{variant}"
             tdir = staging / folder
@@ -308,14 +294,17 @@ def compile_model(
                     progress(f"trace {cls.name}:{variant}")
                     tr.extra["trace"] = _trace_target(cls.name, qgraph, tdir, dataset, traced_refs)
             report.targets.append(tr)
-        _install(staging, outdir, [f"{t.target}-{t.variant}" for t in report.targets])
-        tmp_report = staging / "report.json"
-        report.write(tmp_report, timings)
+        report.write(staging / "report.json", timings)
         _write_html(report, staging / "report.html", timings)
-        os.replace(staging / "report.html", outdir / "report.html")
-        os.replace(tmp_report, outdir / "report.json")
+        install(staging, outdir, [f"{t.target}-{t.variant}" for t in report.targets], ["report.html", "report.json"])
+    except OSError as e:  # a full disk or a read-only OUTDIR: one line, OUTDIR as it was
+        error = output_error(outdir, e)
+        if error is None:
+            raise
+        raise error from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            close_stage(staging)
     return report
 
 
