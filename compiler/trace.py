@@ -25,11 +25,25 @@ UNTRACEABLE = {
 NO_MAP = "the artifact's folder holds no tapeout_trace.json (written by the onnx, tflite and hls4ml targets)"
 
 
-def reference_values(graph: Graph, dataset: Dataset, samples: int = TRACE_SAMPLES) -> dict[str, np.ndarray]:
+# Both sides of the trace are held in memory at once (reference and artifact tensors): the
+# number of samples traced is cut so that they stay within this many bytes.
+MEMORY_BUDGET = 1 << 30
+
+
+def trace_samples(graph: Graph, dataset: Dataset) -> int:
+    """Samples traced: TRACE_SAMPLES at most, fewer when every intermediate of that many would not fit."""
+    per_sample = sum(int(np.prod([int(d) for d in graph.type_of(o).shape[1:]])) for n in graph.nodes
+                     for o in n.outputs if o in graph.types) * 4 * 2  # float32, reference and artifact
+    fit = MEMORY_BUDGET // max(per_sample, 1)
+    return int(max(1, min(TRACE_SAMPLES, fit, dataset.num_samples)))
+
+
+def reference_values(graph: Graph, dataset: Dataset, samples: int | None = None) -> dict[str, np.ndarray]:
     """Every IR value of ``graph`` on the first ``samples`` of ``dataset`` (source-layout inputs), channels-last."""
     from tapeout.compiler import interpreter
     from tapeout.compiler.calibration import to_ir_layout
 
+    samples = trace_samples(graph, dataset) if samples is None else samples
     feeds = to_ir_layout(graph, {k: v[:samples] for k, v in dataset.feeds.items() if k in graph.inputs})
     return interpreter.run(graph, feeds, keep_intermediates=True)
 
@@ -45,7 +59,7 @@ def trace_folder(folder: str | Path, graph: Graph, dataset: Dataset, target: str
     if reference is None:
         reference = reference_values(graph, dataset)
     try:
-        got = collect(folder, tmap, dataset)
+        got = collect(folder, tmap, dataset, samples=trace_samples(graph, dataset))
     except (RuntimeInputError, RuntimeUnavailable) as e:
         return untraced(f"the artifact could not be run with its intermediates exposed ({one_line(e)})")
     return trace_report(tmap, reference, got)

@@ -290,7 +290,8 @@ def trace_report(tmap: TraceMap, reference: Mapping[str, np.ndarray],
                  got: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """The report's "trace" entry for one target (docs/report.md)."""
     rows = compare_layers(tmap, reference, got)
-    return {"layers": rows, "first_jump": first_jump(rows, tmap, reference), "untraced": None}
+    samples = int(next(iter(got.values())).shape[0]) if got else 0
+    return {"layers": rows, "first_jump": first_jump(rows, tmap, reference), "untraced": None, "samples": samples}
 
 
 def untraced(reason: str) -> dict[str, Any]:
