@@ -664,3 +664,41 @@ def test_onnx_reshape_copying_a_dim_past_the_input_rank_is_exit_2(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     code, _, err = run_cli("inspect", path)
     assert_refused(code, err, "reshape.onnx", "Reshape", "rank")
+
+
+def _onnx_gemm(path: Path, edit=None) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.arange(32, dtype=np.float32).reshape(8, 4), "w")
+    b = numpy_helper.from_array(np.zeros(4, np.float32), "b")
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Gemm", ["r", "w", "b"], ["y"])],
+                              "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w, b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    if edit is not None:
+        edit(model.graph.initializer[0])
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def test_onnx_initializer_whose_data_does_not_fill_its_dims_is_exit_2(tmp_path):
+    """The fuzzer's input, kept as found (tests/fuzz/regressions/): Gemm weights of 96 floats under
+    dims [32, 1] that the checker and the folder let pass; onnx_ir's reshape raised ValueError (exit 4)."""
+    path = Path(__file__).parent / "fuzz" / "regressions" / "onnx-initializer-short-of-dims.onnx"
+    code, _, err = run_cli("inspect", path)
+    assert_refused(code, err, path.name, "initializer 'w'", "shape declares")
+
+
+def test_onnx_external_data_location_that_is_not_text_is_exit_2(tmp_path):
+    """Invalid UTF-8 in the location string: protobuf gave bytes, pathlib raised TypeError (exit 4)."""
+    from onnx import TensorProto
+
+    def external(t):
+        t.data_location = TensorProto.EXTERNAL
+        e = t.external_data.add()
+        e.key, e.value = "location", "LOCATION"
+    path = _onnx_gemm(tmp_path / "loc.onnx", external)
+    path.write_bytes(path.read_bytes().replace(b"LOCATION", b"\xff\xfe\xfdLOCAT"))
+    code, _, err = run_cli("inspect", path)
+    assert_refused(code, err, "loc.onnx", "not text")

@@ -228,7 +228,12 @@ def convert(prepared: Prepared, path: Path) -> Graph:
     ctx = Context(graph, path, prepared.opset, prepared.batch, prepared.fixed_batch, _uses(g, nodes))
     ctx.notes.extend(prepared.notes)
     for name, v in g.initializers.items():
-        ctx.bind(name, v.const_value.numpy())
+        try:
+            value = v.const_value.numpy()
+        except (ValueError, AttributeError) as e:  # raw bytes that do not fill the dims (the checker lets it pass)
+            raise FrontendError(f"{path}: initializer {name!r} does not hold the data its shape declares "
+                                f"({type(e).__name__}: {e})") from None
+        ctx.bind(name, value)
     consumers: dict[str, list[OnnxNode]] = {}
     for n in nodes:
         for i in n.inputs:

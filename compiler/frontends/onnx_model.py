@@ -93,6 +93,8 @@ def check_external_data(model: Any, path: Path) -> bool:
         if loc is None:
             continue
         found = True
+        if not isinstance(loc, str):  # protobuf hands back bytes that are not UTF-8
+            raise FrontendError(f"{path}: tensor {tensor.name!r} has an external data location that is not text")
         bad = (not loc or PurePosixPath(loc).is_absolute() or PureWindowsPath(loc).is_absolute()
                or ".." in PurePosixPath(loc.replace("\\", "/")).parts)
         target = (folder / loc).resolve()
