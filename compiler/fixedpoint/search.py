@@ -219,13 +219,27 @@ def _finish(graph: Graph, plan: PrecisionPlan, layers: list[HlsLayer], ranges: d
     return plan
 
 
+def _softmax_inputs(graph: Graph, layers: list[HlsLayer]) -> dict[str, float]:
+    """{value: 2.0} for every value a softmax reads. hls4ml's stable softmax holds ``max(x) - x``
+    in ``inp_norm_t``, derived from the input type with one integer bit less and unsigned: a type
+    that holds |x| <= R holds differences up to R only, and a larger one wraps (AP_WRAP). Logits
+    within +-5.9 with differences up to 8.6 wrapped 1% of them (exp(-8.6) became exp(-0.6)):
+    cosine 0.979. Range 2R keeps every difference."""
+    from tapeout.compiler.fixedpoint.model import _alias_map
+
+    alias = _alias_map(graph)
+    return {alias.get(v, v): 2.0 for layer in layers if layer.kind == "softmax" for v in layer.inputs}
+
+
 def initial_plan(graph: Graph, ranges: dict[str, float], frac: int = START_FRAC, table_size: int = 1024,
                  pinned: dict[str, LayerPrecision] | None = None) -> PrecisionPlan:
     layers = hls_layers(graph)
-    plan = PrecisionPlan({i: fixed(int_bits(ranges[i]) + frac, int_bits(ranges[i]), "AP_RND", "AP_SAT")
+    headroom = _softmax_inputs(graph, layers)
+    plan = PrecisionPlan({i: fixed(int_bits(ranges[i] * headroom.get(i, 1.0)) + frac,
+                                   int_bits(ranges[i] * headroom.get(i, 1.0)), "AP_RND", "AP_SAT")
                           for i in graph.inputs})
     for layer in layers:
-        ib = int_bits(ranges[layer.name])
+        ib = int_bits(ranges[layer.name] * headroom.get(layer.output, 1.0))
         res = fixed(ib + frac, ib, "AP_RND", "AP_SAT")
         if layer.kind in ("dense", "conv", "batch_norm"):
             wi = int_bits(ranges[f"{layer.name}:weight"], 1.0)

@@ -158,3 +158,28 @@ def test_max_abs_error_budget_alone_still_keeps_the_cosine():
     assert res.met and res.cosine >= 0.995
     loose = search(g, {"x": x[:512]}, Budget(None, 100.0, None))  # no cosine: nothing holds the widths
     assert loose.cosine < MIN_COSINE
+
+
+
+
+def test_softmax_input_type_holds_the_logit_differences():
+    """hls4ml's stable softmax keeps max(x) - x in a type one integer bit narrower than x's,
+    unsigned: a logit type sized to |x| alone wraps differences beyond |x| (exp(-8.6) read as
+    exp(-0.6); the corpus's refilled torch CNN: cosine 0.979). The search sizes it for 2|x|."""
+    from tapeout.compiler import interpreter
+    from tapeout.compiler.fixedpoint.search import initial_plan, observed_ranges
+
+    g, x = _mlp(5, last="softmax")
+    c, feeds = g.constants, {"x": x[:400]}
+    h = np.maximum(x[:400] @ c["w0"] + c["b0"], 0)
+    h = np.maximum(h @ c["w1"] + c["b1"], 0)
+    z = h @ c["w2"] + c["b2"]
+    k = 5.9 / np.abs(z).max()  # logits within +-5.9 (as the corpus CNN's): |x| * margin fits +-8
+    c["w2"], c["b2"], z = (c["w2"] * k).astype(np.float32), (c["b2"] * k).astype(np.float32), z * k
+    diffs = z.max(axis=1) - z.min(axis=1)
+    assert diffs.max() > 8  # ... while some differences do not
+    plan = initial_plan(g, observed_ranges(g, feeds), frac=16, table_size=65536)  # wide: only a wrap errs
+    assert diffs.max() < 2 ** (plan.layers["fc2"].result.integer - 1)  # inp_norm_t holds them all
+    got = predict_fixed(g, plan, feeds)["y"].astype(np.float64)
+    ref = interpreter.run(g, feeds)["y"].astype(np.float64)
+    assert np.abs(got - ref).max() < 0.01  # a wrapped difference moves a probability by ~0.1-0.5
