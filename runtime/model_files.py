@@ -31,7 +31,11 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import select
+import signal
 import sys
+import time
 import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -51,7 +55,8 @@ MODEL_CLASSES = ("Functional", "Sequential", "Model")
 # tests/runtime/test_model_files.py keeps equal): the runtime cannot import the compiler.
 KERAS_LAYERS = (
     "Activation", "ActivityRegularization", "Add", "AlphaDropout", "Average", "AveragePooling1D",
-    "AveragePooling2D", "BatchNormalization", "Concatenate", "Conv1D", "Conv2D", "Dense", "DepthwiseConv1D",
+    "AveragePooling2D", "BatchNormalization", "Concatenate", "Conv1D", "Conv2D", "Cropping1D", "Cropping2D",
+    "Dense", "DepthwiseConv1D",
     "DepthwiseConv2D", "Dropout", "ELU", "Flatten", "Functional", "GaussianDropout", "GaussianNoise",
     "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "Identity",
     "InputLayer", "LeakyReLU", "MaxPooling1D", "MaxPooling2D", "Maximum", "Minimum", "Model", "Multiply",
@@ -81,6 +86,11 @@ FUNCTION_MODULES = ("keras.activations", "keras.src.activations.", "keras.losses
 VALUE_CLASSES = ("__keras_tensor__", "__tensor__", "__numpy__", "__bytes__", "__ellipsis__", "__slice__")
 # What tapeout reads from a .keras archive; assets (vocabularies) are left unread.
 ARCHIVE_CONFIG, ARCHIVE_METADATA, ARCHIVE_WEIGHTS = "config.json", "metadata.json", "model.weights.h5"
+
+
+# The forked HDF5 read (check_hdf5) may take this long, plus a second per this many bytes of file.
+HDF5_PROBE_SECONDS = 10.0
+HDF5_PROBE_RATE = 50 * (1 << 20)
 
 
 class ModelFileError(RuntimeInputError):
@@ -369,8 +379,64 @@ def check_hdf5(label: str, source: str | Path | io.BytesIO) -> Hdf5Summary:
     """Refuse an HDF5 file that reads other files or declares more than it stores.
 
     Links, external storage and virtual datasets are checked through the low-level API, so
-    nothing is followed or read; declared sizes come from the dataspace, not the data.
+    nothing is followed or read; declared sizes come from the dataspace, not the data. Then
+    every attribute and dataset is read once, in a forked child with a time limit: a damaged
+    file can make the HDF5 library loop or crash in C, where no exception reaches (found by
+    make fuzz: a legacy .h5 whose model_config read never returned). The framework reads the
+    same bytes only after the child did so.
     """
+    if not hasattr(os, "fork"):
+        return _check_and_read(label, source)
+    size = source.getbuffer().nbytes if isinstance(source, io.BytesIO) else os.stat(source).st_size
+    limit = HDF5_PROBE_SECONDS + size / HDF5_PROBE_RATE
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave without running any parent's cleanup
+        code = 0
+        try:
+            os.close(r)
+            try:
+                s = _check_and_read(label, source)
+                payload = {"elements": s.elements, "nbytes": s.nbytes}
+            except RuntimeInputError as e:
+                payload = {"error": str(e)}
+            os.write(w, json.dumps(payload).encode())
+        except BaseException:  # noqa: BLE001 - anything else: the parent reports a damaged file
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    return _probe_result(label, pid, r, limit)
+
+
+def _probe_result(label: str, pid: int, r: int, limit: float) -> Hdf5Summary:
+    chunks, deadline = [], time.monotonic() + limit
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([r], [], [], left)[0]:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise ModelFileError(f"{label}: reading its HDF5 structure did not finish in {limit:.0f} s "
+                                     "(a damaged file)")
+            chunk = os.read(r, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(r)
+    _, status = os.waitpid(pid, 0)
+    try:
+        payload = json.loads(b"".join(chunks))
+    except ValueError:
+        how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.waitstatus_to_exitcode(status)}"
+        raise ModelFileError(f"{label}: not a readable HDF5 file (the HDF5 library failed on it: {how})") from None
+    if "error" in payload:
+        raise ModelFileError(payload["error"])
+    return Hdf5Summary(payload["elements"], payload["nbytes"])
+
+
+def _check_and_read(label: str, source: str | Path | io.BytesIO) -> Hdf5Summary:
     import h5py
 
     try:
@@ -379,7 +445,15 @@ def check_hdf5(label: str, source: str | Path | io.BytesIO) -> Hdf5Summary:
         raise ModelFileError(f"{label}: not a readable HDF5 file ({one_line(e)})") from None
     try:
         with f:
-            return _check_hdf5(label, f)
+            summary = _check_hdf5(label, f)
+            objects = [f]
+            f.visititems(lambda _, obj: objects.append(obj))
+            for obj in objects:  # what a framework reads: every attribute, every dataset
+                for key in obj.attrs:
+                    obj.attrs[key]
+                if isinstance(obj, h5py.Dataset):
+                    obj[()]
+            return summary
     except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # a damaged file: h5py's many types
         raise ModelFileError(f"{label}: not a readable HDF5 file ({type(e).__name__}: {one_line(e)})") from None
 
@@ -646,8 +720,8 @@ def load_keras_model(path: str | Path, weights: str | Path | None = None, *, saf
         _check_declared(label, ARCHIVE_WEIGHTS, cfg, summary)
         return LoadedModel(_keras3_model(label, cfg, members, safe_mode, summary), cfg, "keras", notes)
     if suffix in LEGACY_SUFFIXES:
+        summary = check_hdf5(label, p)  # first: the child reads model_config before this process does
         cfg, notes = _checked(label, _h5_config(p), check)
-        summary = check_hdf5(label, p)
         _check_declared(label, "the file", cfg, summary)
         return LoadedModel(_tf_keras_model(label, cfg, p, summary), cfg, "keras2-h5", notes)
     if suffix == JSON_SUFFIX:

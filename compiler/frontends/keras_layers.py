@@ -333,6 +333,24 @@ def _zero_padding(e: Emitter, layer, cfg, ins):
     return e.node("pad", layer.name, ins, pads=((0, 0), *pairs, (0, 0)))
 
 
+def _cropping(e: Emitter, layer, cfg, ins):
+    """CroppingND: a slice of the spatial axes (NASNetMobile crops after its stem's padding)."""
+    _channels_last(layer, cfg)
+    shape = e.shape(ins[0])
+    nsp = len(shape) - 2
+    crop = cfg["cropping"]
+    pairs = (_tuple(crop, 2),) if nsp == 1 else tuple(_tuple(c, 2) for c in crop)
+    if len(pairs) != nsp:
+        raise _fail(layer, f"cropping {crop!r} does not match {nsp} spatial axes")
+    axes = tuple(range(1, nsp + 1))
+    dims = shape[1:nsp + 1]
+    if any(not isinstance(d, int) for d in dims):
+        ends = tuple(-hi if hi else 2**62 for _, hi in pairs)  # ONNX Slice's clamping: to the end
+    else:
+        ends = tuple(int(d) - hi for d, (_, hi) in zip(dims, pairs))
+    return e.node("slice", layer.name, ins, axes=axes, starts=tuple(lo for lo, _ in pairs), ends=ends)
+
+
 def _upsampling(e: Emitter, layer, cfg, ins):
     _channels_last(layer, cfg)
     if cfg.get("interpolation", "nearest") != "nearest":
@@ -427,6 +445,7 @@ CONVERTERS: dict[str, Converter] = {
     "Concatenate": _concat,
     "Flatten": _flatten, "Reshape": _reshape, "Permute": _permute,
     "ZeroPadding1D": _cf(_zero_padding), "ZeroPadding2D": _cf(_zero_padding),
+    "Cropping1D": _cf(_cropping), "Cropping2D": _cf(_cropping),
     "UpSampling1D": _cf(_upsampling), "UpSampling2D": _cf(_upsampling),
     "Dropout": _dropout, "SpatialDropout1D": _dropout, "SpatialDropout2D": _dropout,
     "GaussianNoise": _identity, "GaussianDropout": _identity, "AlphaDropout": _identity,

@@ -88,6 +88,22 @@ def test_conv1d_family(keras, check_keras):
     assert graph.node("causal").attrs["pads"] == ((4, 0),)
 
 
+def test_cropping(keras, check_keras):
+    """Cropping1D/2D (NASNetMobile crops after its stem's padding): a slice of the spatial axes."""
+    L = keras.layers
+    img = keras.Input((9, 10, 3), name="image")
+    x = L.Conv2D(4, 3, padding="same", name="c")(img)
+    x = L.Cropping2D(((1, 2), (0, 3)), name="crop2")(x)
+    x = L.Cropping2D(1, name="crop_sym")(x)
+    sig = keras.Input((12, 2), name="signal")
+    y = L.Cropping1D((3, 1), name="crop1")(sig)
+    model = keras.Model([img, sig], [L.Flatten(name="flat")(x), y], name="cropping")
+    graph = check_keras(model)
+    assert graph.node("crop2").op == "slice" and graph.types["crop2"].shape[1:] == (6, 7, 4)
+    assert graph.types["crop_sym"].shape[1:] == (4, 5, 4)
+    assert graph.types["crop1"].shape[1:] == (8, 2)
+
+
 def test_merges_reshapes_and_nesting(keras, check_keras):
     L = keras.layers
     a = keras.Input((4, 4, 2), name="left")
