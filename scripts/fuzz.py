@@ -28,6 +28,7 @@ from tests.fuzz.harness import MEMORY_BUDGET_MB, TIME_LIMIT_S  # noqa: E402
 from tests.fuzz.seeds import PARSERS  # noqa: E402
 
 MAX_RESTARTS = 20
+TIMEOUT_EXIT = 70  # libFuzzer's -timeout_exitcode default
 
 
 class Job:
@@ -85,7 +86,8 @@ class Job:
         if code == 0 and not stuck:
             return
         log = (self.work / f"log-{self.restarts}.txt").read_text(errors="replace")
-        kind = ("hang" if stuck or "libFuzzer: timeout" in log else
+        # libFuzzer exits 70 on -timeout; its messages may be lost while the CLI captures fd 2.
+        kind = ("hang" if stuck or code == TIMEOUT_EXIT or "libFuzzer: timeout" in log else
                 "memory" if "out-of-memory" in log or code == -9 else "crash")
         self.findings[kind] += 1
         self.executions += 1  # the input that hung or crashed ran too

@@ -212,3 +212,54 @@ def test_bad_budget_value_is_one_line(monkeypatch) -> None:
     monkeypatch.setenv("TAPEOUT_MAX_SYNTH_BYTES", "-3")
     with pytest.raises(RuntimeInputError, match="TAPEOUT_MAX_SYNTH_BYTES"):
         budgets.MAX_SYNTH_BYTES.value()
+
+
+# ------------------------------------------- the forked HDF5 read (found by make fuzz)
+def test_hdf5_read_that_never_returns_is_refused_in_time(tmp_path, monkeypatch):
+    """The HDF5 library can loop in C on a damaged file; the read runs in a child that is killed."""
+    import time as _time
+
+    import h5py
+
+    from tapeout.runtime import model_files
+
+    path = tmp_path / "w.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = np.zeros(4, np.float32)
+    monkeypatch.setattr(model_files, "HDF5_PROBE_SECONDS", 1.0)
+    monkeypatch.setattr(model_files, "_check_and_read", lambda label, source: _time.sleep(60))
+    t0 = _time.monotonic()
+    with pytest.raises(model_files.ModelFileError, match="did not finish in 1 s"):
+        model_files.check_hdf5("w.h5", path)
+    assert _time.monotonic() - t0 < 10
+
+
+def test_hdf5_library_crash_is_refused_not_fatal(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import h5py
+
+    from tapeout.runtime import model_files
+
+    path = tmp_path / "w.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = np.zeros(4, np.float32)
+    monkeypatch.setattr(model_files, "_check_and_read", lambda label, source: os.kill(os.getpid(), signal.SIGSEGV))
+    with pytest.raises(model_files.ModelFileError, match="HDF5 library failed on it: signal 11"):
+        model_files.check_hdf5("w.h5", path)
+    monkeypatch.undo()
+    assert model_files.check_hdf5("w.h5", path).elements == 4  # this process lives on, the real read works
+
+
+def test_fuzzer_legacy_h5_whose_config_read_never_returned_is_exit_2():
+    """make fuzz's input as found: h5py's read of model_config never returned (tests/fuzz/regressions/)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "fuzz" / "regressions" / "legacy-h5-model-config-read-never-returns.h5"
+    r = subprocess.run([sys.executable, "-m", "tapeout.compiler", "inspect", str(path)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("tapeout: error:") and len(r.stderr.strip().splitlines()) == 1
