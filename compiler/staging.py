@@ -36,9 +36,9 @@ _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
-def _lock(path: Path, blocking: bool = True) -> int | None:
+def _lock(path: Path, blocking: bool = True, follow: bool = False) -> int | None:
     """An fd holding an exclusive flock on ``path`` (a folder); None if another process holds it."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | (0 if follow else os.O_NOFOLLOW))
     if fcntl is None:
         return fd
     try:
@@ -55,7 +55,7 @@ def _lock(path: Path, blocking: bool = True) -> int | None:
 
 @contextmanager
 def _parent_lock(outdir: Path) -> Iterator[None]:
-    fd = _lock(_parent(outdir))
+    fd = _lock(_parent(outdir), follow=True)  # OUTDIR's parent may well be a symlink
     try:
         yield
     finally:

@@ -218,3 +218,13 @@ def test_two_compiles_into_one_outdir_at_once_give_one_consistent_build(model, b
     assert _stages(tmp_path) == []
     code, err = _cli("verify", model, out)  # report.json and the artifacts agree
     assert code == 0, err
+
+
+def test_outdir_under_a_symlinked_folder_builds(model, tmp_path):
+    """The install lock opens OUTDIR's parent, which users often reach through a symlink."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    code, err = _cli("compile", model, "-t", "onnx", "-o", tmp_path / "link" / "out", "--no-timings")
+    assert code == 0, err
+    assert (tmp_path / "real" / "out" / "report.json").is_file()
+    assert _stages(tmp_path / "real") == []
