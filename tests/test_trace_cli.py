@@ -51,14 +51,15 @@ def _graphs():
     return g, Pipeline([SplitActivations()]).run(g).graph
 
 
-def _eval_x() -> np.ndarray:
-    return np.load(SAMPLE / "eval.npz")["x"].astype(np.float32)
+def _eval_x(n: int) -> np.ndarray:
+    """The first ``n`` eval samples: the trace covers the first TRACE_SAMPLES (128) of the 360."""
+    return np.load(SAMPLE / "eval.npz")["x"][:n].astype(np.float32)
 
 
-def _reference(graph) -> dict[str, np.ndarray]:
+def _reference(graph, n: int) -> dict[str, np.ndarray]:
     from tapeout.compiler import interpreter
 
-    return interpreter.run(graph, {"image": _eval_x()}, keep_intermediates=True)
+    return interpreter.run(graph, {"image": _eval_x(n)}, keep_intermediates=True)
 
 
 def _check(row: dict, ref: np.ndarray, got: np.ndarray, scale: float | None) -> None:
@@ -83,7 +84,7 @@ def test_every_layer_traced_for_every_target(build):
              "hls4ml:vitis": [o for n in floating.nodes for o in n.outputs]}
     for name in TRACED:
         tr = targets[name]["trace"]
-        assert tr["untraced"] is None, name
+        assert tr["untraced"] is None and tr["samples"] == 128, name
         assert [r["name"] for r in tr["layers"]] == every[name], name  # all of them, in graph order
         assert [r["index"] for r in tr["layers"]] == sorted(r["index"] for r in tr["layers"])
         assert all(r["sqnr_db"] > 20 and r["cosine"] > 0.99 for r in tr["layers"]), name
@@ -98,7 +99,8 @@ def test_onnx_numbers_recomputed(build):
 
     outdir, targets, _ = build
     _, split = _graphs()
-    ref = _reference(split)
+    n = targets["onnx:int8"]["trace"]["samples"]
+    ref = _reference(split, n)
     model = onnx.load(str(outdir / "onnx-int8" / "model.onnx"))
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     names = [o for n in split.nodes for o in n.outputs]
@@ -107,7 +109,7 @@ def test_onnx_numbers_recomputed(build):
     for t in quantized:
         model.graph.output.append(onnx.ValueInfoProto(name=t))
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    got = dict(zip(quantized, sess.run(quantized, {"image": _eval_x()})))
+    got = dict(zip(quantized, sess.run(quantized, {"image": _eval_x(n)})))
     for row, v in zip(targets["onnx:int8"]["trace"]["layers"], names):
         q = got[f"{v}/quantized"].astype(np.float64)
         scale, zp = float(inits[f"{v}/scale"]), int(inits[f"{v}/zero_point"])
@@ -122,13 +124,14 @@ def test_tflite_numbers_recomputed(build):
 
     outdir, targets, _ = build
     _, split = _graphs()
-    ref = _reference(split)
+    n = targets["tflite:int8"]["trace"]["samples"]
+    ref = _reference(split, n)
     tmap = json.loads((outdir / "tflite-int8" / "tapeout_trace.json").read_text())["tensors"]
     annotated = {t["name"]: t for t in tmap}
     interp = Interpreter(model_path=str(outdir / "tflite-int8" / "model.tflite"),
                          experimental_preserve_all_tensors=True,
                          experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    x = _eval_x()
+    x = _eval_x(n)
     interp.resize_tensor_input(interp.get_input_details()[0]["index"], list(x.shape))
     interp.allocate_tensors()
     interp.set_tensor(interp.get_input_details()[0]["index"], x)
@@ -151,9 +154,10 @@ def test_hls4ml_numbers_recomputed(build):
 
     outdir, targets, _ = build
     floating, _ = _graphs()
-    ref = _reference(floating)
+    n = targets["hls4ml:vitis"]["trace"]["samples"]
+    ref = _reference(floating, n)
     with Hls4mlCsimRunner(outdir / "hls4ml-vitis") as runner:
-        _, traces = runner.run({"image": _eval_x()}, trace=True)
+        _, traces = runner.run({"image": _eval_x(n)}, trace=True)
     # hls4ml's layer for a node with a fused activation is '<node>_<activation>'.
     layer_of = {"relu1": "conv1_relu", "conv2": "conv2_relu", "pool": "pool", "relu2": "conv3_relu", "gap": "gap",
                 "fc1": "fc1_relu", "probabilities": "probabilities_softmax"}
