@@ -4,9 +4,11 @@
 
 Compiles samples/digits_cnn once (no verification), then times `tapeout verify SOURCE ARTIFACT
 --data eval.npz` in this process, with and without --trace, for each artifact: the best of
---repeat interleaved runs each (the machine's other load disturbs the rest). "verify" covers the source run, the artifact run and the comparison; "trace"
-adds the reference interpreter with every intermediate kept and a second artifact run with its
-intermediates exposed (docs/report.md "trace"). Issue 15 asks for a ratio of at most 2.
+--repeat interleaved runs each (the machine's other load disturbs the rest). "verify" covers the
+source run, the artifact run and the comparison; --trace adds the source's import, the reference
+interpreter with every intermediate kept and a second artifact run with its intermediates exposed,
+on the first 128 samples (--samples N to change; docs/report.md "trace"). Issue 15 asks for a ratio
+of at most 2.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ ARTIFACTS = {"onnx:int8": "onnx-int8/model.onnx", "tflite:int8": "tflite-int8/mo
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--build", type=Path, help="an OUTDIR already compiled with these three targets (skips the compile)")
+    ap.add_argument("--build", type=Path,
+                    help="an OUTDIR already compiled with these three targets (skips the compile)")
     ap.add_argument("--samples", type=int, help="trace this many samples at most instead of TRACE_SAMPLES (128)")
     args = ap.parse_args()
     quiet_environment()
