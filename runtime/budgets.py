@@ -45,7 +45,7 @@ MAX_CONFIG_DEPTH = Budget("TAPEOUT_MAX_CONFIG_DEPTH", 100, "nesting depth of an 
 # Weights tapeout lets a framework read: the .keras members together, or an HDF5 file's datasets.
 MAX_MODEL_BYTES = Budget("TAPEOUT_MAX_MODEL_BYTES", 4 << 30, "weights read from one model file, in bytes")
 # A .keras member over RATIO_FLOOR may expand at most this many times (deflate tops out near 1,000).
-MAX_ZIP_RATIO = Budget("TAPEOUT_MAX_ZIP_RATIO", 100, "a .keras member's uncompressed / compressed size")
+MAX_ZIP_RATIO = Budget("TAPEOUT_MAX_ZIP_RATIO", 100, "a .keras or .npz member's uncompressed / compressed size")
 # An HDF5 dataset over RATIO_FLOOR may declare at most this many times the bytes it stores
 # (unwritten chunks and compression let 20 KB declare gigabytes).
 MAX_TENSOR_RATIO = Budget("TAPEOUT_MAX_TENSOR_RATIO", 100, "an HDF5 dataset's declared / stored size")

@@ -16,7 +16,7 @@ from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
 
-from tapeout.runtime.budgets import MAX_SYNTH_BYTES
+from tapeout.runtime.budgets import MAX_SYNTH_BYTES, MAX_ZIP_RATIO, RATIO_FLOOR
 from tapeout.runtime.errors import RuntimeInputError, one_line
 from tapeout.runtime.protocol import IOSpec
 
@@ -98,6 +98,11 @@ def _check_declared(path: Path, magic: bytes) -> None:
         members = []
         with zipfile.ZipFile(path) as z:
             for info in z.infolist():
+                # A deflated member of zeros inflates 1,000 times: refused from the headers, as in a .keras.
+                ratio = MAX_ZIP_RATIO.value()
+                if info.file_size > RATIO_FLOOR and info.file_size > ratio * max(info.compress_size, 1):
+                    raise MAX_ZIP_RATIO.exceeded(str(path), f"member {info.filename} ({info.file_size:,} bytes from "
+                                                            f"{info.compress_size:,})")
                 if info.filename.endswith(".npy") and not info.is_dir():
                     with z.open(info) as f:
                         members.append((info.filename, _declared_bytes(f), info.file_size))

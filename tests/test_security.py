@@ -702,3 +702,16 @@ def test_onnx_external_data_location_that_is_not_text_is_exit_2(tmp_path):
     path.write_bytes(path.read_bytes().replace(b"LOCATION", b"\xff\xfe\xfdLOCAT"))
     code, _, err = run_cli("inspect", path)
     assert_refused(code, err, "loc.onnx", "not text")
+
+
+def test_npz_member_inflating_a_thousand_times_is_refused_before_reading(tmp_path, good, monkeypatch):
+    """Zeros deflate about 1,000 times (4 GB from 4 MB): np.load would hold all of it; the zip headers
+    say so first. 1.6 MB of zeros here, over the 1 MiB floor, keeps the test small."""
+    data = tmp_path / "bomb.npz"
+    np.savez_compressed(data, x=np.zeros((50_000, 8), np.float32))
+    assert data.stat().st_size < 16_000
+    code, _, err = run_cli("verify", good, good, "--data", data)
+    assert_refused(code, err, "bomb.npz", "TAPEOUT_MAX_ZIP_RATIO")
+    monkeypatch.setenv("TAPEOUT_MAX_ZIP_RATIO", "100000")  # raised for a file you trust: read as usual
+    code, _, err = run_cli("verify", good, good, "--data", data)
+    assert code == 0, err
