@@ -80,7 +80,7 @@ def trace_artifact(artifact: str | Path, graph: Graph, dataset: Dataset) -> dict
     """``tapeout verify SOURCE ARTIFACT --trace``: ``graph`` is the source after the default passes."""
     path = Path(artifact)
     folder = path if path.is_dir() else path.parent
-    if path.suffix.lower() == ".plan":
+    if path.suffix.lower() == ".plan" or (folder / "plan.json").is_file():  # a tensorrt target's folder
         return untraced(UNTRACEABLE["tensorrt"])
     tmap = TraceMap.load(folder)
     if tmap is None:

@@ -174,6 +174,11 @@ def test_tensorrt_said_untraced_and_the_rest_traced(build):
     assert tr["layers"] == [] and tr["first_jump"] is None and "TensorRT" in tr["untraced"]
     assert "trace   tensorrt:fp32: not traced: TensorRT" in out
     assert all(targets[t]["trace"]["layers"] for t in TRACED)
+    outdir = build[0]
+    code, out, err = run_cli("verify", SAMPLE / "model.keras", outdir / "tensorrt-fp32" / "model.onnx", "--data",
+                             SAMPLE / "eval.npz", "--trace")
+    assert code == 0, out + err
+    assert f"trace   {outdir / 'tensorrt-fp32' / 'model.onnx'}: not traced: TensorRT" in out
 
 
 def test_verify_trace_matches_compile(build):
@@ -224,3 +229,41 @@ def test_miscalibrated_layer_is_the_first_jump(tmp_path, monkeypatch):
             assert jump["suggestion"].startswith("--precision conv2_relu=ap_fixed<20,4")
         else:
             assert "--keep-float conv2" in jump["suggestion"] and jump["suggestion"].startswith("recalibrate conv2")
+
+
+def test_channels_first_onnx_source_traces_in_the_ir_layout(tmp_path):
+    """An NCHW ONNX CNN: the onnx artifacts hold channels-first tensors and a flatten in channels-first
+    order (its dense rows permuted instead of a Transpose), tflite channels-last ones; every traced
+    layer of the float targets agrees with the reference, so each was brought back to the IR's layout."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (4, 1, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(0, 0.1, 4).astype(np.float32), "b"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (10, 64)).astype(np.float32), "fw"),
+             numpy_helper.from_array(rng.normal(0, 0.1, 10).astype(np.float32), "fb")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "fw", "fb"], ["logits"], name="fc", transB=1),
+             helper.make_node("Softmax", ["logits"], ["y"], name="softmax")]
+    graph = helper.make_graph(nodes, "nchw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
+    src = tmp_path / "nchw.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), src)
+    np.savez(tmp_path / "data.npz", x=rng.random((40, 1, 8, 8), dtype=np.float32))
+    code, out, err = run_cli("compile", src, "-o", tmp_path / "out", "-t", "onnx", "-t", "onnx:int8", "-t", "tflite",
+                             "--calibration", tmp_path / "data.npz", "--trace", "--no-timings")
+    assert code == 0, out + err
+    targets = {f"{t['target']}:{t['variant']}": t["trace"]
+               for t in json.loads((tmp_path / "out" / "report.json").read_text())["targets"]}
+    tmap = json.loads((tmp_path / "out" / "onnx-fp32" / "tapeout_trace.json").read_text())["tensors"]
+    assert any(t["perm"] for t in tmap) and any(t["flat_from"] for t in tmap)  # both paths are exercised
+    for name in ("onnx:fp32", "tflite:fp32"):
+        rows = targets[name]["layers"]
+        assert len(rows) >= 4 and targets[name]["first_jump"] is None, name
+        assert all(r["cosine"] > 0.999999 and r["sqnr_db"] > 100 for r in rows), (name, rows)
+    rows = targets["onnx:int8"]["layers"]
+    assert len(rows) >= len(targets["onnx:fp32"]["layers"]) and all(r["cosine"] > 0.99 for r in rows), rows
