@@ -322,6 +322,8 @@ def print_trace(entries: Sequence[tuple[str, Any]], out: TextIO) -> None:
         if tr.get("untraced"):
             lines.append(f"trace   {name}: {tr['untraced']}")
     if table.row_count:
+        con.print(f"trace   the {TRACE_WORST} worst layers per target by SQNR (every layer: report.json \"trace\")",
+                  markup=False)
         con.print(table)
     for line in lines:
         con.print(line, markup=False)

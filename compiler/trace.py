@@ -20,7 +20,7 @@ from tapeout.runtime.trace import TRACE_SAMPLES, TraceMap, collect, trace_report
 # Targets whose artifacts cannot expose intermediates to tapeout's runners, and why.
 UNTRACEABLE = {
     "tensorrt": "TensorRT engines do not expose intermediate tensors to tapeout's runner (an engine fuses "
-                "and reorders layers, and needs a GPU to run); not traced",
+                "and reorders layers, and needs a GPU to run)",
 }
 NO_MAP = "the artifact's folder holds no tapeout_trace.json (written by the onnx, tflite and hls4ml targets)"
 
