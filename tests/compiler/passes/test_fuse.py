@@ -3,7 +3,7 @@
 import pytest
 
 from tapeout.compiler.ir import Activation
-from tapeout.compiler.passes.fuse import Fuse, FuseActivation, FuseBatchNorm, FuseReshapeTranspose
+from tapeout.compiler.passes.fuse import Fuse, FuseActivation, FuseBatchNorm, FuseConstantShift, FuseReshapeTranspose
 
 BN_RTOL = 1e-4
 
@@ -171,6 +171,52 @@ def test_shape_chain_with_shared_intermediate_is_kept(builder, apply):
     h = b.node("transpose", [b.input("x", 2, 3)], "t1", perm=(0, 2, 1))
     g = b.build(b.node("transpose", [h], "t2", perm=(0, 2, 1)), h)
     assert not apply(FuseReshapeTranspose(), g).changed
+
+
+# ------------------------------------------------------- fuse-constant-shift
+@pytest.mark.parametrize("op, shape, first", [("add", (), False), ("add", (1, 1, 4), True), ("sub", (4,), False),
+                                              ("mul", (1, 4), False), ("mul", (), True)])
+def test_constant_shift_folded_into_conv(builder, apply, equivalent, op_list, op, shape, first):
+    b = builder()
+    c = _conv(b, b.input("x", 6, 6, 2), 2, 4, pads=((1, 1), (1, 1)))
+    k = b.rand("k", *shape, low=0.5, high=3.0)
+    g = b.build(b.node(op, [k, c] if first else [c, k], "shift"))
+    res = apply(FuseConstantShift(), g)
+    assert op_list(res.graph) == ["conv"] and res.graph.outputs == ["shift_out"]
+    assert res.details == [f"folded constant {op} 'shift' into conv 'conv'"]
+    equivalent(g, res.graph, rtol=1e-5, atol=1e-5)
+
+
+def test_constant_shift_left_alone(builder, apply):
+    """c - y, a constant that is not per channel (or widens the output), a conv with an activation
+    or another reader: not a shift of the conv's own output."""
+    cases = []
+    b = builder()
+    c = _conv(b, b.input("x", 6, 6, 2), 2, 4)
+    cases.append(b.build(b.node("sub", [b.rand("k", 4), c], "s")))
+    b = builder()
+    c = _conv(b, b.input("x", 6, 6, 2), 2, 4)
+    cases.append(b.build(b.node("add", [c, b.rand("k", 4, 4, 1)], "s")))  # per position, not per channel
+    b = builder()
+    c = _conv(b, b.input("x", 6, 6, 2), 2, 4, activation=Activation.of("relu"))
+    cases.append(b.build(b.node("add", [c, b.rand("k", 4)], "s")))
+    b = builder()
+    c = _conv(b, b.input("x", 6, 6, 2), 2, 4)
+    cases.append(b.build(b.node("add", [c, b.rand("k", 4)], "s"), c))
+    for g in cases:
+        assert not apply(FuseConstantShift(), g).changed
+
+
+def test_se_gate_becomes_one_conv_with_relu6(builder, apply, equivalent, op_list):
+    """MobileNetV3's relu6(conv + 3) / 6: the + 3 folds, then the clip fuses into the conv."""
+    b = builder()
+    c = _conv(b, b.input("x", 6, 6, 2), 2, 4, pads=((1, 1), (1, 1)))
+    h = b.node("clip", [b.node("add", [c, b.const("three", 3.0)], "plus3")], "relu6", min=0.0, max=6.0)
+    g = b.build(b.node("mul", [h, b.const("sixth", 1 / 6)], "gate"))
+    res = apply(Fuse(), g)
+    assert op_list(res.graph) == ["conv", "mul"]
+    assert res.graph.node("conv").attrs["activation"] == Activation.of("clip", min=0.0, max=6.0)
+    equivalent(g, res.graph, rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------- fuse
