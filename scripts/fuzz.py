@@ -67,7 +67,7 @@ class Job:
             if n != self.last_count:
                 self.last_count, self.last_progress = n, time.monotonic()
             # No new stats for a long while: stuck in native code where no alarm reaches.
-            elif time.monotonic() - self.last_progress > max(60.0, 50 * self.args.time_limit):
+            elif time.monotonic() - self.last_progress > max(120.0, 10 * self.args.time_limit):
                 self.proc.kill()
                 self.proc.wait()
                 self._finish(-9, stuck=True)

@@ -10,10 +10,12 @@ that breaks a property under ``findings/``. scripts/fuzz.py runs one per parser 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import hashlib
 import json
 import os
 import random
+import signal
 import sys
 import time
 from collections import Counter
@@ -104,6 +106,7 @@ def run_atheris(parser: str, runs: int, work: Path, limit: float) -> None:
     tally = Tally(parser, work, runs)
 
     def test_one(data: bytes) -> None:
+        (work / "current.bin").write_bytes(data)  # what a hang in native code was working on
         tally.add(data, sandbox.run(parser, decode(parser, data), time_limit=None))  # libFuzzer times it
 
     def mutator(data: bytes, max_size: int, seed: int) -> bytes:
@@ -134,6 +137,9 @@ def main() -> None:
     ap.add_argument("--time-limit", type=float, default=TIME_LIMIT_S)
     a = ap.parse_args()
     a.work = a.work.resolve()
+    # `kill -USR1 PID` writes every thread's Python stack to WORK/stacks.txt, even from inside native
+    # code (fd 2 is the CLI's capture file while it runs).
+    faulthandler.register(signal.SIGUSR1, file=open(a.work / "stacks.txt", "w"), all_threads=True)
     a.work.mkdir(parents=True, exist_ok=True)
     if a.engine == "atheris":
         run_atheris(a.parser, a.runs, a.work, a.time_limit)

@@ -7,6 +7,7 @@ zip members of a ``.keras``, HDF5 attributes and datasets, .npy headers and .npz
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import random
@@ -130,11 +131,21 @@ def _h5_objects(f: Any) -> list[tuple[str, Any]]:
     return names
 
 
+# HDF5 files h5py wrote (the seeds, and this process's own edits). Only these are opened to edit:
+# the HDF5 library can loop forever in C on a damaged file, and here nothing would stop it.
+_H5_WELL_FORMED: set[str] = set()
+
+
+def trust_h5(data: bytes) -> bytes:
+    _H5_WELL_FORMED.add(hashlib.sha256(data).hexdigest())
+    return data
+
+
 def mutate_h5(rng: random.Random, data: bytes) -> bytes:
     """An HDF5 file's attributes (model_config, weight_names...) or datasets changed; else its bytes."""
     import h5py
 
-    if rng.random() < 0.15:
+    if rng.random() < 0.15 or hashlib.sha256(data).hexdigest() not in _H5_WELL_FORMED:
         return mutate_bytes(rng, data)
     bio = io.BytesIO(data)
     try:
@@ -167,7 +178,7 @@ def mutate_h5(rng: random.Random, data: bytes) -> bytes:
                     [b"{}", b"[]", np.array(["a", "b"], dtype="S"), np.float64(np.nan), b"null"])
             elif isinstance(obj, h5py.Group):
                 obj.create_dataset(f"extra{rng.randrange(9)}", data=np.zeros(rng.choice([1, 3, 100]), "<f4"))
-        return bio.getvalue()
+        return trust_h5(bio.getvalue())
     except Exception:  # noqa: BLE001 - an edit h5py itself refuses: fall back to raw bytes
         return mutate_bytes(rng, data)
 

@@ -93,7 +93,21 @@ def _npy(a) -> bytes:
 
 @lru_cache(maxsize=None)
 def seeds(parser: str) -> tuple[Case, ...]:
-    """The seed cases of one parser (see PARSERS)."""
+    """The seed cases of one parser (see PARSERS); their HDF5 files are marked well-formed for editing."""
+    from tests.fuzz.mutators import trust_h5
+
+    cases = _seeds(parser)
+    for case in cases:
+        for name, data in case.items():
+            if name.endswith(".h5"):
+                trust_h5(data)
+            elif name.endswith(".keras"):
+                with zipfile.ZipFile(io.BytesIO(data)) as z:
+                    trust_h5(z.read("model.weights.h5"))
+    return cases
+
+
+def _seeds(parser: str) -> tuple[Case, ...]:
     if parser == "onnx":
         return tuple({"model.onnx": m} for m in _onnx_models())
     if parser == "keras3":
