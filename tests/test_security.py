@@ -594,7 +594,8 @@ def _npz(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
-@pytest.mark.parametrize("how", ["npy-huge", "npz-huge", "npz-raw-member", "npz-empty-classes", "npy-bad-header"])
+@pytest.mark.parametrize("how", ["npy-huge", "npz-huge", "npz-raw-member", "npz-empty-classes", "npy-bad-header",
+                                 "npy-unmatched-header"])
 def test_damaged_data_files_are_exit_2(how, tmp_path, good):
     """Were exit 4: MemoryError allocating a declared 256 GiB array, NpzFile's raw bytes for a
     member that is no .npy ('bytes' has no dtype), argmax of [N, 0] labels, TokenError from a header."""
@@ -611,6 +612,10 @@ def test_damaged_data_files_are_exit_2(how, tmp_path, good):
         y = io.BytesIO()
         np.save(y, np.zeros((5, 0), np.float32))
         data = _npz(tmp_path / "d.npz", {"x.npy": x.getvalue(), "y.npy": y.getvalue()})
+    elif how == "npy-unmatched-header":  # make fuzz: SyntaxError from the header's literal
+        data = tmp_path / "d.npy"
+        raw = _npy_declaring((5, 8))
+        data.write_bytes(raw[:10] + b")" + raw[11:])
     else:
         data = tmp_path / "d.npy"
         raw = _npy_declaring((5, 8))
@@ -672,8 +677,8 @@ def _onnx_gemm(path: Path, edit=None) -> Path:
 
     w = numpy_helper.from_array(np.arange(32, dtype=np.float32).reshape(8, 4), "w")
     b = numpy_helper.from_array(np.zeros(4, np.float32), "b")
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Gemm", ["r", "w", "b"], ["y"])],
-                              "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Gemm", ["r", "w", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w, b])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     if edit is not None:
