@@ -39,7 +39,7 @@ class Job:
         self.work.mkdir(parents=True)
         self.codes: Counter = Counter()
         self.findings: Counter = Counter()
-        self.executions, self.peak, self.restarts, self.t0 = 0, 0, 0, time.monotonic()
+        self.executions, self.peak, self.restarts, self.t0 = 0, 0, 0, 0.0
         self.proc: subprocess.Popen | None = None
         self.started = self.last_progress = 0.0
         self.last_count = -1
@@ -48,6 +48,7 @@ class Job:
         cmd = [sys.executable, "-m", "tests.fuzz.engine", "--parser", self.parser, "--work", str(self.work),
                "--runs", str(self.args.runs - self.executions), "--engine", self.args.engine,
                "--seed", str(self.restarts), "--time-limit", str(self.args.time_limit)]
+        self.t0 = self.t0 or time.monotonic()  # this parser's own wall time, not the queue's
         log = open(self.work / f"log-{self.restarts}.txt", "wb")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         self.started = self.last_progress = time.monotonic()
