@@ -69,9 +69,10 @@ def _read(path: Path) -> dict[str, np.ndarray]:
         if "pickle" in str(exc).lower():
             raise RuntimeInputError(f"{path}: holds pickled objects; only plain numeric arrays are accepted") from None
         raise RuntimeInputError(f"{path}: not a readable {suffix} file ({one_line(exc)})") from None
-    # A damaged .npy header's literal fails to tokenize or parse (TokenError, SyntaxError), inside np.load too.
+    # A damaged .npy header's literal fails to tokenize or parse (TokenError, SyntaxError), inside np.load
+    # too; a shape holding False reaches reshape (TypeError).
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, NotImplementedError,
-            tokenize.TokenError, SyntaxError, RecursionError) as exc:
+            tokenize.TokenError, SyntaxError, RecursionError, TypeError) as exc:
         raise RuntimeInputError(f"{path}: not a readable {suffix} file ({one_line(exc)})") from None
 
 

@@ -595,7 +595,7 @@ def _npz(path: Path, members: dict[str, bytes]) -> Path:
 
 
 @pytest.mark.parametrize("how", ["npy-huge", "npz-huge", "npz-raw-member", "npz-empty-classes", "npy-bad-header",
-                                 "npy-unmatched-header"])
+                                 "npy-unmatched-header", "npy-bool-dim"])
 def test_damaged_data_files_are_exit_2(how, tmp_path, good):
     """Were exit 4: MemoryError allocating a declared 256 GiB array, NpzFile's raw bytes for a
     member that is no .npy ('bytes' has no dtype), argmax of [N, 0] labels, TokenError from a header."""
@@ -612,6 +612,9 @@ def test_damaged_data_files_are_exit_2(how, tmp_path, good):
         y = io.BytesIO()
         np.save(y, np.zeros((5, 0), np.float32))
         data = _npz(tmp_path / "d.npz", {"x.npy": x.getvalue(), "y.npy": y.getvalue()})
+    elif how == "npy-bool-dim":  # make fuzz: shape (5, False, 4) reached reshape, TypeError
+        data = tmp_path / "d.npy"
+        data.write_bytes(_npy_declaring((5, False, 4)))
     elif how == "npy-unmatched-header":  # make fuzz: SyntaxError from the header's literal
         data = tmp_path / "d.npy"
         raw = _npy_declaring((5, 8))
