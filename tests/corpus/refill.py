@@ -511,6 +511,7 @@ def refill_onnx(model, seed: int, feeds: dict[str, np.ndarray], head: tuple | No
         return sess.run([name], {**data, **weights})[0].astype(np.float64)
 
     clusters = None
+    fitted_heads: set[str] = set()
 
     by_measure: dict[str, list[str]] = defaultdict(list)
     for name, r in roles.items():
@@ -532,10 +533,14 @@ def refill_onnx(model, seed: int, feeds: dict[str, np.ndarray], head: tuple | No
         b = next((n for n in names if roles[n]["role"] == "bias"), None)
         if w is None:
             continue
-        if m in final and head is not None and y.ndim >= 2 and y.shape[1] > 1 and int(np.prod(y.shape[2:])) == 1:
-            fitted = _fit_onnx_head(model, probe, opts, run, values, roles, w, b, head, rng, clusters)
+        pooled_head = m in final and y.ndim > 2 and _pooled_logits(model, m) is not None
+        if m in final and head is not None and y.ndim >= 2 and y.shape[1] > 1 and \
+                (int(np.prod(y.shape[2:])) == 1 or pooled_head):
+            fitted = _fit_onnx_head(model, probe, opts, run, values, roles, w, b, head, rng, clusters,
+                                    pooled=pooled_head)
             if fitted is not None:
                 clusters = fitted
+                fitted_heads.add(m)
                 continue
         if m in final and y.ndim >= 2 and y.shape[1] > 1:
             # Per output unit: zero mean, LOGIT_STD across samples.
@@ -550,7 +555,7 @@ def refill_onnx(model, seed: int, feeds: dict[str, np.ndarray], head: tuple | No
     # A conv head (conv, relu, global pool: SqueezeNet): pooling averages the per-sample variation
     # away, so scale each output channel again by the pooled logits' spread across samples (exact:
     # relu and average pooling are positively homogeneous).
-    for m in final:
+    for m in final - fitted_heads:
         pooled = _pooled_logits(model, m)
         w = next((n for n in by_measure.get(m, []) if roles[n]["role"] == "weight"), None)
         if pooled is None or w is None or values[w].ndim < 3:
@@ -577,9 +582,15 @@ def refill_onnx(model, seed: int, feeds: dict[str, np.ndarray], head: tuple | No
     return out, clusters
 
 
-def _fit_onnx_head(model, probe, opts, run, values, roles, w, b, head, rng, clusters):
-    """Refit a final Gemm/MatMul as a centroid head on its input features; returns the clusters
-    kept, or None if its layout is not a plain [d, n] or [n, d] matrix."""
+def _fit_onnx_head(model, probe, opts, run, values, roles, w, b, head, rng, clusters, pooled=False):
+    """Refit a final Gemm/MatMul (or 1x1 conv) as a centroid head on its input features; returns
+    the clusters kept, or None if its layout is not a plain [d, n] or [n, d] matrix.
+
+    ``pooled``: a 1x1 conv on a map, then relu and a global average pool (SqueezeNet). The head is
+    fitted on the spatially averaged features, and its bias raised so that 98% of the classes'
+    per-position logits stay positive: relu is then nearly the identity and commutes with the pool, so the
+    pooled logits are the fitted head's (plus one offset for all classes, which keeps the argmax,
+    as a trained SqueezeNet's logits are all positive too)."""
     import onnx
     import onnxruntime as ort
     from onnx import helper
@@ -594,6 +605,12 @@ def _fit_onnx_head(model, probe, opts, run, values, roles, w, b, head, rng, clus
     probe.graph.output.append(helper.make_tensor_value_info(feature, onnx.TensorProto.FLOAT, None))
     sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     x = run(sess, feature, head[0])
+    per_position = None
+    if pooled:
+        if not conv or b is None:
+            return None
+        per_position = np.moveaxis(x.reshape(x.shape[0], x.shape[1], -1), 1, -1).reshape(-1, x.shape[1])
+        x = x.reshape(x.shape[0], x.shape[1], -1).mean(axis=2)
     x = x.reshape(x.shape[0], -1)
     out_axis = 0 if conv else role["out_axis"]
     n_out = W.shape[out_axis]
@@ -601,6 +618,10 @@ def _fit_onnx_head(model, probe, opts, run, values, roles, w, b, head, rng, clus
         return None
     has_bias = b is not None and values[b].size == n_out
     head_w, head_b, clusters = _centroid_head(x, head[1], n_out, rng, clusters, bias=has_bias)
+    if per_position is not None:  # head_w: [d, n_out]
+        # The classes' units only: the absent classes' units sit below and relu may zero them.
+        z = (per_position @ head_w + head_b)[:, :min(CLUSTERS, n_out)]
+        head_b = head_b + max(0.0, -float(np.quantile(z, 0.02)))
     values[w] = (head_w if out_axis == 1 else np.ascontiguousarray(head_w.T)).reshape(W.shape)
     if b is not None and values[b].size == n_out:
         values[b] = head_b.reshape(values[b].shape)
