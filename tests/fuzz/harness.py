@@ -59,12 +59,18 @@ class _Audit:
         self.seen: list[str] = []
         sys.addaudithook(self)
 
-    def _check(self, path: object) -> None:
+    def _check(self, path: object, dir_fd: object = None) -> None:
         if isinstance(path, bytes):
             path = os.fsdecode(path)
         if not isinstance(path, (str, os.PathLike)):
             return
-        p = os.path.abspath(os.fspath(path))
+        base = os.getcwd()
+        if isinstance(dir_fd, int) and dir_fd >= 0:  # relative to an open folder (shutil.rmtree's unlinks)
+            try:
+                base = os.readlink(f"/proc/self/fd/{dir_fd}")
+            except OSError:
+                return
+        p = os.path.normpath(os.path.join(base, os.fspath(path)))
         if p != os.devnull and not any(p == a or p.startswith(a + os.sep) for a in self.allowed):
             self.seen.append(p)
 
@@ -77,6 +83,13 @@ class _Audit:
                      (isinstance(mode, str) and any(c in mode for c in "wax+"))
             if writes:
                 self._check(path)
+        elif event in ("os.remove", "os.rmdir"):  # (path, dir_fd)
+            self._check(args[0], args[1] if len(args) > 1 else None)
+        elif event == "os.mkdir":  # (path, mode, dir_fd)
+            self._check(args[0], args[2] if len(args) > 2 else None)
+        elif event == "os.rename":  # (src, dst, src_dir_fd, dst_dir_fd)
+            self._check(args[0], args[2] if len(args) > 2 else None)
+            self._check(args[1], args[3] if len(args) > 3 else None)
         elif event in _WRITE_EVENTS:
             for a in args[:2]:
                 self._check(a)
