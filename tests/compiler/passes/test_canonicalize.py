@@ -1,10 +1,12 @@
-"""remove-identity, fold-constants, remove-dead, merge-pad and the canonicalize composite."""
+"""remove-identity, fold-constants, remove-dead, merge-pad, fuse-hard-swish and the canonicalize composite."""
 
 import math
 
 import numpy as np
+import pytest
 
-from tapeout.compiler.passes.canonicalize import Canonicalize, FoldConstants, MergePad, RemoveDead, RemoveIdentity
+from tapeout.compiler.passes.canonicalize import (Canonicalize, FoldConstants, FuseHardSwish, MergePad, RemoveDead,
+                                                  RemoveIdentity)
 
 
 # ------------------------------------------------------------ remove-identity
@@ -175,3 +177,34 @@ def test_canonicalize_runs_sub_passes_to_a_fixed_point(builder, apply, equivalen
     equivalent(g, res.graph)
     again = apply(Canonicalize(), res.graph)
     assert not again.changed
+
+
+# ----------------------------------------------------------------- fuse-hard-swish
+@pytest.mark.parametrize("swap", [False, True])
+def test_mul_by_own_hard_sigmoid_is_hard_swish(builder, apply, equivalent, op_list, swap):
+    """PyTorch's opset-13 export of hardswish: Mul(x, HardSigmoid(x; 1/6, 1/2))."""
+    b = builder()
+    x = b.node("conv", [b.input("x", 6, 6, 2), b.rand("w", 3, 3, 2, 4), b.rand("b", 4)], "conv")
+    h = b.node("hard_sigmoid", [x], "hs", alpha=1 / 6, beta=0.5)
+    g = b.build(b.node("mul", [h, x] if swap else [x, h], "m"))
+    res = apply(FuseHardSwish(), g)
+    assert op_list(res.graph) == ["conv", "hard_swish"] and res.graph.outputs == ["m_out"]
+    assert res.graph.node("m").inputs == [x]
+    equivalent(g, res.graph, rtol=1e-6, atol=1e-6)
+
+
+def test_other_hard_sigmoid_products_are_left(builder, apply):
+    """A gate on another tensor (squeeze-excite), Keras 2's 0.2x + 0.5, a shared gate: not hard_swish."""
+    b = builder()
+    x = b.input("x", 4, 4, 3)
+    y = b.input("y", 4, 4, 3)
+    g1 = b.build(b.node("mul", [y, b.node("hard_sigmoid", [x], "hs", alpha=1 / 6, beta=0.5)], "m"))
+    b = builder()
+    x = b.input("x", 4, 4, 3)
+    g2 = b.build(b.node("mul", [x, b.node("hard_sigmoid", [x], "hs", alpha=0.2, beta=0.5)], "m"))
+    b = builder()
+    x = b.input("x", 4, 4, 3)
+    h = b.node("hard_sigmoid", [x], "hs", alpha=1 / 6, beta=0.5)
+    g3 = b.build(b.node("mul", [x, h], "m"), h)
+    for g in (g1, g2, g3):
+        assert not apply(FuseHardSwish(), g).changed
