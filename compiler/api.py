@@ -394,6 +394,18 @@ def _ir_outputs(graph: Graph, dataset: Dataset, precision: str) -> dict[str, np.
         return run_batches(runner, dataset)
 
 
+def _source_ir_outputs(source: str | Path, weights: str | Path | None, dataset: Dataset, notes: list[str],
+                       fallback: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The source's float IR in float64 and float32 on ``dataset``, for the error model of ``verify``;
+    ({}, {}) with a note saying ``fallback`` when the source does not import."""
+    try:
+        graph, _ = load_model(source, weights)
+    except FrontendError as e:
+        notes.append(f"{fallback}: the source does not import for the error model ({e})")
+        return {}, {}
+    return _ir_outputs(graph, dataset, "float64"), _ir_outputs(graph, dataset, "float32")
+
+
 def _target_tolerance(cls: type[Target] | Target, variant: str, atol: float | None, rtol: float | None,
                       tol: Tolerance) -> Tolerance:
     """--atol/--rtol when given (elementwise for every target); a float32 variant's error model; else
@@ -735,12 +747,8 @@ def _verify_artifact(source: str | Path, artifact: str | Path, weights: str | Pa
             notes = list(getattr(ref, "notes", []))
             if atol is None and rtol is None:
                 # A float artifact: the error model, against the source's IR in float64, as compile judges it.
-                try:
-                    graph, _ = load_model(source, weights)
-                except FrontendError as e:
-                    notes.append(f"judged elementwise: the source does not import for the error model ({e})")
-                else:
-                    exact, ir32 = _ir_outputs(graph, dataset, "float64"), _ir_outputs(graph, dataset, "float32")
+                exact, ir32 = _source_ir_outputs(source, weights, dataset, notes, "judged elementwise")
+                if exact:
                     tol = replace(tol, error_model=True)
             result = verify(ref, cand, dataset, tol, exact=exact, ir_float32=ir32)
             result.notes[:0] = notes
@@ -860,12 +868,7 @@ def verify_build(source: str | Path, outdir: str | Path, *, weights: str | Path 
     ir32: dict[str, np.ndarray] = {}
     if any(_error_model_applies(cls, v, atol, rtol) for cls, v in pairs):
         progress("IR run (float64, float32)")
-        try:
-            graph, _ = load_model(source, weights)
-        except FrontendError as e:
-            notes.append(f"float artifacts judged elementwise: the source does not import for the error model ({e})")
-        else:
-            exact, ir32 = _ir_outputs(graph, dataset, "float64"), _ir_outputs(graph, dataset, "float32")
+        exact, ir32 = _source_ir_outputs(source, weights, dataset, notes, "float artifacts judged elementwise")
     traced_graph: Graph | None = None
     if trace:  # --trace: each artifact as `verify SOURCE ARTIFACT --trace` traces it (compiler.trace)
         try:
