@@ -41,7 +41,29 @@ def _is_linear(node: Node) -> bool:
     return node.op in LINEAR_OPS and node.attr("activation").is_identity
 
 
-class FuseBatchNorm(RewritePass):
+class NodeRewrite(RewritePass):
+    """A rewrite that visits each candidate node once, in one editor, and says what it did."""
+
+    def candidates(self, graph: Graph) -> list[Node]:
+        raise NotImplementedError
+
+    def rewrite_node(self, ed: Editor, node: Node) -> str | None:
+        raise NotImplementedError
+
+    def rewrite(self, graph: Graph) -> list[str]:
+        nodes = self.candidates(graph)
+        if not nodes:
+            return []
+        details = []
+        with Editor(graph) as ed:
+            for n in nodes:
+                msg = self.rewrite_node(ed, n) if ed.alive(n) else None
+                if msg:
+                    details.append(msg)
+        return details
+
+
+class FuseBatchNorm(NodeRewrite):
     """Fold inference batch norms into an adjacent conv/dense.
 
     Into the preceding conv/dense (its output feeds only the BN, no fused activation):
@@ -55,17 +77,11 @@ class FuseBatchNorm(RewritePass):
 
     name = "fuse-batch-norm"
 
-    def rewrite(self, graph: Graph) -> list[str]:
-        details = []
-        bns = [n for n in graph.nodes if n.op == "batch_norm"]
-        if not bns:
-            return details
-        with Editor(graph) as ed:
-            for bn in bns:
-                msg = self._into_producer(ed, bn) or self._into_consumer(ed, bn)
-                if msg:
-                    details.append(msg)
-        return details
+    def candidates(self, graph: Graph) -> list[Node]:
+        return [n for n in graph.nodes if n.op == "batch_norm"]
+
+    def rewrite_node(self, ed: Editor, bn: Node) -> str | None:
+        return self._into_producer(ed, bn) or self._into_consumer(ed, bn)
 
     @staticmethod
     def _into_producer(ed: Editor, bn: Node) -> str | None:
@@ -115,7 +131,7 @@ class FuseBatchNorm(RewritePass):
         return f"folded batch_norm {bn.name!r} into the following {user.op} {user.name!r}"
 
 
-class FuseConstantShift(RewritePass):
+class FuseConstantShift(NodeRewrite):
     """Fold ``y + c``, ``y - c`` and ``y * c`` into the conv/dense producing ``y``, for a constant
     ``c`` with one value per output channel (or one value): into its bias, or its weights and bias.
 
@@ -125,22 +141,11 @@ class FuseConstantShift(RewritePass):
     """
 
     name = "fuse-constant-shift"
-    OPS = ("add", "sub", "mul")
 
-    def rewrite(self, graph: Graph) -> list[str]:
-        details = []
-        nodes = [n for n in graph.nodes if n.op in self.OPS and len(n.inputs) == 2]
-        if not nodes:
-            return details
-        with Editor(graph) as ed:
-            for n in nodes:
-                msg = self._fold(ed, n)
-                if msg:
-                    details.append(msg)
-        return details
+    def candidates(self, graph: Graph) -> list[Node]:
+        return [n for n in graph.nodes if n.op in ("add", "sub", "mul") and len(n.inputs) == 2]
 
-    @staticmethod
-    def _fold(ed: Editor, n: Node) -> str | None:
+    def rewrite_node(self, ed: Editor, n: Node) -> str | None:
         graph = ed.graph
         consts = [i for i in n.inputs if i in graph.constants]
         if len(consts) != 1 or n.attrs.get("activation") not in (None, Activation()):
