@@ -263,7 +263,9 @@ def collect(folder: str | Path, tmap: TraceMap, dataset: Dataset,
     exposed; IR value -> the artifact's values as it holds them (``to_ir_layout`` brings them to the IR)."""
     folder = Path(folder)
     path = (folder / tmap.artifact).resolve()
-    names = [t.artifact for t in tmap.tensors]
+    # Once each: two IR values one artifact tensor holds (a fused-away op's) would otherwise be
+    # gathered twice per batch, doubling its samples.
+    names = list(dict.fromkeys(t.artifact for t in tmap.tensors))
     parts: dict[str, list[np.ndarray]] = {}
     sub = Dataset({k: v[:samples] for k, v in dataset.feeds.items()}, None, dataset.kind)
     if path.is_dir():

@@ -79,13 +79,19 @@ _SANITIZE = re.compile(r"[^A-Za-z0-9_.\-]")
 
 def _mentions(tensor_name: str, layer: str, others: set[str]) -> bool:
     """Whether a TFLite tensor name (TensorFlow op paths joined by ';') comes from Keras layer ``layer``
-    (its name scope is the layer's name, or that name with a call suffix '_1')."""
+    (its name scope is the layer's name, or that name with a call suffix '_1'). Only the scopes of a
+    path count, not its last part: that is the op's own name ('mul', 'add'), which a layer of that
+    name would otherwise claim inside every other layer (a hard swish's 'getitem_27/mul')."""
     pat = re.compile(re.escape(layer) + r"(_\d+)?")
     for part in tensor_name.split(";"):
-        for c in part.split("/"):
+        for c in part.split("/")[:-1]:
             if pat.fullmatch(c) and (c == layer or c not in others):
                 return True
     return False
+
+
+def _size(graph: Graph, v: str) -> int:
+    return int(np.prod([int(d) for d in graph.type_of(v).shape[1:]]))
 
 
 def _before_dequantize(info: Any, tensor: int) -> int:
@@ -106,14 +112,20 @@ def tflite_map(graph: Graph, data: bytes, layer_names: dict[str, str]) -> TraceM
     cls, _ = interpreter_class()
     details = {int(d["index"]): d for d in cls(model_content=data).get_tensor_details()}
     written = [t for op in info.ops for t in op.outputs if t >= 0 and not info.tensors[t].constant]
+    sizes: dict[str, set[int]] = {}  # Keras layer -> the sizes of the values it computes
+    for _, node, v in _node_outputs(graph):
+        sizes.setdefault(layer_names.get(node.name, node.name), set()).add(_size(graph, v))
     layers = set(layer_names.values())
     tensors = []
     for i, node, v in _node_outputs(graph):
         names = [layer_names.get(node.name, node.name), _SANITIZE.sub("_", f"{v}_quant")]
         shape = graph.type_of(v).shape
-        size = int(np.prod([int(d) for d in shape[1:]]))
+        size = _size(graph, v)
+        # A scope 'mul_1' is layer mul_1's or layer mul's second; only a layer that could have
+        # written a tensor of this size claims it for itself.
+        others = {n for n in layers if size in sizes.get(n, {size})}
         found = [t for t in written if int(np.prod(info.tensors[t].shape[1:])) == size
-                 and any(_mentions(info.tensors[t].name, n, layers) for n in names)]
+                 and any(_mentions(info.tensors[t].name, n, others) for n in names)]
         idx = found[-1] if found else None
         out_tensor = info.signature["outputs"].get(v) if v in graph.outputs else None
         if out_tensor is not None:  # a graph output is the signature's tensor (named after the function)

@@ -1,4 +1,5 @@
-"""runtime.trace: the per-layer metrics, the map file, layouts and the first-jump rule (no artifacts)."""
+"""runtime.trace: the per-layer metrics, the map file, layouts and the first-jump rule (no artifacts but
+one tiny ONNX model for ``collect``)."""
 
 from __future__ import annotations
 
@@ -130,3 +131,24 @@ def test_compare_layers_graph_order_and_missing_values():
     assert [r["name"] for r in rows] == ["l0", "l1"]
     assert rows[1]["max_abs"] == 0.5 and rows[1]["cosine"] == 1.0
     assert set(rows[0]) == {"name", "op", "index", "max_abs", "mean_abs", "sqnr_db", "cosine", "rmse_over_scale"}
+
+
+def test_collect_gathers_a_shared_artifact_tensor_once(tmp_path):
+    """Two IR values one artifact tensor holds each get every sample once (not twice per batch), and
+    a fixed batch-1 model runs sample by sample."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from tapeout.runtime.data import Dataset
+    from tapeout.runtime.trace import collect
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Neg", ["r"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "model.onnx")
+    tmap = TraceMap("model.onnx", "float", [TracedTensor("a", "relu", 0, "r", "a"),
+                                            TracedTensor("b", "relu", 1, "r", "b")])
+    x = np.linspace(-1, 1, 28, dtype=np.float32).reshape(7, 4)
+    got = collect(tmp_path, tmap, Dataset({"x": x}, None, "npz"), samples=5, batch_size=2)
+    for k in ("a", "b"):
+        np.testing.assert_array_equal(got[k], np.maximum(x[:5], 0))
