@@ -105,13 +105,33 @@ def grid_range(tq: TensorQuant) -> tuple[float, float]:
 
 
 def on_grid(graph: Graph) -> Graph:
-    """A copy whose annotated constants (biases excepted) hold their fake-quantized values."""
+    """A copy whose annotated constants (biases excepted) hold their fake-quantized values, and whose
+    biases are never one value repeated (``not_splat``)."""
     assert graph.quant is not None
     g = graph.copy()
     for name, tq in graph.quant.tensors.items():
-        if name in g.constants and tq.is_integer and tq.role != "bias":
+        if name not in g.constants or not tq.is_integer:
+            continue
+        if tq.role == "bias":
+            g.constants[name] = not_splat(np.asarray(g.constants[name]))
+        else:
             g.constants[name] = fake_quantize(np.asarray(g.constants[name], np.float32), tq).astype(np.float32)
     return g
+
+
+def not_splat(bias: np.ndarray) -> np.ndarray:
+    """``bias`` with its last element one float32 ulp nearer zero when every element is the same
+    nonzero value. TensorFlow's converter folds such a bias into a splat constant and quantizes
+    the splat once, with the first output channel's scale, storing that one integer for every
+    channel: channel c then adds bias * scale_0 / scale_c (a conv + clip(0, 1) from a folded hard
+    sigmoid, whose bias is 0.5 everywhere, lost 0.60 cosine). One ulp (about 1e-8 of an int32
+    bias step here) changes no stored integer."""
+    b = np.asarray(bias, np.float32)
+    if b.size < 2 or not b.flat[0] or not np.all(b == b.flat[0]):
+        return bias
+    b = b.copy()
+    b.flat[-1] = np.nextafter(b.flat[-1], np.float32(0))
+    return b
 
 
 def fake_quant_hook(graph: Graph):
