@@ -77,13 +77,15 @@ def onnx_map(graph: Graph, model: Any, values: dict[str, tuple[str, bool, Any]])
 _SANITIZE = re.compile(r"[^A-Za-z0-9_.\-]")
 
 
-def _mentions(tensor_name: str, layer: str, others: set[str]) -> bool:
+def _mentions(tensor_name: str, layer: str, others: set[str], first: bool = False) -> bool:
     """Whether a TFLite tensor name (TensorFlow op paths joined by ';') comes from Keras layer ``layer``
     (its name scope is the layer's name, or that name with a call suffix '_1'). Only the scopes of a
     path count, not its last part: that is the op's own name ('mul', 'add'), which a layer of that
-    name would otherwise claim inside every other layer (a hard swish's 'getitem_27/mul')."""
+    name would otherwise claim inside every other layer (a hard swish's 'getitem_27/mul').
+    ``first``: only the first path counts, the op's own (the rest are ops fused into it, or
+    constants it shares with other layers: one bias folded for two convs names both)."""
     pat = re.compile(re.escape(layer) + r"(_\d+)?")
-    for part in tensor_name.split(";"):
+    for part in tensor_name.split(";")[:1] if first else tensor_name.split(";"):
         for c in part.split("/")[:-1]:
             if pat.fullmatch(c) and (c == layer or c not in others):
                 return True
@@ -118,7 +120,11 @@ def tflite_map(graph: Graph, data: bytes, layer_names: dict[str, str]) -> TraceM
     layers = set(layer_names.values())
     tensors = []
     for i, node, v in _node_outputs(graph):
-        names = [layer_names.get(node.name, node.name), _SANITIZE.sub("_", f"{v}_quant")]
+        layer = layer_names.get(node.name, node.name)
+        names = [layer, _SANITIZE.sub("_", f"{v}_quant")]
+        act = node.attrs.get("activation")
+        if act is not None and not act.is_identity:  # one Keras cannot fuse: a helper layer after it
+            names.append(_SANITIZE.sub("_", f"{node.name}_{act.op}"))
         shape = graph.type_of(v).shape
         size = _size(graph, v)
         # A scope 'mul_1' is layer mul_1's or layer mul's second; only a layer that could have
@@ -126,7 +132,8 @@ def tflite_map(graph: Graph, data: bytes, layer_names: dict[str, str]) -> TraceM
         others = {n for n in layers if size in sizes.get(n, {size})}
         found = [t for t in written if int(np.prod(info.tensors[t].shape[1:])) == size
                  and any(_mentions(info.tensors[t].name, n, others) for n in names)]
-        idx = found[-1] if found else None
+        own = [t for t in found if any(_mentions(info.tensors[t].name, n, others, first=True) for n in names)]
+        idx = (own or found)[-1] if found else None
         out_tensor = info.signature["outputs"].get(v) if v in graph.outputs else None
         if out_tensor is not None:  # a graph output is the signature's tensor (named after the function)
             idx = _before_dequantize(info, int(out_tensor))

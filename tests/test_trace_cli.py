@@ -326,3 +326,8 @@ def test_tflite_op_name_is_not_a_layer_scope():
     assert not _mentions(name, "mul", {"mul", "conv2/hard_swish"})
     assert _mentions("main_graph_1/mul_1/Mul", "mul", {"mul"})
     assert not _mentions("main_graph_1/mul_1/Mul", "mul", {"mul", "mul_1"})  # mul_1's own scope
+    # A bias folded for two convs names both; only the first path is the op's own.
+    shared = "g_1/conv_b_1/BiasAdd;g_1/conv_b_1/convolution;g_1/conv_a_1/Squeeze"
+    assert _mentions(shared, "conv_a", {"conv_a", "conv_b"})
+    assert not _mentions(shared, "conv_a", {"conv_a", "conv_b"}, first=True)
+    assert _mentions(shared, "conv_b", {"conv_a", "conv_b"}, first=True)
