@@ -63,6 +63,20 @@ def test_split_does_not_fire_on_clamps_only(builder, apply):
     assert not res.changed
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_hard_sigmoid_becomes_a_clamp_on_rescaled_weights(builder, apply, equivalent, op_list, bias):
+    """hard_sigmoid(Wx + b) = clip(alpha (Wx + b) + beta, 0, 1): no float hard sigmoid is left
+    for an integer artifact (a squeeze-excite gate), and the values are the same."""
+    b = builder()
+    ins = [b.input("x", 4, 4, 6), b.rand("w", 1, 1, 6, 6)] + ([b.rand("b", 6)] if bias else [])
+    g = b.build(b.node("conv", ins, "fc2", activation=Activation.of("hard_sigmoid", alpha=1 / 6, beta=0.5)))
+    res = apply(SplitActivations(), g)
+    assert op_list(res.graph) == ["conv"]
+    assert res.graph.node("fc2").attr("activation") == Activation.of("clip", min=0.0, max=1.0)
+    assert res.details == ["folded hard_sigmoid of conv 'fc2' into its weights as clip(0, 1)"]
+    equivalent(g, res.graph, rtol=1e-5, atol=1e-6)
+
+
 # -------------------------------------------------------------------- int8
 def test_int8_annotates_exactly_the_expected_tensors(builder, apply):
     g = prepared(builder, apply)
