@@ -245,6 +245,14 @@ def check_graph(label: str, cfg: dict, where: str = "") -> None:
         return
     entries = body.get("layers", [])
     lpath = f"{where}config.layers"
+    for i, entry in enumerate(entries):
+        # An empty name is the IR's "no value": its layer's output would read as a missing input
+        # (found by make fuzz: a Dense whose config names it "" crashed shape inference, exit 4).
+        inner = entry.get("config") if isinstance(entry, dict) else None
+        if isinstance(inner, dict) and inner.get("name") == "":
+            raise _malformed(label, f"{lpath}[{i}].config.name", "", "a non-empty layer name")
+        if isinstance(entry, dict) and entry.get("name") == "":
+            raise _malformed(label, f"{lpath}[{i}].name", "", "a non-empty layer name")
     if cfg.get("class_name") != "Sequential":
         counts: dict[str, int] = {}
         for i, entry in enumerate(entries):

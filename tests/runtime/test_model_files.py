@@ -125,6 +125,19 @@ def test_a_cycle_through_two_layers_and_good_graphs() -> None:
         check_graph("m.h5", cfg)
 
 
+def test_an_empty_layer_name_is_refused() -> None:
+    """make fuzz (json): a Dense whose config names it "" (the outer entry says "d1") loaded in
+    tf_keras and became the IR's "no value", crashing shape inference with exit 4."""
+    cfg = _chain()
+    cfg["config"]["layers"][1]["config"]["name"] = ""
+    with pytest.raises(ModelFileError, match=r"config.layers\[1\].config.name .*non-empty layer name"):
+        check_graph("m.json", cfg)
+    cfg = _chain()
+    cfg["config"]["layers"][1]["name"] = ""
+    with pytest.raises(ModelFileError, match="non-empty layer name"):
+        check_graph("m.json", cfg)
+
+
 # ------------------------------------------------------------------- safety
 @pytest.mark.parametrize("cfg, words", [
     (_model(_layer("Lambda")), "holds code"),
