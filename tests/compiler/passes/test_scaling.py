@@ -86,21 +86,20 @@ def _constant_adds(b: Any, n: int) -> Any:
     return b.build(y)
 
 
-def _dense_sigmoid(b: Any, n: int) -> Any:
-    """dense with a fused sigmoid: split-activations splits every one."""
+def _dense_chain(b: Any, n: int, act: str) -> Any:
     y = b.input("x", 8)
     for i in range(n):
-        y = b.node("dense", [y, b.rand(f"w{i}", 8, 8), b.rand(f"b{i}", 8)], f"d{i}",
-                   activation=Activation.of("sigmoid"))
+        y = b.node("dense", [y, b.rand(f"w{i}", 8, 8), b.rand(f"b{i}", 8)], f"d{i}", activation=Activation.of(act))
     return b.build(y)
+
+
+def _dense_sigmoid(b: Any, n: int) -> Any:
+    """dense with a fused sigmoid: split-activations splits every one."""
+    return _dense_chain(b, n, "sigmoid")
 
 
 def _dense(b: Any, n: int) -> Any:
-    y = b.input("x", 8)
-    for i in range(n):
-        y = b.node("dense", [y, b.rand(f"w{i}", 8, 8), b.rand(f"b{i}", 8)], f"d{i}",
-                   activation=Activation.of("relu"))
-    return b.build(y)
+    return _dense_chain(b, n, "relu")
 
 
 def _ops_after(g: Any) -> list[str]:
