@@ -353,10 +353,16 @@ def main(argv=None) -> int:
     results = []
     # Heaviest first so the two workers finish together.
     order = sorted(models, key=lambda e: (not e.get("heavy"), e["name"]))
+    # Every finished model is kept at once: an interrupted run (a heavy one takes hours) leaves
+    # what it finished for `--report-only --merge-from PARTIAL`.
+    partial = workroot / "partial-results.json"
+    print(f"finished models are written to {partial} as they end", flush=True)
     with cf.ThreadPoolExecutor(jobs) as pool:
         futs = [pool.submit(run_model, e, workroot / e["name"], args.target) for e in order]
         for f in cf.as_completed(futs):
             results.append(f.result())
+            partial.write_text(json.dumps({"results": sorted(results, key=lambda r: r["model"])},
+                                          indent=1, sort_keys=True) + "\n")
     wall = round(time.time() - t0, 1)
     results.sort(key=lambda r: r["model"])
     out_path = Path(args.results) if args.results else (RESULTS if full or args.merge else None)
