@@ -330,10 +330,25 @@ def print_trace(entries: Sequence[tuple[str, Any]], out: TextIO) -> None:
 
 
 # -------------------------------------------------------------- commands
+def _check_model_explorer(path: str | None) -> None:
+    """--model-explorer FILE is refused before any work when it cannot be written there."""
+    if not path:
+        return
+    from pathlib import Path
+
+    from tapeout.compiler.errors import UsageError
+
+    p = Path(path)
+    if p.is_dir() or not p.parent.is_dir():
+        raise UsageError(f"--model-explorer {path}: " + ("is a folder" if p.is_dir() else
+                                                         f"folder {p.parent} does not exist"))
+
+
 def _cmd_compile(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from tapeout.compiler.api import compile_model
     from tapeout.compiler.quiet import captured_output
 
+    _check_model_explorer(args.model_explorer)
     status = _Status(err, enabled=not args.json)
     with status, captured_output(enabled=not args.debug):
         report = compile_model(args.model, args.targets, args.outdir, weights=args.weights,
@@ -425,6 +440,7 @@ def _cmd_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from tapeout.compiler.api import is_build_folder
 
     if is_build_folder(args.artifact):
+        _check_model_explorer(args.model_explorer)
         return _verify_build(args, out, err)
     if args.max_accuracy_drop is not None or args.model_explorer:
         from tapeout.compiler.errors import UsageError

@@ -323,6 +323,16 @@ def test_bad_data_file(tiny_cnn_path, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("where", ["missing/x.json", "."])
+def test_model_explorer_file_that_cannot_be_written_is_refused_first(tiny_cnn_path, tmp_path, where):
+    """It was exit 4 after the whole compile (FileNotFoundError writing the file)."""
+    code, _, err = run_cli("compile", tiny_cnn_path, "-t", "onnx", "-o", tmp_path / "o",
+                           "--model-explorer", tmp_path / where)
+    assert code == 2 and "--model-explorer" in err
+    assert_one_line_error(err)
+    assert not (tmp_path / "o").exists()
+
+
 def test_real_process_error_has_no_traceback(tmp_path):
     bad = tmp_path / "broken.keras"
     bad.write_bytes(b"PK\x03\x04garbage")
