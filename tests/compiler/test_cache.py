@@ -1,0 +1,311 @@
+"""compiler/cache.py (issue 16): the content-addressed cache of target builds."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tapeout.compiler import cache as cache_mod
+from tapeout.compiler.cache import Cache, CorruptEntry, cache_dir, cache_key, file_sha256, parse_size, tool_versions
+from tapeout.compiler.errors import UsageError
+
+REPO = Path(__file__).resolve().parents[2]
+TOOLS = {"onnx": "1.0", "g++": "12.2.0"}
+
+
+def _key(inputs, options=None, tools=None, version="0.1.0") -> str:
+    return cache_key(inputs=inputs, options=options or {"target": "onnx:fp32", "opset": 17},
+                     tools=tools or TOOLS, tapeout_version=version)
+
+
+def _files(tmp_path: Path) -> list[Path]:
+    a = tmp_path / "in" / "model.keras"
+    b = tmp_path / "in" / "calibration.npz"
+    a.parent.mkdir(parents=True)
+    a.write_bytes(b"model-bytes" * 100)
+    b.write_bytes(b"data-bytes" * 50)
+    return [a, b]
+
+
+def _artifact(tmp_path: Path, name="out") -> Path:
+    d = tmp_path / name / "tflite-int8"
+    (d / "sub").mkdir(parents=True)
+    (d / "model.tflite").write_bytes(bytes(range(256)) * 40)
+    (d / "sub" / "model_data.cc").write_text("const unsigned char model[] = {1, 2, 3};\n")
+    (d / "empty.txt").write_bytes(b"")
+    tool = d / "run.sh"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    return d
+
+
+def _tree(d: Path) -> dict[str, bytes]:
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------- keys
+def test_key_changes_with_every_ingredient_and_not_with_the_folder(tmp_path):
+    files = _files(tmp_path)
+    base = _key(files)
+    assert len(base) == 64 and base == _key(files)  # deterministic
+    assert _key(files, {"opset": 17, "target": "onnx:fp32"}) == base  # option order does not matter
+    assert _key(files, {"target": "onnx:fp32", "opset": 18}) != base
+    assert _key(files, tools={**TOOLS, "onnx": "1.1"}) != base
+    assert _key(files, tools={**TOOLS, "hls4ml": "1.3.0"}) != base
+    assert _key(files, version="0.1.1") != base
+    assert _key(list(reversed(files))) != base  # roles are positional
+
+    # The same bytes under the same names in another folder hit.
+    moved = tmp_path / "elsewhere" / "deeper"
+    moved.mkdir(parents=True)
+    copies = [Path(shutil.copy2(f, moved / f.name)) for f in files]
+    assert _key(copies) == base
+
+    # One byte changed (same size, so only the content can tell).
+    data = bytearray(files[1].read_bytes())
+    data[7] ^= 1
+    files[1].write_bytes(bytes(data))
+    assert _key(files) != base
+
+
+def test_key_with_roles(tmp_path):
+    model, data = _files(tmp_path)
+    k = _key({"model": model, "calibration": data, "eval": None})
+    assert k == _key({"eval": None, "calibration": data, "model": model})
+    assert k != _key({"model": model, "eval": data, "calibration": None})  # same bytes, other role
+    with pytest.raises(TypeError):
+        _key([model], options={"where": Path("x")})  # options must be JSON, not paths
+
+
+def test_file_hash_memo_sees_a_rewrite(tmp_path):
+    f = tmp_path / "f.bin"
+    f.write_bytes(b"a" * 1000)
+    first = file_sha256(f)
+    f.write_bytes(b"b" * 1000)  # same size, probably the same coarse mtime: not memoized while fresh
+    assert file_sha256(f) != first
+    os.utime(f, ns=(1, 10**18))  # an old stamp: memoized from now on
+    assert file_sha256(f) == file_sha256(f)
+
+
+def test_tool_versions_read_metadata_without_imports():
+    import numpy
+
+    got = tool_versions(["numpy", "no-such-package-xyz", "g++"])
+    assert got["numpy"] == numpy.__version__
+    assert got["no-such-package-xyz"] == "absent"
+    gxx = shutil.which("g++")
+    if gxx:
+        assert got["g++"] == subprocess.run([gxx, "-dumpfullversion"], capture_output=True, text=True).stdout.strip()
+    else:
+        assert got["g++"] == "absent"
+    # A fresh interpreter asking for every default tool imports none of the frameworks.
+    code = ("import sys; from tapeout.compiler.cache import tool_versions, DEFAULT_TOOLS; tool_versions(DEFAULT_TOOLS);"
+            "bad = [m for m in ('tensorflow', 'onnx', 'onnxruntime', 'hls4ml', 'numpy', 'keras') if m in sys.modules];"
+            "print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
+    assert out.strip() == "[]"
+
+
+def test_cache_dir_precedence(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("TAPEOUT_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert cache_dir() == tmp_path / "home" / ".cache" / "tapeout"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "tapeout"
+    monkeypatch.setenv("TAPEOUT_CACHE_DIR", str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine"
+    assert Cache().root == tmp_path / "mine"
+    monkeypatch.setenv("TAPEOUT_CACHE_DIR", "")  # empty counts as unset
+    assert cache_dir() == tmp_path / "xdg" / "tapeout"
+
+
+@pytest.mark.parametrize("text,expected", [("1024", 1024), ("500M", 500 << 20), ("2G", 2 << 30), ("2g", 2 << 30),
+                                           ("1.5K", 1536), ("10KiB", 10240), ("3 MB", 3 << 20), ("0", 0)])
+def test_parse_size(text, expected):
+    assert parse_size(text) == expected
+    assert Cache.parse_size(text) == expected
+
+
+@pytest.mark.parametrize("junk", ["", "M", "-1G", "2X", "1e9", "lots", "1.2.3M"])
+def test_parse_size_refuses_junk(junk):
+    with pytest.raises(UsageError, match="expected bytes"):
+        parse_size(junk)
+
+
+# ---------------------------------------------------------------- entries
+def test_miss_then_put_then_hit_restores_byte_identical(tmp_path):
+    c = Cache(tmp_path / "cache")
+    key = "ab" + "c" * 62
+    assert c.get(key) is None
+    assert not (tmp_path / "cache").exists()  # a miss writes nothing
+    src = _artifact(tmp_path)
+    entry = c.put(key, src, {"report": {"target": "tflite", "size_bytes": 10240}})
+    assert entry.path == tmp_path / "cache" / "ab" / key
+    assert sorted(f["path"] for f in entry.files) == ["empty.txt", "model.tflite", "run.sh", "sub/model_data.cc"]
+    manifest = json.loads((entry.path / "manifest.json").read_text())
+    assert manifest["meta"] == {"report": {"target": "tflite", "size_bytes": 10240}}
+
+    hit = c.get(key)
+    assert hit is not None and hit.meta == entry.meta and hit.size == entry.size
+    dest = tmp_path / "restored" / "tflite-int8"
+    assert sorted(hit.restore(dest)) == sorted(f["path"] for f in entry.files)
+    assert _tree(dest) == _tree(src)
+    assert os.access(dest / "run.sh", os.X_OK) and not os.access(dest / "model.tflite", os.X_OK)
+
+    # A second restore over identical files writes nothing and keeps their mtimes (restat-friendly).
+    before = {p: p.stat().st_mtime_ns for p in dest.rglob("*")}
+    assert hit.restore(dest) == []
+    assert {p: p.stat().st_mtime_ns for p in dest.rglob("*")} == before
+    # A changed file is rewritten; a stale extra one goes only with remove_extra.
+    (dest / "model.tflite").write_bytes(b"stale")
+    (dest / "old.bin").write_bytes(b"old")
+    assert hit.restore(dest) == ["model.tflite"]
+    assert (dest / "old.bin").exists()
+    hit.restore(dest, remove_extra=True)
+    assert _tree(dest) == _tree(src)
+
+
+def test_truncated_file_is_detected_and_entry_removed(tmp_path):
+    c = Cache(tmp_path / "cache")
+    key = "1" * 64
+    entry = c.put(key, _artifact(tmp_path), {})
+    victim = entry.path / "files" / "model.tflite"
+    victim.write_bytes(victim.read_bytes()[:100])
+    assert c.get(key) is None
+    assert not entry.path.exists()
+    assert c.info()["entries"] == 0
+    # Rebuilt: a put after that works again.
+    assert c.put(key, _artifact(tmp_path, "again"), {}).path.exists()
+    assert c.get(key) is not None
+
+
+@pytest.mark.parametrize("damage", ["flip", "delete_file", "manifest_junk", "manifest_gone", "symlink_out"])
+def test_corrupt_entries_are_misses(tmp_path, damage):
+    c = Cache(tmp_path / "cache")
+    key = "2" * 64
+    entry = c.put(key, _artifact(tmp_path), {})
+    target = entry.path / "files" / "sub" / "model_data.cc"
+    outside = tmp_path / "outside.cc"
+    outside.write_bytes(target.read_bytes())  # the same bytes, so only the link itself can give it away
+    if damage == "flip":
+        data = bytearray(target.read_bytes())
+        data[0] ^= 0xFF
+        target.write_bytes(bytes(data))
+    elif damage == "delete_file":
+        target.unlink()
+    elif damage == "manifest_junk":
+        (entry.path / "manifest.json").write_text("{not json")
+    elif damage == "manifest_gone":
+        (entry.path / "manifest.json").unlink()
+    else:
+        target.unlink()
+        target.symlink_to(outside)
+    assert c.get(key) is None
+    assert not entry.path.exists()
+    assert outside.exists()  # removing the entry did not touch what a link pointed at
+
+
+def test_corruption_after_get_is_caught_by_restore(tmp_path):
+    c = Cache(tmp_path / "cache")
+    key = "3" * 64
+    c.put(key, _artifact(tmp_path), {})
+    hit = c.get(key)
+    (hit.path / "files" / "model.tflite").write_bytes(b"x" * 10240)
+    with pytest.raises(CorruptEntry, match="does not match its hash"):
+        hit.restore(tmp_path / "dest")
+    assert c.get(key) is None
+
+
+def test_bad_keys_and_symlinks_in_put_are_refused(tmp_path):
+    c = Cache(tmp_path / "cache")
+    for bad in ["abc", "G" * 64, "A" * 64, "../" + "a" * 61, "a" * 65]:
+        with pytest.raises(ValueError, match="64 lowercase hex"):
+            c.get(bad)
+        with pytest.raises(ValueError, match="64 lowercase hex"):
+            c.put(bad, tmp_path, {})
+    src = _artifact(tmp_path)
+    (src / "link").symlink_to("/etc/passwd")
+    with pytest.raises(ValueError, match="symlink"):
+        c.put("4" * 64, src, {})
+    assert c.info()["entries"] == 0 and not list((tmp_path / "cache" / "tmp").iterdir())
+
+
+def test_put_keeps_an_existing_valid_entry(tmp_path):
+    c = Cache(tmp_path / "cache")
+    key = "5" * 64
+    first = c.put(key, _artifact(tmp_path, "a"), {"n": 1})
+    second = c.put(key, _artifact(tmp_path, "b"), {"n": 2})
+    assert second.path == first.path and second.meta == {"n": 1}
+
+
+def test_info_clear_and_prune_lru(tmp_path):
+    c = Cache(tmp_path / "cache")
+    keys = [f"{i:x}" * 64 for i in range(6, 10)]
+    for i, key in enumerate(keys):
+        src = tmp_path / f"src{i}"
+        src.mkdir()
+        (src / "blob").write_bytes(bytes([i]) * 1000)
+        c.put(key, src, {})
+    # last-used order: keys[2] oldest, then 0, 3, 1 (the most recent get).
+    for k, t in zip([keys[2], keys[0], keys[3]], [1, 2, 3]):
+        os.utime(c._entry_dir(k) / "last-used", ns=(t * 10**9, t * 10**9))
+    assert c.get(keys[1]) is not None  # stamps it now
+    info = c.info()
+    assert info["entries"] == 4
+    per_entry = info["bytes"] // 4
+    assert 1000 < per_entry < 2000  # the blob plus manifest
+
+    assert c.prune(info["bytes"]) == 0  # already small enough
+    assert c.prune(2 * per_entry) == 2
+    assert c.get(keys[2]) is None and c.get(keys[0]) is None
+    assert c.get(keys[3]) is not None and c.get(keys[1]) is not None
+    assert c.info()["entries"] == 2
+    assert c.clear() == 2
+    assert c.info() == {"root": str(tmp_path / "cache"), "entries": 0, "bytes": 0}
+    assert c.clear() == 0
+
+
+def _put_worker(root: str, key: str, src: str, barrier, results) -> None:
+    barrier.wait()
+    entry = Cache(root).put(key, src, {"pid": os.getpid()})
+    hit = Cache(root).get(key)
+    results.put((entry.key, hit is not None and hit.path == entry.path))
+
+
+def test_concurrent_puts_from_real_processes(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    root = tmp_path / "cache"
+    key = "e" * 64
+    n = 6
+    srcs = [_artifact(tmp_path, f"w{i}") for i in range(n)]
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_put_worker, args=(str(root), key, str(s), barrier, results)) for s in srcs]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * n
+    assert [results.get(timeout=5) for _ in range(n)] == [(key, True)] * n
+    assert [d.name for d in (root / "ee").iterdir()] == [key]
+    assert not list((root / "tmp").iterdir())  # no staging left behind
+    entry = Cache(root).get(key)
+    assert entry.meta["pid"] in {p.pid for p in procs}
+    entry.restore(tmp_path / "dest")
+    assert _tree(tmp_path / "dest") == _tree(srcs[0])
+
+
+def test_module_imports_no_framework():
+    code = ("import sys, tapeout.compiler.cache, tapeout.compiler.project;"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('numpy', 'tensorflow', 'onnx', 'onnxruntime', 'hls4ml', 'keras', 'rich')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
+    assert out.strip() == "[]"
+    assert cache_mod.__all__  # the public names are declared
