@@ -32,12 +32,10 @@ import os
 import re
 import shutil
 import stat
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +82,8 @@ def tool_versions(names: Iterable[str] = DEFAULT_TOOLS) -> dict[str, str]:
 
 
 def _dist_version(name: str) -> str:
+    from importlib import metadata  # imported here: it costs ~15 ms, and only key computation needs it
+
     for dist in _DISTRIBUTIONS.get(name, (name,)):
         try:
             return metadata.version(dist)
@@ -93,6 +93,8 @@ def _dist_version(name: str) -> str:
 
 
 def _gxx_version() -> str:
+    import subprocess
+
     gxx = shutil.which("g++")
     if gxx is None:
         return "absent"
