@@ -6,11 +6,17 @@ methods, never at module level, so the registry can be imported by `tapeout --he
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import importlib.util
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, Mapping, Self
 
+from tapeout.compiler.errors import UsageError
 from tapeout.compiler.ir import Graph
 from tapeout.runtime.compare import Tolerance
 from tapeout.runtime.protocol import Runner
@@ -20,6 +26,104 @@ from tapeout.runtime.protocol import Runner
 # Agreement 0.98, not 0.99: the trained jet tagger (78% accurate) flips 1.7% of its top-1s in
 # int8, exactly as TensorFlow's own converter does, while its accuracy rises (docs/quantization.md).
 QUANTIZED_TOLERANCE = Tolerance(min_cosine=0.99, min_top1_agreement=0.98)
+
+
+# ------------------------------------------------------------------ target options
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+@dataclass(frozen=True)
+class TargetOptions:
+    """A target's options: subclasses are frozen dataclasses whose fields are the option names.
+
+    Field types say how values are read: int, float, bool, str, ``Literal[...]`` (or
+    ``field(metadata={"choices": (...)})``), ``X | None`` and ``tuple[str, ...]`` (a single value
+    is a one-item tuple). Values come typed (Python, a TOML file) or as CLI text ("18", "false"),
+    and both spellings give equal objects, so ``normalized()`` can key the build cache.
+    """
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], *, target: str, variant: str | None = None) -> Self:
+        """Check and convert ``values`` (unknown key or bad value: UsageError naming ``target``)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in values:
+            if key not in names:
+                close = difflib.get_close_matches(str(key), names, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                known = f"options: {', '.join(names)}" if names else f"{target} takes no options"
+                raise UsageError(f"{target}: unknown option {key!r}{hint}; {known}")
+        raw = cls.prepare(dict(values), target)
+        hints = typing.get_type_hints(cls)
+        converted = {f.name: _convert(target, f.name, hints[f.name], f.metadata.get("choices"), raw[f.name])
+                     for f in dataclasses.fields(cls) if f.name in raw}
+        return cls(**converted).checked(target, variant)
+
+    @classmethod
+    def prepare(cls, values: dict[str, Any], target: str) -> dict[str, Any]:
+        """Hook: rewrite the given (known, unconverted) values, e.g. fill them from a config file."""
+        return values
+
+    def checked(self, target: str, variant: str | None) -> Self:
+        """Hook: checks across fields and for ``variant``; may return a copy with dependent defaults filled."""
+        return self
+
+    def normalized(self) -> dict[str, Any]:
+        """Every option, defaults filled, as plain JSON types with sorted keys (the build cache hashes it)."""
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in sorted(dataclasses.asdict(self).items())}
+
+
+def _convert(target: str, key: str, hint: Any, choices: Any, value: Any) -> Any:
+    """``value`` (typed, or CLI text) as the field's type; a one-line UsageError when it is not one."""
+    def bad(expected: str) -> UsageError:
+        return UsageError(f"{target}: option {key}: expected {expected}, not {value!r}")
+
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:  # tuple[str, ...]: repeatable text values
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        return tuple(_convert(target, key, args[0], choices, v) for v in items)
+    if typing.get_origin(hint) is Literal:
+        choices, hint = args, type(args[0])
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        raise bad("true or false")
+    if hint is int:
+        if isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise bad("an integer") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        out: Any = value
+    elif hint is float:
+        num: Any = value
+        if isinstance(value, str):
+            try:
+                num = float(value.strip())
+            except ValueError:
+                raise bad("a number") from None
+        if isinstance(num, bool) or not isinstance(num, (int, float)) or not math.isfinite(num):
+            raise bad("a number")
+        out = float(num)
+    elif hint is str:
+        # The CLI reads VALUE as JSON first, so `array_name=123` arrives as a number.
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise bad("text")
+        out = str(value)
+    else:  # a field type this machinery does not know: a bug in the target, not the user's
+        raise TypeError(f"{target}: option {key} has unsupported type {hint!r}")
+    if choices is not None and out not in choices:
+        raise bad(f"one of {', '.join(map(str, choices))}")
+    return out
 
 
 @dataclass
@@ -42,10 +146,14 @@ class Target:
     # --io-layout is not given (tflite: "channels-last", what its users feed).
     io_layouts: ClassVar[tuple[str, ...]] = ("source",)
     default_io_layout: ClassVar[str] = "source"
+    # The options this target takes (a TargetOptions dataclass); the base takes none.
+    Options: ClassVar[type[TargetOptions]] = TargetOptions
 
     def __init__(self, variant: str | None = None, **options: Any) -> None:
         self.variant = variant or self.default_variant
-        self.options = options
+        # Checked here, before any model loads: a bad option is a usage error before any work.
+        self.opts = self.Options.from_mapping(options, target=self.name, variant=self.variant)
+        self.options = self.opts.normalized()
         self.io_layout = self.default_io_layout
 
     def set_io_layout(self, layout: str | None) -> str | None:

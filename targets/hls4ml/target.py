@@ -14,7 +14,7 @@ import shutil
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Mapping
 
 import numpy as np
 
@@ -22,10 +22,8 @@ from tapeout.compiler.errors import MissingToolError, UsageError
 from tapeout.compiler.ir import Graph
 from tapeout.runtime.compare import Tolerance
 from tapeout.runtime.protocol import Runner
-from tapeout.targets.base import EmitResult, Target
+from tapeout.targets.base import EmitResult, Target, TargetOptions
 
-OPTIONS = ("precision", "min_agreement", "max_abs_error", "reuse_factor", "strategy", "io_type", "part",
-           "clock_period", "config", "synth", "build_csim")
 DEFAULT_MIN_AGREEMENT = 0.995
 BASELINE = "ap_fixed<16,6>"  # hls4ml's default type: auto must do at least as well on the calibration data
 SYNTHETIC_SEARCH_SAMPLES = 512
@@ -74,64 +72,95 @@ def _parse_int(text: Any, what: str) -> int:
     return n
 
 
-def parse_settings(options: dict[str, Any]) -> Settings:
-    s = Settings()
-    if options.get("config"):
-        path = Path(str(options["config"]))
-        try:
-            cfg = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise UsageError(f"--hls-config {path}: {e}") from None
-        # Flags win over the file: the file's model-level keys fill only what was not given.
-        for key in ("precision", "reuse_factor", "strategy", "io_type", "part", "clock_period", "min_agreement",
-                    "max_abs_error"):
-            if key in cfg and options.get(key) is None:
-                options = {**options, key: cfg[key]}
-        for layer, entry in (cfg.get("layers") or {}).items():
-            if "precision" in entry:
-                s.layer_precision[layer] = _parse_type(entry["precision"], f"--hls-config layer {layer}")
-            if "reuse_factor" in entry:
-                s.layer_reuse[layer] = _parse_int(entry["reuse_factor"], f"--hls-config layer {layer}")
-    for item in _as_list(options.get("precision") if options.get("precision") is not None else []):
-        layer, eq, text = str(item).rpartition("=") if "=" in str(item) else ("", "", str(item))
+# The config file's model-level keys (flags win over them).
+_FILE_KEYS = ("precision", "reuse_factor", "strategy", "io_type", "part", "clock_period", "min_agreement",
+              "max_abs_error")
+
+
+@dataclass(frozen=True)
+class Hls4mlTargetOptions(TargetOptions):
+    """The options of docs/hls4ml.md's table; the --hls-config file is merged in when they are built."""
+
+    precision: tuple[str, ...] = ()  # "auto" (also when empty), "ap_fixed<W,I>", "LAYER=ap_fixed<W,I>"
+    min_agreement: float | None = DEFAULT_MIN_AGREEMENT  # None: max_abs_error alone is the budget
+    max_abs_error: float | None = None
+    reuse_factor: tuple[str, ...] = ()  # "N" (the model's; default 1) and "LAYER=N"
+    strategy: Literal["latency", "resource"] = "latency"
+    io_type: Literal["parallel", "stream"] = "parallel"
+    part: str | None = None  # None: the back end's default part
+    clock_period: float = 5.0  # ns
+    config: str | None = None  # the --hls-config TOML file, already merged into the fields above
+    synth: bool = False
+    build_csim: bool = True
+
+    @classmethod
+    def prepare(cls, values: dict[str, Any], target: str) -> dict[str, Any]:
+        values = {k: v for k, v in values.items() if v is not None}  # None: not given, as on the CLI
+        if values.get("config"):
+            path = Path(str(values["config"]))
+            try:
+                cfg = tomllib.loads(path.read_text())
+            except (OSError, tomllib.TOMLDecodeError) as e:
+                raise UsageError(f"hls4ml: --hls-config {path}: {e}") from None
+            # Flags win over the file: the file's model-level keys fill only what was not given.
+            for key in _FILE_KEYS:
+                if key in cfg and values.get(key) is None:
+                    values[key] = cfg[key]
+            # Its layers come first, so a flag's LAYER=... for the same layer wins.
+            precision, reuse = [], []
+            for layer, entry in (cfg.get("layers") or {}).items():
+                if "precision" in entry:
+                    _parse_type(entry["precision"], f"hls4ml: --hls-config layer {layer}")
+                    precision.append(f"{layer}={entry['precision']}")
+                if "reuse_factor" in entry:
+                    _parse_int(entry["reuse_factor"], f"hls4ml: --hls-config layer {layer}")
+                    reuse.append(f"{layer}={entry['reuse_factor']}")
+            for key, items in (("precision", precision), ("reuse_factor", reuse)):
+                if items:
+                    values[key] = items + _as_list(values[key] if values.get(key) is not None else [])
+        for key in ("strategy", "io_type"):
+            if isinstance(values.get(key), str):
+                values[key] = values[key].lower().removeprefix("io_")
+        if values.get("max_abs_error") is not None and values.get("min_agreement") is None:
+            values["min_agreement"] = None  # the error budget alone, as asked
+        return values
+
+    def checked(self, target: str, variant: str | None) -> Hls4mlTargetOptions:
+        settings(self)  # every check, before any model loads
+        return self
+
+
+def settings(o: Hls4mlTargetOptions) -> Settings:
+    """The options as the emitter uses them (types parsed, per-layer entries split out)."""
+    s = Settings(min_agreement=o.min_agreement, max_abs_error=o.max_abs_error, strategy=o.strategy,
+                 io_type=o.io_type, part=o.part or None, clock_period=o.clock_period, synth=o.synth,
+                 build_csim=o.build_csim)
+    for item in o.precision:
+        layer, _, text = item.rpartition("=") if "=" in item else ("", "", item)
         if layer:
-            s.layer_precision[layer] = _parse_type(text, f"--precision {item}")
+            s.layer_precision[layer] = _parse_type(text, f"hls4ml: --precision {item}")
         elif text.strip().lower() == "auto":
             s.precision = None
         else:
-            s.precision = _parse_type(text, f"--precision {item}")
-    for item in _as_list(options.get("reuse_factor") if options.get("reuse_factor") is not None else []):
-        layer, _, text = str(item).rpartition("=")
+            s.precision = _parse_type(text, f"hls4ml: --precision {item}")
+    for item in o.reuse_factor:
+        layer, _, text = item.rpartition("=")
         if layer:
-            s.layer_reuse[layer] = _parse_int(text, f"--reuse-factor {item}")
+            s.layer_reuse[layer] = _parse_int(text, f"hls4ml: --reuse-factor {item}")
         else:
-            s.reuse_factor = _parse_int(text, "--reuse-factor")
-    if options.get("min_agreement") is not None:
-        s.min_agreement = float(options["min_agreement"])
-        if not 0.0 < s.min_agreement <= 1.0:
-            raise UsageError(f"--min-agreement {s.min_agreement}: expected a fraction in (0, 1]")
-    if options.get("max_abs_error") is not None:
-        s.max_abs_error = float(options["max_abs_error"])
-        if s.max_abs_error <= 0:
-            raise UsageError("--max-abs-error must be > 0")
-        if options.get("min_agreement") is None:
-            s.min_agreement = None  # the error budget alone, as asked
-    for key, allowed in (("strategy", ("latency", "resource")), ("io_type", ("parallel", "stream"))):
-        value = options.get(key)
-        if value is not None:
-            value = str(value).lower().removeprefix("io_")
-            if value not in allowed:
-                raise UsageError(f"--{key.replace('_', '-')} {options[key]!r}: one of {', '.join(allowed)}")
-            setattr(s, key, value)
-    if options.get("part"):
-        s.part = str(options["part"])
-    if options.get("clock_period") is not None:
-        s.clock_period = float(options["clock_period"])
-        if s.clock_period <= 0:
-            raise UsageError("--clock-period must be > 0 (ns)")
-    s.synth = bool(options.get("synth", False))
-    s.build_csim = bool(options.get("build_csim", True))
+            s.reuse_factor = _parse_int(text, "hls4ml: --reuse-factor")
+    if s.min_agreement is not None and not 0.0 < s.min_agreement <= 1.0:
+        raise UsageError(f"hls4ml: --min-agreement {s.min_agreement}: expected a fraction in (0, 1]")
+    if s.max_abs_error is not None and s.max_abs_error <= 0:
+        raise UsageError("hls4ml: --max-abs-error must be > 0")
+    if s.clock_period <= 0:
+        raise UsageError("hls4ml: --clock-period must be > 0 (ns)")
     return s
+
+
+def parse_settings(options: Mapping[str, Any]) -> Settings:
+    """``Hls4mlTarget(variant, **options)``'s settings, checked (a UsageError names what is wrong)."""
+    return settings(Hls4mlTargetOptions.from_mapping(options, target="hls4ml"))
 
 
 class Hls4mlTarget(Target):
@@ -143,17 +172,15 @@ class Hls4mlTarget(Target):
     variants = ("vitis", "vivado", "quartus", "oneapi", "catapult")
     default_variant = "vitis"
     requires = ("hls4ml", "keras", "tensorflow")
+    Options = Hls4mlTargetOptions
+    opts: Hls4mlTargetOptions
     description = ("FPGA HLS project through hls4ml (Vitis, Vivado, Quartus, oneAPI, Catapult): per-layer "
                    "ap_fixed precision searched on calibration data, verified in C simulation, with "
                    "pre-synthesis DSP/LUT/latency estimates")
 
     def __init__(self, variant: str | None = None, **options: Any) -> None:
         super().__init__(variant, **options)
-        unknown = set(options) - set(OPTIONS)
-        if unknown:
-            raise UsageError(f"target hls4ml has no option(s) {', '.join(sorted(unknown))}; "
-                             f"options: {', '.join(OPTIONS)}")
-        self.settings = parse_settings(dict(options))
+        self.settings = settings(self.opts)
         if self.settings.synth:
             from tapeout.targets.hls4ml.synth import require_tool
 

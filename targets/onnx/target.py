@@ -2,11 +2,39 @@
 
 from __future__ import annotations
 
+import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 
+from tapeout.compiler.errors import UsageError
 from tapeout.compiler.ir import Graph
 from tapeout.runtime.protocol import Runner
-from tapeout.targets.base import EmitResult, Target
+from tapeout.targets.base import EmitResult, Target, TargetOptions
+
+# emit.MIN_OPSET, repeated here because emit imports onnx (`tapeout --help` stays light); a test
+# holds the two equal.
+DEFAULT_OPSET = 17
+
+
+def check_opset(target: str, opset: int) -> None:
+    """Refuse an opset the emitter cannot write, when the target is built rather than at emit."""
+    newest = None
+    if importlib.util.find_spec("onnx") is not None:
+        import onnx.defs
+
+        newest = onnx.defs.onnx_opset_version()
+    if opset < DEFAULT_OPSET or (newest is not None and opset > newest):
+        raise UsageError(f"{target}: option opset: {opset} is not supported; use {DEFAULT_OPSET}.."
+                         f"{newest if newest is not None else ''}")
+
+
+@dataclass(frozen=True)
+class OnnxOptions(TargetOptions):
+    opset: int = DEFAULT_OPSET  # the ONNX default-domain opset written
+
+    def checked(self, target: str, variant: str | None) -> OnnxOptions:
+        check_opset(target, self.opset)
+        return self
 
 
 class OnnxTarget(Target):
@@ -15,6 +43,8 @@ class OnnxTarget(Target):
     default_variant = "fp32"
     io_layouts = ("source", "channels-last")
     requires = ("onnx", "onnxruntime")
+    Options = OnnxOptions
+    opts: OnnxOptions
     description = ("ONNX model (opset 17, source I/O layout): float32, or int8 QDQ from the IR's "
                    "calibration; verified with onnxruntime")
 
@@ -24,11 +54,11 @@ class OnnxTarget(Target):
 
     def emit(self, graph: Graph, outdir: Path) -> EmitResult:
         # onnx is imported here, not at module level, so `tapeout --help` stays light.
-        from tapeout.targets.onnx.emit import MIN_OPSET, graph_to_onnx
+        from tapeout.targets.onnx.emit import graph_to_onnx
 
         from tapeout.targets.io import artifact_graph, io_map
 
-        opset = int(self.options.get("opset", MIN_OPSET))
+        opset = self.opts.opset
         source, graph = graph, artifact_graph(graph, self.io_layout)
         io_map(source, graph).write(outdir)  # ONNX keeps every name; --io-layout may move channels last
         values: dict = {}  # IR value -> ONNX tensor, for the per-layer trace (tapeout_trace.json)

@@ -9,6 +9,7 @@ missing-tool error (exit 3) before any work.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -17,10 +18,9 @@ from tapeout.compiler.ir import Graph
 from tapeout.compiler.ops import ends_in_softmax
 from tapeout.runtime.compare import Tolerance
 from tapeout.runtime.protocol import Runner
-from tapeout.targets.base import QUANTIZED_TOLERANCE, EmitResult, Target
+from tapeout.targets.base import QUANTIZED_TOLERANCE, EmitResult, Target, TargetOptions
+from tapeout.targets.onnx.target import DEFAULT_OPSET, check_opset
 
-OPTIONS = ("min_batch", "opt_batch", "max_batch", "workspace_mib", "opt_level", "cache_dir", "require_engine",
-           "opset")
 _SCHEMES = {"fp16": "fp16", "int8": "int8", "best": "int8"}
 # fp32 is held to Polygraphy's defaults. fp16 is judged relative to each output's scale: an
 # absolute 1e-3 holds for a shallow head but not for deep nets, where fp16's ~5e-4 relative
@@ -40,10 +40,37 @@ def _is_classifier(graph: Graph) -> bool:
                                        for out in graph.outputs)
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UsageError(f"tensorrt: {name} must be a positive integer, not {value!r}")
-    return value
+@dataclass(frozen=True)
+class TensorrtOptions(TargetOptions):
+    """The engine's optimization profile and builder settings (plan.json's; docs/tensorrt.md)."""
+
+    min_batch: int = 1
+    opt_batch: int | None = None  # None: min_batch
+    max_batch: int | None = None  # None: the larger of min_batch and 32
+    workspace_mib: int = 1024
+    opt_level: int = 3  # TensorRT's builder optimization level (its default)
+    cache_dir: str | None = None  # the timing cache's folder; None: OUTDIR/tensorrt-cache
+    require_engine: bool = False  # no engine buildable here: exit 3 instead of ONNX + plan.json only
+    opset: int = DEFAULT_OPSET
+
+    def checked(self, target: str, variant: str | None) -> TensorrtOptions:
+        from tapeout.targets.tensorrt.plan import BuildOptions
+
+        for name in ("min_batch", "opt_batch", "max_batch", "workspace_mib"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"tensorrt: {name} must be a positive integer, not {value!r}")
+        lo = self.min_batch
+        hi = self.max_batch if self.max_batch is not None else max(lo, BuildOptions.max_batch)
+        opt = self.opt_batch if self.opt_batch is not None else lo
+        if not lo <= opt <= hi:
+            raise UsageError(f"tensorrt: batch sizes need --min-batch <= --opt-batch <= --max-batch, "
+                             f"got {lo}, {opt}, {hi}")
+        if not 0 <= self.opt_level <= 5:
+            raise UsageError(f"tensorrt: opt_level (builder optimization level) must be 0..5, not {self.opt_level!r}")
+        check_opset(target, self.opset)
+        # Filled, so equal profiles normalize equal (the build cache's key).
+        return replace(self, opt_batch=opt, max_batch=hi)
 
 
 class TensorrtTarget(Target):
@@ -52,6 +79,8 @@ class TensorrtTarget(Target):
     default_variant = "fp32"
     io_layouts = ("source", "channels-last")
     requires = ("onnx", "onnxruntime")  # to emit and verify; tensorrt itself is optional (engine only)
+    Options = TensorrtOptions
+    opts: TensorrtOptions
     description = ("NVIDIA TensorRT: optimized ONNX (int8 as explicit Q/DQ from the IR's calibration) + plan.json "
                    "with profiles and the trtexec command; model.plan where tensorrt and a GPU are present")
 
@@ -66,24 +95,12 @@ class TensorrtTarget(Target):
 
     def __init__(self, variant: str | None = None, **options: Any) -> None:
         super().__init__(variant, **options)
-        unknown = set(options) - set(OPTIONS)
-        if unknown:
-            raise UsageError(f"target tensorrt has no option(s) {', '.join(sorted(unknown))}; "
-                             f"options: {', '.join(OPTIONS)}")
         from tapeout.targets.tensorrt.plan import BuildOptions
 
-        lo = _positive_int("min_batch", options.get("min_batch", 1))
-        hi = _positive_int("max_batch", options.get("max_batch", max(lo, BuildOptions.max_batch)))
-        opt = _positive_int("opt_batch", options.get("opt_batch", lo))
-        if not lo <= opt <= hi:
-            raise UsageError(f"tensorrt: batch sizes need --min-batch <= --opt-batch <= --max-batch, "
-                             f"got {lo}, {opt}, {hi}")
-        level = options.get("opt_level", BuildOptions.optimization_level)
-        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 5:
-            raise UsageError(f"tensorrt: opt_level (builder optimization level) must be 0..5, not {level!r}")
-        self.build_options = BuildOptions(lo, opt, hi, _positive_int("workspace_mib", options.get(
-            "workspace_mib", BuildOptions.workspace_mib)), level)
-        if options.get("require_engine"):
+        o = self.opts
+        assert o.opt_batch is not None and o.max_batch is not None  # filled by TensorrtOptions.checked
+        self.build_options = BuildOptions(o.min_batch, o.opt_batch, o.max_batch, o.workspace_mib, o.opt_level)
+        if o.require_engine:
             from tapeout.runtime.runners.tensorrt import tensorrt_status
 
             reason = tensorrt_status()
@@ -103,22 +120,20 @@ class TensorrtTarget(Target):
         """(timing cache path as plan.json records it, where it is on disk or None when OUTDIR is unknown)."""
         from tapeout.targets.tensorrt.plan import CACHE_FILE, DEFAULT_CACHE_DIR
 
-        if self.options.get("cache_dir"):
-            path = Path(str(self.options["cache_dir"])).absolute() / CACHE_FILE
+        if self.opts.cache_dir:
+            path = Path(self.opts.cache_dir).absolute() / CACHE_FILE
             return str(path), path
         rel = f"{DEFAULT_CACHE_DIR}/{CACHE_FILE}"
         return rel, (self.outdir / rel if self.outdir is not None else None)
 
     def emit(self, graph: Graph, outdir: Path) -> EmitResult:
-        from dataclasses import replace
-
         from tapeout.runtime.runners.tensorrt import tensorrt_status
-        from tapeout.targets.onnx.emit import MIN_OPSET, graph_to_onnx
+        from tapeout.targets.onnx.emit import graph_to_onnx
         from tapeout.targets.tensorrt.plan import build_plan, dumps
 
         from tapeout.targets.io import artifact_graph, io_map
 
-        opset = int(self.options.get("opset", MIN_OPSET))
+        opset = self.opts.opset
         source, graph = graph, artifact_graph(graph, self.io_layout)
         io_map(source, graph).write(outdir)  # names kept; --io-layout may move channels last
         if self.variant in ("int8", "best"):

@@ -3,20 +3,21 @@ model.cc/model.h for TFLite Micro, verified with LiteRT."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tapeout.compiler.errors import UsageError
 from tapeout.compiler.ir import Graph
 from tapeout.compiler.version import __version__
 from tapeout.runtime.compare import Tolerance
 from tapeout.runtime.protocol import Runner
-from tapeout.targets.base import QUANTIZED_TOLERANCE, EmitResult, Target
+from tapeout.targets.base import EmitResult, QUANTIZED_TOLERANCE, Target, TargetOptions
 
 FLOAT_INPUT_VARIANTS = ("fp32", "fp16", "dynamic")
 INTEGER_VARIANTS = ("int8", "int16x8")
 IO_TYPES = {"int8": ("float", "int8", "uint8"), "int16x8": ("float", "int16")}  # the first is the default
-OPTIONS = ("c_array", "array_name", "io")
 _SCHEMES = {"fp16": "fp16", "int8": "int8", "int16x8": "int16x8"}
 
 
@@ -24,6 +25,21 @@ def unsupported_nodes(graph: Graph) -> list[str]:
     """Nodes TFLite's builtin op set cannot run: 3D pooling (no MAX/AVERAGE_POOL_3D builtin)."""
     return [f"{n.name!r} ({n.op}, 3D)" for n in graph.nodes
             if n.op in ("max_pool", "avg_pool") and len(n.attrs["kernel"]) == 3]
+
+
+@dataclass(frozen=True)
+class TfliteOptions(TargetOptions):
+    c_array: bool = True  # also write model.cc/model.h for TFLite Micro
+    array_name: str | None = None  # the C array's name; None: g_<graph name>_model
+    # Input/output type of the integer variants; None: float. Float variants ignore it (with a note).
+    io: Literal["float", "int8", "uint8", "int16"] | None = None
+
+    def checked(self, target: str, variant: str | None) -> TfliteOptions:
+        if self.array_name and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.array_name):
+            raise UsageError(f"tflite: option array_name: {self.array_name!r} is not a C identifier")
+        if self.io is not None and variant in IO_TYPES and self.io not in IO_TYPES[variant]:
+            raise UsageError(f"tflite:{variant} takes --io {' or '.join(IO_TYPES[variant])}, not {self.io!r}")
+        return self
 
 
 class TfliteTarget(Target):
@@ -34,20 +50,10 @@ class TfliteTarget(Target):
     io_layouts = ("source", "channels-last")
     default_io_layout = "channels-last"
     requires = ("tensorflow", "keras")
+    Options = TfliteOptions
+    opts: TfliteOptions
     description = ("TFLite flatbuffer (+ C array for TFLite Micro): fp32, fp16 weights, dynamic-range int8 "
                    "weights, full int8, int16x8; verified with LiteRT")
-
-    def __init__(self, variant: str | None = None, **options: Any) -> None:
-        super().__init__(variant, **options)
-        unknown = set(options) - set(OPTIONS)
-        if unknown:
-            raise UsageError(f"target tflite has no option(s) {', '.join(sorted(unknown))}; "
-                             f"options: {', '.join(OPTIONS)}")
-        io = options.get("io")
-        if io is not None and self.variant in IO_TYPES and io not in IO_TYPES[self.variant]:
-            raise UsageError(f"tflite:{self.variant} takes --io {' or '.join(IO_TYPES[self.variant])}, not {io!r}")
-        if io is not None and io not in ("float", "int8", "uint8", "int16"):
-            raise UsageError(f"unknown --io {io!r}; one of float, int8, uint8 (tflite:int8), int16 (tflite:int16x8)")
 
     @classmethod
     def quant_scheme(cls, variant: str) -> str | None:
@@ -77,8 +83,8 @@ class TfliteTarget(Target):
         if self.variant in INTEGER_VARIANTS:
             data, traced = self._integer(agraph, notes, extra)
         else:
-            if self.options.get("io") not in (None, "float"):
-                notes.append(f"--io {self.options['io']} applies to the integer variants; "
+            if self.opts.io not in (None, "float"):
+                notes.append(f"--io {self.opts.io} applies to the integer variants; "
                              f"tflite:{self.variant} keeps float inputs and outputs")
             traced, _ = convert.trace(agraph)
             data = convert.convert(traced, self.variant)
@@ -110,8 +116,8 @@ class TfliteTarget(Target):
             notes.append(f"{len(fused)} fused activation(s): {', '.join(sorted(set(fused)))}")
         extra.update({"ops": len(info.ops), "arena_bytes_estimate": arena.total,
                       "arena_activation_bytes": arena.activations})
-        if self.options.get("c_array", True):
-            array = str(self.options.get("array_name") or f"g_{c_identifier(graph.name)}_model")
+        if self.opts.c_array:
+            array = self.opts.array_name or f"g_{c_identifier(graph.name)}_model"
             note = f"{graph.name} for TFLite Micro: tflite:{self.variant} by tapeout {__version__}"
             artifacts += write_c_array(data, outdir, array, note, arena)
             extra["c_array"] = array
@@ -146,7 +152,7 @@ class TfliteTarget(Target):
         if q is None or q.scheme != self.variant:
             raise UsageError(f"tflite:{self.variant} needs the graph annotated by the quantize pass "
                              f"(scheme {self.variant}); compile_model runs it with --calibration")
-        io = self.options.get("io") or IO_TYPES[self.variant][0]
+        io = self.opts.io or IO_TYPES[self.variant][0]
         traced, _ = convert.trace(graph, integer=True)
         data = convert.convert(traced, self.variant, io)
         widened = 0

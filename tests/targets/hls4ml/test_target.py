@@ -220,7 +220,7 @@ def test_settings_parsing(tmp_path):
                 {"clock_period": -1}):
         with pytest.raises(UsageError):
             parse_settings(bad)
-    with pytest.raises(UsageError, match="no option"):
+    with pytest.raises(UsageError, match="hls4ml: unknown option 'colour'"):
         Hls4mlTarget("vitis", colour="red")
     t = Hls4mlTarget("vitis", min_agreement=0.98)
     assert t.default_tolerance("vitis").min_top1_agreement == 0.98

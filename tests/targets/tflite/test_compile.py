@@ -76,7 +76,7 @@ def test_cli_io_and_target_options(tiny_cnn_path, tmp_path) -> None:
 @pytest.mark.parametrize("args,message", [
     (["--target-option", "c_array=false"], "expected TARGET[:VARIANT].KEY=VALUE"),
     (["--target-option", "onnx.opset=18"], "not among the chosen targets"),
-    (["--target-option", "tflite.colour=1"], "has no option"),
+    (["--target-option", "tflite.colour=1"], "tflite: unknown option 'colour'"),
     (["--io", "int16"], "takes --io float or int8 or uint8"),
 ])
 def test_cli_bad_target_options_are_usage_errors(tiny_cnn_path, tmp_path, args, message) -> None:

@@ -170,7 +170,7 @@ def test_refusals(cases, tmp_path) -> None:
         TfliteTarget("int16x8").emit(annotate(plain, "int8"), tmp_path)
     with pytest.raises(UsageError, match="takes --io float or int16"):
         TfliteTarget("int16x8", io="uint8")
-    with pytest.raises(UsageError, match="unknown --io"):
+    with pytest.raises(UsageError, match="tflite: option io: expected one of float, int8, uint8, int16"):
         TfliteTarget("fp32", io="int4")
 
 

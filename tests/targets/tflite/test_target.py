@@ -284,7 +284,7 @@ def test_integer_variant_needs_annotations(cnn, tmp_path) -> None:
 def test_unknown_option_is_a_usage_error() -> None:
     from tapeout.targets.tflite.target import TfliteTarget
 
-    with pytest.raises(UsageError, match="no option"):
+    with pytest.raises(UsageError, match="tflite: unknown option 'colour'"):
         TfliteTarget("fp32", colour="blue")
 
 
