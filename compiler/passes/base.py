@@ -7,7 +7,6 @@ arrays are shared between the two graphs, so a pass replaces them and never writ
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import numpy as np
 
@@ -19,12 +18,15 @@ class PassResult:
     graph: Graph
     changed: bool
     details: list[str] = field(default_factory=list)
+    # What the user should know about the result (e.g. an output quantized too coarsely),
+    # kept apart from ``details`` so reports list them without parsing lines.
+    warnings: list[str] = field(default_factory=list)
 
 
 class Pass:
     """A graph-to-graph transformation; subclasses set ``name`` and implement ``run``."""
 
-    name: ClassVar[str]
+    name: str  # a class attribute; a Pipeline may also take its name per instance
 
     def requires(self, graph: Graph) -> str | None:
         """Precondition hook: a reason this pass cannot run on ``graph``, or None when it can."""
@@ -50,26 +52,6 @@ class RewritePass(Pass):
 
     def rewrite(self, graph: Graph) -> list[str]:
         raise NotImplementedError
-
-
-class CompositePass(Pass):
-    """Runs its sub-passes in order, repeating the list until none changes anything (bounded)."""
-
-    passes: ClassVar[tuple[type[Pass], ...]]
-    max_rounds: ClassVar[int] = 10
-
-    def run(self, graph: Graph) -> PassResult:
-        details: list[str] = []
-        for _ in range(self.max_rounds):
-            round_changed = False
-            for cls in self.passes:
-                res = cls().run(graph)
-                graph = res.graph
-                round_changed |= res.changed
-                details.extend(res.details)
-            if not round_changed:
-                break
-        return PassResult(graph, bool(details), details)
 
 
 # ------------------------------------------------------------------- editor

@@ -8,7 +8,8 @@ import math
 import numpy as np
 
 from tapeout.compiler.ir import Graph, Node
-from tapeout.compiler.passes.base import CompositePass, Editor, RewritePass
+from tapeout.compiler.passes.base import Editor, RewritePass
+from tapeout.compiler.passes.pipeline import Pipeline
 
 NO_OPS = ("identity", "dropout")  # dropout is the identity at inference
 
@@ -168,6 +169,10 @@ class FuseHardSwish(RewritePass):
             math.isclose(float(h.attr("beta")), 0.5, rel_tol=1e-6)
 
 
-class Canonicalize(CompositePass):
+class Canonicalize(Pipeline):
+    """Its passes, repeated until a round changes nothing (at most 10 rounds)."""
+
     name = "canonicalize"
-    passes = (RemoveIdentity, FoldConstants, MergePad, FuseHardSwish, RemoveDead)
+
+    def __init__(self, check: bool = True) -> None:
+        super().__init__([RemoveIdentity(), FoldConstants(), MergePad(), FuseHardSwish(), RemoveDead()], check=check, max_iterations=10)

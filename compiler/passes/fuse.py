@@ -6,7 +6,8 @@ import numpy as np
 
 from tapeout.compiler.ir import Activation, Graph, Node
 from tapeout.compiler.ops import get_schema
-from tapeout.compiler.passes.base import CompositePass, Editor, RewritePass
+from tapeout.compiler.passes.base import Editor, RewritePass
+from tapeout.compiler.passes.pipeline import Pipeline
 
 LINEAR_OPS = ("conv", "dense")
 
@@ -245,6 +246,11 @@ class FuseReshapeTranspose(RewritePass):
         return details
 
 
-class Fuse(CompositePass):
+class Fuse(Pipeline):
+    """Its passes, repeated until a round changes nothing (at most 10 rounds)."""
+
     name = "fuse"
-    passes = (FuseBatchNorm, FuseConstantShift, FuseActivation, FuseReshapeTranspose)
+
+    def __init__(self, check: bool = True) -> None:
+        super().__init__([FuseBatchNorm(), FuseConstantShift(), FuseActivation(), FuseReshapeTranspose()],
+                         check=check, max_iterations=10)

@@ -30,5 +30,6 @@ PASSES: dict[str, type[Pass]] = {
 
 
 def default_pipeline() -> Pipeline:
-    """canonicalize, then fuse; fusing leaves nothing canonicalize would clean up again."""
-    return Pipeline([Canonicalize(), Fuse()])
+    """canonicalize, then fuse (each a nested pipeline run to its fixed point); fusing leaves
+    nothing canonicalize would clean up again."""
+    return Pipeline([Canonicalize(), Fuse()], name="default")

@@ -98,10 +98,12 @@ def test_precondition_refusal_is_reported(dense_graph):
 
 def test_fixed_point_repeats_until_unchanged_and_is_bounded(dense_graph):
     res = Pipeline.fixed_point([RemoveIdentity(), FuseActivation()]).run(dense_graph)
-    assert [r.changed for r in res.records] == [True, True, False, False]
+    # One record per pass, its rounds merged: the second round changed nothing.
+    assert res.rounds == 2 and [r.changed for r in res.records] == [True, True]
+    assert [(r.nodes_before, r.nodes_after) for r in res.records] == [(3, 2), (2, 1)]  # counts its own changes only
     res = Pipeline([AlwaysChanges()], max_iterations=3).run(dense_graph)
-    assert len(res.records) == 3
-    assert len(Pipeline([AlwaysChanges()]).run(dense_graph).records) == 1
+    assert res.rounds == 3 and res.records[0].details == ["changed"] * 3
+    assert Pipeline([AlwaysChanges()]).run(dense_graph).rounds == 1
 
 
 def test_registry_names_match_pass_names():
@@ -129,6 +131,44 @@ def test_default_pipeline_on_a_small_cnn(builder, apply, equivalent, op_list):
     assert res.graph.node("conv1").attrs["activation"] == Activation.of("relu")
     assert res.graph.node("probabilities").attrs["activation"] == Activation.of("softmax", axis=-1)
     assert [r.name for r in res.records] == ["canonicalize", "fuse"] and all(r.changed for r in res.records)
+    canon, fuse = res.records
+    assert [p.name for p in canon.passes] == ["remove-identity", "fold-constants", "merge-pad", "fuse-hard-swish",
+                                              "remove-dead"]
+    assert [p.name for p in fuse.passes if p.changed] == ["fuse-batch-norm", "fuse-activation"]
+    # The nested record sums up its passes: their details in order, their node counts end to end.
+    assert canon.details == [d for p in canon.passes for d in p.details]
+    assert "merged pad 'zero_pad' into conv 'conv1'" in canon.passes[2].details
+    assert canon.nodes_before == canon.passes[0].nodes_before == 9
+    assert canon.nodes_after == fuse.nodes_before == 7
+    assert [(p.nodes_before, p.nodes_after) for p in canon.passes] == [(9, 8), (8, 8), (8, 7), (7, 7), (7, 7)]
+    assert canon.rounds == 2 and fuse.rounds == 2
+    js = res.to_json()
+    assert [p["name"] for p in js[1]["passes"]] == [p.name for p in fuse.passes]
+    assert "passes" not in js[1]["passes"][0]  # plain passes have no nested list
     equivalent(g, res.graph, rtol=1e-4, atol=1e-5)
     assert default_pipeline().run(g).to_json() == res.to_json()  # deterministic report
     assert not default_pipeline().run(res.graph).to_json()[0]["changed"]
+
+
+class Warns(Pass):
+    name = "warns"
+
+    def run(self, graph: Graph) -> PassResult:
+        return PassResult(graph.copy(), False, ["looked"], ["careful"])
+
+
+def test_warnings_are_kept_apart_from_details_at_every_level(dense_graph):
+    res = Pipeline([Pipeline([Warns()], name="inner"), Warns()]).run(dense_graph)
+    assert res.warnings == ["careful", "careful"] and res.details == ["looked", "looked"]
+    js = res.to_json()
+    assert js[0]["warnings"] == ["careful"] and js[0]["details"] == ["looked"]
+    assert js[0]["passes"] == [{"name": "warns", "changed": False, "details": ["looked"], "warnings": ["careful"],
+                                "nodes_before": 3, "nodes_after": 3}]
+    assert "warnings" not in Pipeline([RemoveIdentity()]).run(dense_graph).to_json()[0]  # none: no key
+    assert js[1]["warnings"] == ["careful"] and "passes" not in js[1]
+
+
+def test_a_pipeline_is_a_pass():
+    assert issubclass(Pipeline, Pass)
+    assert isinstance(default_pipeline().passes[0], Pipeline)
+    assert PASSES["canonicalize"]().name == "canonicalize" and PASSES["fuse"]().max_iterations == 10
