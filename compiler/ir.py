@@ -307,12 +307,16 @@ class Graph:
 
         names: set[str] = set()
         defined: set[str] = set(self.constants)
+        # Each value's type as inferred from the inputs: nodes are checked against these, not
+        # against the stored types, which are what is being checked (and may be missing).
+        inferred: dict[str, TensorType] = {}
         for i in self.inputs:
             if i not in self.types:
                 raise IRError(f"graph input {i!r} has no type")
             if not self.types[i].shape or not isinstance(self.types[i].shape[0], str):
                 raise IRError(f"graph input {i!r} must have a symbolic batch dimension, got {self.types[i]}")
             defined.add(i)
+            inferred[i] = self.types[i]
         for n in self.nodes:
             if n.name in names:
                 raise IRError(f"duplicate node name {n.name!r}")
@@ -321,7 +325,7 @@ class Graph:
                 if i and i not in defined:
                     raise IRError(f"node {n.name!r} ({n.op}) reads {i!r}, which is not defined before it")
             check_node_attrs(n)
-            in_types = [self.type_of(i) if i else None for i in n.inputs]
+            in_types = [(inferred[i] if i in inferred else self.type_of(i)) if i else None for i in n.inputs]
             expected = infer_node(n, in_types, self)
             for o, t in zip(n.outputs, expected):
                 if o in defined:
@@ -330,6 +334,7 @@ class Graph:
                 if have is not None and have != t:
                     raise IRError(f"node {n.name!r} ({n.op}) output {o!r} is typed {have} but infers to {t}")
                 defined.add(o)
+                inferred[o] = t
         for o in self.outputs:
             if o not in defined:
                 raise IRError(f"graph output {o!r} is not produced by any node")

@@ -67,7 +67,8 @@ class Pipeline(Pass):
     """Passes run in order; the list is repeated while something changes, at most ``max_iterations`` times.
 
     With ``check``, the graph is validated before the first pass and after every pass
-    (inner passes of nested pipelines included).
+    (inner passes of nested pipelines included): stored types must match what inference
+    gives, then types are inferred afresh.
     """
 
     name = "pipeline"
@@ -142,9 +143,11 @@ class Pipeline(Pass):
 
 
 def _validate(graph: Graph, what: str, before: list[str]) -> None:
+    # Check before inferring: inference overwrites the stored types, so a pass that typed a
+    # value wrongly would go unnoticed if the types were inferred first.
     try:
-        graph.infer_shapes()
         graph.check()
+        graph.infer_shapes()
     except Exception as e:
         raise PassFailed(f"{what}: {e}{_after(before)}") from e
 

@@ -50,3 +50,13 @@ def test_unique_name_counts_every_kind_of_name():
     g.constants["w_1"] = None  # type: ignore[assignment]
     assert g.unique_name("w") == "w_2"
     assert g.names() >= {"x", "w", "w_1", "r0", "r1", "r2", "second"}
+
+
+def test_check_compares_stored_types_with_inference_and_needs_none_of_them():
+    g = _chain(3)
+    g.check()  # untyped node outputs: checked from the inferred types
+    g.types["r1"] = TensorType((BATCH, 5))
+    with pytest.raises(IRError, match="'r1' is typed float32\\[N, 5\\] but infers to float32\\[N, 4\\]"):
+        g.check()
+    g.infer_shapes()  # inference overwrites the wrong type: why the pipeline checks first
+    g.check()

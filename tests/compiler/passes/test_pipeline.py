@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tapeout.compiler.errors import PassFailed
-from tapeout.compiler.ir import Activation, Graph
+from tapeout.compiler.ir import Activation, Graph, TensorType
 from tapeout.compiler.passes.base import Pass, PassResult
 from tapeout.compiler.passes.canonicalize import RemoveDead, RemoveIdentity
 from tapeout.compiler.passes.fuse import FuseActivation
@@ -148,6 +148,46 @@ def test_default_pipeline_on_a_small_cnn(builder, apply, equivalent, op_list):
     equivalent(g, res.graph, rtol=1e-4, atol=1e-5)
     assert default_pipeline().run(g).to_json() == res.to_json()  # deterministic report
     assert not default_pipeline().run(res.graph).to_json()[0]["changed"]
+
+
+class MistypesAValue(Pass):
+    """Stores a wrong type on the dense output, leaving the wiring alone."""
+
+    name = "mistypes"
+
+    def run(self, graph: Graph) -> PassResult:
+        g = graph.copy()
+        n = next(n for n in g.nodes if n.op == "dense")
+        g.types[n.outputs[0]] = TensorType(("N", 5), "float32")
+        return PassResult(g, True, ["retyped the dense output"])
+
+
+def test_check_catches_a_wrongly_typed_value_before_inference_overwrites_it(dense_graph):
+    with pytest.raises(PassFailed, match=r"pass 'mistypes' left an invalid graph: .*'d_out' is typed "
+                                         r"float32\[N, 5\] but infers to float32\[N, 3\].*after passes: remove-identity"):
+        Pipeline([RemoveIdentity(), MistypesAValue()]).run(dense_graph)
+    # Unchecked, the wrong type stays (nothing retypes it).
+    res = Pipeline([MistypesAValue()], check=False).run(dense_graph)
+    assert res.graph.types["d_out"].shape == ("N", 5)
+
+
+def test_a_wrong_type_inside_a_nested_pipeline_names_its_path(dense_graph):
+    inner = Pipeline([RemoveIdentity(), MistypesAValue()], name="inner")
+    with pytest.raises(PassFailed, match="pass 'outer/inner/mistypes' left an invalid graph.*"
+                                         "after passes: outer/always-changes, outer/inner/remove-identity\\)"):
+        Pipeline([Pipeline([AlwaysChanges(), inner], name="outer")]).run(dense_graph)
+
+
+def test_a_failure_after_a_nested_pipeline_names_it_whole(dense_graph):
+    nested = Pipeline.fixed_point([RemoveIdentity(), RemoveDead()], name="clean")
+    with pytest.raises(PassFailed, match="'explodes' failed.*\\(after passes: clean\\)"):
+        Pipeline([nested, Explodes()]).run(dense_graph)
+
+
+def test_nested_pipelines_follow_the_outer_check_flag(dense_graph):
+    inner = Pipeline([MistypesAValue()], name="inner")  # checks by default
+    res = Pipeline([inner], check=False).run(dense_graph)
+    assert res.graph.types["d_out"].shape == ("N", 5)
 
 
 class Warns(Pass):
