@@ -264,7 +264,7 @@ class Quantize(Pass):
             details[0] += f" (calibration: {g.calibration.describe()})"
         if float_nodes:
             details.append(f"kept float: {', '.join(float_nodes)}")
-        return PassResult(g, True, details + self._warnings)
+        return PassResult(g, True, details, list(self._warnings))
 
     # ----------------------------------------------------------- schemes
     @staticmethod
@@ -338,7 +338,7 @@ class Quantize(Pass):
         span = max(abs(observed[0]), abs(observed[1]))
         if span < FEW_STEPS * tq.scale[0]:
             self._warnings.append(
-                f"warning: {n.op} {n.name!r} output reaches only {span:.3g}, under {FEW_STEPS} steps of its fixed "
+                f"{n.op} {n.name!r} output reaches only {span:.3g}, under {FEW_STEPS} steps of its fixed "
                 f"{tq.dtype} scale {tq.scale[0]:.3g}; most of it will quantize to zero (keep it float by name "
                 f"to avoid that)")
 

@@ -238,7 +238,11 @@ def test_a_fixed_output_scale_too_coarse_for_the_observed_values_is_warned_about
     g = b.build(b.node("softmax", [d], "sm", axis=-1))  # 400 nearly equal classes: every p ~ 1/400
     g = calibrate(g, {"x": np.random.default_rng(0).normal(size=(16, 8)).astype(np.float32)}, method="minmax")
     res = apply(Quantize("int8"), g)
-    assert res.details[-1].startswith("warning: softmax 'sm' output reaches only 0.00") and "1/256" not in res.details[-1]
-    assert not any(d.startswith("warning") for d in apply(Quantize("int8", exclude=["sm"]), g).details)
+    # A field of its own, not a detail line prefixed "warning: " that readers parse back.
+    assert len(res.warnings) == 1 and not any("warning" in d for d in res.details)
+    assert res.warnings[0].startswith("softmax 'sm' output reaches only 0.00") and "1/256" not in res.warnings[0]
+    rec = Pipeline([Quantize("int8")]).run(g).to_json()[0]
+    assert rec["warnings"] == res.warnings and rec["details"] == res.details
+    assert not apply(Quantize("int8", exclude=["sm"]), g).warnings
     # A trained-looking classifier (peaky outputs) is not warned about.
-    assert not any(d.startswith("warning") for d in apply(Quantize("int8"), prepared(builder, apply)).details)
+    assert not apply(Quantize("int8"), prepared(builder, apply)).warnings
