@@ -698,18 +698,60 @@ def _totals(graph: Graph) -> dict[str, int]:
             "nonzero_macs": dense_macs - sum(r["macs"] - r["nonzero_macs"] for r in rows)}
 
 
-def pruning_report(spec: str, before: Graph, after: Graph, details: Sequence[str]) -> dict[str, Any]:
-    """The report's ``pruning`` entry: totals and per-layer weights, sparsity and MACs before and after."""
-    old = {r["name"]: r for r in layer_stats(before)}
-    layers = []
-    for r in layer_stats(after):
-        o = old.get(r["name"], r)
-        layers.append({"name": r["name"], "op": r["op"], "shape_before": o["shape"], "shape_after": r["shape"],
-                       "sparsity_before": o["sparsity"], "sparsity_after": r["sparsity"],
-                       "macs_before": o["macs"], "macs_after": r["macs"],
-                       "nonzero_macs_before": o["nonzero_macs"], "nonzero_macs_after": r["nonzero_macs"]})
-    b, a = _totals(before), _totals(after)
-    return {"spec": spec, "before": b, "after": a,
+@dataclass
+class PruningOutcome:
+    """What pruning did, for the report's ``pruning`` entry: totals and per-layer weights,
+    sparsity and MACs before and after, plus fine-tuning, the --prune auto search and the
+    accuracies measured on the verification data, each when there is one.
+
+    ``one_shot_graph`` is the pruned graph before fine-tuning (None without fine-tuning): the
+    compile measures its accuracy too. It stays off the report.
+    """
+
+    spec: str
+    before: dict[str, int]
+    after: dict[str, int]
+    layers: list[dict[str, Any]]
+    details: list[str]
+    fine_tuning: dict[str, Any] | None = None  # {"data": file, **FineTuneInfo.to_json()}
+    one_shot_graph: Graph | None = None
+    search: dict[str, Any] | None = None  # --prune auto: the bisection's curve and choice
+    accuracy: dict[str, Any] | None = None  # top-1 unpruned / pruned (/ pruned_one_shot), when labelled
+
+    @classmethod
+    def measure(cls, spec: str, before: Graph, after: Graph, details: Sequence[str]) -> PruningOutcome:
+        """Compare the graph before pruning with the one after (pruned, or pruned and fine-tuned)."""
+        old = {r["name"]: r for r in layer_stats(before)}
+        layers = []
+        for r in layer_stats(after):
+            o = old.get(r["name"], r)
+            layers.append({"name": r["name"], "op": r["op"], "shape_before": o["shape"], "shape_after": r["shape"],
+                           "sparsity_before": o["sparsity"], "sparsity_after": r["sparsity"],
+                           "macs_before": o["macs"], "macs_after": r["macs"],
+                           "nonzero_macs_before": o["nonzero_macs"], "nonzero_macs_after": r["nonzero_macs"]})
+        return cls(spec, _totals(before), _totals(after), layers, list(details))
+
+    @property
+    def one_shot(self) -> bool:
+        """Pruned without fine-tuning."""
+        return self.fine_tuning is None
+
+    def to_json(self) -> dict[str, Any]:
+        b, a = self.before, self.after
+        out: dict[str, Any] = {
+            "spec": self.spec, "before": dict(b), "after": dict(a),
             "macs_ratio": round(a["macs"] / b["macs"], 6) if b["macs"] else None,
             "nonzero_macs_ratio": round(a["nonzero_macs"] / b["nonzero_macs"], 6) if b["nonzero_macs"] else None,
-            "fine_tuning": None, "one_shot": True, "layers": layers, "details": list(details)}
+            "fine_tuning": self.fine_tuning, "one_shot": self.one_shot, "layers": list(self.layers),
+            "details": list(self.details)}
+        if self.search is not None:
+            out["search"] = self.search
+        if self.accuracy is not None:
+            out["accuracy"] = self.accuracy
+        return out
+
+
+def pruning_report(spec: str, before: Graph, after: Graph, details: Sequence[str]) -> dict[str, Any]:
+    """``PruningOutcome.measure(...).to_json()``: kept while the compile stages still build the
+    report entry as a dict (issue 16 moves them to ``PruningOutcome``)."""
+    return PruningOutcome.measure(spec, before, after, details).to_json()

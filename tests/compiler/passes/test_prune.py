@@ -8,8 +8,8 @@ import pytest
 from tapeout.compiler.errors import UsageError
 from tapeout.compiler.interpreter import run
 from tapeout.compiler.ir import Activation, Graph
-from tapeout.compiler.passes.prune import (END_LAYER_SHARE, PruneChannels, PruneMagnitude, PruneNM, layer_stats, nm_violations,
-                                           parse_prune, plan_channels)
+from tapeout.compiler.passes.prune import (END_LAYER_SHARE, PruneChannels, PruneMagnitude, PruneNM, PruningOutcome,
+                                           layer_stats, nm_violations, parse_prune, plan_channels, pruning_report)
 from tapeout.compiler.passes.registry import PASSES, default_pipeline
 
 RELU = Activation.of("relu")
@@ -364,3 +364,23 @@ def test_channels_squeeze_excitation_gate_joins_its_feature_map(builder, apply):
     _zero(masked, "c_w", 2, ra)
     _zero(masked, "fc_w", 0, rc)
     _check_masked(g, res.graph, masked)
+
+
+# ------------------------------------------------------------------ outcome
+def test_pruning_outcome_measures_and_reports_without_the_one_shot_graph(mlp, apply):
+    pruned = apply(PruneMagnitude(0.5), mlp)
+    out = PruningOutcome.measure("magnitude:0.5", mlp, pruned.graph, pruned.details)
+    assert out.one_shot and out.one_shot_graph is None
+    assert out.after["nonzero_macs"] < out.before["nonzero_macs"] == out.before["macs"] == out.after["macs"]
+    js = out.to_json()
+    assert list(js) == ["spec", "before", "after", "macs_ratio", "nonzero_macs_ratio", "fine_tuning", "one_shot",
+                        "layers", "details"]
+    assert js["macs_ratio"] == 1.0 and 0.4 < js["nonzero_macs_ratio"] < 0.6
+    assert [r["name"] for r in js["layers"]] == ["fc1", "fc2", "fc3", "out"]
+    assert js == pruning_report("magnitude:0.5", mlp, pruned.graph, pruned.details)  # the dict form, until switched
+    # Fine-tuned: the one-shot graph is kept for its accuracy but never reaches the report.
+    out.fine_tuning, out.one_shot_graph = {"data": "train.npz", "epochs": 1}, pruned.graph
+    out.search, out.accuracy = {"chosen": 0.5}, {"pruned": 0.9}
+    js = out.to_json()
+    assert js["one_shot"] is False and js["fine_tuning"]["epochs"] == 1
+    assert list(js)[-2:] == ["search", "accuracy"] and not any(isinstance(v, Graph) for v in js.values())
