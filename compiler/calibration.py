@@ -43,6 +43,7 @@ import numpy as np
 from tapeout.compiler.errors import DataError, UsageError
 from tapeout.compiler.interpreter import run
 from tapeout.compiler.ir import Calibration, Graph
+from tapeout.compiler.layout import is_channels_first, to_channels_first, to_channels_last
 from tapeout.runtime.protocol import IOSpec
 
 METHODS = ("minmax", "percentile", "entropy")
@@ -56,18 +57,14 @@ _KL_CHUNK = 128  # candidate thresholds evaluated per vectorized block (bounds m
 
 
 # ------------------------------------------------------------------ layouts
-def _channels_first(layout: str | None, rank: int) -> bool:
-    return rank >= 3 and bool(layout) and len(layout or "") >= 3 and (layout or "")[1] == "C"
-
-
 def source_specs(graph: Graph) -> list[IOSpec]:
     """The graph's inputs as the user's data holds them: in each input's source layout."""
     specs = []
     for name in graph.inputs:
         t = graph.types[name]
         shape = tuple(t.shape)
-        if _channels_first(graph.io_layouts.get(name), t.rank):
-            shape = (shape[0], shape[-1], *shape[1:-1])
+        if is_channels_first(graph.io_layouts.get(name), t.rank):
+            shape = tuple(shape[a] for a in to_channels_first(t.rank))
         specs.append(IOSpec(name, shape, t.dtype))
     return specs
 
@@ -77,8 +74,8 @@ def to_ir_layout(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.
     out = {}
     for name, a in feeds.items():
         a = np.asarray(a)
-        if _channels_first(graph.io_layouts.get(name), a.ndim):
-            a = a.transpose(0, *range(2, a.ndim), 1)
+        if is_channels_first(graph.io_layouts.get(name), a.ndim):
+            a = a.transpose(to_channels_last(a.ndim))
         out[name] = a
     return out
 

@@ -7,20 +7,8 @@ import numpy as np
 from tapeout.compiler import interpreter
 from tapeout.compiler.ir import Graph
 from tapeout.compiler.kernels import PRECISIONS
+from tapeout.compiler.layout import is_channels_first, to_channels_first, to_channels_last
 from tapeout.runtime.protocol import IOSpec, Runner
-
-
-def _channels_first(layout: str | None, rank: int) -> bool:
-    """Source layouts such as NCHW/NCW (channel axis 1) on tensors with spatial axes."""
-    return rank >= 3 and bool(layout) and len(layout) >= 3 and layout[1] == "C"
-
-
-def _to_source(rank: int) -> list[int]:
-    return [0, rank - 1, *range(1, rank - 1)]  # [N, *S, C] -> [N, C, *S]
-
-
-def _to_ir(rank: int) -> list[int]:
-    return [0, *range(2, rank), 1]  # [N, C, *S] -> [N, *S, C]
 
 
 class ReferenceRunner(Runner):
@@ -47,7 +35,7 @@ class ReferenceRunner(Runner):
 
     def _transposed(self, value: str) -> bool:
         rank = self.graph.type_of(value).rank
-        return self.source_layout and _channels_first(self.graph.io_layouts.get(value), rank)
+        return self.source_layout and is_channels_first(self.graph.io_layouts.get(value), rank)
 
     def input_specs(self) -> list[IOSpec]:
         specs = []
@@ -55,7 +43,7 @@ class ReferenceRunner(Runner):
             t = self.graph.types[i]
             shape = tuple(t.shape)
             if self._transposed(i):
-                shape = tuple(shape[a] for a in _to_source(len(shape)))
+                shape = tuple(shape[a] for a in to_channels_first(len(shape)))
             specs.append(IOSpec(i, shape, t.dtype))
         return specs
 
@@ -64,9 +52,9 @@ class ReferenceRunner(Runner):
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.source_layout:
-            feeds = {k: np.transpose(v, _to_ir(np.ndim(v))) if k in self.graph.inputs and self._transposed(k)
+            feeds = {k: np.transpose(v, to_channels_last(np.ndim(v))) if k in self.graph.inputs and self._transposed(k)
                      else v for k, v in feeds.items()}
         out = interpreter.run(self.graph, feeds, precision=self.precision)
         if self.source_layout:
-            out = {k: np.transpose(v, _to_source(v.ndim)) if self._transposed(k) else v for k, v in out.items()}
+            out = {k: np.transpose(v, to_channels_first(v.ndim)) if self._transposed(k) else v for k, v in out.items()}
         return out

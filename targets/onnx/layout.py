@@ -11,15 +11,10 @@ from typing import Sequence
 
 import numpy as np
 
-
-def to_channels_first(rank: int) -> list[int]:
-    """Transpose perm [N, *S, C] -> [N, C, *S]."""
-    return [0, rank - 1, *range(1, rank - 1)]
-
-
-def to_channels_last(rank: int) -> list[int]:
-    """Transpose perm [N, C, *S] -> [N, *S, C]."""
-    return [0, *range(2, rank), 1]
+# Defined once in the compiler (calibration and the reference runner ask the same questions);
+# re-exported for the targets that import them from here.
+from tapeout.compiler.layout import (channels_last_layout, is_channels_first, to_channels_first,  # noqa: F401
+                                     to_channels_last)
 
 
 def physical_axes(rank: int, cf: bool) -> list[int]:
@@ -33,11 +28,6 @@ def physical_axis(axis: int, rank: int, cf: bool) -> int:
 
 def physical_shape(shape: Sequence, cf: bool) -> list:
     return [shape[a] for a in physical_axes(len(shape), cf)]
-
-
-def is_channels_first(layout: str | None, rank: int) -> bool:
-    """True for source layouts such as "NCHW"/"NCW" on tensors that have spatial axes."""
-    return rank >= 3 and bool(layout) and len(layout) >= 3 and layout[1] == "C"
 
 
 def broadcast_constant(array: np.ndarray, rank: int, cf: bool) -> np.ndarray:
@@ -55,8 +45,3 @@ def flatten_row_order(spatial_and_channels: Sequence[int]) -> np.ndarray:
     dims = tuple(spatial_and_channels)
     ids = np.arange(int(np.prod(dims))).reshape(dims)
     return ids.transpose(len(dims) - 1, *range(len(dims) - 1)).reshape(-1)
-
-
-def channels_last_layout(layout: str) -> str:
-    """"NCHW" -> "NHWC", "NCW" -> "NWC": the same axes with the channels moved last."""
-    return layout[0] + layout[2:] + layout[1]
