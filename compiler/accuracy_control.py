@@ -35,7 +35,7 @@ from tapeout.compiler.interpreter import eval_node, run
 from tapeout.compiler.ir import Graph
 from tapeout.compiler.passes.pipeline import Pipeline
 from tapeout.compiler.passes.quantize import Quantize, fake_quantize, simulate
-from tapeout.runtime.compare import Tolerance, compare
+from tapeout.runtime.compare import Tolerance, compare, is_classifier
 
 SENSITIVITY_SAMPLES = 256  # the ranking is a relative measure; a few hundred samples settle it
 BATCH = 32
@@ -193,7 +193,7 @@ def _measure(graph: Graph, feeds: Mapping[str, np.ndarray], reference: Mapping[s
              added: list[str]) -> Step:
     parts = [simulate(graph, b) for b in _batches(feeds, 1 << 62)]
     got = {o: np.concatenate([p[o] for p in parts]) for o in graph.outputs}
-    per_output = {k: criterion.tolerance if np.ndim(v) == 2 and np.shape(v)[1] > 1
+    per_output = {k: criterion.tolerance if is_classifier(v)
                   else Tolerance(min_cosine=criterion.tolerance.min_cosine) for k, v in reference.items()}
     result = compare(reference, got, per_output, labels=labels)
     cos = min(o.cosine for o in result.outputs if o.cosine is not None)

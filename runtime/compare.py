@@ -192,8 +192,10 @@ def _tolerance_for(name: str, tolerances: Tolerance | Mapping[str, Tolerance]) -
     return tolerances.get(name) or tolerances.get(ANY_OUTPUT) or Tolerance()
 
 
-def _is_classifier(a: np.ndarray) -> bool:
-    return a.ndim == 2 and a.shape[1] > 1
+def is_classifier(a: Any) -> bool:
+    """Whether an output is judged as a classifier's (top-1 agreement, accuracy): [N, classes]
+    with at least two classes. The one definition; compiler/ and targets/ import it."""
+    return np.ndim(a) == 2 and np.shape(a)[1] > 1
 
 
 def _failed(name: str, ref: np.ndarray, tol: Tolerance, reason: str) -> OutputComparison:
@@ -313,7 +315,7 @@ def compare_output(name: str, ref: np.ndarray, cand: np.ndarray, tol: Tolerance,
     max_abs, mean_abs, p99_abs = _stats(abs_err)
     max_rel, mean_rel, p99_rel = _stats(rel_err)
     cosine = _cosine(fa, fb)
-    top1 = _top1_agreement(ref, cand) if _is_classifier(ref) else None
+    top1 = _top1_agreement(ref, cand) if is_classifier(ref) else None
     numbers, reason = None, None
     rule = tol.rule
     if rule == ERROR_MODEL and (exact is None or np.shape(exact) != ref.shape):
@@ -341,7 +343,7 @@ def _accuracy(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.nd
     for name, ref in reference.items():
         ref = np.asarray(ref)
         cand = candidate.get(name)
-        if not _is_classifier(ref) or cand is None or np.shape(cand) != ref.shape:
+        if not is_classifier(ref) or cand is None or np.shape(cand) != ref.shape:
             continue
         ids = np.asarray(labels)
         ids = ids.argmax(axis=1) if ids.ndim == 2 else ids.ravel()

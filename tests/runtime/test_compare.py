@@ -11,7 +11,8 @@ from tapeout.runtime.compare import ERROR_MODEL_FLOOR as FLOOR
 from tapeout.runtime.compare import ERROR_MODEL_K as K
 from tapeout.runtime.compare import ERROR_MODEL_SANITY as SANITY
 from tapeout.runtime.compare import ERROR_MODEL_SANITY_K as SANITY_K
-from tapeout.runtime.compare import ComparisonResult, OutputComparison, Tolerance, compare, compare_output
+from tapeout.runtime.compare import (ComparisonResult, OutputComparison, Tolerance, compare, compare_output,
+                                     is_classifier)
 from tapeout.runtime.errors import RuntimeInputError
 
 
@@ -317,3 +318,9 @@ def test_error_model_record_round_trips_rounded(tmp_path):
     result.save(path)
     assert ComparisonResult.load(path).to_json() == d
     assert compare_output("y", source, artifact, Tolerance()).rule == "elementwise"
+
+
+def test_is_classifier_means_batch_by_at_least_two_classes() -> None:
+    assert is_classifier(np.zeros((4, 10))) and is_classifier([[0.1, 0.9]])  # array-likes too
+    assert not is_classifier(np.zeros((4, 1)))  # one logit: a score, no class to agree on
+    assert not is_classifier(np.zeros(4)) and not is_classifier(np.zeros((4, 8, 8, 3)))
