@@ -110,16 +110,61 @@ def close_stage(stage: Path) -> None:
 
 
 def install(stage: Path, outdir: Path, folders: Sequence[str], files: Sequence[str] = ()) -> None:
-    """Move finished target folders, then ``files`` (report.json), from ``stage`` into ``outdir``."""
+    """Move finished target folders, then ``files`` (report.json), from ``stage`` into ``outdir``.
+
+    A file of a target folder whose bytes equal the installed one's keeps the installed file
+    (its inode and mtime), so build tools see only what changed (Ninja's ``restat``). ``files``
+    are always replaced: report.json is the build's stamp, the target of ``--depfile``, and must
+    be newer than the inputs after every compile or Make would rerun it every time.
+    """
     with _parent_lock(outdir):
         outdir.mkdir(parents=True, exist_ok=True)
         for name in folders:
             dst = outdir / name
+            if dst.is_dir() and not dst.is_symlink():
+                keep_unchanged(dst, stage / name)
             if dst.exists():
                 os.replace(dst, stage / f"{OLD_PREFIX}{name}")
             os.replace(stage / name, dst)
         for name in files:
             os.replace(stage / name, outdir / name)
+
+
+def keep_unchanged(installed: Path, staged: Path) -> int:
+    """Put the installed file in place of each staged file with the same bytes; returns how many.
+
+    A hard link keeps the very file; where links are refused, the staged copy takes the old
+    mtime. The installed folder itself is not touched: it is still replaced in one rename.
+    """
+    kept = 0
+    for root, _dirs, names in os.walk(staged):
+        for fname in names:
+            new = Path(root) / fname
+            old = installed / new.relative_to(staged)
+            if new.is_symlink() or old.is_symlink() or not old.is_file() or not _same_bytes(old, new):
+                continue
+            link = new.with_name(f"{new.name}{STAGING_MARK}link")
+            try:
+                os.link(old, link)
+                os.replace(link, new)
+            except OSError:
+                st = old.stat()
+                os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))
+            kept += 1
+    return kept
+
+
+def _same_bytes(a: Path, b: Path, chunk: int = 1 << 20) -> bool:
+    sa, sb = a.stat(), b.stat()
+    if sa.st_size != sb.st_size or (sa.st_mode & 0o7777) != (sb.st_mode & 0o7777):
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(chunk), fb.read(chunk)
+            if x != y:
+                return False
+            if not x:
+                return True
 
 
 def output_error(outdir: Path, exc: OSError) -> UsageError | None:
