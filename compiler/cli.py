@@ -94,7 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write seconds as null so identical builds give byte-identical reports")
     c.add_argument("--model-explorer", metavar="FILE.json",
                    help="also write per-node error in Google Model Explorer's node-data format (docs/report.md)")
-    c.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    shown = c.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    shown.add_argument("--quiet", action="store_true", help="print nothing on success (errors and failed "
+                       "verifications: one line on stderr), for build tools")
+    c.add_argument("--depfile", metavar="FILE", help="also write a Make-format depfile (gcc -MD -MP style): "
+                   "OUTDIR/report.json depends on every file the compile read (docs/cli.md#build-tools)")
 
     i = sub.add_parser("inspect", parents=[common], help="show the imported graph: nodes, shapes, parameters, MACs")
     i.add_argument("model", metavar="MODEL")
@@ -349,7 +354,11 @@ def _cmd_compile(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from tapeout.compiler.quiet import captured_output
 
     _check_model_explorer(args.model_explorer)
-    status = _Status(err, enabled=not args.json)
+    if args.depfile:
+        from tapeout.compiler.depfile import check_depfile
+
+        check_depfile(args.depfile)
+    status = _Status(err, enabled=not (args.json or args.quiet))
     with status, captured_output(enabled=not args.debug):
         report = compile_model(args.model, args.targets, args.outdir, weights=args.weights,
                                calibration=args.calibration, eval_data=args.eval_data, atol=args.atol,
@@ -365,13 +374,29 @@ def _cmd_compile(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         from tapeout.compiler.report_html import write_model_explorer
 
         write_model_explorer(report.to_json(timings=False), args.model_explorer)
+    if args.depfile:  # written whenever the outputs were, a failed verification included
+        _write_compile_depfile(args)
     if args.json:
         out.write(report.dumps(timings=not args.no_timings))
+    elif args.quiet:
+        if report.exit_code != EXIT_OK:
+            from tapeout.compiler.api import failing_artifacts
+
+            err.write(f"tapeout: verification failed: {'; '.join(failing_artifacts(report))}\n")
     else:
         print_compile_summary(report, out)
         if args.trace:
             print_trace([(f"{t.target}:{t.variant}", t.extra.get("trace")) for t in report.targets], out)
     return report.exit_code
+
+
+def _write_compile_depfile(args: argparse.Namespace) -> None:
+    """--depfile: OUTDIR/report.json depends on the model, weights and every data or config file read."""
+    from tapeout.compiler.depfile import files_read, stamp_of, write_depfile
+
+    write_depfile(args.depfile, stamp_of(args.outdir),
+                  files_read(args.model, args.weights, args.calibration, args.eval_data, args.train,
+                             args.hls_config))
 
 
 _TENSORRT_FLAGS = ("min_batch", "opt_batch", "max_batch", "cache_dir", "require_engine")
