@@ -1,4 +1,4 @@
-"""Fine-tune a (pruned) IR graph: IR -> Keras (``targets.keras.emit``), train with the zeros held, IR back.
+"""Fine-tune a (pruned) IR graph: IR -> Keras (``compiler.keras_model``), train with the zeros held, IR back.
 
 Only conv/dense weights and biases train; every other layer (batch norms, affine constants) is
 frozen so the returned graph differs from the input only in those constants. Each weight that
@@ -68,7 +68,7 @@ def finetune(graph: Graph, feeds: dict[str, np.ndarray], y: np.ndarray, *, epoch
     import keras
     import tensorflow as tf
 
-    from tapeout.targets.keras.emit import graph_to_keras
+    from tapeout.compiler.keras_model import graph_to_keras
 
     if len(graph.outputs) != 1:
         raise DataError(f"fine-tuning needs a model with one output, this one has {len(graph.outputs)}")

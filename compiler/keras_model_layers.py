@@ -1,0 +1,180 @@
+"""The few Keras layers the IR needs beyond Keras's own: ops Keras has no layer for.
+
+Everything the emitter can express with a built-in layer uses one (hls4ml and TFLite
+recognise those); these cover constant operands, division, general clipping, padding
+with a value or on any axis, and activation variants Keras fixes a parameter of. Each
+is registered under the ``tapeout`` package so an emitted model can be saved and loaded
+again (``keras.saving.load_model``) once this module has been imported. Constants are
+non-trainable weights, so they travel in the weights file, not in the config.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import keras
+from keras import ops
+
+PACKAGE = "tapeout"
+
+_BINARY = {
+    "add": ops.add, "sub": ops.subtract, "mul": ops.multiply, "div": ops.divide,
+    "maximum": ops.maximum, "minimum": ops.minimum, "matmul": ops.matmul,
+}
+
+
+def _check_op(op: str) -> str:
+    if op not in _BINARY:
+        raise ValueError(f"unknown binary op {op!r}; known: {', '.join(sorted(_BINARY))}")
+    return op
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Binary(keras.layers.Layer):
+    """``op(a, b)`` of two runtime tensors with NumPy broadcasting (Keras's merge layers
+    only cover equal ranks and have no division or matmul)."""
+
+    def __init__(self, op: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.op = _check_op(op)
+
+    def call(self, inputs: Sequence[Any]) -> Any:
+        a, b = inputs
+        return _BINARY[self.op](a, b)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "op": self.op}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ConstantBinary(keras.layers.Layer):
+    """``op(x, c)`` (or ``op(c, x)`` with ``constant_first``) for a constant ``c``."""
+
+    def __init__(self, op: str, constant_shape: Sequence[int], constant_first: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.op = _check_op(op)
+        self.constant_shape = tuple(int(d) for d in constant_shape)
+        self.constant_first = bool(constant_first)
+        self.constant = self.add_weight(shape=self.constant_shape, initializer="zeros", trainable=False,
+                                        name="constant")
+
+    def call(self, x: Any) -> Any:
+        c = ops.cast(self.constant, x.dtype)
+        return _BINARY[self.op](c, x) if self.constant_first else _BINARY[self.op](x, c)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "op": self.op, "constant_shape": list(self.constant_shape),
+                "constant_first": self.constant_first}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Affine(keras.layers.Layer):
+    """``x * scale + shift`` with constant, broadcasting ``scale`` and ``shift``."""
+
+    def __init__(self, scale_shape: Sequence[int], shift_shape: Sequence[int], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.scale_shape = tuple(int(d) for d in scale_shape)
+        self.shift_shape = tuple(int(d) for d in shift_shape)
+        self.scale = self.add_weight(shape=self.scale_shape, initializer="ones", trainable=False, name="scale")
+        self.shift = self.add_weight(shape=self.shift_shape, initializer="zeros", trainable=False, name="shift")
+
+    def call(self, x: Any) -> Any:
+        return x * ops.cast(self.scale, x.dtype) + ops.cast(self.shift, x.dtype)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "scale_shape": list(self.scale_shape), "shift_shape": list(self.shift_shape)}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Clip(keras.layers.Layer):
+    """``clip(x, min, max)``; either bound may be None (open)."""
+
+    def __init__(self, min: float | None = None, max: float | None = None, **kwargs: Any) -> None:  # noqa: A002
+        super().__init__(**kwargs)
+        self.min = None if min is None else float(min)
+        self.max = None if max is None else float(max)
+
+    def call(self, x: Any) -> Any:
+        if self.min is not None:
+            x = ops.maximum(x, ops.cast(self.min, x.dtype))
+        if self.max is not None:
+            x = ops.minimum(x, ops.cast(self.max, x.dtype))
+        return x
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "min": self.min, "max": self.max}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class HardSigmoid(keras.layers.Layer):
+    """``max(0, min(1, alpha * x + beta))`` for any alpha, beta (Keras's fixes 1/6 and 0.5)."""
+
+    def __init__(self, alpha: float, beta: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+
+    def call(self, x: Any) -> Any:
+        return ops.clip(x * ops.cast(self.alpha, x.dtype) + ops.cast(self.beta, x.dtype), 0.0, 1.0)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "alpha": self.alpha, "beta": self.beta}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Gelu(keras.layers.Layer):
+    """GELU with the tanh approximation chosen (``Activation("gelu")`` is the exact one)."""
+
+    def __init__(self, approximate: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.approximate = bool(approximate)
+
+    def call(self, x: Any) -> Any:
+        return keras.activations.gelu(x, approximate=self.approximate)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "approximate": self.approximate}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Pad(keras.layers.Layer):
+    """Constant padding on any non-batch axis with any value (ZeroPadding is spatial and zero only)."""
+
+    def __init__(self, pads: Sequence[Sequence[int]], value: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pads = tuple((int(a), int(b)) for a, b in pads)
+        self.value = float(value)
+
+    def call(self, x: Any) -> Any:
+        return ops.pad(x, self.pads, constant_values=self.value)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "pads": [list(p) for p in self.pads], "value": self.value}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Slice(keras.layers.Layer):
+    """``x[start:end:step]`` along non-batch axes (Keras has no slicing layer; Cropping is spatial only).
+
+    Bounds are in range (``ops.slice_bounds``); an end of -1 with a negative step means through
+    element 0. TensorFlow lowers the indexing to one StridedSlice.
+    """
+
+    def __init__(self, axes: Sequence[int], starts: Sequence[int], ends: Sequence[int], steps: Sequence[int],
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.axes, self.starts, self.ends, self.steps = (tuple(int(v) for v in a) for a in (axes, starts, ends, steps))
+
+    def call(self, x: Any) -> Any:
+        index = [slice(None)] * len(x.shape)
+        for axis, start, end, step in zip(self.axes, self.starts, self.ends, self.steps):
+            index[axis] = slice(start, None if end < 0 else end, step)
+        return x[tuple(index)]
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "axes": list(self.axes), "starts": list(self.starts),
+                "ends": list(self.ends), "steps": list(self.steps)}
+
+
+CUSTOM_LAYERS = (Binary, ConstantBinary, Affine, Clip, HardSigmoid, Gelu, Pad, Slice)
