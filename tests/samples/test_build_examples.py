@@ -33,8 +33,9 @@ def _tool(name: str) -> str | None:
 
 
 @pytest.fixture
-def tree(tmp_path: Path) -> Path:
+def tree(tmp_path: Path, monkeypatch) -> Path:
     """tmp/samples/{build,digits_cnn}: the examples and the data they read, as in the repository."""
+    monkeypatch.setenv("TAPEOUT_CACHE_DIR", str(tmp_path / "cache"))  # the build cache, if any: this test's own
     shutil.copytree(ROOT / "samples" / "build", tmp_path / "samples" / "build")
     digits = tmp_path / "samples" / "digits_cnn"
     digits.mkdir()
