@@ -55,15 +55,40 @@ def stamp_of(outdir: str | os.PathLike[str]) -> str:
 
 
 def files_read(*paths: str | os.PathLike[str] | None) -> list[str]:
-    """The input files among ``paths``: None and ``synthetic`` dropped, duplicates once, order kept."""
+    """The input files among ``paths``: None and ``synthetic`` dropped, duplicates once, order kept;
+    an ONNX model is followed by the external data files it reads."""
     seen: list[str] = []
     for p in paths:
         if p is None:
             continue
         text = os.fspath(p)
-        if text and text != SYNTHETIC and text not in seen:
-            seen.append(text)
+        if not text or text == SYNTHETIC:
+            continue
+        for f in [text, *onnx_external_files(text)]:
+            if f not in seen:
+                seen.append(f)
     return seen
+
+
+def onnx_external_files(model: str) -> list[str]:
+    """The external data files of an ``.onnx`` model, spelled from the model's path as given."""
+    if not model.lower().endswith(".onnx"):
+        return []
+    from tapeout.compiler.frontends.onnx_model import _external_location, _graph_tensors, read_model
+
+    try:
+        proto = read_model(Path(model))
+    except Exception:  # noqa: BLE001 - not readable: the compile has said so already
+        return []
+    folder = os.path.dirname(model)
+    found: list[str] = []
+    for tensor in _graph_tensors(proto.graph):
+        loc = _external_location(tensor)
+        if loc and isinstance(loc, str):
+            path = os.path.join(folder, loc) if folder else loc
+            if path not in found:
+                found.append(path)
+    return found
 
 
 def render(target: str, deps: Sequence[str]) -> str:

@@ -60,6 +60,21 @@ def test_files_read_drops_synthetic_and_none():
     assert files_read("m.keras", None, "synthetic", "e.npz", "m.keras") == ["m.keras", "e.npz"]
 
 
+def test_onnx_external_data_files_follow_the_model(tmp_path, monkeypatch):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w])
+    (tmp_path / "m").mkdir()
+    onnx.save_model(helper.make_model(graph), tmp_path / "m" / "net.onnx", save_as_external_data=True,
+                    location="net.weights", size_threshold=0)
+    monkeypatch.chdir(tmp_path)
+    assert files_read("m/net.onnx", "d.npz") == ["m/net.onnx", "m/net.weights", "d.npz"]
+
+
 def test_written_only_when_changed(tmp_path):
     path = tmp_path / "sub" / "x.d"  # missing folders are made, as -o makes OUTDIR
     assert write_depfile(path, "out/report.json", ["m.keras"]) is True
