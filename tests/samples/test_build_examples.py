@@ -145,3 +145,25 @@ def test_cmake_ninja_example(tree):
     assert "tapeout" in ran(log) and (gen / "model.h").exists(), log
     assert _run([str(build / "check_model")], tree)[0].strip() == f"g_digits_model: {size} bytes, identifier TFL3"
     assert "no work to do" in _run(ninja, tree)[0]
+
+
+@pytest.mark.skipif(_tool("cmake") is None or shutil.which("make") is None,
+                    reason="cmake (pip install 'tapeout[test]') or GNU Make is not installed")
+@pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler (c++) for the example program")
+def test_cmake_makefile_generator_reads_the_depfile(tree):
+    """CMake's Makefile generator takes the same depfile. Make has no restat: CMake touches the
+    command's other outputs, so the program is rebuilt after a rerun, and then all is up to date."""
+    build = tree / "build"
+    _run([_tool("cmake"), "-G", "Unix Makefiles", f"-DTAPEOUT={TAPEOUT}", "-S", str(tree / "samples" / "build"),
+          "-B", str(build)], tree)
+    make = ["make", "--no-print-directory", "-C", str(build)]
+    log, _ = _run(make, tree)
+    assert "tapeout: digits CNN" in log and "Linking CXX" in log, log
+    log, seconds = _run(make, tree)
+    assert "tapeout: digits CNN" not in log and "Building CXX" not in log, log
+    print(f"cmake makefile-generator no-op rebuild: {seconds:.3f} s")
+    _touch_after(tree / "samples" / "digits_cnn" / "eval.npz", build / "digits" / "report.json")
+    log, _ = _run(make, tree)
+    assert "tapeout: digits CNN" in log, log  # eval.npz is known through the depfile alone
+    log, _ = _run(make, tree)
+    assert "tapeout: digits CNN" not in log and "Building CXX" not in log, log
