@@ -20,6 +20,12 @@ from tapeout.compiler.errors import UsageError
 ODD = ["plain.npz", "a b.npz", "x$y#z.npz", "back\\ slash.npz"]  # names Make syntax must escape
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """The build cache, if any, is this test's own: a user's cache neither helps nor fills."""
+    monkeypatch.setenv("TAPEOUT_CACHE_DIR", str(tmp_path / "cache"))
+
+
 def run_cli(*argv: object) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     code = main([str(a) for a in argv], out, err)

@@ -8,10 +8,18 @@ import io
 import os
 from pathlib import Path
 
+import pytest
+
 from tapeout.compiler.cli import main
 from tapeout.compiler.staging import close_stage, install, keep_unchanged, open_stage
 
 OLD = 1_600_000_000 * 10**9  # an mtime long past, in ns
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """The build cache, if any, is this test's own: a user's cache neither helps nor fills."""
+    monkeypatch.setenv("TAPEOUT_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def _age(path: Path) -> None:
@@ -76,7 +84,10 @@ def _compile(model: Path, outdir: Path) -> None:
     assert (code, out.getvalue(), err.getvalue()) == (0, "", "")
 
 
-def test_identical_recompile_keeps_artifact_mtimes(tiny_cnn_path, tmp_path):
+@pytest.mark.parametrize("cached", [True, False], ids=["cache", "no-cache"])
+def test_identical_recompile_keeps_artifact_mtimes(tiny_cnn_path, tmp_path, monkeypatch, cached):
+    if not cached:  # the second compile builds again instead of restoring (TAPEOUT_NO_CACHE, compiler.cache)
+        monkeypatch.setenv("TAPEOUT_NO_CACHE", "1")
     outdir = tmp_path / "out"
     _compile(tiny_cnn_path, outdir)
     artifacts = sorted(p for p in (outdir / "onnx-fp32").iterdir())
