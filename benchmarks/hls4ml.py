@@ -26,6 +26,8 @@ PRECISIONS = ("auto", "ap_fixed<16,6>", "ap_fixed<12,6>", "ap_fixed<10,4>")
 
 def run(sample: str, precision: str, work: Path) -> dict:
     from tapeout.compiler.frontends.loader import load_model
+    from tapeout.compiler.stages.data import BuildData
+    from tapeout.targets.base import EmitContext
     from tapeout.compiler.passes.registry import default_pipeline
     from tapeout.runtime.runners.keras import KerasRunner
     from tapeout.runtime.runners.hls4ml_csim import Hls4mlCsimRunner
@@ -35,10 +37,9 @@ def run(sample: str, precision: str, work: Path) -> dict:
     t0 = time.perf_counter()
     graph = default_pipeline().run(load_model(d / "model.keras")[0]).graph
     target = Hls4mlTarget("vitis", precision=precision)
-    target.use_data(calibration=str(d / "calibration.npz"), eval_data=str(d / "eval.npz"))
     out = work / f"{sample}-{precision.replace('<', '').replace('>', '').replace(',', '_')}"
     out.mkdir()
-    emitted = target.emit(graph, out)
+    emitted = target.emit(graph, EmitContext(out, BuildData(d / "calibration.npz", d / "eval.npz")))
     seconds = time.perf_counter() - t0
     x = np.load(d / "eval.npz")["x"]
     with KerasRunner(d / "model.keras") as src:

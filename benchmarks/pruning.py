@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from tapeout.compiler.stages.data import BuildData
+from tapeout.targets.base import EmitContext
 from tapeout.compiler.quiet import captured_output, quiet_environment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +79,7 @@ def tflite(graph: Any, folder: Path) -> Path:
 
     cls, variant = parse_target("tflite:fp32")
     folder.mkdir(parents=True)
-    emitted = cls(variant).emit(graph, folder)
+    emitted = cls(variant).emit(graph, EmitContext(folder))
     return folder / next(a for a in emitted.artifacts if a.endswith(".tflite"))
 
 
@@ -103,10 +105,10 @@ def hls4ml(graph: Any, sample: Path, folder: Path) -> dict[str, Any]:
 
     cls, variant = parse_target("hls4ml")
     target = cls(variant)
-    target.use_data(sample / "calibration.npz", sample / "eval.npz")
     folder.mkdir(parents=True)
     try:
-        report = target.emit(graph, folder).extra["hls4ml"]
+        data = BuildData(sample / "calibration.npz", sample / "eval.npz")
+        report = target.emit(graph, EmitContext(folder, data)).extra["hls4ml"]
     except UsageError as e:
         return {"hls_mults": None, "csim_agreement": None, "hls_note": str(e)}
     return {"hls_mults": report["estimates"]["totals"]["multipliers"],

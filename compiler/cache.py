@@ -234,7 +234,8 @@ class Cache:
         src = Path(folder)
         if not src.is_dir():
             raise ValueError(f"cache put: {src} is not a folder")
-        meta_doc = json.loads(json.dumps(dict(meta or {}), sort_keys=True))  # fails early if not JSON
+        # Key order kept: a cached report entry must restore the same bytes the build wrote.
+        meta_doc = json.loads(json.dumps(dict(meta or {})))  # fails early if not JSON
         with self._lock(key):
             existing = self._verified(key)
             if existing is not None:
@@ -256,7 +257,7 @@ class Cache:
                                   "exec": is_exec})
                 (stage / "files").mkdir(exist_ok=True)
                 manifest = {"version": _MANIFEST_VERSION, "key": key, "files": files, "meta": meta_doc}
-                (stage / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+                (stage / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
                 _touch(stage / "last-used")
                 final = self._entry_dir(key)
                 final.parent.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,7 @@ from tapeout.compiler.ir import Calibration, Graph
 from tapeout.compiler.layout import is_channels_first, to_channels_first, to_channels_last
 from tapeout.runtime.protocol import IOSpec
 
-METHODS = ("minmax", "percentile", "entropy")
+from tapeout.compiler.schemes import METHODS  # noqa: E402  (re-exported)
 DEFAULT_METHOD = "minmax"
 DEFAULT_PERCENTILE = 99.99
 BATCH_SIZE = 32

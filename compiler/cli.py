@@ -100,6 +100,28 @@ def build_parser() -> argparse.ArgumentParser:
                        "verifications: one line on stderr), for build tools")
     c.add_argument("--depfile", metavar="FILE", help="also write a Make-format depfile (gcc -MD -MP style): "
                    "OUTDIR/report.json depends on every file the compile read (docs/cli.md#build-tools)")
+    _cache_flags(c)
+
+    b = sub.add_parser("build", parents=[common], help="build the models of a tapeout.toml project (cached, "
+                       "-j parallel targets)")
+    b.add_argument("names", nargs="*", metavar="NAME", help="models to build (default: all)")
+    b.add_argument("-f", "--file", dest="project", default="tapeout.toml", metavar="PROJECT",
+                   help="the project file (default tapeout.toml)")
+    b.add_argument("--dry-run", action="store_true", help="print what would be rebuilt and why; build nothing")
+    b.add_argument("--no-timings", action="store_true",
+                   help="write seconds as null so identical builds give byte-identical reports")
+    shown_b = b.add_mutually_exclusive_group()
+    shown_b.add_argument("--json", action="store_true", help="print every model's report as JSON")
+    shown_b.add_argument("--quiet", action="store_true", help="print nothing on success")
+    b.add_argument("--depfile", metavar="FILE", help="also write a Make-format depfile: the project's stamp "
+                   "(.tapeout/stamp.json beside the project file) depends on every file the build read")
+    _cache_flags(b)
+
+    k = sub.add_parser("cache", parents=[common], help="the content-addressed build cache: info, clear, prune")
+    k.add_argument("action", choices=("info", "clear", "prune"))
+    k.add_argument("--max-size", metavar="SIZE", help="prune: evict least recently used entries until the "
+                   "cache holds at most SIZE (e.g. 500M, 2G)")
+    k.add_argument("--json", action="store_true", help="print the result as JSON")
 
     i = sub.add_parser("inspect", parents=[common], help="show the imported graph: nodes, shapes, parameters, MACs")
     i.add_argument("model", metavar="MODEL")
@@ -245,7 +267,7 @@ def print_compile_summary(report: Any, out: TextIO, footer: bool = True) -> None
         if v is not None and v.accuracy:
             acc = f"{v.accuracy['source']:.4f}/{v.accuracy['artifact']:.4f}"
         table.add_row(f"{t.target}:{t.variant}", ", ".join(t.artifacts), _fmt_size(t.size_bytes),
-                      f"{t.seconds:.2f}", verdict, _fmt(v.max_abs_err if v else None),
+                      "cached" if t.source == "cache" else f"{t.seconds:.2f}", verdict, _fmt(v.max_abs_err if v else None),
                       _fmt(v.cosine if v else None, ".6f"), _fmt(v.top1_agreement if v else None, ".4f"), acc)
     con.print(table)
     if footer:
@@ -369,7 +391,8 @@ def _cmd_compile(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                                target_options=_target_options(args), max_accuracy_drop=args.max_accuracy_drop,
                                fallback=args.fallback, io_layout=args.io_layout,
                                verify_artifacts=not args.no_verify,
-                               timings=not args.no_timings, progress=status.update, trace=args.trace)
+                               timings=not args.no_timings, progress=status.update, trace=args.trace,
+                               jobs=args.jobs, cache=_cache_of(args))
     if args.model_explorer:
         from tapeout.compiler.report_html import write_model_explorer
 
@@ -441,6 +464,91 @@ def _target_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             parsed = value
         options.setdefault(target, {})[key] = parsed
     return options
+
+
+def _cache_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
+                   help="emit and verify up to N targets of a model at once (default 1)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="neither restore from nor store in the build cache ($TAPEOUT_CACHE_DIR, else "
+                        "$XDG_CACHE_HOME/tapeout, else ~/.cache/tapeout; TAPEOUT_NO_CACHE=1 also turns it off)")
+
+
+def _cache_of(args: argparse.Namespace) -> Any:
+    """The build cache, unless --no-cache or TAPEOUT_NO_CACHE=1."""
+    if args.no_cache or os.environ.get("TAPEOUT_NO_CACHE", "") not in ("", "0"):
+        return None
+    from tapeout.compiler.cache import Cache
+
+    return Cache()
+
+
+def _cmd_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from tapeout.compiler import build as project_build
+
+    project_build.check_jobs(args.jobs)
+    if args.depfile:
+        from tapeout.compiler.depfile import check_depfile
+
+        check_depfile(args.depfile)
+    cache = _cache_of(args)
+    if args.dry_run:
+        plan = project_build.dry_run(args.project, args.names, cache=cache)
+        if args.json:
+            out.write(json.dumps([p.__dict__ for p in plan], indent=2) + "\n")
+        else:
+            for p in plan:
+                out.write(f"{p.action:8s} {p.model} {p.target}: {p.why}\n")
+        return EXIT_OK
+    from tapeout.compiler.quiet import captured_output
+
+    status = _Status(err, enabled=not (args.json or args.quiet))
+    with status, captured_output(enabled=not args.debug):
+        result = project_build.build(args.project, args.names, jobs=args.jobs, cache=cache,
+                                     timings=not args.no_timings, progress=status.update)
+    if args.depfile:
+        from tapeout.compiler.depfile import files_read, write_depfile
+
+        stamp = os.path.relpath(result.stamp) if not os.path.isabs(args.project) else str(result.stamp)
+        write_depfile(args.depfile, stamp, files_read(args.project, *result.files_read()))
+    if args.json:
+        out.write(json.dumps({m.name: m.report.to_json(not args.no_timings) for m in result.models}, indent=2) + "\n")
+    elif args.quiet:
+        if result.exit_code != EXIT_OK:
+            from tapeout.compiler.api import failing_artifacts
+
+            failed = [f"{m.name}: {'; '.join(failing_artifacts(m.report))}" for m in result.models if not m.report.passed]
+            err.write(f"tapeout: verification failed: {' | '.join(failed)}\n")
+    else:
+        for m in result.models:
+            out.write(f"== {m.name} ({m.spec.model} -> {m.spec.outdir})\n")
+            print_compile_summary(m.report, out, footer=False)
+        cached = sum(t.source == "cache" for m in result.models for t in m.report.targets)
+        total = sum(len(m.report.targets) for m in result.models)
+        out.write(f"{len(result.models)} model(s), {total} target(s): {total - cached} built, {cached} from the cache\n")
+    return result.exit_code
+
+
+def _cmd_cache(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from tapeout.compiler.cache import Cache, parse_size
+    from tapeout.compiler.errors import UsageError
+
+    if args.action == "prune" and args.max_size is None:
+        raise UsageError("tapeout cache prune needs --max-size SIZE (e.g. 500M)")
+    if args.action != "prune" and args.max_size is not None:
+        raise UsageError("--max-size applies to tapeout cache prune")
+    cache = Cache()
+    if args.action == "info":
+        info = cache.info()
+    elif args.action == "clear":
+        info = {"root": str(cache.root), "removed": cache.clear()}
+    else:
+        info = {"root": str(cache.root), "removed": cache.prune(parse_size(args.max_size)), **cache.info()}
+    if args.json:
+        out.write(json.dumps(info, indent=2, default=str) + "\n")
+    else:
+        out.write("".join(f"{k:8s} {v}\n" for k, v in info.items()))
+    return EXIT_OK
 
 
 def _cmd_inspect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -536,7 +644,8 @@ def _cmd_targets(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"compile": _cmd_compile, "inspect": _cmd_inspect, "verify": _cmd_verify, "targets": _cmd_targets}
+COMMANDS = {"compile": _cmd_compile, "build": _cmd_build, "cache": _cmd_cache, "inspect": _cmd_inspect,
+            "verify": _cmd_verify, "targets": _cmd_targets}
 
 
 class _Status:

@@ -38,6 +38,12 @@ class Verification:
     error: str | None = None  # the artifact could not be run at all
     max_accuracy_drop: float | None = None  # --max-accuracy-drop: judged on accuracy, not cosine/agreement
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Verification":
+        return cls(d["passed"], d["runner"], d["samples"], d["data"], d.get("max_abs_err"), d.get("mean_abs_err"),
+                   d.get("cosine"), d.get("top1_agreement"), d["atol"], d["rtol"], d.get("accuracy"),
+                   list(d.get("outputs", [])), d.get("error"), d.get("max_accuracy_drop"))
+
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "passed": self.passed, "runner": self.runner, "samples": self.samples, "data": self.data,
@@ -68,6 +74,21 @@ class TargetReport:
     # (tapeout_io.json, runtime.io_map).
     interface: dict[str, Any] | None = None
 
+    # Where this run got the target from: "built", or "cache" when the content-addressed cache
+    # restored it (compiler.cache). Provenance of the run, like seconds: report.json carries it
+    # only with timings, so a --no-timings report is the same bytes either way.
+    source: str = "built"
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "TargetReport":
+        """The inverse of to_json (a cached target's entry)."""
+        fixed = {"target", "variant", "artifacts", "size_bytes", "seconds", "notes", "verification", "interface",
+                 "from"}
+        v = d.get("verification")
+        return cls(d["target"], d["variant"], list(d["artifacts"]), int(d["size_bytes"]), float(d.get("seconds") or 0.0),
+                   list(d.get("notes", [])), None if v is None else Verification.from_json(v),
+                   {k: val for k, val in d.items() if k not in fixed}, d.get("interface"))
+
     @property
     def folder(self) -> str:
         return f"{self.target}-{self.variant}"
@@ -85,6 +106,8 @@ class TargetReport:
         }
         if self.interface is not None:
             d["interface"] = self.interface
+        if timings:
+            d["from"] = self.source
         d.update(self.extra)
         return d
 

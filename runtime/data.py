@@ -12,7 +12,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, Sequence
+from typing import BinaryIO, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -148,10 +148,21 @@ def load_data(path: str | Path, specs: list[IOSpec], kind: str = "file") -> Data
     .npz: one array per input keyed by input name (or ``x`` for a single-input model), optional ``y`` labels.
     .npy: the single input of a single-input model.
     """
+    path = Path(path)
+    return dataset_from(path, read_arrays(path), specs, kind)
+
+
+def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """A data file's arrays as stored (checked for size and form, not yet for a model's inputs)."""
+    return _read(Path(path))
+
+
+def dataset_from(path: str | Path, arrays: Mapping[str, np.ndarray], specs: list[IOSpec],
+                 kind: str = "file") -> Dataset:
+    """``load_data`` on arrays already read from ``path`` (a build reads each file once)."""
     if kind not in KINDS:
         raise ValueError(f"unknown data kind {kind!r}; one of {KINDS}")
     path = Path(path)
-    arrays = _read(path)
     if path.suffix.lower() == ".npy" and len(specs) != 1:
         raise RuntimeInputError(f"{path}: an .npy file feeds a single-input model; this model has "
                                 f"{len(specs)} inputs ({', '.join(s.name for s in specs)}): use an .npz")

@@ -62,6 +62,8 @@ and run in onnxruntime; both are compared with the expected outputs.
 
 from __future__ import annotations
 
+from tapeout.targets.base import EmitContext
+
 import argparse
 import contextlib
 import glob
@@ -447,7 +449,7 @@ def check_case(scope: Scope, workdir: Path) -> Outcome:
         target = OnnxTarget()
         artifact = folder / "onnx-fp32"
         artifact.mkdir(exist_ok=True)
-        target.emit(optimized, artifact)
+        target.emit(optimized, EmitContext(artifact))
         stage = "onnxruntime"
         with target.runner(artifact) as runner:
             for feeds, expected in zip(scope.feeds, scope.expected):

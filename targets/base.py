@@ -126,6 +126,18 @@ def _convert(target: str, key: str, hint: Any, choices: Any, value: Any) -> Any:
     return out
 
 
+@dataclass(frozen=True)
+class EmitContext:
+    """What a target may use besides the graph: the one interface between the build and emit."""
+
+    outdir: Path  # an empty folder to write the artifacts into (staged; moved into place later)
+    # The build's data (compiler.stages.data.BuildData: calibration / eval Datasets, each file read
+    # once); None when emitting outside a build (tests, scripts): targets then synthesize inputs.
+    data: Any = None
+    build_outdir: Path | None = None  # the build's final OUTDIR (tensorrt keeps its timing cache there)
+    pass_records: tuple[Mapping[str, Any], ...] = ()  # the passes that ran (tensorrt lists their fusions)
+
+
 @dataclass
 class EmitResult:
     artifacts: list[str]  # paths relative to the variant's output folder
@@ -133,6 +145,10 @@ class EmitResult:
     extra: dict[str, Any] = field(default_factory=dict)  # target-specific report fields
     # The artifacts the report's size_bytes counts (None: all); e.g. not a C copy of the model.
     size_artifacts: list[str] | None = None
+    # How this artifact is verified when no --atol/--rtol is given; None: default_tolerance(variant).
+    # Emitters that judge from the graph (tensorrt:fp16 of a softmax classifier) or from their
+    # options (hls4ml's --min-agreement) set it.
+    tolerance: Tolerance | None = None
 
 
 class Target:
@@ -144,6 +160,10 @@ class Target:
     description: ClassVar[str] = ""
     # I/O layouts the emitter can present (targets.io): "source" always; and the one used when
     # --io-layout is not given (tflite: "channels-last", what its users feed).
+    # False: emit builds Keras/TensorFlow objects, which take their names from process-global
+    # counters, so two such emits at once (-j) would name tensors differently from run to run.
+    # The build runs these one at a time; their verification still runs in parallel.
+    parallel_emit: ClassVar[bool] = True
     io_layouts: ClassVar[tuple[str, ...]] = ("source",)
     default_io_layout: ClassVar[str] = "source"
     # The options this target takes (a TargetOptions dataclass); the base takes none.
@@ -183,8 +203,8 @@ class Target:
     def missing_requirements(cls) -> list[str]:
         return [m for m in cls.requires if importlib.util.find_spec(m) is None]
 
-    def emit(self, graph: Graph, outdir: Path) -> EmitResult:
-        """Write this variant's artifacts for ``graph`` into ``outdir`` (an empty folder)."""
+    def emit(self, graph: Graph, ctx: EmitContext) -> EmitResult:
+        """Write this variant's artifacts for ``graph`` into ``ctx.outdir`` (an empty folder)."""
         raise NotImplementedError
 
     def runner(self, outdir: Path) -> Runner:

@@ -44,3 +44,8 @@ def tiny_eval_path(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "eval.npz"
     np.savez(path, x=rng.random((20, 8, 8, 1), dtype=np.float32), y=rng.integers(0, 5, 20))
     return path
+
+
+# The build cache stays off in tests (a hit would skip the emit a test patches or times); the
+# cache and build tests turn it on with their own TAPEOUT_CACHE_DIR.
+os.environ["TAPEOUT_NO_CACHE"] = "1"

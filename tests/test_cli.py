@@ -119,11 +119,11 @@ def _perturbing_emit(monkeypatch):
 
     original = OnnxTarget.emit
 
-    def emit(self, graph, outdir):
+    def emit(self, graph, ctx):
         g = graph.copy()
         name = next(n for n in sorted(g.constants) if g.constants[n].size > 1)
         g.constants[name] = g.constants[name] + np.float32(0.5)
-        return original(self, g, outdir)
+        return original(self, g, ctx)
 
     monkeypatch.setattr(OnnxTarget, "emit", emit)
 
@@ -142,8 +142,8 @@ def test_failed_verification_exits_1_and_still_writes_report(tiny_cnn_path, tmp_
 def test_interrupted_build_leaves_nothing_half_written(tiny_cnn_path, tmp_path, monkeypatch):
     from tapeout.targets.onnx.target import OnnxTarget
 
-    def emit(self, graph, outdir):
-        (outdir / "model.onnx").write_bytes(b"half")
+    def emit(self, graph, ctx):
+        (ctx.outdir / "model.onnx").write_bytes(b"half")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(OnnxTarget, "emit", emit)

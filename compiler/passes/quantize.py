@@ -26,7 +26,7 @@ from tapeout.compiler.ops import get_schema
 from tapeout.compiler.passes.base import Editor, Pass, PassResult, RewritePass
 
 SCHEMES = ("int8", "int16x8", "fp16")
-CALIBRATED_SCHEMES = ("int8", "int16x8")  # they quantize activations, so they need calibrated ranges
+from tapeout.compiler.schemes import CALIBRATED_SCHEMES  # noqa: E402  (re-exported)
 
 # Fused activations an integer conv/dense applies as a clamp of its quantized output; any
 # other fused activation is split off (SplitActivations) so that the linear result, which

@@ -22,7 +22,7 @@ from tapeout.compiler.errors import MissingToolError, UsageError
 from tapeout.compiler.ir import Graph
 from tapeout.runtime.compare import Tolerance
 from tapeout.runtime.protocol import Runner
-from tapeout.targets.base import EmitResult, Target, TargetOptions
+from tapeout.targets.base import EmitContext, EmitResult, Target, TargetOptions
 
 DEFAULT_MIN_AGREEMENT = 0.995
 BASELINE = "ap_fixed<16,6>"  # hls4ml's default type: auto must do at least as well on the calibration data
@@ -171,6 +171,7 @@ class Hls4mlTarget(Target):
     default_io_layout = "channels-last"
     variants = ("vitis", "vivado", "quartus", "oneapi", "catapult")
     default_variant = "vitis"
+    parallel_emit = False  # through Keras (Target.parallel_emit)
     requires = ("hls4ml", "keras", "tensorflow")
     Options = Hls4mlTargetOptions
     opts: Hls4mlTargetOptions
@@ -185,13 +186,6 @@ class Hls4mlTarget(Target):
             from tapeout.targets.hls4ml.synth import require_tool
 
             require_tool(self.variant)  # exit 3 before any work
-        self.calibration: str | None = None
-        self.eval_data: str | None = None
-        from tapeout.compiler.fixedpoint.search import MIN_COSINE  # the search budgets the same cosine
-
-        tol = Tolerance(min_cosine=MIN_COSINE, min_top1_agreement=self.settings.min_agreement)
-        # The user's --min-agreement judges the C simulation too (instance level: the api asks the target).
-        self.default_tolerance = lambda variant: tol  # type: ignore[method-assign]
 
     @classmethod
     def default_tolerance(cls, variant: str) -> Tolerance | None:  # type: ignore[override]
@@ -199,22 +193,18 @@ class Hls4mlTarget(Target):
 
         return Tolerance(min_cosine=MIN_COSINE, min_top1_agreement=DEFAULT_MIN_AGREEMENT)
 
-    def use_data(self, calibration: str | Path | None, eval_data: str | Path | None) -> None:
-        """compile_model hands over the data files: precision is searched on them."""
-        self.calibration = None if calibration is None else str(calibration)
-        self.eval_data = None if eval_data is None else str(eval_data)
-
     # ------------------------------------------------------------------ data
-    def _search_data(self, graph: Graph, notes: list[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Source-layout feeds the precision is chosen (and the C sim confirmed) on."""
+    def _search_data(self, graph: Graph, data: Any, notes: list[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Source-layout feeds the precision is chosen (and the C sim confirmed) on: the build's
+        calibration file, else its eval file (``data``: EmitContext.data), else synthetic inputs."""
         from tapeout.compiler.calibration import source_specs
-        from tapeout.runtime.data import load_data, synthesize
+        from tapeout.runtime.data import synthesize
 
         specs = source_specs(graph)
-        if self.calibration and self.calibration != "synthetic":
-            ds = load_data(self.calibration, specs, kind="calibration")
-        elif self.eval_data:
-            ds = load_data(self.eval_data, specs, kind="eval")
+        if data is not None and data.calibration_file is not None:
+            ds = data.calibration(specs)
+        elif data is not None and data.eval_file is not None:
+            ds = data.eval(specs)
             notes.append("no --calibration data: precision chosen on the --eval data (the check is then not "
                          "held-out)")
         else:
@@ -323,10 +313,11 @@ class Hls4mlTarget(Target):
         return reuse, raised
 
     # ------------------------------------------------------------------ emit
-    def emit(self, graph: Graph, outdir: Path) -> EmitResult:
+    def emit(self, graph: Graph, ctx: EmitContext) -> EmitResult:
+        outdir = ctx.outdir
         from tapeout.compiler.calibration import to_ir_layout
         from tapeout.compiler.fixedpoint import FixedTypeError, hls_layers
-        from tapeout.compiler.fixedpoint.search import weight_bits
+        from tapeout.compiler.fixedpoint.search import MIN_COSINE, weight_bits
         from tapeout.compiler.quiet import captured_output
         from tapeout.targets.hls4ml.config import Hls4mlOptions
         from tapeout.targets.hls4ml.estimates import estimate
@@ -339,7 +330,7 @@ class Hls4mlTarget(Target):
         except FixedTypeError as e:
             raise UsageError(f"target hls4ml: {e}") from None
         notes: list[str] = []
-        feeds, data = self._search_data(graph, notes)
+        feeds, data = self._search_data(graph, ctx.data, notes)
         ir_feeds = to_ir_layout(graph, feeds)
         try:
             plan, prec = self._plan(graph, ir_feeds, notes)
@@ -386,7 +377,9 @@ class Hls4mlTarget(Target):
             report["synthesis"] = run_synthesis(outdir, self.variant)
         artifacts = [str(p.relative_to(outdir)) for p in sorted(outdir.rglob("*")) if p.is_file()]
         key = [a for a in artifacts if a in _KEY_FILES or a.endswith(".so")]
-        return EmitResult(key, notes, {"hls4ml": report}, size_artifacts=artifacts)
+        # The user's --min-agreement judges the C simulation too.
+        tol = Tolerance(min_cosine=MIN_COSINE, min_top1_agreement=self.settings.min_agreement)
+        return EmitResult(key, notes, {"hls4ml": report}, size_artifacts=artifacts, tolerance=tol)
 
     @staticmethod
     def _names(graph: Graph, layers: list[Any], km: Any) -> dict[str, str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from tapeout.compiler.errors import UsageError
 from tapeout.compiler.ir import Graph
 from tapeout.runtime.protocol import Runner
-from tapeout.targets.base import EmitResult, Target, TargetOptions
+from tapeout.targets.base import EmitContext, EmitResult, Target, TargetOptions
 
 # emit.MIN_OPSET, repeated here because emit imports onnx (`tapeout --help` stays light); a test
 # holds the two equal.
@@ -52,7 +52,8 @@ class OnnxTarget(Target):
     def quant_scheme(cls, variant: str) -> str | None:
         return "int8" if variant == "int8" else None
 
-    def emit(self, graph: Graph, outdir: Path) -> EmitResult:
+    def emit(self, graph: Graph, ctx: EmitContext) -> EmitResult:
+        outdir = ctx.outdir
         # onnx is imported here, not at module level, so `tapeout --help` stays light.
         from tapeout.targets.onnx.emit import graph_to_onnx
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from tapeout.compiler.errors import MissingToolError, UsageError
 from tapeout.compiler.ir import Graph
 from tapeout.compiler.ops import ends_in_softmax
 from tapeout.runtime.compare import Tolerance
 from tapeout.runtime.protocol import Runner
-from tapeout.targets.base import QUANTIZED_TOLERANCE, EmitResult, Target, TargetOptions
+from tapeout.targets.base import EmitContext, EmitResult, QUANTIZED_TOLERANCE, Target, TargetOptions
 from tapeout.targets.onnx.target import DEFAULT_OPSET, check_opset
 
 _SCHEMES = {"fp16": "fp16", "int8": "int8", "best": "int8"}
@@ -84,15 +84,6 @@ class TensorrtTarget(Target):
     description = ("NVIDIA TensorRT: optimized ONNX (int8 as explicit Q/DQ from the IR's calibration) + plan.json "
                    "with profiles and the trtexec command; model.plan where tensorrt and a GPU are present")
 
-    # Set by compile_model before emit (set_build_context): the final OUTDIR (the timing cache
-    # lives there) and the pass records (plan.json lists the fusions they formed).
-    outdir: Path | None = None
-    pass_records: Sequence[Mapping[str, Any]] = ()
-
-    def set_build_context(self, *, outdir: Path, pass_records: Sequence[Mapping[str, Any]]) -> None:
-        self.outdir = Path(outdir)
-        self.pass_records = list(pass_records)
-
     def __init__(self, variant: str | None = None, **options: Any) -> None:
         super().__init__(variant, **options)
         from tapeout.targets.tensorrt.plan import BuildOptions
@@ -116,7 +107,7 @@ class TensorrtTarget(Target):
     def default_tolerance(cls, variant: str) -> Tolerance | None:
         return _TOLERANCES.get(variant, QUANTIZED_TOLERANCE)
 
-    def _cache(self) -> tuple[str, Path | None]:
+    def _cache(self, build_outdir: Path | None) -> tuple[str, Path | None]:
         """(timing cache path as plan.json records it, where it is on disk or None when OUTDIR is unknown)."""
         from tapeout.targets.tensorrt.plan import CACHE_FILE, DEFAULT_CACHE_DIR
 
@@ -124,9 +115,10 @@ class TensorrtTarget(Target):
             path = Path(self.opts.cache_dir).absolute() / CACHE_FILE
             return str(path), path
         rel = f"{DEFAULT_CACHE_DIR}/{CACHE_FILE}"
-        return rel, (self.outdir / rel if self.outdir is not None else None)
+        return rel, (build_outdir / rel if build_outdir is not None else None)
 
-    def emit(self, graph: Graph, outdir: Path) -> EmitResult:
+    def emit(self, graph: Graph, ctx: EmitContext) -> EmitResult:
+        outdir = ctx.outdir
         from tapeout.runtime.runners.tensorrt import tensorrt_status
         from tapeout.targets.onnx.emit import graph_to_onnx
         from tapeout.targets.tensorrt.plan import build_plan, dumps
@@ -147,13 +139,11 @@ class TensorrtTarget(Target):
             model = graph_to_onnx(graph, opset=opset)
         data = model.SerializeToString()
         (outdir / "model.onnx").write_bytes(data)
+        # A softmax classifier's fp16 artifact is judged by cosine / top-1 (EmitResult.tolerance).
         classifier = self.variant == "fp16" and _is_classifier(graph)
-        if classifier:
-            # Instance level, read by compile_model when it verifies this artifact.
-            self.default_tolerance = lambda variant: FP16_CLASSIFIER_TOLERANCE  # type: ignore[method-assign]
-        cache_rel, cache_path = self._cache()
+        cache_rel, cache_path = self._cache(ctx.build_outdir)
         opts = replace(self.build_options, cache=cache_rel)
-        plan = build_plan(graph, model, data, self.variant, opts, self.pass_records, f"tensorrt-{self.variant}")
+        plan = build_plan(graph, model, data, self.variant, opts, ctx.pass_records, f"tensorrt-{self.variant}")
         notes = [f"opset {opset}, {len(model.graph.node)} ONNX nodes; profile batch "
                  f"{opts.min_batch}/{opts.opt_batch}/{opts.max_batch} (min/opt/max)"]
         if plan["fusion_groups"]:
@@ -199,7 +189,7 @@ class TensorrtTarget(Target):
                          f"`cd OUTDIR/tensorrt-{self.variant} && {plan['trtexec']['command']}`")
         (outdir / "plan.json").write_bytes(dumps(plan))
         return EmitResult(artifacts, notes, extra, size_artifacts=["model.plan"] if "model.plan" in artifacts
-                          else ["model.onnx"])
+                          else ["model.onnx"], tolerance=FP16_CLASSIFIER_TOLERANCE if classifier else None)
 
     def runner(self, outdir: Path) -> Runner:
         """The engine when one was built; else the ONNX in onnxruntime (fp16 emulated for fp16/best);

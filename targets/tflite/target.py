@@ -13,7 +13,7 @@ from tapeout.compiler.ir import Graph
 from tapeout.compiler.version import __version__
 from tapeout.runtime.compare import Tolerance
 from tapeout.runtime.protocol import Runner
-from tapeout.targets.base import EmitResult, QUANTIZED_TOLERANCE, Target, TargetOptions
+from tapeout.targets.base import EmitContext, EmitResult, QUANTIZED_TOLERANCE, Target, TargetOptions
 
 FLOAT_INPUT_VARIANTS = ("fp32", "fp16", "dynamic")
 INTEGER_VARIANTS = ("int8", "int16x8")
@@ -46,6 +46,7 @@ class TfliteTarget(Target):
     name = "tflite"
     variants = ("fp32", "fp16", "dynamic", "int8", "int16x8")
     default_variant = "fp32"
+    parallel_emit = False  # through Keras (Target.parallel_emit)
     # Channels-last by default: what TFLite and microcontroller users feed (no edge transposes).
     io_layouts = ("source", "channels-last")
     default_io_layout = "channels-last"
@@ -64,7 +65,8 @@ class TfliteTarget(Target):
         # fp16 and dynamic-range weights move every output a little, like int8: judge them alike.
         return None if variant == "fp32" else QUANTIZED_TOLERANCE
 
-    def emit(self, graph: Graph, outdir: Path) -> EmitResult:
+    def emit(self, graph: Graph, ctx: EmitContext) -> EmitResult:
+        outdir = ctx.outdir
         # TensorFlow is imported by these modules' functions, not here: `tapeout targets` stays light.
         from tapeout.targets.tflite import convert
         from tapeout.targets.tflite.flatbuffer import read_model

@@ -95,7 +95,9 @@ def test_sharp_softmax_passes_with_the_error_model_and_failed_before(sharp, tmp_
 
 
 def test_default_rule_before_the_error_model_failed_the_sharp_softmax(sharp, tmp_path, monkeypatch):
-    monkeypatch.setattr(api, "_error_model_applies", lambda *a: False)  # today's default tolerance
+    from tapeout.compiler.stages import verify as verify_stage
+
+    monkeypatch.setattr(verify_stage, "error_model_applies", lambda *a: False)  # today's default tolerance
     report = api.compile_model(sharp, ["tflite:fp32"], tmp_path / "o")
     out = report.targets[0].verification.outputs[0]
     assert not report.targets[0].verification.passed and out["rule"] == "elementwise"
@@ -116,8 +118,9 @@ def tamper(monkeypatch, change) -> None:
     """The onnx target writes its model, then ``change(name, array)`` edits its initializers (one must change)."""
     emit = OnnxTarget.emit
 
-    def wrong(self, graph, outdir):
-        res = emit(self, graph, outdir)
+    def wrong(self, graph, ctx):
+        res = emit(self, graph, ctx)
+        outdir = ctx.outdir
         model = onnx.load(str(outdir / "model.onnx"))
         changed = 0
         for t in model.graph.initializer:
@@ -182,7 +185,9 @@ def test_artifact_off_by_1e_3_relative_fails(plain, tmp_path, monkeypatch):
 def test_source_far_from_the_ir_fails_the_sanity_guard(plain, tmp_path, monkeypatch):
     """A wrong import (one bias lost) gives an IR and an artifact that agree with each other, not with
     the source; e_art is tiny, so only the sanity guard stands between it and a pass."""
-    load = api.load_model
+    from tapeout.compiler.stages import compile as compile_stage
+
+    load = compile_stage.load_model
 
     def wrong_import(*args, **kwargs):
         graph, info = load(*args, **kwargs)
@@ -190,7 +195,7 @@ def test_source_far_from_the_ir_fails_the_sanity_guard(plain, tmp_path, monkeypa
         graph.constants[name] = np.zeros_like(graph.constants[name])
         return graph, info
 
-    monkeypatch.setattr(api, "load_model", wrong_import)
+    monkeypatch.setattr(compile_stage, "load_model", wrong_import)
     report = api.compile_model(plain, ["onnx"], tmp_path / "o")
     out = report.targets[0].verification.outputs[0]
     em = out["error_model"]
@@ -220,7 +225,9 @@ def test_verify_falls_back_to_elementwise_when_the_source_does_not_import(sharp,
     def refuse(*a, **k):
         raise FrontendError("op Foo is not supported")
 
-    monkeypatch.setattr(api, "load_model", refuse)
+    from tapeout.compiler.stages import verify as verify_stage
+
+    monkeypatch.setattr(verify_stage, "load_model", refuse)
     result = api.verify_artifact(sharp, tmp_path / "o" / "onnx-fp32" / "model.onnx")
     assert result.passed and result.outputs[0].rule == "elementwise"  # onnxruntime twice: identical outputs
     assert any("does not import" in n and "op Foo" in n for n in result.notes)
@@ -237,13 +244,15 @@ def test_tensorrt_fp32_uses_the_error_model_and_quantized_variants_do_not(plain,
 
 def test_pruned_compile_is_judged_against_the_pruned_ir_in_float64(plain, tmp_path, monkeypatch):
     seen = []
-    ir_outputs = api._ir_outputs
+    from tapeout.compiler.stages import verify as verify_stage
+
+    ir_outputs = verify_stage.ir_outputs
 
     def spy(graph, dataset, precision):
         seen.append((precision, sum(int((graph.constants[n] == 0).sum()) for n in graph.constants)))
         return ir_outputs(graph, dataset, precision)
 
-    monkeypatch.setattr(api, "_ir_outputs", spy)
+    monkeypatch.setattr(verify_stage, "ir_outputs", spy)
     report = api.compile_model(plain, ["onnx"], tmp_path / "o", prune="magnitude:0.5")
     v = report.targets[0].verification
     assert v.passed and v.outputs[0]["rule"] == "error-model" and v.runner.endswith("pruned IR (reference interpreter)")

@@ -203,14 +203,15 @@ def test_int8_without_calibration_is_refused_before_loading(tmp_path):
 
 
 def test_fp32_only_ignores_no_calibration_but_refuses_keep_float():
-    from tapeout.compiler.api import _quantize
+    from tapeout.compiler.stages.data import BuildData
+    from tapeout.compiler.stages.quantize import quantize as _quantize
 
-    assert _quantize(Graph("g", [], []), [], None, "minmax", None, (), lambda s: None) == {}
+    assert _quantize(Graph("g", [], []), [], BuildData(), "minmax", None, (), lambda s: None) == {}
     from tapeout.compiler.errors import UsageError
     from tapeout.targets.onnx.target import OnnxTarget
 
     with pytest.raises(UsageError, match="--keep-float applies to quantized targets"):
-        _quantize(Graph("g", [], []), [(OnnxTarget, "fp32")], None, "minmax", None, ("a",), lambda s: None)
+        _quantize(Graph("g", [], []), [(OnnxTarget, "fp32")], BuildData(), "minmax", None, ("a",), lambda s: None)
 
 
 @pytest.fixture(scope="module")

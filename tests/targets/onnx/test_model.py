@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from tapeout.targets.base import EmitContext
 from tapeout.compiler.errors import UsageError
 from tapeout.compiler.ir import Activation
 from tapeout.targets.onnx.emit import graph_to_onnx
@@ -98,7 +99,7 @@ def test_target_emits_model(maker, tmp_path) -> None:
 
     graph = _plain_cnn(maker)
     target = OnnxTarget()
-    result = target.emit(graph, tmp_path)
+    result = target.emit(graph, EmitContext(tmp_path))
     assert result.artifacts == ["model.onnx"] and (tmp_path / "model.onnx").is_file()
     assert result.extra["transposes"] == 1 and result.notes
     assert (tmp_path / "model.onnx").read_bytes() == graph_to_onnx(graph).SerializeToString()
@@ -111,7 +112,7 @@ def test_target_runner_matches_reference(maker, tmp_path) -> None:
 
     graph = _plain_cnn(maker)
     target = OnnxTarget()
-    target.emit(graph, tmp_path)
+    target.emit(graph, EmitContext(tmp_path))
     x = np.random.default_rng(3).standard_normal((2, 8, 8, 3)).astype(np.float32)
     with target.runner(tmp_path) as runner:
         got = runner.infer({"x": x})

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tapeout.targets.base import EmitContext
 from tapeout.compiler.calibration import calibrate
 from tapeout.compiler.errors import UsageError
 from tapeout.compiler.interpreter import run
@@ -46,7 +47,7 @@ def emit(graph: Graph, folder: Path, variant: str = "int8", **options):
 
     folder.mkdir(parents=True, exist_ok=True)
     target = TfliteTarget(variant, **options)
-    return target, target.emit(graph, folder)
+    return target, target.emit(graph, EmitContext(folder))
 
 
 @pytest.fixture(scope="module")
@@ -165,9 +166,9 @@ def test_refusals(cases, tmp_path) -> None:
 
     plain = cnn(cases)
     with pytest.raises(UsageError, match="annotated by the quantize pass"):
-        TfliteTarget("int8").emit(plain, tmp_path)
+        TfliteTarget("int8").emit(plain, EmitContext(tmp_path))
     with pytest.raises(UsageError, match="annotated by the quantize pass"):
-        TfliteTarget("int16x8").emit(annotate(plain, "int8"), tmp_path)
+        TfliteTarget("int16x8").emit(annotate(plain, "int8"), EmitContext(tmp_path))
     with pytest.raises(UsageError, match="takes --io float or int16"):
         TfliteTarget("int16x8", io="uint8")
     with pytest.raises(UsageError, match="tflite: option io: expected one of float, int8, uint8, int16"):
@@ -261,14 +262,15 @@ def _onnx_params(folder: Path, tensor: str) -> tuple[float, int]:
 
 
 def test_acceptance_3_one_calibration_same_ranges_in_tflite_and_onnx(digits) -> None:
-    from tapeout.compiler.api import _quantize
+    from tapeout.compiler.stages.data import BuildData
+    from tapeout.compiler.stages.quantize import quantize
     from tapeout.compiler.frontends.loader import load_model
     from tapeout.compiler.passes.registry import default_pipeline
 
     out, report, int_io = digits
     graph = default_pipeline().run(load_model(SAMPLE / "model.keras")[0]).graph
-    annotated = _quantize(graph, _int8_chosen(), SAMPLE / "calibration.npz", "minmax", None, (),
-                          lambda _: None)["int8"][0]
+    annotated = quantize(graph, _int8_chosen(), BuildData(SAMPLE / "calibration.npz"), "minmax", None, (),
+                         lambda _: None)["int8"][0]
     # The chosen tensor: relu2, conv3's output (a calibrated range, not one its op fixes).
     tq = annotated.quant.tensors["relu2"]
     producer = annotated.producers()["relu2"].name

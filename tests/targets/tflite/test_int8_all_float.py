@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tapeout.targets.base import EmitContext
 from tapeout.compiler.calibration import calibrate
 from tapeout.compiler.errors import UsageError
 from tapeout.compiler.interpreter import run
@@ -42,7 +43,7 @@ def test_every_layer_kept_float_gives_a_float_model(cases, tmp_path) -> None:
     g = _all_float(_model(cases))
     assert not [tq for tq in g.quant.tensors.values() if tq.is_integer]
     target = TfliteTarget("int8")
-    target.emit(g, tmp_path)
+    target.emit(g, EmitContext(tmp_path))
     info = read_model((tmp_path / "model.tflite").read_bytes())
     assert {t.dtype for t in info.tensors} <= {"FLOAT32", "INT32"}, sorted({t.dtype for t in info.tensors})
     x = np.random.default_rng(1).normal(size=(16, 8, 8, 3)).astype(np.float32)
@@ -55,4 +56,4 @@ def test_integer_io_with_every_layer_float_is_a_usage_error(cases, tmp_path) -> 
     from tapeout.targets.tflite.target import TfliteTarget
 
     with pytest.raises(UsageError, match="no quantized input"):
-        TfliteTarget("int8", io="int8").emit(_all_float(_model(cases)), tmp_path)
+        TfliteTarget("int8", io="int8").emit(_all_float(_model(cases)), EmitContext(tmp_path))

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tapeout.targets.base import EmitContext
 from tapeout.compiler.calibration import calibrate, to_ir_layout
 from tapeout.compiler.frontends.loader import load_model
 from tapeout.compiler.interpreter import run
@@ -64,7 +65,7 @@ def _compare(model: Path, cal: dict[str, np.ndarray], ev: dict[str, np.ndarray],
     split = Pipeline([SplitActivations()]).run(graph).graph
     annotated = Pipeline([Quantize("int8")]).run(calibrate(split, cal, method="minmax")).graph
     target = TfliteTarget("int8")
-    target.emit(annotated, tmp)
+    target.emit(annotated, EmitContext(tmp))
     out = graph.outputs[0]
     with target.runner(tmp) as r:
         ours = r.infer(ev)[out]

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tapeout.targets.base import EmitContext
 from tapeout.compiler.errors import UsageError
 from tapeout.compiler.ir import Activation, Graph
 
@@ -52,7 +53,7 @@ def emitted(cnn, tmp_path_factory) -> dict[str, tuple[Path, object]]:
     for variant in ("fp32", "fp16", "dynamic"):
         folder = tmp_path_factory.mktemp(variant)
         before = dict(convert.STATS)
-        result = TfliteTarget(variant).emit(cnn, folder)
+        result = TfliteTarget(variant).emit(cnn, EmitContext(folder))
         result.extra["_traced_here"] = convert.STATS["traces"] - before["traces"]  # test bookkeeping only
         out[variant] = (folder, result)
     return out
@@ -144,7 +145,7 @@ def test_same_graph_gives_byte_identical_tflite(cnn, emitted, tmp_path) -> None:
     from tapeout.targets.tflite.target import TfliteTarget
 
     convert.clear_cache()  # a fresh Keras model and trace, not the cached one
-    TfliteTarget("fp32").emit(cnn.copy(), tmp_path)
+    TfliteTarget("fp32").emit(cnn.copy(), EmitContext(tmp_path))
     for name in ("model.tflite", "model.cc", "model.h"):
         assert (tmp_path / name).read_bytes() == (emitted["fp32"][0] / name).read_bytes(), name
 
@@ -155,7 +156,7 @@ def test_byte_identical_across_processes(cnn, emitted, tmp_path) -> None:
     graph_file = tmp_path / "graph.pkl"
     graph_file.write_bytes(pickle.dumps(cnn))
     code = ("import pickle, sys; from pathlib import Path; from tapeout.targets.tflite.target import TfliteTarget; "
-            "g = pickle.loads(Path(sys.argv[1]).read_bytes()); TfliteTarget('dynamic').emit(g, Path(sys.argv[2]))")
+            "from tapeout.targets.base import EmitContext; g = pickle.loads(Path(sys.argv[1]).read_bytes()); TfliteTarget('dynamic').emit(g, EmitContext(Path(sys.argv[2])))")
     subprocess.run([sys.executable, "-c", code, str(graph_file), str(tmp_path)], check=True, capture_output=True)
     assert (tmp_path / "model.tflite").read_bytes() == (emitted["dynamic"][0] / "model.tflite").read_bytes()
 
@@ -225,10 +226,10 @@ def test_c_array_can_be_switched_off_and_renamed(cnn, tmp_path) -> None:
     from tapeout.targets.tflite.target import TfliteTarget
 
     (tmp_path / "off").mkdir()
-    off = TfliteTarget("fp32", c_array=False).emit(cnn, tmp_path / "off")
+    off = TfliteTarget("fp32", c_array=False).emit(cnn, EmitContext(tmp_path / "off"))
     assert off.artifacts == ["model.tflite"] and not (tmp_path / "off" / "model.cc").exists()
     (tmp_path / "named").mkdir()
-    TfliteTarget("fp32", array_name="digits").emit(cnn, tmp_path / "named")
+    TfliteTarget("fp32", array_name="digits").emit(cnn, EmitContext(tmp_path / "named"))
     assert "const unsigned char digits[]" in (tmp_path / "named" / "model.cc").read_text()
 
 
@@ -278,7 +279,7 @@ def test_integer_variant_needs_annotations(cnn, tmp_path) -> None:
     from tapeout.targets.tflite.target import TfliteTarget
 
     with pytest.raises(UsageError, match="annotated by the quantize pass"):
-        TfliteTarget("int8").emit(cnn, tmp_path)
+        TfliteTarget("int8").emit(cnn, EmitContext(tmp_path))
 
 
 def test_unknown_option_is_a_usage_error() -> None:
@@ -292,7 +293,7 @@ def test_3d_pooling_is_refused_with_the_node_named(cases, tmp_path) -> None:
     from tapeout.targets.tflite.target import TfliteTarget
 
     with pytest.raises(UsageError, match=r"'avg_pool' \(avg_pool, 3D\)"):
-        TfliteTarget("fp32").emit(cases.pool_cases()["avg_pool3d"], tmp_path)
+        TfliteTarget("fp32").emit(cases.pool_cases()["avg_pool3d"], EmitContext(tmp_path))
 
 
 def test_target_module_imports_no_tensorflow() -> None:

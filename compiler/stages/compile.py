@@ -1,0 +1,243 @@
+"""One model's build, stage by stage: check -> load -> passes -> quantize -> emit -> verify -> report.
+
+``compile_spec`` runs a ``BuildSpec``. Every flag is checked (and every target built from its
+options) before the model loads. Targets whose cache entry is valid are restored instead of built
+(compiler.cache); when all are, the model is not even loaded. The rest emit and verify in up to
+``jobs`` threads: they share one load, one calibration and one source run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tapeout.compiler.errors import MissingToolError, UsageError
+from tapeout.compiler.frontends.loader import load_model
+from tapeout.compiler.ir import Graph
+from tapeout.compiler.passes.prune import PruningOutcome
+from tapeout.compiler.quiet import quiet_environment
+from tapeout.compiler.report import CompileReport, TargetReport
+from tapeout.compiler.staging import close_stage, install, open_stage, output_error
+from tapeout.compiler.stages import emit as emit_stage
+from tapeout.compiler.stages import passes as passes_stage
+from tapeout.compiler.stages import quantize as quantize_stage
+from tapeout.compiler.stages import report as report_stage
+from tapeout.compiler.stages import verify as verify_stage
+from tapeout.compiler.stages.data import BuildData
+from tapeout.compiler.stages.spec import BuildSpec, Progress, check_outdir, noop
+from tapeout.runtime.data import Dataset
+from tapeout.runtime.verify import run_batches
+from tapeout.targets.base import EmitContext, Target
+from tapeout.targets.registry import parse_target
+
+
+_SERIAL_EMIT = threading.Lock()  # for targets with parallel_emit False
+
+
+@dataclass
+class Checked:
+    """A build whose flags all passed: the targets built from their options, nothing loaded yet."""
+
+    spec: BuildSpec
+    chosen: list[tuple[type[Target], str]]
+    built: list[Target]
+    layout_notes: list[str | None]
+    prune_pass: Any
+
+
+def check(spec: BuildSpec) -> Checked:
+    """Refuse every bad flag and option before any work (exit 2), and a missing tool (exit 3)."""
+    if not spec.targets:
+        raise UsageError("no target given: pass -t TARGET (see `tapeout targets`)")
+    chosen: list[tuple[type[Target], str]] = []
+    for name in spec.targets:
+        pair = parse_target(name)
+        if pair not in chosen:
+            chosen.append(pair)
+    quantize_stage.check_quantization_args(chosen, spec.calibration, spec.calibration_method, spec.percentile)
+    quantize_stage.check_accuracy_args(chosen, spec.eval_data, spec.max_accuracy_drop, spec.fallback, spec.verify)
+    if spec.trace and not spec.verify:
+        raise UsageError("--trace compares each artifact's layers during verification; drop --no-verify")
+    prune_pass = passes_stage.prune_pass_for(spec.prune, spec.train, spec.epochs, spec.max_accuracy_drop,
+                                             spec.learning_rate, spec.prune_exclude)
+    built = emit_stage.build_targets(chosen, spec.target_options)
+    from tapeout.targets.io import IO_LAYOUTS
+
+    if spec.io_layout is not None and spec.io_layout not in IO_LAYOUTS:
+        raise UsageError(f"unknown --io-layout {spec.io_layout!r}; one of {', '.join(IO_LAYOUTS)}")
+    layout_notes = [target.set_io_layout(spec.io_layout) for target in built]
+    for cls, _ in chosen:
+        missing = cls.missing_requirements()
+        if missing:
+            raise MissingToolError(f"target {cls.name!r} needs {', '.join(missing)}: "
+                                   f"pip install 'tapeout[{cls.name}]'")
+    check_outdir(spec.outdir)
+    return Checked(spec, chosen, built, layout_notes, prune_pass)
+
+
+@dataclass
+class Prepared:
+    """What the targets share: the graph after passes, its quantized forms, the verification data
+    and the source's outputs on it."""
+
+    graph: Graph
+    quantized: dict[str, tuple[Graph, dict]]
+    pass_records: list[dict[str, Any]]
+    report: CompileReport
+    data: BuildData
+    dataset: Dataset | None = None
+    reference: dict[str, np.ndarray] = field(default_factory=dict)
+    exact: dict[str, np.ndarray] = field(default_factory=dict)  # the float IR in float64 (the error model)
+    ir32: dict[str, np.ndarray] = field(default_factory=dict)  # and in float32
+    source_name: str = ""
+    traced: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def prepare(c: Checked, targets: list[int], data: BuildData, progress: Progress) -> Prepared:
+    """Load, run the passes, quantize for the ``targets`` (indices into c.chosen) and run the source."""
+    spec = c.spec
+    progress("import")
+    graph, info = load_model(spec.model, spec.weights)
+    nodes_in = len(graph.nodes)
+    progress("passes")
+    piped = passes_stage.run_default(graph)
+    graph = piped.graph
+    pruning: PruningOutcome | None = None
+    if c.prune_pass is not None:
+        progress("prune")
+        graph, pruning = passes_stage.prune(graph, c.prune_pass, str(spec.prune), piped, data, spec.epochs, progress,
+                                            spec.max_accuracy_drop, spec.learning_rate)
+    # Every chosen target's scheme, not only the ones to build: --fallback judges them together.
+    quantized = quantize_stage.quantize(graph, c.chosen, data, spec.calibration_method, spec.percentile,
+                                        spec.keep_float, progress)
+    if spec.fallback:
+        quantized = quantize_stage.fallback(quantized, data, spec.max_accuracy_drop, progress)
+    summary = report_stage.graph_summary(graph)
+    summary["source_nodes"] = nodes_in
+    report = CompileReport(source=info.to_json(), graph=summary, passes=piped.to_json(),
+                           data={"kind": None, "samples": 0, "labels": False},
+                           outdir=str(spec.outdir), notes=list(graph.metadata.get("notes", [])))
+    report.pruning = None if pruning is None else pruning.to_json()
+    p = Prepared(graph, quantized, piped.to_json(), report, data)
+    if spec.verify:
+        _source_run(c, p, pruning, targets, progress)
+    return p
+
+
+def _source_run(c: Checked, p: Prepared, pruning: PruningOutcome | None, targets: list[int],
+                progress: Progress) -> None:
+    from tapeout.runtime.runners.select import runner_for
+
+    spec = c.spec
+    progress("source run")
+    with runner_for(spec.model, spec.weights) as source:
+        p.dataset = dataset = p.data.verification(source.input_specs())
+        if spec.max_accuracy_drop is not None and dataset.labels is None:
+            raise UsageError(f"--max-accuracy-drop needs labels: {spec.eval_data} has no array 'y'")
+        p.reference = run_batches(source, dataset)
+        p.source_name = source.name
+        p.report.notes.extend(getattr(source, "notes", []))
+    if pruning is not None:
+        # Artifacts are checked against the pruned IR; the source only gives the unpruned accuracy.
+        p.reference = passes_stage.pruned_reference(p.graph, dataset, p.reference, pruning)
+        p.report.pruning = pruning.to_json()
+        p.source_name = "pruned IR (reference interpreter)"
+    if any(verify_stage.error_model_applies(c.built[i], c.chosen[i][1], spec.atol, spec.rtol) for i in targets):
+        progress("IR run (float64, float32)")
+        p.exact = verify_stage.ir_outputs(p.graph, dataset, "float64")
+        # The float32 IR measures float32 rounding alone (the error model's bounds); pruned, it is the reference.
+        p.ir32 = p.reference if pruning is not None else verify_stage.ir_outputs(p.graph, dataset, "float32")
+    p.report.data = {"kind": dataset.kind, "samples": dataset.num_samples, "labels": dataset.labels is not None}
+
+
+def build_target(c: Checked, p: Prepared, i: int, staging: Path, progress: Progress) -> TargetReport:
+    """Emit target ``i`` into its staged folder and verify it."""
+    from tapeout.targets.io import has_channels_first_io
+
+    spec = c.spec
+    (cls, variant), target = c.chosen[i], c.built[i]
+    tdir = staging / f"{cls.name}-{variant}"
+    tdir.mkdir()
+    progress(f"emit {cls.name}:{variant}")
+    scheme = cls.quant_scheme(variant)
+    qgraph, qinfo = p.quantized[scheme] if scheme else (p.graph, None)
+    ctx = EmitContext(tdir, p.data, spec.outdir, tuple(p.pass_records))
+    with contextlib.nullcontext() if target.parallel_emit else _SERIAL_EMIT:
+        tr, emitted = emit_stage.emit(target, qgraph, ctx)
+    if c.layout_notes[i] and has_channels_first_io(qgraph):
+        tr.notes.append(str(c.layout_notes[i]))
+    if qinfo is not None:
+        tr.extra["quantization"] = qinfo
+    if spec.verify and p.dataset is not None:
+        progress(f"verify {cls.name}:{variant}")
+        base = verify_stage.base_tolerance(spec.atol, spec.rtol)
+        ttol = verify_stage.target_tolerance(target, variant, spec.atol, spec.rtol, base, emitted.tolerance)
+        tr.verification = verify_stage.verify_target(target, tdir, p.dataset, p.reference, ttol, p.source_name,
+                                                     p.exact, p.ir32)
+        if spec.max_accuracy_drop is not None and cls.default_tolerance(variant) is not None:
+            verify_stage.judge_accuracy(tr, spec.max_accuracy_drop)
+        if spec.trace:  # --trace: per-layer error against the reference interpreter (compiler.trace)
+            progress(f"trace {cls.name}:{variant}")
+            with p.lock:  # one reference run per graph, shared by the targets emitted from it
+                tr.extra["trace"] = verify_stage.trace_target(cls.name, qgraph, tdir, p.dataset, p.traced)
+    return tr
+
+
+def compile_spec(spec: BuildSpec, progress: Progress = noop, *, jobs: int = 1, cache: Any = None) -> CompileReport:
+    """Build ``spec``: every target into OUTDIR/<target>-<variant>, and OUTDIR/report.json.
+
+    ``cache``: a ``compiler.cache.Cache`` to restore unchanged targets from and store built ones in.
+    ``jobs``: how many targets emit and verify at once.
+    """
+    quiet_environment()
+    if jobs < 1:
+        raise UsageError(f"-j must be at least 1, got {jobs}")
+    c = check(spec)
+    from tapeout.compiler.stages import cached
+
+    keys = cached.keys(c) if cache is not None else None
+    hits = cached.lookup(cache, keys) if keys is not None else cached.Lookup()
+    todo = [i for i in range(len(c.chosen)) if i not in hits.targets]
+    data = BuildData(spec.calibration, spec.eval_data, spec.train)
+    staging: Path | None = None
+    try:  # compiler.staging: a locked stage next to OUTDIR, stale ones cleaned, installed under a lock
+        staging = open_stage(spec.outdir)
+        if todo or hits.model is None:
+            p = prepare(c, todo, data, progress)
+            report = p.report
+            built: dict[int, TargetReport] = {}
+            if jobs > 1 and len(todo) > 1:
+                with ThreadPoolExecutor(max_workers=min(jobs, len(todo))) as pool:
+                    futures = {i: pool.submit(build_target, c, p, i, staging, progress) for i in todo}
+                    built = {i: f.result() for i, f in futures.items()}
+            else:
+                built = {i: build_target(c, p, i, staging, progress) for i in todo}
+        else:
+            report, built = hits.model, {}
+            report.outdir = str(spec.outdir)
+        for i in range(len(c.chosen)):
+            if i in built:
+                report.targets.append(built[i])
+            else:
+                progress(f"cache {c.chosen[i][0].name}:{c.chosen[i][1]}")
+                report.targets.append(hits.restore(i, staging))
+        if keys is not None:
+            cached.store(cache, keys, report, built, staging)
+        written = report_stage.write(report, staging, spec.timings)
+        install(staging, spec.outdir, [t.folder for t in report.targets], written)
+    except OSError as e:  # a full disk or a read-only OUTDIR: one line, OUTDIR as it was
+        error = output_error(spec.outdir, e)
+        if error is None:
+            raise
+        raise error from None
+    finally:
+        if staging is not None:
+            close_stage(staging)
+    return report
