@@ -61,6 +61,8 @@ def _env() -> dict:
     env.setdefault("CUDA_VISIBLE_DEVICES", "-1")
     # One worker's tools should not take both cores.
     env.setdefault("OMP_NUM_THREADS", "1")
+    # Every cell is a measurement: built, never restored from (or stored in) the build cache.
+    env["TAPEOUT_NO_CACHE"] = "1"
     return env
 
 

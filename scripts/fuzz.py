@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 from tests.fuzz.harness import MEMORY_BUDGET_MB, TIME_LIMIT_S  # noqa: E402
 from tests.fuzz.seeds import PARSERS  # noqa: E402
+
+# Mutated models must not fill the user's build cache.
+os.environ["TAPEOUT_NO_CACHE"] = "1"
 
 MAX_RESTARTS = 20
 TIMEOUT_EXIT = 70  # libFuzzer's -timeout_exitcode default
