@@ -54,6 +54,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/onnx_import.py
 	$(BIN)/python benchmarks/compile_scaling.py
 	$(BIN)/python benchmarks/trace_overhead.py
+	$(BIN)/python benchmarks/build_cache.py
 
 # Re-pin the stack from the current environment.
 freeze:

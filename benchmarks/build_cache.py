@@ -1,6 +1,6 @@
 """`tapeout build`: a no-op rebuild against the first build, and -j 2 against -j 1, in one run.
 
-    python benchmarks/build_cache.py [--size 160] [--skip-parallel]
+    python benchmarks/build_cache.py [--size 160] [--skip-parallel] [--skip-no-op]
 
 1. The digits CNN project (onnx, tflite:int8, hls4ml) built twice with an empty cache: the wall
    time of each `tapeout build` process, and whether the second run's outputs are byte-identical.
@@ -25,9 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 TAPEOUT = [sys.executable, "-m", "tapeout.compiler"]
 
 
-def _run(args: list[str], cwd: Path, env: dict[str, str]) -> float:
+def _run(args: list[str], cwd: Path, env: dict[str, str], ok: tuple[int, ...] = (0,)) -> float:
     t0 = time.perf_counter()
-    subprocess.run(TAPEOUT + args, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL)
+    code = subprocess.run(TAPEOUT + args, cwd=cwd, env=env, stdout=subprocess.DEVNULL).returncode
+    if code not in ok:
+        raise SystemExit(f"tapeout {' '.join(args[:2])} exited {code}")
     return time.perf_counter() - t0
 
 
@@ -65,8 +67,9 @@ def parallel(work: Path, env: dict[str, str], size: int) -> None:
     np.savez(work / "cal.npz", x=rng.random((32, size, size, 3), dtype=np.float32))
     base = ["compile", str(path), "-t", "onnx", "-t", "tflite:int8", "-t", "tensorrt:fp16", "--calibration",
             str(work / "cal.npz"), "--no-cache", "--no-timings", "--quiet"]
-    one = _run(base + ["-o", str(work / "j1"), "-j", "1"], work, env)
-    two = _run(base + ["-o", str(work / "j2"), "-j", "2"], work, env)
+    # Random weights: the int8 artifact may fail its cosine check (exit 1); the time is what counts.
+    one = _run(base + ["-o", str(work / "j1"), "-j", "1"], work, env, ok=(0, 1))
+    two = _run(base + ["-o", str(work / "j2"), "-j", "2"], work, env, ok=(0, 1))
     same = _digest(work / "j1") == _digest(work / "j2")
     print()
     print(f"| MobileNetV2 {size} (onnx, tflite:int8, tensorrt:fp16), no cache | seconds |")
@@ -82,12 +85,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=160)
     ap.add_argument("--skip-parallel", action="store_true")
+    ap.add_argument("--skip-no-op", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        env = {**os.environ, "TAPEOUT_CACHE_DIR": str(work / "cache"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+        env = {**os.environ, "TAPEOUT_CACHE_DIR": str(work / "cache"), "TF_CPP_MIN_LOG_LEVEL": "3",
+               "TF_ENABLE_ONEDNN_OPTS": "0"}
         env.pop("TAPEOUT_NO_CACHE", None)
-        no_op(work, env)
+        if not args.skip_no_op:
+            no_op(work, env)
         if not args.skip_parallel:
             parallel(work, env, args.size)
     return 0
