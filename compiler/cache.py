@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from tapeout.compiler.errors import UsageError
+from tapeout.compiler.staging import write_if_changed
 
 __all__ = ["DEFAULT_TOOLS", "Cache", "CorruptEntry", "Entry", "cache_dir", "cache_key", "file_sha256",
            "parse_size", "tool_versions"]
@@ -52,9 +53,6 @@ _KEY = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1 << 20
 _MANIFEST_VERSION = 1
 _STALE_TMP_S = 3600.0  # staging folders older than this belonged to a process that died
-# Read once at import: os.umask can only be read by setting it, which would race other threads later.
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 # ---------------------------------------------------------------- where and what
@@ -195,7 +193,7 @@ class Entry:
                 if hashlib.sha256(data).hexdigest() != f["sha256"]:
                     self._cache._discard(self.key)
                     raise CorruptEntry(f"cache entry {self.key[:12]}: {rel} does not match its hash")
-                if _write_if_changed(dest / rel, data, bool(f.get("exec"))):
+                if write_if_changed(dest / rel, data, bool(f.get("exec"))):
                     written.append(rel)
         if remove_extra and dest.is_dir():
             keep = {f["path"] for f in self.files}
@@ -460,28 +458,6 @@ def _walk_files(folder: Path, *, refuse_links: bool = False) -> list[str]:
                 continue
             out.append(os.path.relpath(full, folder).replace(os.sep, "/"))
     return sorted(out)
-
-
-def _write_if_changed(path: Path, data: bytes, is_exec: bool) -> bool:
-    mode = 0o755 if is_exec else 0o644
-    with contextlib.suppress(OSError):
-        st = os.lstat(path)
-        if stat.S_ISREG(st.st_mode) and st.st_size == len(data) and path.read_bytes() == data:
-            if bool(st.st_mode & stat.S_IXUSR) != is_exec:
-                os.chmod(path, mode)
-            return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, mode & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return True
 
 
 def _touch(path: Path) -> None:

@@ -10,7 +10,6 @@ command line. Make, Ninja (``deps = gcc``) and CMake's ``add_custom_command(DEPF
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -109,26 +108,12 @@ def render(target: str, deps: Sequence[str]) -> str:
 
 def write_depfile(path: str | os.PathLike[str], target: str, deps: Iterable[str]) -> bool:
     """Write the depfile atomically, only when its text changed; True when it was (re)written."""
+    from tapeout.compiler.staging import write_if_changed
+
     text = render(target, list(deps))
     path = Path(path)
-    try:
-        if path.read_text() == text:
-            return False
-    except (OSError, UnicodeDecodeError):
-        pass  # missing or unreadable: write it
     check_depfile(path)
-    path.parent.mkdir(parents=True, exist_ok=True)  # as -o creates OUTDIR
-    # A fresh name beside the depfile, created with the umask's mode (mkstemp would give 0600).
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return True
+    return write_if_changed(path, text.encode())
 
 
 def check_depfile(path: str | os.PathLike[str]) -> None:

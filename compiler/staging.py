@@ -15,7 +15,9 @@ from __future__ import annotations
 import errno
 import os
 import re
+import secrets
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -185,3 +187,32 @@ def _about_output(outdir: Path, exc: OSError) -> bool:
     parent = os.path.abspath(_parent(outdir))
     names = [exc.filename] + ([exc.filename2] if exc.filename2 else [])
     return any(os.path.abspath(os.fsdecode(n)).startswith(parent) for n in names if isinstance(n, (str, bytes)))
+
+
+def write_if_changed(path: Path, data: bytes, executable: bool = False) -> bool:
+    """Replace ``path`` with ``data`` atomically unless it holds those bytes already; True when written.
+
+    An unchanged file keeps its inode and mtime (Ninja's restat; a cache restore over identical
+    files), only its executable bit set right. A new file gets the umask's mode, like any output;
+    a symlink at ``path`` is replaced, never followed.
+    """
+    mode = 0o777 if executable else 0o666
+    try:
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode) and st.st_size == len(data) and path.read_bytes() == data:
+            if bool(st.st_mode & stat.S_IXUSR) != executable:
+                os.chmod(path, (st.st_mode | 0o111) if executable else (st.st_mode & ~0o111))
+            return False
+    except OSError:
+        pass  # missing or unreadable: write it
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return True
