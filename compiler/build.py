@@ -12,27 +12,26 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from tapeout.compiler.errors import UsageError
-from tapeout.compiler.stages.spec import BuildSpec, Progress, noop
+from tapeout.compiler.staging import write_if_changed
+from tapeout.compiler.stages.spec import BuildSpec, Progress, check_jobs, noop
 
 STAMP = ".tapeout/stamp.json"
 
 
-def _rel(p: Path | str | None) -> Path | None:
-    """A project path as the run spells it: relative to the working folder when below it (reports
-    and depfiles hold no absolute paths for a project inside the working tree)."""
+def _rel(p: Path | None) -> Path | None:
+    """A project path (absolute) as the run spells it: relative to the working folder when below
+    it, so reports and depfiles of a project inside the working tree hold no absolute paths."""
     if p is None:
         return None
     rel = os.path.relpath(p)
-    return Path(rel) if not rel.startswith("..") or not os.path.isabs(str(p)) else Path(p)
+    return Path(p) if rel.startswith("..") else Path(rel)
 
 
-def spec_of(model: Any, *, timings: bool = True, trace: bool = False) -> BuildSpec:
+def spec_of(model: Any, *, timings: bool = True) -> BuildSpec:
     """A project model (compiler.project.ModelSpec) as a BuildSpec: the same build `tapeout compile`
     runs with the equivalent flags."""
     kw = model.compile_kwargs()
@@ -40,7 +39,7 @@ def spec_of(model: Any, *, timings: bool = True, trace: bool = False) -> BuildSp
         kw[key] = _rel(kw[key])
     if kw.get("calibration") not in (None, "synthetic"):
         kw["calibration"] = str(_rel(kw["calibration"]))
-    return BuildSpec.of(kw.pop("model"), kw.pop("targets"), kw.pop("outdir"), timings=timings, trace=trace, **kw)
+    return BuildSpec.of(kw.pop("model"), kw.pop("targets"), kw.pop("outdir"), timings=timings, **kw)
 
 
 @dataclass
@@ -48,6 +47,7 @@ class ModelResult:
     name: str
     spec: BuildSpec
     report: Any  # CompileReport
+    targets: dict[str, str]  # "target:variant" -> its cache key (the stamp records them)
 
 
 @dataclass
@@ -79,79 +79,45 @@ def load(project_file: str | Path, names: Sequence[str] = ()) -> tuple[Any, list
     return project, project.select(names)
 
 
-def check_jobs(jobs: int) -> None:
-    if jobs < 1:
-        raise UsageError(f"-j must be at least 1, got {jobs}")
-
-
 def build(project_file: str | Path, names: Sequence[str] = (), *, jobs: int = 1, cache: Any = None,
           timings: bool = True, progress: Progress = noop) -> BuildResult:
     """Build the named models (all when none) of the project; write its stamp."""
-    from tapeout.compiler.stages.compile import compile_spec
+    from tapeout.compiler.quiet import quiet_environment
+    from tapeout.compiler.stages import cached
+    from tapeout.compiler.stages.compile import check, compile_checked
 
+    quiet_environment()
     check_jobs(jobs)
     project, models = load(project_file, names)
-    specs = [(m.name, spec_of(m, timings=timings)) for m in models]
+    checked = [(m.name, check(spec_of(m, timings=timings))) for m in models]  # every model before any work
     result = BuildResult(project.path, stamp_path(project.path))
-    for name, spec in specs:
-        report = compile_spec(spec, lambda step, n=name: progress(f"{n}: {step}"), jobs=jobs, cache=cache)
-        result.models.append(ModelResult(name, spec, report))
-    _write_stamp(result, cache)
+    for name, c in checked:
+        keys = cached.keys(c)
+        report = compile_checked(c, lambda step, n=name: progress(f"{n}: {step}"), jobs=jobs, cache=cache,
+                                 keys=keys)
+        targets = {f"{cls.name}:{v}": k for (cls, v), k in zip(c.chosen, keys.targets)}
+        result.models.append(ModelResult(name, c.spec, report, targets))
+    _write_stamp(result)
     return result
 
 
-def _stamp_doc(specs: Sequence[tuple[str, BuildSpec]], cache: Any) -> dict[str, Any]:
+def _write_stamp(result: BuildResult) -> None:
     from tapeout.compiler.cache import file_sha256
-    from tapeout.compiler.stages import cached
-    from tapeout.compiler.stages.compile import check
 
-    doc: dict[str, Any] = {"version": 1, "models": {}}
-    for name, spec in specs:
-        c = check(spec)
-        keys = cached.keys(c)
-        doc["models"][name] = {
-            "outdir": str(spec.outdir),
-            "inputs": {str(p): file_sha256(p) for p in spec.input_files()},
-            "targets": {f"{cls.name}:{v}": k for (cls, v), k in zip(c.chosen, keys.targets)},
-        }
-    return doc
-
-
-def _write_stamp(result: BuildResult, cache: Any) -> None:
-    doc = _stamp_doc([(m.name, m.spec) for m in result.models], cache)
+    doc: dict[str, Any] = {"version": 1, "models": {
+        m.name: {"outdir": str(m.spec.outdir), "inputs": {str(p): file_sha256(p) for p in m.spec.input_files()},
+                 "targets": m.targets}
+        for m in result.models}}
     old = _read_stamp(result.stamp)
     if old is not None:  # models not built this time keep their entries
         for name, entry in old.get("models", {}).items():
             doc["models"].setdefault(name, entry)
     doc["models"] = dict(sorted(doc["models"].items()))
     text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
-    if not write_if_changed(result.stamp, text):
+    if not write_if_changed(result.stamp, text.encode()):
         # The stamp is the depfile's target: renewed every run, as compile renews report.json, or
         # Make would rerun the build after every touch of an input whose bytes did not change.
         os.utime(result.stamp)
-
-
-def write_if_changed(path: Path, text: str) -> bool:
-    """Atomically replace ``path`` with ``text`` unless it holds it already (its mtime then stays)."""
-    path = Path(path)
-    try:
-        if path.read_text() == text:
-            return False
-    except (OSError, UnicodeDecodeError):
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a stamp is an ordinary output
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return True
 
 
 def _read_stamp(path: Path) -> dict[str, Any] | None:

@@ -485,8 +485,9 @@ def _cache_of(args: argparse.Namespace) -> Any:
 
 def _cmd_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from tapeout.compiler import build as project_build
+    from tapeout.compiler.stages.spec import check_jobs
 
-    project_build.check_jobs(args.jobs)
+    check_jobs(args.jobs)
     if args.depfile:
         from tapeout.compiler.depfile import check_depfile
 

@@ -65,11 +65,12 @@ from pathlib import Path
 from typing import Any
 
 from tapeout.compiler.errors import UsageError
+from tapeout.compiler.schemes import IO_LAYOUTS, METHODS
 
 __all__ = ["ModelSpec", "Project", "load_project"]
 
 _FILE_KEYS = ("path", "weights", "calibration", "eval", "train")
-_CHOICES = {"calibration_method": ("minmax", "percentile", "entropy"), "io_layout": ("source", "channels-last")}
+_CHOICES = {"calibration_method": METHODS, "io_layout": IO_LAYOUTS}
 _NUMBERS = ("atol", "rtol", "percentile", "learning_rate", "max_accuracy_drop")
 _STR_LISTS = ("keep_float", "prune_exclude")
 _MODEL_KEYS = ("path", "weights", "outdir", "extends", "targets", "calibration", "eval", "train", "atol", "rtol",

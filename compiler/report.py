@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tapeout.compiler.version import __version__
 
@@ -79,15 +79,17 @@ class TargetReport:
     # only with timings, so a --no-timings report is the same bytes either way.
     source: str = "built"
 
+    # The keys to_json writes itself; every other key of an entry is an ``extra`` field.
+    FIELDS: ClassVar[frozenset[str]] = frozenset({"target", "variant", "artifacts", "size_bytes", "seconds", "notes",
+                                                  "verification", "interface", "from"})
+
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "TargetReport":
         """The inverse of to_json (a cached target's entry)."""
-        fixed = {"target", "variant", "artifacts", "size_bytes", "seconds", "notes", "verification", "interface",
-                 "from"}
         v = d.get("verification")
         return cls(d["target"], d["variant"], list(d["artifacts"]), int(d["size_bytes"]), float(d.get("seconds") or 0.0),
                    list(d.get("notes", [])), None if v is None else Verification.from_json(v),
-                   {k: val for k, val in d.items() if k not in fixed}, d.get("interface"))
+                   {k: val for k, val in d.items() if k not in cls.FIELDS}, d.get("interface"))
 
     @property
     def folder(self) -> str:

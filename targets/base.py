@@ -14,12 +14,15 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Mapping, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Self
 
 from tapeout.compiler.errors import UsageError
 from tapeout.compiler.ir import Graph
 from tapeout.runtime.compare import Tolerance
 from tapeout.runtime.protocol import Runner
+
+if TYPE_CHECKING:  # the build's data stage; not imported at run time, targets stay light
+    from tapeout.compiler.stages.data import BuildData
 
 # Quantized artifacts are judged like a classifier's user would judge them (cosine and top-1
 # agreement with the source), not elementwise: int8 rounding moves every logit a little.
@@ -131,9 +134,9 @@ class EmitContext:
     """What a target may use besides the graph: the one interface between the build and emit."""
 
     outdir: Path  # an empty folder to write the artifacts into (staged; moved into place later)
-    # The build's data (compiler.stages.data.BuildData: calibration / eval Datasets, each file read
-    # once); None when emitting outside a build (tests, scripts): targets then synthesize inputs.
-    data: Any = None
+    # The build's data (calibration / eval Datasets, each file read once); None when emitting
+    # outside a build (tests, scripts): targets then synthesize inputs.
+    data: BuildData | None = None
     build_outdir: Path | None = None  # the build's final OUTDIR (tensorrt keeps its timing cache there)
     pass_records: tuple[Mapping[str, Any], ...] = ()  # the passes that ran (tensorrt lists their fusions)
 

@@ -16,7 +16,7 @@ from tapeout.compiler.ir import Graph
 from tapeout.runtime.io_map import IOMap, Port
 from tapeout.targets.onnx.layout import channels_last_layout, is_channels_first, to_channels_first, to_channels_last
 
-IO_LAYOUTS = ("source", "channels-last")
+from tapeout.compiler.schemes import IO_LAYOUTS  # noqa: E402  (re-exported)
 
 
 def artifact_graph(graph: Graph, io_layout: str) -> Graph:

@@ -29,13 +29,6 @@ class Keys:
     targets: list[str]
 
 
-def _options(target: Any) -> dict[str, Any]:
-    opts = getattr(target, "opts", None)
-    if opts is not None and hasattr(opts, "normalized"):
-        return opts.normalized()
-    return {k: target.options[k] for k in sorted(target.options)}
-
-
 def keys(c: Any) -> Keys:
     """The model's key and each chosen target's (``c``: stages.compile.Checked)."""
     spec = c.spec
@@ -52,7 +45,7 @@ def keys(c: Any) -> Keys:
 
     return Keys(key({"entry": "model"}), [
         key({"entry": "target", "target": f"{cls.name}:{variant}", "io_layout": target.io_layout,
-             "options": _options(target)})
+             "options": target.opts.normalized()})
         for (cls, variant), target in zip(c.chosen, c.built)])
 
 

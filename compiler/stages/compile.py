@@ -22,6 +22,7 @@ from tapeout.compiler.frontends.loader import load_model
 from tapeout.compiler.ir import Graph
 from tapeout.compiler.passes.prune import PruningOutcome
 from tapeout.compiler.quiet import quiet_environment
+from tapeout.compiler.schemes import IO_LAYOUTS
 from tapeout.compiler.report import CompileReport, TargetReport
 from tapeout.compiler.staging import close_stage, install, open_stage, output_error
 from tapeout.compiler.stages import emit as emit_stage
@@ -30,7 +31,7 @@ from tapeout.compiler.stages import quantize as quantize_stage
 from tapeout.compiler.stages import report as report_stage
 from tapeout.compiler.stages import verify as verify_stage
 from tapeout.compiler.stages.data import BuildData
-from tapeout.compiler.stages.spec import BuildSpec, Progress, check_outdir, noop
+from tapeout.compiler.stages.spec import BuildSpec, Progress, check_jobs, check_outdir, noop
 from tapeout.runtime.data import Dataset
 from tapeout.runtime.verify import run_batches
 from tapeout.targets.base import EmitContext, Target
@@ -67,8 +68,6 @@ def check(spec: BuildSpec) -> Checked:
     prune_pass = passes_stage.prune_pass_for(spec.prune, spec.train, spec.epochs, spec.max_accuracy_drop,
                                              spec.learning_rate, spec.prune_exclude)
     built = emit_stage.build_targets(chosen, spec.target_options)
-    from tapeout.targets.io import IO_LAYOUTS
-
     if spec.io_layout is not None and spec.io_layout not in IO_LAYOUTS:
         raise UsageError(f"unknown --io-layout {spec.io_layout!r}; one of {', '.join(IO_LAYOUTS)}")
     layout_notes = [target.set_io_layout(spec.io_layout) for target in built]
@@ -197,13 +196,19 @@ def compile_spec(spec: BuildSpec, progress: Progress = noop, *, jobs: int = 1, c
     ``jobs``: how many targets emit and verify at once.
     """
     quiet_environment()
-    if jobs < 1:
-        raise UsageError(f"-j must be at least 1, got {jobs}")
-    c = check(spec)
+    check_jobs(jobs)
+    return compile_checked(check(spec), progress, jobs=jobs, cache=cache)
+
+
+def compile_checked(c: Checked, progress: Progress = noop, *, jobs: int = 1, cache: Any = None,
+                    keys: Any = None) -> CompileReport:
+    """``compile_spec`` of a build already checked; ``keys``: its cache keys when the caller has them."""
     from tapeout.compiler.stages import cached
 
-    keys = cached.keys(c) if cache is not None else None
-    hits = cached.lookup(cache, keys) if keys is not None else cached.Lookup()
+    spec = c.spec
+    if cache is not None and keys is None:
+        keys = cached.keys(c)
+    hits = cached.lookup(cache, keys) if cache is not None else cached.Lookup()
     todo = [i for i in range(len(c.chosen)) if i not in hits.targets]
     data = BuildData(spec.calibration, spec.eval_data, spec.train)
     staging: Path | None = None
@@ -228,7 +233,7 @@ def compile_spec(spec: BuildSpec, progress: Progress = noop, *, jobs: int = 1, c
             else:
                 progress(f"cache {c.chosen[i][0].name}:{c.chosen[i][1]}")
                 report.targets.append(hits.restore(i, staging))
-        if keys is not None:
+        if cache is not None:
             cached.store(cache, keys, report, built, staging)
         written = report_stage.write(report, staging, spec.timings)
         install(staging, spec.outdir, [t.folder for t in report.targets], written)

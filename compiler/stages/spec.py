@@ -92,6 +92,11 @@ class BuildSpec:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(out.items())}
 
 
+def check_jobs(jobs: int) -> None:
+    if jobs < 1:
+        raise UsageError(f"-j must be at least 1, got {jobs}")
+
+
 def check_outdir(outdir: Path) -> None:
     if outdir.exists() and not outdir.is_dir():
         raise UsageError(f"{outdir}: exists and is not a folder")

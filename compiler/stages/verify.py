@@ -385,8 +385,7 @@ def _build_calibration(built: Mapping[str, Any]) -> str | None:
 
 
 # Fields of a target's entry in report.json that verify_build recomputes or carries itself.
-_TARGET_FIELDS = {"target", "variant", "artifacts", "size_bytes", "seconds", "notes", "verification", "interface",
-                  "trace", "from"}
+_TARGET_FIELDS = TargetReport.FIELDS | {"trace"}
 
 
 def _unrun(reason: str, tol: Tolerance, dataset: Dataset) -> Verification:

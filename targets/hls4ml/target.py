@@ -14,7 +14,7 @@ import shutil
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from tapeout.compiler.ir import Graph
 from tapeout.runtime.compare import Tolerance
 from tapeout.runtime.protocol import Runner
 from tapeout.targets.base import EmitContext, EmitResult, Target, TargetOptions
+
+if TYPE_CHECKING:
+    from tapeout.compiler.stages.data import BuildData
 
 DEFAULT_MIN_AGREEMENT = 0.995
 BASELINE = "ap_fixed<16,6>"  # hls4ml's default type: auto must do at least as well on the calibration data
@@ -194,7 +197,7 @@ class Hls4mlTarget(Target):
         return Tolerance(min_cosine=MIN_COSINE, min_top1_agreement=DEFAULT_MIN_AGREEMENT)
 
     # ------------------------------------------------------------------ data
-    def _search_data(self, graph: Graph, data: Any, notes: list[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def _search_data(self, graph: Graph, data: BuildData | None, notes: list[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Source-layout feeds the precision is chosen (and the C sim confirmed) on: the build's
         calibration file, else its eval file (``data``: EmitContext.data), else synthetic inputs."""
         from tapeout.compiler.calibration import source_specs
