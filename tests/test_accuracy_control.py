@@ -3,20 +3,12 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-
-def run_cli(*argv) -> tuple[int, str, str]:
-    from tapeout.compiler.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    code = main([str(a) for a in argv], out, err)
-    return code, out.getvalue(), err.getvalue()
+from tests.cli_run import run_cli
 
 
 @pytest.fixture(scope="module")

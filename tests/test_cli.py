@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -13,12 +12,7 @@ import pytest
 
 from tapeout.compiler.cli import main
 from tapeout.compiler.version import __version__
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main([str(a) for a in argv], out, err)
-    return code, out.getvalue(), err.getvalue()
+from tests.cli_run import run_cli
 
 
 def assert_one_line_error(err: str, *words: str) -> None:

@@ -3,22 +3,15 @@ against the pruned graph, and one-line usage errors (issue 7)."""
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tapeout.compiler.cli import main
+from tests.cli_run import run_cli
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "digits_cnn"
-
-
-def run_cli(*argv: object) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main([str(a) for a in argv], out, err)
-    return code, out.getvalue(), err.getvalue()
 
 
 def compile_json(tmp_path: Path, spec: str, *extra: object) -> dict:

@@ -19,16 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tapeout.compiler.cli import main
+from tests.cli_run import run_cli
 
 SECRET = b"SECR" * 32  # 32 identical float32 words: any layout change of a kernel keeps the pattern
 SECRET_MARK = b"SECRSECRSECR"
-
-
-def run_cli(*argv: object) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main([str(a) for a in argv], out, err)
-    return code, out.getvalue(), err.getvalue()
 
 
 def assert_refused(code: int, err: str, *words: str) -> None:

@@ -8,7 +8,6 @@ target folder's tapeout_io.json maps them, and the runtime runs artifacts throug
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path
@@ -16,16 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tapeout.compiler.cli import main
+from tests.cli_run import run_cli
 
 INPUTS = {"gpu_0/data_0": 8, "input.1": 4, "0": 3}
 OUTPUTS = ("495", "output/Softmax:0")
-
-
-def run_cli(*argv: object) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main([str(a) for a in argv], out, err)
-    return code, out.getvalue(), err.getvalue()
 
 
 def _weight(rng: np.random.Generator, name: str, *shape: int):

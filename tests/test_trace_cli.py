@@ -5,7 +5,6 @@ rest are traced; `tapeout verify --trace` giving compile's trace."""
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
@@ -13,16 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tapeout.compiler.cli import main
+from tests.cli_run import run_cli
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "digits_cnn"
 TRACED = ("onnx:int8", "tflite:int8", "hls4ml:vitis")
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main([str(a) for a in argv], out, err)
-    return code, out.getvalue(), err.getvalue()
 
 
 def _data_args() -> list:

@@ -4,7 +4,6 @@ error of quantized outputs (s1) in both reports."""
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path
@@ -12,16 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tapeout.compiler.cli import main
+from tests.cli_run import run_cli
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "digits_cnn"
 TARGETS = ("tflite:int8", "onnx:int8", "onnx")
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main([str(a) for a in argv], out, err)
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tapeout.compiler.cli import main
+from tests.cli_run import run_cli as run
 
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "digits_cnn"
 
@@ -24,14 +24,6 @@ def cache_env(tmp_path, monkeypatch):
     monkeypatch.setenv("TAPEOUT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-def run(*args) -> tuple[int, str, str]:
-    import io
-
-    out, err = io.StringIO(), io.StringIO()
-    code = main([str(a) for a in args], out, err)
-    return code, out.getvalue(), err.getvalue()
 
 
 def project(folder: Path, targets=('"onnx"', '"tflite:int8"'), extra: str = "") -> Path:

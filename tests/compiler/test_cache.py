@@ -302,10 +302,6 @@ def test_concurrent_puts_from_real_processes(tmp_path):
     assert _tree(tmp_path / "dest") == _tree(srcs[0])
 
 
-def test_module_imports_no_framework():
-    code = ("import sys, tapeout.compiler.cache;"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('numpy', 'tensorflow', 'onnx', 'onnxruntime', 'hls4ml', 'keras', 'rich')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
-    assert out.strip() == "[]"
-    assert cache_mod.__all__  # the public names are declared
+def test_public_names_are_declared():
+    # Importing no framework is tests/compiler/test_imports.py's test_light_modules_import_no_framework.
+    assert cache_mod.__all__

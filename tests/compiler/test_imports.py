@@ -59,3 +59,20 @@ def test_compiler_module_imports_no_target(path: Path):
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
     bad = [f"line {line}: {m}" for line, m in _imported(tree) if _imports_targets(m)]
     assert not bad, f"compiler/{path.relative_to(COMPILER)} imports targets: {', '.join(bad)}"
+
+
+# What a no-op `tapeout build` imports: the project file, the cache, the stamp and depfile writers
+# and the flag checks' names. A framework among them would cost seconds on every rebuild.
+LIGHT = ("cache", "project", "build", "schemes", "depfile", "staging")
+FRAMEWORKS = ("numpy", "tensorflow", "onnx", "onnxruntime", "hls4ml", "keras", "rich")
+
+
+@pytest.mark.parametrize("module", LIGHT)
+def test_light_modules_import_no_framework(module):
+    import subprocess
+    import sys
+
+    code = (f"import sys, tapeout.compiler.{module};"
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {FRAMEWORKS!r}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -4,7 +4,6 @@ refusals, report); and acceptance 3: one calibration, identical ranges in every 
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from tapeout.compiler.passes.pipeline import Pipeline
 from tapeout.compiler.passes.quantize import Quantize, SplitActivations, simulate
 
 from .conftest import logical_to_onnx, onnx_to_logical
+from tests.cli_run import run_cli
 
 SAMPLE = Path(__file__).resolve().parents[3] / "samples" / "digits_cnn"
 
@@ -175,12 +175,6 @@ def test_qdq_is_deterministic_and_refuses_unannotated_graphs(maker):
 
 
 # --------------------------------------------------------------- compile flow
-def run_cli(*argv) -> tuple[int, str, str]:
-    from tapeout.compiler.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    code = main([str(a) for a in argv], out, err)
-    return code, out.getvalue(), err.getvalue()
 
 
 def one_line_error(err: str, *words: str) -> None:

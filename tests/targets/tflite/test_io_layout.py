@@ -7,7 +7,6 @@ the runtime transposes with the perm recorded in tapeout_io.json.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -15,12 +14,7 @@ import numpy as np
 import pytest
 
 from tapeout.compiler.cli import main
-
-
-def run_cli(*argv: object) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main([str(a) for a in argv], out, err)
-    return code, out.getvalue(), err.getvalue()
+from tests.cli_run import run_cli
 
 
 def _save(nodes, inputs, outputs, inits, path: Path) -> None:
