@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,14 +32,11 @@ def _rel(p: Path | None) -> Path | None:
 
 
 def spec_of(model: Any, *, timings: bool = True) -> BuildSpec:
-    """A project model (compiler.project.ModelSpec) as a BuildSpec: the same build `tapeout compile`
-    runs with the equivalent flags."""
-    kw = model.compile_kwargs()
-    for key in ("model", "outdir", "weights", "eval_data", "train"):
-        kw[key] = _rel(kw[key])
-    if kw.get("calibration") not in (None, "synthetic"):
-        kw["calibration"] = str(_rel(kw["calibration"]))
-    return BuildSpec.of(kw.pop("model"), kw.pop("targets"), kw.pop("outdir"), timings=timings, **kw)
+    """A project model's build (compiler.project.ModelSpec.build) with its paths as this run spells them."""
+    b = model.build
+    cal = b.calibration if b.calibration in (None, "synthetic") else str(_rel(Path(b.calibration)))
+    return replace(b, model=_rel(b.model), outdir=_rel(b.outdir), weights=_rel(b.weights), eval_data=_rel(b.eval_data),
+                   train=_rel(b.train), calibration=cal, timings=timings)
 
 
 @dataclass

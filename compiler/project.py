@@ -39,11 +39,11 @@ Keys of a model table (all but path/weights/outdir/extends may go in [defaults] 
     options                                      table: TARGET[:VARIANT] -> table of option values
 
 They mirror `tapeout compile`'s flags (``eval`` is --eval, ``verify = false`` is --no-verify,
-``options`` is --target-option; ``ModelSpec.compile_kwargs`` gives compile_model's arguments).
+``options`` is --target-option): ``ModelSpec.build`` is the ``BuildSpec`` the flags would make.
 Merging: [defaults], then the ``extends`` chain from its root down, then the model's own table;
 a later scalar or list replaces an earlier one; options merge per target key, then per option key.
 
-Paths are relative to the project file's folder. ``ModelSpec`` holds them absolute and keeps
+Paths are relative to the project file's folder. ``ModelSpec.build`` holds them absolute; ``ModelSpec`` keeps
 the spelled form in ``ModelSpec.spelled`` (for reports and depfiles). Checked at load: unknown
 keys (with their line and a did-you-mean), types, empty targets, extends cycles and unknown
 parents, and that every named input file (model, weights, data) exists. Target names and option
@@ -66,6 +66,7 @@ from typing import Any
 
 from tapeout.compiler.errors import UsageError
 from tapeout.compiler.schemes import IO_LAYOUTS, METHODS
+from tapeout.compiler.stages.spec import BuildSpec
 
 __all__ = ["ModelSpec", "Project", "load_project"]
 
@@ -85,30 +86,11 @@ _TARGET = re.compile(r"[a-z0-9_]+(:[a-z0-9_]+)?")
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One model of the project with [defaults] and ``extends`` applied; paths absolute."""
+    """One model of the project with [defaults] and ``extends`` applied: its build, the same
+    ``BuildSpec`` `tapeout compile` makes of the equivalent flags (paths absolute here)."""
 
     name: str
-    path: Path
-    targets: tuple[str, ...]
-    outdir: Path
-    weights: Path | None = None
-    calibration: Path | str | None = None  # a Path, or the string "synthetic"
-    eval_data: Path | None = None
-    train: Path | None = None
-    atol: float | None = None
-    rtol: float | None = None
-    calibration_method: str | None = None  # None: compile's default (minmax)
-    percentile: float | None = None
-    io_layout: str | None = None
-    keep_float: tuple[str, ...] = ()
-    prune: str | None = None
-    prune_exclude: tuple[str, ...] = ()
-    epochs: int | None = None
-    learning_rate: float | None = None
-    max_accuracy_drop: float | None = None
-    fallback: bool = False
-    verify: bool = True
-    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # "tflite" / "tflite:int8" -> options
+    build: BuildSpec
     extends: str | None = None
     spelled: dict[str, str] = field(default_factory=dict)  # path key -> as written ("outdir" always present)
     line: int | None = None  # line of the model's table in the project file
@@ -116,20 +98,10 @@ class ModelSpec:
     def input_files(self) -> dict[str, Path]:
         """role -> absolute path of every file a build of this model reads, in a fixed order:
         model, weights, calibration, eval, train (absent ones and "synthetic" left out)."""
-        out = {"model": self.path, "weights": self.weights, "calibration": self.calibration,
-               "eval": self.eval_data, "train": self.train}
-        return {k: v for k, v in out.items() if isinstance(v, Path)}
-
-    def compile_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of today's ``compile_model`` that compile this model as the project says."""
-        return {"model": self.path, "targets": list(self.targets), "outdir": self.outdir, "weights": self.weights,
-                "calibration": self.calibration, "eval_data": self.eval_data, "atol": self.atol, "rtol": self.rtol,
-                "calibration_method": self.calibration_method or "minmax", "percentile": self.percentile,
-                "keep_float": list(self.keep_float), "prune": self.prune, "prune_exclude": list(self.prune_exclude),
-                "train": self.train, "epochs": self.epochs, "learning_rate": self.learning_rate,
-                "target_options": {k: dict(v) for k, v in self.options.items()},
-                "max_accuracy_drop": self.max_accuracy_drop, "fallback": self.fallback, "io_layout": self.io_layout,
-                "verify_artifacts": self.verify}
+        b = self.build
+        cal = None if b.calibration in (None, "synthetic") else Path(b.calibration)
+        out = {"model": b.model, "weights": b.weights, "calibration": cal, "eval": b.eval_data, "train": b.train}
+        return {k: v for k, v in out.items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -334,15 +306,18 @@ class _Loader:
             v = get(key)
             return None if v is None else float(v)
 
-        return ModelSpec(
-            name=name, path=paths["path"], targets=tuple(get("targets")), outdir=self._abs(spelled["outdir"]),
-            weights=paths.get("weights"), calibration=paths.get("calibration"), eval_data=paths.get("eval"),
-            train=paths.get("train"), atol=num("atol"), rtol=num("rtol"),
-            calibration_method=get("calibration_method"), percentile=num("percentile"), io_layout=get("io_layout"),
-            keep_float=tuple(get("keep_float", ())), prune=get("prune"), prune_exclude=tuple(get("prune_exclude", ())),
-            epochs=get("epochs"), learning_rate=num("learning_rate"), max_accuracy_drop=num("max_accuracy_drop"),
-            fallback=get("fallback", False), verify=get("verify", True), options=copy.deepcopy(options),
-            extends=models[name].get("extends"), spelled=spelled, line=self.lines.find(here))
+        calibration = paths.get("calibration")
+        build = BuildSpec(
+            model=paths["path"], targets=tuple(get("targets")), outdir=self._abs(spelled["outdir"]),
+            weights=paths.get("weights"), calibration=None if calibration is None else str(calibration),
+            eval_data=paths.get("eval"), train=paths.get("train"), atol=num("atol"), rtol=num("rtol"),
+            calibration_method=get("calibration_method", "minmax"), percentile=num("percentile"),
+            io_layout=get("io_layout"), keep_float=tuple(get("keep_float", ())), prune=get("prune"),
+            prune_exclude=tuple(get("prune_exclude", ())), epochs=get("epochs"), learning_rate=num("learning_rate"),
+            max_accuracy_drop=num("max_accuracy_drop"), fallback=get("fallback", False), verify=get("verify", True),
+            target_options=copy.deepcopy(options))
+        return ModelSpec(name, build, extends=models[name].get("extends"), spelled=spelled,
+                         line=self.lines.find(here))
 
     def _abs(self, text: str) -> Path:
         return Path(os.path.normpath(self.abspath.parent / os.path.expanduser(text)))

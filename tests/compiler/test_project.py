@@ -9,6 +9,7 @@ import pytest
 
 from tapeout.compiler.errors import UsageError
 from tapeout.compiler.project import ModelSpec, load_project
+from tapeout.compiler.stages.spec import BuildSpec
 
 
 @pytest.fixture
@@ -78,36 +79,32 @@ def test_valid_project_round_trip(proj, tmp_path):
     assert list(p.models) == ["digits", "legacy"]
     d = p.models["digits"]
     assert isinstance(d, ModelSpec)
-    assert d.path == tmp_path / "models" / "a.keras" and d.path.is_absolute()
-    assert d.targets == ("onnx", "tflite:int8", "hls4ml")
-    assert d.outdir == tmp_path / "out" / "digits"
-    assert d.calibration == tmp_path / "data" / "cal.npz" and d.eval_data == tmp_path / "data" / "eval.npz"
-    assert d.atol == 1.0 and isinstance(d.atol, float) and d.rtol is None
-    assert (d.calibration_method, d.percentile, d.keep_float, d.verify) == ("percentile", 99.9, ("fc1",), True)
+    assert d.build.model == tmp_path / "models" / "a.keras" and d.build.model.is_absolute()
+    assert d.build.targets == ("onnx", "tflite:int8", "hls4ml")
+    assert d.build.outdir == tmp_path / "out" / "digits"
+    assert d.build.calibration == str(tmp_path / "data" / "cal.npz")
+    assert d.build.eval_data == tmp_path / "data" / "eval.npz"
+    assert d.build.atol == 1.0 and isinstance(d.build.atol, float) and d.build.rtol is None
+    b = d.build
+    assert (b.calibration_method, b.percentile, b.keep_float, b.verify) == ("percentile", 99.9, ("fc1",), True)
     # defaults' options under the model's own, key by key; the variant's table stays separate.
-    assert d.options == {"tflite": {"c_array": False, "io": "uint8"}, "tflite:int8": {"io": "int8"}}
+    assert d.build.target_options == {"tflite": {"c_array": False, "io": "uint8"}, "tflite:int8": {"io": "int8"}}
     assert d.spelled == {"path": "models/a.keras", "calibration": "data/cal.npz", "eval": "data/eval.npz",
                          "outdir": "out/digits"}
     assert d.line == 13
-    assert d.input_files() == {"model": d.path, "calibration": d.calibration, "eval": d.eval_data}
+    assert d.input_files() == {"model": b.model, "calibration": Path(b.calibration), "eval": b.eval_data}
 
     leg = p.models["legacy"]
-    assert leg.targets == ("onnx",)  # from [defaults]
-    assert leg.outdir == tmp_path / "build" / "legacy" and leg.spelled["outdir"] == "build/legacy"
-    assert leg.weights == tmp_path / "models" / "w.h5"
-    assert leg.calibration == "synthetic" and "calibration" not in leg.input_files()
-    assert (leg.verify, leg.io_layout) == (False, "channels-last")
-    assert leg.options == {"tflite": {"c_array": False, "io": "float"}}
+    assert leg.build.targets == ("onnx",)  # from [defaults]
+    assert leg.build.outdir == tmp_path / "build" / "legacy" and leg.spelled["outdir"] == "build/legacy"
+    assert leg.build.weights == tmp_path / "models" / "w.h5"
+    assert leg.build.calibration == "synthetic" and "calibration" not in leg.input_files()
+    assert (leg.build.verify, leg.build.io_layout) == (False, "channels-last")
+    assert leg.build.target_options == {"tflite": {"c_array": False, "io": "float"}}
 
-    kw = d.compile_kwargs()
-    assert kw["model"] == d.path and kw["targets"] == list(d.targets) and kw["eval_data"] == d.eval_data
-    assert kw["target_options"] == d.options and kw["verify_artifacts"] is True
-    assert leg.compile_kwargs()["calibration_method"] == "minmax"
-    # compile_model's keyword names (BuildSpec.of takes them too, verify_artifacts as verify).
-    assert set(kw) == {"model", "targets", "outdir", "weights", "calibration", "eval_data", "atol", "rtol",
-                       "calibration_method", "percentile", "keep_float", "prune", "prune_exclude", "train", "epochs",
-                       "learning_rate", "target_options", "max_accuracy_drop", "fallback", "io_layout",
-                       "verify_artifacts"}
+    # The build is the BuildSpec `tapeout compile` makes of the same flags; unset keys take its defaults.
+    assert isinstance(d.build, BuildSpec) and d.build.verify is True
+    assert leg.build.calibration_method == "minmax" and leg.build.timings is True
 
     assert [m.name for m in p.select()] == ["digits", "legacy"]
     assert [m.name for m in p.select(["legacy", "digits", "legacy"])] == ["legacy", "digits"]
@@ -122,8 +119,8 @@ def test_paths_relative_to_the_project_folder_not_cwd(proj, tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path / "data")
     p = load_project("../proj/tapeout.toml")
     assert p.spelled == "../proj/tapeout.toml"
-    assert p.models["m"].path == sub / "m.onnx" and p.models["m"].outdir == sub / "build" / "m"
-    assert p.models["up"].path == tmp_path / "models" / "a.keras"  # escaping the folder is fine
+    assert p.models["m"].build.model == sub / "m.onnx" and p.models["m"].build.outdir == sub / "build" / "m"
+    assert p.models["up"].build.model == tmp_path / "models" / "a.keras"  # escaping the folder is fine
     assert p.models["up"].spelled["path"] == "../models/a.keras"
 
 
@@ -153,14 +150,14 @@ def test_extends_inherits_everything_but_outdir(proj, tmp_path):
         targets = ["tflite:int8"]
         """)
     leaf = p.models["leaf"]
-    assert leaf.extends == "mid" and leaf.path == tmp_path / "models" / "a.keras"
-    assert leaf.targets == ("tflite:int8",)
-    assert (leaf.atol, leaf.rtol) == (0.125, 0.25)
-    assert leaf.calibration == tmp_path / "data" / "cal.npz" and leaf.spelled["calibration"] == "data/cal.npz"
-    assert leaf.options == {"tflite:int8": {"io": "uint8", "c_array": True}}
-    assert leaf.outdir == tmp_path / "build" / "leaf"  # not base's out/base
-    assert p.models["mid"].targets == ("onnx", "tflite:int8") and p.models["mid"].atol == 0.125
-    assert p.models["base"].atol == 0.5 and p.models["base"].options["tflite:int8"]["io"] == "int8"
+    assert leaf.extends == "mid" and leaf.build.model == tmp_path / "models" / "a.keras"
+    assert leaf.build.targets == ("tflite:int8",)
+    assert (leaf.build.atol, leaf.build.rtol) == (0.125, 0.25)
+    assert leaf.build.calibration == str(tmp_path / "data" / "cal.npz") and leaf.spelled["calibration"] == "data/cal.npz"
+    assert leaf.build.target_options == {"tflite:int8": {"io": "uint8", "c_array": True}}
+    assert leaf.build.outdir == tmp_path / "build" / "leaf"  # not base's out/base
+    assert p.models["mid"].build.targets == ("onnx", "tflite:int8") and p.models["mid"].build.atol == 0.125
+    assert p.models["base"].build.atol == 0.5 and p.models["base"].build.target_options["tflite:int8"]["io"] == "int8"
 
 
 def test_unknown_key_names_the_key_and_line_with_a_suggestion(proj):
