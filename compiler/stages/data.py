@@ -37,6 +37,8 @@ class BuildData:
             arrays = self._arrays.get(path)
             if arrays is None:
                 arrays = self._arrays[path] = read_arrays(path)
+                for a in arrays.values():  # shared by every stage and target: none may change them
+                    a.setflags(write=False)
         return dataset_from(path, arrays, list(specs), kind)
 
     @property
