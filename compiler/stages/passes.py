@@ -84,16 +84,17 @@ def prune(graph: Graph, prune_pass: Any, spec: str, piped: Any, build_data: Buil
         if data.labels is None:
             raise UsageError(f"--train {train}: no labels; the file needs an array 'y'")
 
-    def build(p: Any) -> tuple[Any, Graph]:
-        res = Pipeline([p]).run(graph)
-        if data is None:
-            return res, res.graph
-        return res, finetune(res.graph, data.feeds, data.labels, **tuning)[0]
+    def build(p: Any) -> Graph:
+        """The graph pruned by ``p`` (and fine-tuned, with --train): a --prune auto candidate."""
+        pruned = Pipeline([p]).run(graph).graph
+        return pruned if data is None else finetune(pruned, data.feeds, data.labels, **tuning)[0]
 
     search = None
     if isinstance(prune_pass, AutoPrune):
         prune_pass, spec, search = _search_pruning(graph, prune_pass, build, build_data, max_accuracy_drop, progress)
     res = Pipeline([prune_pass]).run(graph)
+    # The pass is chosen on the default pipeline's output (--prune auto searches it), so it runs
+    # after that pipeline, not inside it; its record joins the report's passes.
     piped.records.extend(res.records)
     details = [d for r in res.records for d in r.details]
     pruned = res.graph
@@ -109,7 +110,7 @@ def prune(graph: Graph, prune_pass: Any, spec: str, piped: Any, build_data: Buil
     return pruned, outcome
 
 
-def _search_pruning(graph: Graph, auto: Any, build: Callable[[Any], tuple[Any, Graph]], build_data: BuildData,
+def _search_pruning(graph: Graph, auto: Any, build: Callable[[Any], Graph], build_data: BuildData,
                     max_drop: float | None, progress: Progress) -> tuple[Any, str, dict[str, Any]]:
     """--prune auto: bisect the sparsity against the eval labels; the pass, spec and curve it chose."""
     from tapeout.compiler.calibration import source_specs
@@ -132,7 +133,7 @@ def _search_pruning(graph: Graph, auto: Any, build: Callable[[Any], tuple[Any, G
 
     def at(fraction: float) -> float:
         progress(f"prune {auto.kind}:{fraction:g}{auto.suffix}")
-        return accuracy(build(auto.make(fraction))[1])
+        return accuracy(build(auto.make(fraction)))
 
     baseline = accuracy(graph)
     best, curve = search_sparsity(at, baseline, max_drop)
