@@ -174,17 +174,25 @@ class Entry:
     def size(self) -> int:
         return sum(int(f["size"]) for f in self.files)
 
-    def restore(self, dest: str | os.PathLike[str], *, remove_extra: bool = False) -> list[str]:
+    def restore(self, dest: str | os.PathLike[str], *, remove_extra: bool = False,
+                reuse: str | os.PathLike[str] | None = None) -> list[str]:
         """Copy the entry's files into ``dest`` (created), byte-identical, and return the relative paths
         written. A file already holding the same bytes is left untouched (its mtime too), so build tools
         with restat see no change. Each write is a temp file renamed over the old one. With
         ``remove_extra``, files under ``dest`` that the entry lacks are deleted. Every byte copied is
-        hashed again; on a mismatch the entry is removed and CorruptEntry is raised."""
+        hashed again; on a mismatch the entry is removed and CorruptEntry is raised.
+
+        ``reuse``: a folder that may already hold the entry's files (the installed output): a file
+        there whose hash matches is hard-linked into ``dest`` instead of copied, so restoring an
+        unchanged build reads it once and writes nothing."""
         dest = Path(dest)
         written: list[str] = []
         with self._cache._lock(self.key):
             for f in self.files:
                 rel = f["path"]
+                if reuse is not None and not (dest / rel).exists() and _link_if_same(Path(reuse) / rel, dest / rel, f):
+                    written.append(rel)
+                    continue
                 try:
                     data = _read_inside(self.path / "files", rel)
                 except OSError as e:
@@ -458,6 +466,20 @@ def _walk_files(folder: Path, *, refuse_links: bool = False) -> list[str]:
                 continue
             out.append(os.path.relpath(full, folder).replace(os.sep, "/"))
     return sorted(out)
+
+
+def _link_if_same(src: Path, dst: Path, f: Mapping[str, Any]) -> bool:
+    """Hard-link ``src`` to ``dst`` when it is a regular file with manifest entry ``f``'s bytes and mode."""
+    try:
+        st = os.lstat(src)
+        if not (stat.S_ISREG(st.st_mode) and st.st_size == int(f["size"])
+                and bool(st.st_mode & stat.S_IXUSR) == bool(f.get("exec")) and file_sha256(src) == f["sha256"]):
+            return False
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.link(src, dst)
+    except OSError:  # unreadable, or links refused (another file system): copy instead
+        return False
+    return True
 
 
 def _touch(path: Path) -> None:

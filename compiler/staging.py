@@ -143,7 +143,12 @@ def keep_unchanged(installed: Path, staged: Path) -> int:
         for fname in names:
             new = Path(root) / fname
             old = installed / new.relative_to(staged)
-            if new.is_symlink() or old.is_symlink() or not old.is_file() or not _same_bytes(old, new):
+            if new.is_symlink() or old.is_symlink() or not old.is_file():
+                continue
+            if os.path.samefile(old, new):  # already the installed file (a cache restore linked it)
+                kept += 1
+                continue
+            if not _same_bytes(old, new):
                 continue
             link = new.with_name(f"{new.name}{STAGING_MARK}link")
             try:

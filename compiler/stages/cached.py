@@ -54,10 +54,11 @@ class Lookup:
     model: CompileReport | None = None
     targets: dict[int, Entry] = field(default_factory=dict)
 
-    def restore(self, i: int, staging: Path) -> TargetReport:
+    def restore(self, i: int, staging: Path, outdir: Path) -> TargetReport:
+        """Target ``i`` into ``staging``; files ``outdir`` already holds are linked, not copied."""
         entry = self.targets[i]
         tr = TargetReport.from_json(entry.meta["report"])
-        entry.restore(staging / tr.folder)
+        entry.restore(staging / tr.folder, reuse=outdir / tr.folder)
         tr.source = "cache"
         return tr
 

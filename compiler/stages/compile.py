@@ -232,7 +232,7 @@ def compile_checked(c: Checked, progress: Progress = noop, *, jobs: int = 1, cac
                 report.targets.append(built[i])
             else:
                 progress(f"cache {c.chosen[i][0].name}:{c.chosen[i][1]}")
-                report.targets.append(hits.restore(i, staging))
+                report.targets.append(hits.restore(i, staging, spec.outdir))
         if cache is not None:
             cached.store(cache, keys, report, built, staging)
         written = report_stage.write(report, staging, spec.timings)

@@ -173,6 +173,24 @@ def test_miss_then_put_then_hit_restores_byte_identical(tmp_path):
     assert _tree(dest) == _tree(src)
 
 
+def test_restore_links_the_installed_files_that_match_and_copies_the_rest(tmp_path):
+    c = Cache(tmp_path / "cache")
+    key = "cd" + "e" * 62
+    src = _artifact(tmp_path)
+    entry = c.put(key, src)
+    installed = tmp_path / "installed"
+    assert entry.restore(installed) and _tree(installed) == _tree(src)
+    (installed / "sub" / "model_data.cc").write_text("edited by hand\n")  # no longer the entry's bytes
+    (installed / "run.sh").chmod(0o644)  # same bytes, lost its exec bit
+    staged = tmp_path / "stage"
+    entry.restore(staged, reuse=installed)
+    assert _tree(staged) == _tree(src)
+    same = {rel: (staged / rel).stat().st_ino == (installed / rel).stat().st_ino
+            for rel in ("model.tflite", "empty.txt", "sub/model_data.cc", "run.sh")}
+    assert same == {"model.tflite": True, "empty.txt": True, "sub/model_data.cc": False, "run.sh": False}
+    assert os.access(staged / "run.sh", os.X_OK)
+
+
 def test_truncated_file_is_detected_and_entry_removed(tmp_path):
     c = Cache(tmp_path / "cache")
     key = "1" * 64

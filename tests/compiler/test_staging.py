@@ -61,6 +61,23 @@ def test_install_keeps_identical_files_and_replaces_changed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no stage left
 
 
+def test_a_staged_link_to_the_installed_file_is_kept_and_leaves_nothing_behind(tmp_path):
+    """A cache restore links unchanged installed files into the stage; rename() between two links to
+    one file does nothing, so install must not try it (it left '*.tapeout-staging-link' files)."""
+    outdir = tmp_path / "out"
+    stage = _stage(outdir, {"t/a.bin": b"a", "report.json": b"{}"})
+    install(stage, outdir, ["t"], ["report.json"])
+    close_stage(stage)
+    _age(outdir / "t/a.bin")
+    stage = _stage(outdir, {"report.json": b"{}"})
+    (stage / "t").mkdir()
+    os.link(outdir / "t/a.bin", stage / "t/a.bin")
+    install(stage, outdir, ["t"], ["report.json"])
+    close_stage(stage)
+    assert sorted(p.name for p in (outdir / "t").iterdir()) == ["a.bin"]
+    assert (outdir / "t/a.bin").stat().st_mtime_ns == OLD
+
+
 def test_keep_unchanged_needs_same_mode_and_falls_back_to_mtime(tmp_path, monkeypatch):
     installed, staged = tmp_path / "i", tmp_path / "s"
     for d in (installed, staged):
