@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from tapeout.compiler.quiet import captured_output, quiet_environment
 from tapeout.compiler.stages.data import BuildData
 from tapeout.targets.base import EmitContext
-from tapeout.compiler.quiet import captured_output, quiet_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 # Run as a script, this folder leads sys.path and benchmarks/hls4ml.py would shadow the hls4ml package.

@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from tapeout.targets.base import EmitContext
 from tapeout.compiler.errors import UsageError
 from tapeout.compiler.ir import Activation
+from tapeout.targets.base import EmitContext
 from tapeout.targets.onnx.emit import graph_to_onnx
 
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tapeout.targets.base import EmitContext
 from tapeout.compiler.calibration import calibrate
 from tapeout.compiler.errors import UsageError
 from tapeout.compiler.interpreter import run
 from tapeout.compiler.ir import Activation, Graph
 from tapeout.compiler.passes.pipeline import Pipeline
 from tapeout.compiler.passes.quantize import Quantize, SplitActivations, quantize_array, simulate
+from tapeout.targets.base import EmitContext
 
 from .params import details, layer_params
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tapeout.targets.base import EmitContext
 from tapeout.compiler.calibration import calibrate
 from tapeout.compiler.errors import UsageError
 from tapeout.compiler.interpreter import run
 from tapeout.compiler.ir import Activation, Graph
 from tapeout.compiler.passes.pipeline import Pipeline
 from tapeout.compiler.passes.quantize import Quantize, SplitActivations
+from tapeout.targets.base import EmitContext
 
 
 def _model(cases) -> Graph:

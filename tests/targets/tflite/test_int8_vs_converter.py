@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tapeout.targets.base import EmitContext
 from tapeout.compiler.calibration import calibrate, to_ir_layout
 from tapeout.compiler.frontends.loader import load_model
 from tapeout.compiler.interpreter import run
 from tapeout.compiler.passes.pipeline import Pipeline
 from tapeout.compiler.passes.quantize import Quantize, SplitActivations
 from tapeout.compiler.passes.registry import default_pipeline
+from tapeout.targets.base import EmitContext
 
 ROOT = Path(__file__).resolve().parents[3]
 SAMPLES = ROOT / "samples"

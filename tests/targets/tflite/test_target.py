@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tapeout.targets.base import EmitContext
 from tapeout.compiler.errors import UsageError
 from tapeout.compiler.ir import Activation, Graph
+from tapeout.targets.base import EmitContext
 
 
 def _cnn(cases, *, bn: bool = True) -> Graph:
