@@ -51,7 +51,7 @@ DEFAULT_TOOLS = ("tensorflow", "keras", "ai-edge-litert", "onnx", "onnxruntime",
 _DISTRIBUTIONS = {"tensorflow": ("tensorflow", "tensorflow-cpu", "tf-nightly")}
 _KEY = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1 << 20
-_MANIFEST_VERSION = 1
+_MANIFEST_VERSION = 2  # 2: folders recorded too (an hls4ml project's empty tb_data/)
 _STALE_TMP_S = 3600.0  # staging folders older than this belonged to a process that died
 
 
@@ -162,13 +162,15 @@ class CorruptEntry(Exception):
 
 @dataclass(frozen=True)
 class Entry:
-    """One verified cache entry. ``files``: the manifest's list (path, sha256, size, exec)."""
+    """One verified cache entry. ``files``: the manifest's list (path, sha256, size, exec); ``dirs``:
+    every folder of the stored tree, so a restore recreates empty ones too."""
 
     key: str
     path: Path
     files: tuple[Mapping[str, Any], ...]
     meta: dict[str, Any]
     _cache: Cache = field(repr=False, compare=False)
+    dirs: tuple[str, ...] = ()
 
     @property
     def size(self) -> int:
@@ -187,6 +189,8 @@ class Entry:
         unchanged build reads it once and writes nothing."""
         dest = Path(dest)
         written: list[str] = []
+        for rel in self.dirs:
+            (dest / rel).mkdir(parents=True, exist_ok=True)
         with self._cache._lock(self.key):
             for f in self.files:
                 rel = f["path"]
@@ -262,7 +266,8 @@ class Cache:
                     files.append({"path": rel, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
                                   "exec": is_exec})
                 (stage / "files").mkdir(exist_ok=True)
-                manifest = {"version": _MANIFEST_VERSION, "key": key, "files": files, "meta": meta_doc}
+                dirs = _walk_dirs(src)
+                manifest = {"version": _MANIFEST_VERSION, "key": key, "files": files, "dirs": dirs, "meta": meta_doc}
                 (stage / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
                 _touch(stage / "last-used")
                 final = self._entry_dir(key)
@@ -349,7 +354,10 @@ class Cache:
                 data = _read_inside(d / "files", f["path"])
                 if len(data) != f["size"] or hashlib.sha256(data).hexdigest() != f["sha256"]:
                     return None
-            return Entry(key, d, tuple(files), manifest.get("meta") or {}, self)
+            dirs = tuple(manifest["dirs"])
+            for rel in dirs:
+                _safe_rel(rel)
+            return Entry(key, d, tuple(files), manifest.get("meta") or {}, self, dirs)
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -465,6 +473,15 @@ def _walk_files(folder: Path, *, refuse_links: bool = False) -> list[str]:
                     raise ValueError(f"cache put: {full} is not a regular file; only regular files are cached")
                 continue
             out.append(os.path.relpath(full, folder).replace(os.sep, "/"))
+    return sorted(out)
+
+
+def _walk_dirs(folder: Path) -> list[str]:
+    """Relative POSIX paths of the folders under ``folder`` (not following symlinks), sorted."""
+    out = []
+    for dirpath, dirnames, _ in os.walk(folder):
+        for n in dirnames:
+            out.append(os.path.relpath(os.path.join(dirpath, n), folder).replace(os.sep, "/"))
     return sorted(out)
 
 

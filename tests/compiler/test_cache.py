@@ -173,6 +173,20 @@ def test_miss_then_put_then_hit_restores_byte_identical(tmp_path):
     assert _tree(dest) == _tree(src)
 
 
+def test_empty_folders_are_restored(tmp_path):
+    """An hls4ml project's tb_data/ is empty until a testbench writes into it; Vitis C simulation
+    writes its results there, so a restored project must have it."""
+    c = Cache(tmp_path / "cache")
+    src = _artifact(tmp_path)
+    (src / "tb_data").mkdir()
+    (src / "sub" / "deeper").mkdir()
+    entry = c.put("ef" + "0" * 62, src)
+    dest = tmp_path / "restored"
+    c.get(entry.key).restore(dest)
+    assert (dest / "tb_data").is_dir() and (dest / "sub" / "deeper").is_dir()
+    assert _tree(dest) == _tree(src)
+
+
 def test_restore_links_the_installed_files_that_match_and_copies_the_rest(tmp_path):
     c = Cache(tmp_path / "cache")
     key = "cd" + "e" * 62
