@@ -26,6 +26,7 @@ PRECISIONS = ("auto", "ap_fixed<16,6>", "ap_fixed<12,6>", "ap_fixed<10,4>")
 
 def run(sample: str, precision: str, work: Path) -> dict:
     from tapeout.compiler.frontends.loader import load_model
+    from tapeout.compiler.fixedpoint.precision import PrecisionSearch
     from tapeout.compiler.stages.data import BuildData
     from tapeout.targets.base import EmitContext
     from tapeout.compiler.passes.registry import default_pipeline
@@ -39,7 +40,9 @@ def run(sample: str, precision: str, work: Path) -> dict:
     target = Hls4mlTarget("vitis", precision=precision)
     out = work / f"{sample}-{precision.replace('<', '').replace('>', '').replace(',', '_')}"
     out.mkdir()
-    emitted = target.emit(graph, EmitContext(out, BuildData(d / "calibration.npz", d / "eval.npz")))
+    data = BuildData(d / "calibration.npz", d / "eval.npz")
+    graph = PrecisionSearch(target.precision_request(), data).run(graph).graph
+    emitted = target.emit(graph, EmitContext(out, data))
     seconds = time.perf_counter() - t0
     x = np.load(d / "eval.npz")["x"]
     with KerasRunner(d / "model.keras") as src:

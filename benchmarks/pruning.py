@@ -101,6 +101,7 @@ def latency_ms(path: Path, x: np.ndarray, runs: int) -> float:
 def hls4ml(graph: Any, sample: Path, folder: Path) -> dict[str, Any]:
     """The hls4ml target's multiplier estimate and C-simulation agreement, or why there are none."""
     from tapeout.compiler.errors import UsageError
+    from tapeout.compiler.fixedpoint.precision import PrecisionSearch
     from tapeout.targets.registry import parse_target
 
     cls, variant = parse_target("hls4ml")
@@ -108,6 +109,7 @@ def hls4ml(graph: Any, sample: Path, folder: Path) -> dict[str, Any]:
     folder.mkdir(parents=True)
     try:
         data = BuildData(sample / "calibration.npz", sample / "eval.npz")
+        graph = PrecisionSearch(target.precision_request(), data).run(graph).graph
         report = target.emit(graph, EmitContext(folder, data)).extra["hls4ml"]
     except UsageError as e:
         return {"hls_mults": None, "csim_agreement": None, "hls_note": str(e)}

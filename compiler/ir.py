@@ -176,6 +176,9 @@ class Graph:
     calibration: Calibration | None = None
     # Quantization annotations; None until the quantize pass ran (tapeout.compiler.passes.quantize).
     quant: Quantization | None = None
+    # Per-layer fixed-point types (compiler.fixedpoint.precision.FixedPrecision); None until the
+    # precision search ran for a fixed-point back end. Shared by copies: nothing edits it after.
+    fixed: Any = None
 
     # ----------------------------------------------------------------- queries
     def type_of(self, value: str) -> TensorType:
@@ -239,6 +242,7 @@ class Graph:
             calibration=None if self.calibration is None else _dc_replace(
                 self.calibration, ranges=dict(self.calibration.ranges)),
             quant=None if self.quant is None else _dc_replace(self.quant, tensors=dict(self.quant.tensors)),
+            fixed=self.fixed,
         )
 
     def add_constant(self, base: str, array: np.ndarray) -> str:

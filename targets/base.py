@@ -21,7 +21,8 @@ from tapeout.compiler.ir import Graph
 from tapeout.runtime.compare import Tolerance
 from tapeout.runtime.protocol import Runner
 
-if TYPE_CHECKING:  # the build's data stage; not imported at run time, targets stay light
+if TYPE_CHECKING:  # not imported at run time: targets stay light
+    from tapeout.compiler.fixedpoint.precision import PrecisionRequest
     from tapeout.compiler.stages.data import BuildData
 
 # Quantized artifacts are judged like a classifier's user would judge them (cosine and top-1
@@ -201,6 +202,11 @@ class Target:
     def default_tolerance(cls, variant: str) -> Tolerance | None:
         """How ``variant``'s artifact is verified when the user gives no --atol/--rtol; None: elementwise defaults."""
         return QUANTIZED_TOLERANCE if cls.quant_scheme(variant) in ("int8", "int16x8") else None
+
+    def precision_request(self) -> PrecisionRequest | None:
+        """The fixed-point precision search this target's emit needs (hls4ml); the build runs it
+        (compiler.fixedpoint.precision.PrecisionSearch) and hands emit the annotated graph. None: none."""
+        return None
 
     @classmethod
     def missing_requirements(cls) -> list[str]:

@@ -169,6 +169,12 @@ def build_target(c: Checked, p: Prepared, i: int, staging: Path, progress: Progr
     qgraph, qinfo = p.quantized[scheme] if scheme else (p.graph, None)
     ctx = EmitContext(tdir, p.data, spec.outdir, tuple(p.pass_records))
     with contextlib.nullcontext() if target.parallel_emit else _SERIAL_EMIT:
+        request = target.precision_request()
+        if request is not None:  # a fixed-point target's types: the precision search, then emit
+            from tapeout.compiler.fixedpoint.precision import PrecisionSearch
+
+            progress(f"precision search {cls.name}:{variant}")
+            qgraph = PrecisionSearch(request, p.data, cls.name).run(qgraph).graph
         tr, emitted = emit_stage.emit(target, qgraph, ctx)
     if c.layout_notes[i] and has_channels_first_io(qgraph):
         tr.notes.append(str(c.layout_notes[i]))

@@ -25,11 +25,10 @@ from tapeout.runtime.protocol import Runner
 from tapeout.targets.base import EmitContext, EmitResult, Target, TargetOptions
 
 if TYPE_CHECKING:
-    from tapeout.compiler.stages.data import BuildData
+    from tapeout.compiler.fixedpoint.precision import PrecisionRequest
 
 DEFAULT_MIN_AGREEMENT = 0.995
 BASELINE = "ap_fixed<16,6>"  # hls4ml's default type: auto must do at least as well on the calibration data
-SYNTHETIC_SEARCH_SAMPLES = 512
 AMD_TABLES = ("vitis", "vivado")  # back ends whose activation tables the NumPy model reproduces
 CSIM_VARIANTS = ("vitis", "vivado", "quartus", "catapult")  # build_lib.sh with g++; oneAPI needs icpx
 
@@ -196,95 +195,25 @@ class Hls4mlTarget(Target):
 
         return Tolerance(min_cosine=MIN_COSINE, min_top1_agreement=DEFAULT_MIN_AGREEMENT)
 
-    # ------------------------------------------------------------------ data
-    def _search_data(self, graph: Graph, data: BuildData | None, notes: list[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Source-layout feeds the precision is chosen (and the C sim confirmed) on: the build's
-        calibration file, else its eval file (``data``: EmitContext.data), else synthetic inputs."""
-        from tapeout.compiler.calibration import source_specs
-        from tapeout.runtime.data import synthesize
-
-        specs = source_specs(graph)
-        if data is not None and data.calibration_file is not None:
-            ds = data.calibration(specs)
-        elif data is not None and data.eval_file is not None:
-            ds = data.eval(specs)
-            notes.append("no --calibration data: precision chosen on the --eval data (the check is then not "
-                         "held-out)")
-        else:
-            ds = synthesize(specs, num_samples=SYNTHETIC_SEARCH_SAMPLES, seed=0)
-            notes.append(f"no --calibration or --eval data: precision chosen on {SYNTHETIC_SEARCH_SAMPLES} synthetic "
-                         "standard-normal inputs; give --calibration DATA for types fitted to real inputs")
-        return dict(ds.feeds), {"kind": ds.kind, "samples": ds.num_samples}
-
     # ------------------------------------------------------------- precision
-    def _plan(self, graph: Graph, feeds: dict[str, np.ndarray], notes: list[str]) -> tuple[Any, dict[str, Any]]:
-        from tapeout.compiler.fixedpoint import hls_layers
-        from tapeout.compiler.fixedpoint.model import TABLE_ACTIVATIONS
-        from tapeout.compiler.fixedpoint.search import (MIN_COSINE, TABLE_SIZES, Budget, observed_ranges, search,
-                                                        uniform_plan)
+    def precision_request(self) -> PrecisionRequest:
+        """The search this target's types come from (run by the build before emit)."""
+        from tapeout.compiler.fixedpoint import fixed
+        from tapeout.compiler.fixedpoint.precision import PrecisionRequest
+        from tapeout.compiler.fixedpoint.search import TABLE_SIZES
 
         s = self.settings
-        layers = hls_layers(graph)
-        names = {layer.name for layer in layers}
-        unknown = sorted(set(s.layer_precision) - names)
-        if unknown:
-            raise UsageError(f"--precision: no hls4ml layer named {', '.join(map(repr, unknown))}; layers: "
-                             f"{', '.join(layer.name for layer in layers)}")
-        pinned = {k: uniform_plan(graph, t).layers[k] for k, t in s.layer_precision.items()}
-        info: dict[str, Any] = {"mode": "auto" if s.precision is None else "explicit",
-                                "budget": {"min_agreement": s.min_agreement, "max_abs_error": s.max_abs_error,
-                                           "min_cosine": MIN_COSINE}}
-        if s.precision is not None:
-            plan = uniform_plan(graph, s.precision)
-            plan.layers.update(pinned)
-            info["type"] = str(s.precision)
-            return plan, {**info, "ranges": observed_ranges(graph, feeds)}
-        baseline = uniform_plan(graph, _parse_type(BASELINE, "baseline"))
+        own = (f"hls4ml:{self.variant} computes softmax/sigmoid/tanh with its own tables: the search models "
+               "Vivado/Vitis's, so the C simulation is the judge of those layers")
         # The NumPy model's lookup tables are Vivado/Vitis's; the other back ends write their own
         # (other formulas), so their tables stay at hls4ml's default size.
-        res = search(graph, feeds, Budget(s.min_agreement, s.max_abs_error, MIN_COSINE), pinned=pinned,
-                     baseline=baseline if s.min_agreement is not None else None,
-                     table_sizes=TABLE_SIZES if self.variant in AMD_TABLES else (1024,))
-        notes.extend(res.notes)
-        if self.variant in ("quartus", "oneapi"):
-            self._softmax_input_16_6(graph, res.plan, res.ranges, notes)
-        if self.variant not in AMD_TABLES and any(layer.kind in TABLE_ACTIVATIONS for layer in layers):
-            notes.append(f"hls4ml:{self.variant} computes softmax/sigmoid/tanh with its own tables: the search models "
-                         "Vivado/Vitis's, so the C simulation is the judge of those layers")
-        if not res.met:
-            notes.append(f"precision budget not met on the {info['budget']} budget even with wide types and "
-                         f"{max(lp.table_size for lp in res.plan.layers.values())}-entry tables "
-                         f"(agreement {res.agreement}, cosine {res.cosine:.4f}, max abs error "
-                         f"{res.max_abs_error:.3g}): the widest plan is used")
-        info.update(met=res.met, evaluations=res.evaluations, required_agreement=res.required_agreement,
-                    required_cosine=res.required_cosine, cosine=res.cosine,
-                    baseline={"type": BASELINE, "agreement": res.baseline_agreement}, ranges=res.ranges)
-        return res.plan, info
-
-    @staticmethod
-    def _softmax_input_16_6(graph: Graph, plan: Any, ranges: dict[str, float], notes: list[str]) -> None:
-        """hls4ml 1.3's Quartus/oneAPI writers compute the softmax exp table for an ap_fixed<16,6> input
-        unless the layer is literally named 'softmax': the softmax's input layer keeps that type."""
-        from dataclasses import replace
-
-        from tapeout.compiler.fixedpoint import fixed, hls_layers
-        from tapeout.compiler.fixedpoint.model import _alias_map
-        from tapeout.compiler.fixedpoint.search import _finish
-
-        layers = hls_layers(graph)
-        alias = _alias_map(graph)
-        fed = []
-        for layer in layers:
-            if layer.kind == "softmax" and layer.name != "softmax":
-                src = alias.get(layer.inputs[0], layer.inputs[0])
-                for prev in layers:
-                    if prev.output == src:
-                        plan.layers[prev.name] = replace(plan.layers[prev.name], result=fixed(16, 6, "AP_RND", "AP_SAT"))
-                        fed.append(prev.name)
-        if fed:
-            plan.layers.update(_finish(graph, plan, layers, ranges).layers)
-            notes.append(f"softmax input(s) {', '.join(fed)} kept at ap_fixed<16,6>: hls4ml 1.3's writer for this back "
-                         "end builds the softmax tables for that type")
+        return PrecisionRequest(
+            baseline=_parse_type(BASELINE, "baseline"), precision=s.precision, layer_precision=dict(s.layer_precision),
+            min_agreement=s.min_agreement, max_abs_error=s.max_abs_error,
+            table_sizes=TABLE_SIZES if self.variant in AMD_TABLES else (1024,),
+            # hls4ml 1.3's Quartus/oneAPI writers compute the softmax exp table for an ap_fixed<16,6> input.
+            softmax_input=fixed(16, 6, "AP_RND", "AP_SAT") if self.variant in ("quartus", "oneapi") else None,
+            own_tables_note=None if self.variant in AMD_TABLES else own)
 
     # ----------------------------------------------------------------- reuse
     def _reuse(self, graph: Graph, notes: list[str]) -> tuple[dict[str, int], list[dict[str, Any]]]:
@@ -320,6 +249,7 @@ class Hls4mlTarget(Target):
         outdir = ctx.outdir
         from tapeout.compiler.calibration import to_ir_layout
         from tapeout.compiler.fixedpoint import FixedTypeError, hls_layers
+        from tapeout.compiler.fixedpoint.precision import search_data
         from tapeout.compiler.fixedpoint.search import MIN_COSINE, weight_bits
         from tapeout.compiler.quiet import captured_output
         from tapeout.targets.hls4ml.config import Hls4mlOptions
@@ -332,13 +262,13 @@ class Hls4mlTarget(Target):
             check_io_type(layers, s.io_type)
         except FixedTypeError as e:
             raise UsageError(f"target hls4ml: {e}") from None
-        notes: list[str] = []
-        feeds, data = self._search_data(graph, ctx.data, notes)
+        if graph.fixed is None:
+            raise UsageError("target hls4ml needs the graph annotated by the precision search "
+                             "(compiler.fixedpoint.precision); compile_model runs it")
+        plan, prec, data = graph.fixed.plan, graph.fixed.info, graph.fixed.data
+        notes: list[str] = list(graph.fixed.notes)
+        feeds, _ = search_data(graph, ctx.data, [])  # the C simulation is confirmed on the search's data
         ir_feeds = to_ir_layout(graph, feeds)
-        try:
-            plan, prec = self._plan(graph, ir_feeds, notes)
-        except FixedTypeError as e:
-            raise UsageError(f"target hls4ml: {e}") from None
         reuse, raised = self._reuse(graph, notes)
         options = Hls4mlOptions(part=s.part, clock_period=s.clock_period, io_type=s.io_type, strategy=s.strategy,
                                 reuse_factor=s.reuse_factor, layer_reuse=reuse)
