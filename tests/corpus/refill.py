@@ -38,6 +38,11 @@ CORPUS_DIR = Path(__file__).resolve().parent
 MANIFEST = CORPUS_DIR / "manifest.json"
 # Std of every output unit of a layer that produces a model output (logits).
 LOGIT_STD = 4.0
+# The output scale of a residual branch where it joins the skip: trained residual nets write
+# small increments to the skip stream (their last batch norm's gamma is small, zero at init in
+# Goyal et al.'s recipe). At unit scale, zoo ResNet50 refilled was chaotic: 1% noise at one
+# early layer moved its logits to cosine 0.993, and int8 failed (0.976); at 0.25, 0.99999.
+RESIDUAL_BRANCH = 0.25
 # Samples the refill measures on.
 REFILL_SAMPLES = 20  # two per cluster
 
@@ -376,13 +381,27 @@ def _empty_initializers(model) -> list[str]:
     return out
 
 
+def _orthonormal(rng, fan: int, n: int) -> np.ndarray:
+    """A [fan, n] matrix with orthonormal columns (n <= fan) or rows: LSUV's own pre-init
+    (Mishkin & Matas), before each layer is scaled to unit output variance. A Gaussian draw
+    instead made the deep corpus nets chaotic: 1% noise added at every layer of the refilled
+    EfficientNetB0 moved its logits to cosine 0.87 (0.9986 from orthonormal), so int8 failed
+    with tapeout and TensorFlow's converter alike, which trained networks do not."""
+    a = rng.standard_normal((max(fan, n), min(fan, n)))
+    q, r = np.linalg.qr(a)
+    q = q * np.where(np.diag(r) < 0, -1.0, 1.0)  # Haar-uniform
+    return q if fan >= n else q.T
+
+
 def _initial_value(role: dict, shape: tuple, rng) -> np.ndarray:
     r = role["role"]
     if r == "weight":
         fan = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-        if role.get("op") == "MatMul" and len(shape) == 2:
-            fan = shape[0]
-        return rng.standard_normal(shape) / np.sqrt(max(fan, 1))
+        if len(shape) < 2 or role.get("out_axis") is None:  # layout unknown (read through a Transpose)
+            return rng.standard_normal(shape) / np.sqrt(max(fan, 1))
+        if len(shape) == 2 and role["out_axis"] == 1:  # MatMul, Gemm(transB=0): [in, out]
+            return _orthonormal(rng, shape[0], shape[1])
+        return _orthonormal(rng, fan, shape[0]).T.reshape(shape)  # [out, in/groups, k...]
     if r == "bias":
         return rng.standard_normal(shape) * 0.1
     if r == "bn_scale":
@@ -434,8 +453,12 @@ def refill_onnx(model, seed: int, feeds: dict[str, np.ndarray], head: tuple | No
     model = onnx.ModelProto.FromString(model.SerializeToString())
     unfill_constant_of_shape(model)
     unshare(model)
-    empty = set(_empty_initializers(model))
     roles = weight_roles(model)
+    # Batch-norm statistics the file still carries belong to the weights it was trained with
+    # (the light zoo ships them while its convs are ConstantOfShape): kept beside refilled convs,
+    # zoo Inception v2's first one divided by sqrt(3902) and crushed every later signal to ~1%
+    # of its bias, so int8 failed on rounding alone. They are refilled with the rest.
+    empty = set(_empty_initializers(model)) | {n for n, r in roles.items() if r["role"].startswith("bn_")}
     missing = empty - set(roles)
     # The light zoo also fills Caffe2's affine batch norms (Mul by a scale, Add of a bias) with
     # ConstantOfShape: give those a per-channel scale near 1 and a small bias.
@@ -499,6 +522,7 @@ def refill_onnx(model, seed: int, feeds: dict[str, np.ndarray], head: tuple | No
     fixed_batch = any(i.name in refill_data and i.type.tensor_type.shape.dim and
                       i.type.tensor_type.shape.dim[0].dim_value == 1 for i in model.graph.input)
     final = _final_measures(model, roles)
+    branches = residual_branches(model)
 
     def run(sess, name: str, inputs: dict | None = None) -> np.ndarray:
         """``name`` on every sample with the current weights (a batch-1 export: one sample per run)."""
@@ -528,6 +552,10 @@ def refill_onnx(model, seed: int, feeds: dict[str, np.ndarray], head: tuple | No
                     values[n] = y.mean(axis=axes).astype(np.float32).reshape(values[n].shape)
                 elif roles[n]["role"] == "bn_var":
                     values[n] = (y.var(axis=axes) + 1e-3).astype(np.float32).reshape(values[n].shape)
+            for n in names:
+                if roles[n]["role"] in ("bn_scale", "bn_bias") and \
+                        model.graph.node[roles[n]["node"]].output[0] in branches:
+                    values[n] = (values[n] * RESIDUAL_BRANCH).astype(np.float32)
             continue
         w = next((n for n in names if roles[n]["role"] == "weight"), None)
         b = next((n for n in names if roles[n]["role"] == "bias"), None)
@@ -547,7 +575,7 @@ def refill_onnx(model, seed: int, feeds: dict[str, np.ndarray], head: tuple | No
             _per_unit(values, roles[w], w, b, y, LOGIT_STD)
         else:
             std = float(y.std())
-            s = 1.0 / std if std > 1e-12 else 1.0
+            s = (RESIDUAL_BRANCH if m in branches else 1.0) / std if std > 1e-12 else 1.0
             values[w] = (values[w] * s).astype(np.float32)
             if b is not None:
                 values[b] = (values[b] * s).astype(np.float32)
@@ -580,6 +608,24 @@ def refill_onnx(model, seed: int, feeds: dict[str, np.ndarray], head: tuple | No
         if p.key == "tapeout_corpus":
             out.metadata_props.remove(p)
     return out, clusters
+
+
+def residual_branches(model) -> set[str]:
+    """The tensors that end a residual branch: of each Add/Sum of two computed tensors, the one
+    more nodes deep (a block's convs; the skip is its input or a shorter projection)."""
+    g = model.graph
+    depth: dict[str, int] = {}
+    for n in g.node:  # ONNX nodes are in topological order
+        d = 1 + max((depth.get(i, 0) for i in n.input), default=0)
+        for o in n.output:
+            depth[o] = d
+    out = set()
+    for n in g.node:
+        ins = [i for i in n.input if i]
+        if n.op_type in ("Add", "Sum") and len(ins) == 2 and all(i in depth for i in ins) \
+                and depth[ins[0]] != depth[ins[1]]:
+            out.add(max(ins, key=lambda i: depth[i]))
+    return out
 
 
 def _fit_onnx_head(model, probe, opts, run, values, roles, w, b, head, rng, clusters, pooled=False):
@@ -758,7 +804,7 @@ def _keras_initial(layer, rng):
             fan = int(np.prod(shape[:-1]))
             if cls.startswith("DepthwiseConv") or "depthwise" in leaf:
                 fan = int(np.prod(shape[:-2]))
-            a = rng.standard_normal(shape) / np.sqrt(max(fan, 1))
+            a = _orthonormal(rng, fan, int(np.prod(shape)) // max(fan, 1)).reshape(shape)
         else:
             a = np.asarray(v.numpy() if hasattr(v, "numpy") else v)
         ws.append(np.asarray(a, dtype=np.float32))
