@@ -57,7 +57,8 @@ class KerasRunner(FileRunner):
 
         loaded = load_keras_model(self.path, self.weights, safe_mode=self.safe_mode)
         if loaded.notes:
-            self.notes = ["source runner: tf_keras ran the legacy config as rewritten for the import"]
+            framework = "Keras" if loaded.format == "keras" else "tf_keras"
+            self.notes = [f"source runner: {framework} ran the legacy config as rewritten for the import"]
         return loaded.model
 
     def _open(self) -> None:

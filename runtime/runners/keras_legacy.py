@@ -43,9 +43,14 @@ PER_CLASS_RENAMES = {"Dense": {"output_dim": "units"}, "UpSampling1D": {"length"
 # Training-only Keras 1 settings, in forms tf_keras cannot read: dropped.
 TRAINING_ONLY = (
     "init", "inner_init", "W_regularizer", "b_regularizer", "U_regularizer", "W_constraint", "b_constraint",
-    "U_constraint", "beta_init", "gamma_init", "gamma_regularizer", "beta_regularizer",
-    "depthwise_regularizer", "pointwise_regularizer", "depthwise_constraint", "pointwise_constraint",
-    "W_learning_rate_multiplier", "b_learning_rate_multiplier",
+    "U_constraint", "beta_init", "gamma_init", "W_learning_rate_multiplier", "b_learning_rate_multiplier",
+)
+# Keys Keras 2 and 3 keep under the same name (batch norm, depthwise and separable convs): legacy
+# only with a Keras 1 value. Counted as legacy whatever the value, every Keras 3 MobileNet or
+# EfficientNet was "translated" and paid a 5 s tf_keras import to have its keys checked.
+SHARED_TRAINING = (
+    "activity_regularizer", "gamma_regularizer", "beta_regularizer", "depthwise_regularizer",
+    "pointwise_regularizer", "depthwise_constraint", "pointwise_constraint",
 )
 DIM_ORDERINGS = {"tf": "channels_last", "th": "channels_first"}
 MERGE_MODES = {"sum": "Add", "mul": "Multiply", "ave": "Average", "max": "Maximum", "concat": "Concatenate"}
@@ -60,6 +65,11 @@ class LegacyConfigError(ValueError):
 
 def _fail(name: Any, cls: Any, why: str) -> LegacyConfigError:
     return LegacyConfigError(f"layer {name!r} ({cls}): {why}")
+
+
+def _keras1_value(v: Any) -> bool:
+    """A Keras 1 regularizer or constraint ({"name": ...}); Keras 2 and 3 write {"class_name": ...}."""
+    return isinstance(v, dict) and "name" in v and "class_name" not in v
 
 
 def _pair(v: Any) -> list[int]:
@@ -100,7 +110,7 @@ def _translate_layer(entry: dict, first: bool) -> bool:
     out: dict[str, Any] = {}
     renames = {**KEY_RENAMES, **PER_CLASS_RENAMES.get(new_cls, {})}
     for key, value in cfg.items():
-        if key in TRAINING_ONLY or (key == "activity_regularizer" and isinstance(value, dict) and "name" in value):
+        if key in TRAINING_ONLY or (key in SHARED_TRAINING and _keras1_value(value)):
             legacy = True
             continue
         if key == "mode" and new_cls == "BatchNormalization":

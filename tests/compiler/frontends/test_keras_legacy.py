@@ -420,3 +420,23 @@ def test_list_style_lambda_and_merge_function_refused_without_running(tmp_path: 
     path.write_text(json.dumps(nested))
     with pytest.raises(FrontendError, match=r"'sneaky' \(Lambda\)"):
         load_keras(path, weights)
+
+
+def test_keras3_config_is_not_read_as_keras1() -> None:
+    """Keras 2 and 3 keep gamma_regularizer, depthwise_constraint and the like: a Keras 3
+    MobileNetV3 config is no legacy form (it was "translated", its keys checked against tf_keras
+    after a 5 s import); only a Keras 1 value of those keys is."""
+    from tapeout.runtime.runners.keras_legacy import translate
+
+    root = Path(__file__).resolve().parents[2] / "corpus" / "keras" / "keras_mobilenetv3small.keras.json"
+    cfg = json.loads(root.read_text())
+    same, notes = translate(cfg)
+    assert same is cfg and notes == []
+    keras1_bn = {"class_name": "BatchNormalization", "config": {
+        "name": "bn", "epsilon": 0.001, "axis": -1, "momentum": 0.99,
+        "gamma_regularizer": {"name": "WeightRegularizer", "l1": 0.0, "l2": 0.01}, "beta_regularizer": None}}
+    legacy = {"class_name": "Sequential", "config": {"name": "s", "layers": [
+        {"class_name": "InputLayer", "config": {"name": "in", "batch_input_shape": [None, 4]}}, keras1_bn]}}
+    new, notes = translate(legacy)
+    assert notes and "gamma_regularizer" not in new["config"]["layers"][1]["config"]
+    assert new["config"]["layers"][1]["config"]["beta_regularizer"] is None
