@@ -13,7 +13,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -38,7 +38,11 @@ from tapeout.targets.base import EmitContext, Target
 from tapeout.targets.registry import parse_target
 
 
-_SERIAL_EMIT = threading.Lock()  # for targets with parallel_emit False
+_SERIAL_EMIT = threading.Lock()  # for targets with parallel_emit False, and a Keras source's load
+
+
+def _ready() -> None:
+    """A stage that has already run (the serial order): nothing to wait for."""
 
 
 @dataclass
@@ -97,10 +101,19 @@ class Prepared:
     source_name: str = ""
     traced: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    pruning: PruningOutcome | None = None
 
 
 def prepare(c: Checked, targets: list[int], data: BuildData, progress: Progress) -> Prepared:
     """Load, run the passes, quantize for the ``targets`` (indices into c.chosen) and run the source."""
+    p = load(c, data, progress)
+    quantize(c, p, progress)
+    source_run(c, p, targets, progress)
+    return p
+
+
+def load(c: Checked, data: BuildData, progress: Progress) -> Prepared:
+    """Load and run the passes (pruning too): what quantize, the source run and the emits share."""
     spec = c.spec
     progress("import")
     graph, info = load_model(spec.model, spec.weights)
@@ -113,30 +126,36 @@ def prepare(c: Checked, targets: list[int], data: BuildData, progress: Progress)
         progress("prune")
         graph, pruning = passes_stage.prune(graph, c.prune_pass, str(spec.prune), piped, data, spec.epochs, progress,
                                             spec.max_accuracy_drop, spec.learning_rate)
-    # Every chosen target's scheme, not only the ones to build: --fallback judges them together.
-    quantized = quantize_stage.quantize(graph, c.chosen, data, spec.calibration_method, spec.percentile,
-                                        spec.keep_float, progress)
-    if spec.fallback:
-        quantized = quantize_stage.fallback(quantized, data, spec.max_accuracy_drop, progress)
     summary = report_stage.graph_summary(graph)
     summary["source_nodes"] = nodes_in
     report = CompileReport(source=info.to_json(), graph=summary, passes=piped.to_json(),
                            data={"kind": None, "samples": 0, "labels": False},
                            outdir=str(spec.outdir), notes=list(graph.metadata.get("notes", [])))
     report.pruning = None if pruning is None else pruning.to_json()
-    p = Prepared(graph, quantized, piped.to_json(), report, data)
-    if spec.verify:
-        _source_run(c, p, pruning, targets, progress)
-    return p
+    return Prepared(graph, {}, piped.to_json(), report, data, pruning=pruning)
 
 
-def _source_run(c: Checked, p: Prepared, pruning: PruningOutcome | None, targets: list[int],
-                progress: Progress) -> None:
+def quantize(c: Checked, p: Prepared, progress: Progress) -> None:
+    """Every chosen target's scheme, not only the ones to build: --fallback judges them together."""
+    spec = c.spec
+    quantized = quantize_stage.quantize(p.graph, c.chosen, p.data, spec.calibration_method, spec.percentile,
+                                        spec.keep_float, progress)
+    if spec.fallback:
+        quantized = quantize_stage.fallback(quantized, p.data, spec.max_accuracy_drop, progress)
+    p.quantized = quantized
+
+
+def source_run(c: Checked, p: Prepared, targets: list[int], progress: Progress) -> None:
+    """The source on the verification data, and the IR in float64/float32 for the error model."""
     from tapeout.runtime.runners.select import runner_for
 
-    spec = c.spec
+    spec, pruning = c.spec, p.pruning
+    if not spec.verify:
+        return
     progress("source run")
-    with runner_for(spec.model, spec.weights) as source:
+    with contextlib.ExitStack() as stack:
+        with _SERIAL_EMIT:  # loading a Keras source names tensors from Keras's process-wide counters
+            source = stack.enter_context(runner_for(spec.model, spec.weights))
         p.dataset = dataset = p.data.verification(source.input_specs())
         if spec.max_accuracy_drop is not None and dataset.labels is None:
             raise UsageError(f"--max-accuracy-drop needs labels: {spec.eval_data} has no array 'y'")
@@ -156,18 +175,31 @@ def _source_run(c: Checked, p: Prepared, pruning: PruningOutcome | None, targets
     p.report.data = {"kind": dataset.kind, "samples": dataset.num_samples, "labels": dataset.labels is not None}
 
 
-def build_target(c: Checked, p: Prepared, i: int, staging: Path, progress: Progress) -> TargetReport:
-    """Emit target ``i`` into its staged folder and verify it."""
+@dataclass
+class Emitted:
+    """One target's staged artifacts, before verification."""
+
+    report: TargetReport
+    result: Any  # targets.base.EmitResult
+    graph: Graph  # the graph it was emitted from (quantized, fixed-point annotated)
+    folder: Path
+
+
+def emit_target(c: Checked, p: Prepared, i: int, staging: Path, progress: Progress,
+                quantized: Callable[[], Any] = _ready) -> Emitted:
+    """Emit target ``i`` into its staged folder; ``quantized`` waits for the quantize stage when it
+    runs beside the emits (-j)."""
     from tapeout.targets.io import has_channels_first_io
 
-    spec = c.spec
     (cls, variant), target = c.chosen[i], c.built[i]
     tdir = staging / f"{cls.name}-{variant}"
     tdir.mkdir()
-    progress(f"emit {cls.name}:{variant}")
     scheme = cls.quant_scheme(variant)
+    if scheme:
+        quantized()
+    progress(f"emit {cls.name}:{variant}")
     qgraph, qinfo = p.quantized[scheme] if scheme else (p.graph, None)
-    ctx = EmitContext(tdir, p.data, spec.outdir, tuple(p.pass_records))
+    ctx = EmitContext(tdir, p.data, c.spec.outdir, tuple(p.pass_records))
     with contextlib.nullcontext() if target.parallel_emit else _SERIAL_EMIT:
         request = target.precision_request()
         if request is not None:  # a fixed-point target's types: the precision search, then emit
@@ -180,19 +212,53 @@ def build_target(c: Checked, p: Prepared, i: int, staging: Path, progress: Progr
         tr.notes.append(str(c.layout_notes[i]))
     if qinfo is not None:
         tr.extra["quantization"] = qinfo
-    if spec.verify and p.dataset is not None:
-        progress(f"verify {cls.name}:{variant}")
-        base = verify_stage.base_tolerance(spec.atol, spec.rtol)
-        ttol = verify_stage.target_tolerance(target, variant, spec.atol, spec.rtol, base, emitted.tolerance)
-        tr.verification = verify_stage.verify_target(target, tdir, p.dataset, p.reference, ttol, p.source_name,
-                                                     p.exact, p.ir32)
-        if spec.max_accuracy_drop is not None and cls.default_tolerance(variant) is not None:
-            verify_stage.judge_accuracy(tr, spec.max_accuracy_drop)
-        if spec.trace:  # --trace: per-layer error against the reference interpreter (compiler.trace)
-            progress(f"trace {cls.name}:{variant}")
-            with p.lock:  # one reference run per graph, shared by the targets emitted from it
-                tr.extra["trace"] = verify_stage.trace_target(cls.name, qgraph, tdir, p.dataset, p.traced)
+    return Emitted(tr, emitted, qgraph, tdir)
+
+
+def verify_emitted(c: Checked, p: Prepared, i: int, e: Emitted, progress: Progress,
+                   sourced: Callable[[], Any] = _ready) -> TargetReport:
+    """Verify target ``i``'s staged artifacts against the source run (``sourced`` waits for it)."""
+    spec = c.spec
+    (cls, variant), target = c.chosen[i], c.built[i]
+    tr = e.report
+    if not spec.verify:
+        return tr
+    sourced()
+    if p.dataset is None:
+        return tr
+    progress(f"verify {cls.name}:{variant}")
+    base = verify_stage.base_tolerance(spec.atol, spec.rtol)
+    ttol = verify_stage.target_tolerance(target, variant, spec.atol, spec.rtol, base, e.result.tolerance)
+    tr.verification = verify_stage.verify_target(target, e.folder, p.dataset, p.reference, ttol, p.source_name,
+                                                 p.exact, p.ir32)
+    if spec.max_accuracy_drop is not None and cls.default_tolerance(variant) is not None:
+        verify_stage.judge_accuracy(tr, spec.max_accuracy_drop)
+    if spec.trace:  # --trace: per-layer error against the reference interpreter (compiler.trace)
+        progress(f"trace {cls.name}:{variant}")
+        with p.lock:  # one reference run per graph, shared by the targets emitted from it
+            tr.extra["trace"] = verify_stage.trace_target(cls.name, e.graph, e.folder, p.dataset, p.traced)
     return tr
+
+
+def build_target(c: Checked, p: Prepared, i: int, staging: Path, progress: Progress) -> TargetReport:
+    """Emit target ``i`` into its staged folder and verify it (the serial order)."""
+    return verify_emitted(c, p, i, emit_target(c, p, i, staging, progress), progress)
+
+
+def _build_parallel(c: Checked, todo: list[int], data: BuildData, staging: Path, progress: Progress,
+                    jobs: int) -> tuple[Prepared, dict[int, TargetReport]]:
+    """-j: calibration, the source run, the emits and the verifications overlap, each task waiting
+    for what it reads. Tasks are queued in dependency order (quantize, source run, emits, then
+    verifications), so a waiting task never holds up one it waits for."""
+    p = load(c, data, progress)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        fq = pool.submit(quantize, c, p, progress)
+        fs = pool.submit(source_run, c, p, todo, progress)
+        emits = {i: pool.submit(emit_target, c, p, i, staging, progress, fq.result) for i in todo}
+        checks = {i: pool.submit(lambda i=i: verify_emitted(c, p, i, emits[i].result(), progress, fs.result))
+                  for i in todo}
+        fq.result(), fs.result()  # their errors first, as in the serial order
+        return p, {i: f.result() for i, f in checks.items()}
 
 
 def compile_spec(spec: BuildSpec, progress: Progress = noop, *, jobs: int = 1, cache: Any = None) -> CompileReport:
@@ -221,15 +287,13 @@ def compile_checked(c: Checked, progress: Progress = noop, *, jobs: int = 1, cac
     try:  # compiler.staging: a locked stage next to OUTDIR, stale ones cleaned, installed under a lock
         staging = open_stage(spec.outdir)
         if todo or hits.model is None:
-            p = prepare(c, todo, data, progress)
-            report = p.report
             built: dict[int, TargetReport] = {}
             if jobs > 1 and len(todo) > 1:
-                with ThreadPoolExecutor(max_workers=min(jobs, len(todo))) as pool:
-                    futures = {i: pool.submit(build_target, c, p, i, staging, progress) for i in todo}
-                    built = {i: f.result() for i, f in futures.items()}
+                p, built = _build_parallel(c, todo, data, staging, progress, jobs)
             else:
+                p = prepare(c, todo, data, progress)
                 built = {i: build_target(c, p, i, staging, progress) for i in todo}
+            report = p.report
         else:
             report, built = hits.model, {}
             report.outdir = str(spec.outdir)
