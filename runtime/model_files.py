@@ -29,6 +29,7 @@ Runtime module: NumPy, h5py and the frameworks only, nothing from the compiler.
 from __future__ import annotations
 
 import faulthandler
+import hashlib
 import io
 import json
 import math
@@ -36,6 +37,7 @@ import os
 import select
 import signal
 import sys
+import threading
 import time
 import zipfile
 from contextlib import contextmanager
@@ -43,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from tapeout.runtime.budgets import (MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, MAX_MODEL_BYTES, MAX_TENSOR_RATIO,
+from tapeout.runtime.budgets import (BUDGETS, MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, MAX_MODEL_BYTES, MAX_TENSOR_RATIO,
                                      MAX_ZIP_RATIO, RATIO_FLOOR)
 from tapeout.runtime.errors import RuntimeInputError, one_line
 from tapeout.runtime.runners.keras_legacy import LegacyConfigError, load_weights, translate
@@ -708,14 +710,55 @@ def _keras3_model(label: str, cfg: dict, members: dict[str, bytes], safe_mode: b
             raise _framework_error(label, "Keras could not load the model", e) from None
 
 
+# The last model loaded, by its files' bytes: compile reads the source once for the IR and runs it
+# again for verification, and a Keras load costs seconds. One entry, so a `tapeout build` of many
+# models holds one at a time.
+_LAST: tuple[tuple[Any, ...], LoadedModel] | None = None
+_LAST_LOCK = threading.Lock()
+
+
+def _files_key(p: Path, w: Path | None, safe_mode: bool) -> tuple[Any, ...] | None:
+    def digest(f: Path) -> tuple[str, str] | None:
+        if not f.is_file() or f.stat().st_size > MAX_MODEL_BYTES.default:
+            return None  # the load judges it; nothing that large is hashed first
+        with f.open("rb") as fh:  # streamed: constant memory
+            return str(f.resolve()), hashlib.file_digest(fh, "sha256").hexdigest()
+
+    try:
+        files = [digest(p)] + ([] if w is None else [digest(w)])
+    except OSError:
+        return None  # the load reports it
+    # The budgets the load checked against: a file loaded under one is not passed under another.
+    budgets = tuple(os.environ.get(b.env) for b in BUDGETS)
+    return None if None in files else (*files, safe_mode, budgets)
+
+
 def load_keras_model(path: str | Path, weights: str | Path | None = None, *, safe_mode: bool = True,
                      check: ConfigCheck | None = None) -> LoadedModel:
     """Check a Keras model file (and its weights) as described above, then load it.
 
     ``check`` runs on the checked config before any framework sees it (the compiler's
     supported-layer check). Raises ModelFileError (exit 2); ImportError when the framework is
-    missing.
+    missing. Loading the same bytes again in this process returns the same model (``check``
+    still runs on its config).
     """
+    global _LAST
+    key = _files_key(Path(path), None if weights is None else Path(weights), safe_mode)
+    with _LAST_LOCK:
+        last = _LAST
+    if key is not None and last is not None and last[0] == key:
+        if check is not None:
+            check(last[1].config)
+        return last[1]
+    loaded = _load_keras_model(path, weights, safe_mode, check)
+    if key is not None:
+        with _LAST_LOCK:
+            _LAST = (key, loaded)
+    return loaded
+
+
+def _load_keras_model(path: str | Path, weights: str | Path | None, safe_mode: bool,
+                      check: ConfigCheck | None) -> LoadedModel:
     p = Path(path)
     label = str(p)
     w = Path(weights) if weights is not None else None

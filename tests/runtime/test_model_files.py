@@ -276,3 +276,27 @@ def test_fuzzer_legacy_h5_whose_config_read_never_returned_is_exit_2():
                        text=True, timeout=120)
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith("tapeout: error:") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_the_same_bytes_load_once_per_process(tmp_path) -> None:
+    """compile reads the source for the IR and again to run it: the second load of the same bytes
+    is the same model (the caller's check still runs on its config); other bytes load afresh."""
+    import shutil
+    from pathlib import Path
+
+    from tapeout.runtime.model_files import load_keras_model
+
+    sample = Path(__file__).resolve().parents[2] / "samples" / "digits_cnn" / "model.keras"
+    a = tmp_path / "a.keras"
+    shutil.copyfile(sample, a)
+    first = load_keras_model(a)
+    assert load_keras_model(a) is first
+
+    def refuse(cfg):
+        raise ModelFileError("refused by the caller's check")
+
+    with pytest.raises(ModelFileError, match="caller's check"):
+        load_keras_model(a, check=refuse)
+    a.write_bytes(a.read_bytes() + b"\0")  # other bytes (a zip with trailing data still reads)
+    second = load_keras_model(a)
+    assert second is not first
