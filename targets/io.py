@@ -14,7 +14,7 @@ from typing import Mapping
 
 from tapeout.compiler.ir import Graph
 from tapeout.runtime.io_map import IOMap, Port
-from tapeout.targets.onnx.layout import channels_last_layout, is_channels_first, to_channels_first, to_channels_last
+from tapeout.compiler.layout import channels_last_layout, is_channels_first, to_channels_first, to_channels_last
 
 from tapeout.compiler.schemes import IO_LAYOUTS  # noqa: E402  (re-exported)
 

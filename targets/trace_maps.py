@@ -15,7 +15,7 @@ import numpy as np
 
 from tapeout.compiler.ir import Graph, Node
 from tapeout.runtime.trace import TraceMap, TracedTensor
-from tapeout.targets.onnx.layout import to_channels_last
+from tapeout.compiler.layout import to_channels_last
 
 
 def _kind(graph: Graph) -> str:

@@ -750,8 +750,3 @@ class PruningOutcome:
             out["accuracy"] = self.accuracy
         return out
 
-
-def pruning_report(spec: str, before: Graph, after: Graph, details: Sequence[str]) -> dict[str, Any]:
-    """``PruningOutcome.measure(...).to_json()``: kept while the compile stages still build the
-    report entry as a dict (issue 16 moves them to ``PruningOutcome``)."""
-    return PruningOutcome.measure(spec, before, after, details).to_json()

@@ -11,7 +11,7 @@ from tapeout.compiler.fixedpoint.model import PrecisionPlan, hls_layers
 from tapeout.compiler.ir import Graph
 from tapeout.targets.hls4ml.config import Hls4mlOptions, hls_config
 from tapeout.targets.hls4ml.project import convert, write_manifest
-from tapeout.targets.onnx.layout import is_channels_first
+from tapeout.compiler.layout import is_channels_first
 
 
 # hls4ml 1.3 layers that exist only in io_parallel (nnet_activation_stream.h has no relu_max).

@@ -9,5 +9,3 @@ from __future__ import annotations
 from tapeout.compiler.keras_model import (BUILDERS, BuildContext, KerasModel, ValueHook,  # noqa: F401
                                           activation_layer, apply, cpp_identifier, graph_to_keras,
                                           keras_activation)
-
-EmitContext = BuildContext  # its name here before the move (tests and hooks may still use it)

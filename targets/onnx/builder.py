@@ -11,7 +11,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from tapeout.compiler.ir import Graph
-from tapeout.targets.onnx.layout import broadcast_constant, to_channels_first, to_channels_last
+from tapeout.compiler.layout import to_channels_first, to_channels_last
+from tapeout.targets.onnx.layout import broadcast_constant
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from tapeout.compiler.errors import UsageError
 from tapeout.compiler.ir import Graph, IRError
 from tapeout.compiler.version import __version__
 from tapeout.targets.onnx.builder import Builder
-from tapeout.targets.onnx.layout import is_channels_first, physical_shape
+from tapeout.compiler.layout import is_channels_first
+from tapeout.targets.onnx.layout import physical_shape
 from tapeout.targets.onnx.lowerings import LOWERINGS
 
 MIN_OPSET = 17

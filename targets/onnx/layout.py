@@ -11,10 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-# Defined once in the compiler (calibration and the reference runner ask the same questions);
-# re-exported for the targets that import them from here.
-from tapeout.compiler.layout import (channels_last_layout, is_channels_first, to_channels_first,  # noqa: F401
-                                     to_channels_last)
+from tapeout.compiler.layout import to_channels_first
 
 
 def physical_axes(rank: int, cf: bool) -> list[int]:

@@ -9,7 +9,7 @@ from tapeout.compiler.errors import UsageError
 from tapeout.compiler.interpreter import run
 from tapeout.compiler.ir import Activation, Graph
 from tapeout.compiler.passes.prune import (END_LAYER_SHARE, PruneChannels, PruneMagnitude, PruneNM, PruningOutcome,
-                                           layer_stats, nm_violations, parse_prune, plan_channels, pruning_report)
+                                           layer_stats, nm_violations, parse_prune, plan_channels)
 from tapeout.compiler.passes.registry import PASSES, default_pipeline
 
 RELU = Activation.of("relu")
@@ -377,7 +377,6 @@ def test_pruning_outcome_measures_and_reports_without_the_one_shot_graph(mlp, ap
                         "layers", "details"]
     assert js["macs_ratio"] == 1.0 and 0.4 < js["nonzero_macs_ratio"] < 0.6
     assert [r["name"] for r in js["layers"]] == ["fc1", "fc2", "fc3", "out"]
-    assert js == pruning_report("magnitude:0.5", mlp, pruned.graph, pruned.details)  # the dict form, until switched
     # Fine-tuned: the one-shot graph is kept for its accuracy but never reaches the report.
     out.fine_tuning, out.one_shot_graph = {"data": "train.npz", "epochs": 1}, pruned.graph
     out.search, out.accuracy = {"chosen": 0.5}, {"pruned": 0.9}

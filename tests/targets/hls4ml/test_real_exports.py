@@ -185,12 +185,12 @@ def test_cpp_identifier():
 def test_keras_names_for_hls4ml_are_unique_regardless_of_case():
     """hls4ml lowercases some type names (``fc_weight_t``): 'FC' and 'fc' must not both exist."""
     from tapeout.compiler.ir import Graph
-    from tapeout.targets.keras.emit import EmitContext
+    from tapeout.compiler.keras_model import BuildContext
 
-    ctx = EmitContext(Graph("g", [], []), identifiers=True)
+    ctx = BuildContext(Graph("g", [], []), identifiers=True)
     names = [ctx.unique(n) for n in ("FC", "fc", "a.b", "a_b", "a/b")]
     assert names == ["FC", "fc_1", "a_b", "a_b_1", "a_b_2"]
-    plain = EmitContext(Graph("g", [], []))
+    plain = BuildContext(Graph("g", [], []))
     assert [plain.unique(n) for n in ("FC", "fc", "a.b")] == ["FC", "fc", "a.b"]  # other targets unchanged
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tapeout.compiler.ir import Graph
-from tapeout.targets.onnx.layout import is_channels_first, to_channels_first, to_channels_last
+from tapeout.compiler.layout import is_channels_first, to_channels_first, to_channels_last
 
 
 def load_cases() -> ModuleType:

@@ -10,7 +10,7 @@ import pytest
 
 from tapeout.compiler.ir import BATCH, Graph, Node, TensorType
 from tapeout.compiler.ops import infer_node
-from tapeout.targets.onnx.layout import is_channels_first, to_channels_first, to_channels_last
+from tapeout.compiler.layout import is_channels_first, to_channels_first, to_channels_last
 
 
 class GraphMaker:
