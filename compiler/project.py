@@ -315,7 +315,7 @@ class _Loader:
             io_layout=get("io_layout"), keep_float=tuple(get("keep_float", ())), prune=get("prune"),
             prune_exclude=tuple(get("prune_exclude", ())), epochs=get("epochs"), learning_rate=num("learning_rate"),
             max_accuracy_drop=num("max_accuracy_drop"), fallback=get("fallback", False), verify=get("verify", True),
-            target_options=copy.deepcopy(options))
+            target_options=copy.deepcopy(options), options_base=self.abspath.parent)
         return ModelSpec(name, build, extends=models[name].get("extends"), spelled=spelled,
                          line=self.lines.find(here))
 

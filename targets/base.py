@@ -63,6 +63,12 @@ class TargetOptions:
         return cls(**converted).checked(target, variant)
 
     @classmethod
+    def path_fields(cls) -> tuple[str, ...]:
+        """The options that name a file or folder (``field(metadata={"path": True})``): a project
+        file's are relative to its folder."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("path"))
+
+    @classmethod
     def prepare(cls, values: dict[str, Any], target: str) -> dict[str, Any]:
         """Hook: rewrite the given (known, unconverted) values, e.g. fill them from a config file."""
         return values

@@ -71,7 +71,7 @@ def check(spec: BuildSpec) -> Checked:
         raise UsageError("--trace compares each artifact's layers during verification; drop --no-verify")
     prune_pass = passes_stage.prune_pass_for(spec.prune, spec.train, spec.epochs, spec.max_accuracy_drop,
                                              spec.learning_rate, spec.prune_exclude)
-    built = emit_stage.build_targets(chosen, spec.target_options)
+    built = emit_stage.build_targets(chosen, spec.target_options, spec.options_base)
     if spec.io_layout is not None and spec.io_layout not in IO_LAYOUTS:
         raise UsageError(f"unknown --io-layout {spec.io_layout!r}; one of {', '.join(IO_LAYOUTS)}")
     layout_notes = [target.set_io_layout(spec.io_layout) for target in built]

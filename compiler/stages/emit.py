@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -14,15 +15,23 @@ from tapeout.targets.base import EmitContext, EmitResult, Target
 
 
 def build_targets(chosen: Sequence[tuple[type[Target], str]],
-                  options: Mapping[str, Mapping[str, Any]]) -> list[Target]:
+                  options: Mapping[str, Mapping[str, Any]], base: Path | None = None) -> list[Target]:
     """Each (class, variant) built with its options (the variant's win over the target's); a bad
-    option is a usage error here, before any model loads."""
+    option is a usage error here, before any model loads. Path options are made absolute against
+    ``base`` (the project file's folder), else the working folder, so the CLI and the project
+    file spell one build the same way."""
     names = {cls.name for cls, _ in chosen} | {f"{cls.name}:{v}" for cls, v in chosen}
     unused = sorted(k for k in options if k not in names)
     if unused:
         raise UsageError(f"options given for {', '.join(unused)}, which is not among the chosen targets")
-    return [cls(variant, **{**options.get(cls.name, {}), **options.get(f"{cls.name}:{variant}", {})})
-            for cls, variant in chosen]
+    built = []
+    for cls, variant in chosen:
+        opts = {**options.get(cls.name, {}), **options.get(f"{cls.name}:{variant}", {})}
+        for name in cls.Options.path_fields():
+            if isinstance(opts.get(name), str) and opts[name]:
+                opts[name] = os.path.normpath((base or Path.cwd()) / os.path.expanduser(opts[name]))
+        built.append(cls(variant, **opts))
+    return built
 
 
 def io_report(tdir: Path, graph: Graph) -> dict[str, Any]:

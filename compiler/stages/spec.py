@@ -41,6 +41,9 @@ class BuildSpec:
     learning_rate: float | None = None
     # target name ("tflite") or one variant ("tflite:int8") -> that target's options; the variant's win.
     target_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # The folder a relative path in a target option (hls4ml.config, tensorrt.cache_dir) is read
+    # from: the project file's for `tapeout build`; None: the working folder.
+    options_base: Path | None = None
     max_accuracy_drop: float | None = None
     fallback: bool = False
     io_layout: str | None = None
@@ -83,7 +86,7 @@ class BuildSpec:
         """The settings every target's bytes and report may depend on (not the target list, the
         outdir or the target options): part of each target's cache key."""
         skip = {"model", "weights", "eval_data", "train", "calibration", "targets", "outdir", "target_options",
-                "timings"}
+                "options_base", "timings"}
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         out["calibration"] = "synthetic" if self.calibration == "synthetic" else (
             None if self.calibration is None else "file")

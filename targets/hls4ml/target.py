@@ -91,7 +91,8 @@ class Hls4mlTargetOptions(TargetOptions):
     io_type: Literal["parallel", "stream"] = "parallel"
     part: str | None = None  # None: the back end's default part
     clock_period: float = 5.0  # ns
-    config: str | None = None  # the --hls-config TOML file, already merged into the fields above
+    # The --hls-config TOML file, already merged into the fields above.
+    config: str | None = field(default=None, metadata={"path": True})
     synth: bool = False
     build_csim: bool = True
 

@@ -9,7 +9,7 @@ missing-tool error (exit 3) before any work.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +26,13 @@ _SCHEMES = {"fp16": "fp16", "int8": "int8", "best": "int8"}
 # absolute 1e-3 holds for a shallow head but not for deep nets, where fp16's ~5e-4 relative
 # rounding compounds over 50+ layers. On the corpus (docs/corpus.md), 19 PyTorch exports kept
 # cosine >= 0.99993 while logits of std 4 moved by up to 0.65. 0.9995 bounds the relative RMS
-# error at ~3%; a classifier also keeps its top-1 (see _is_classifier).
+# error at ~3%; a classifier also keeps its top-1 (see _all_softmax_outputs).
 _TOLERANCES = {"fp32": Tolerance(1e-5, 1e-5), "fp16": Tolerance(min_cosine=0.9995)}
 # Tighter than int8's 0.99: fp16 keeps ~3 significant digits, so anything below 0.999 is a real error.
 FP16_CLASSIFIER_TOLERANCE = Tolerance(min_cosine=0.999, min_top1_agreement=0.99)
 
 
-def _is_classifier(graph: Graph) -> bool:
+def _all_softmax_outputs(graph: Graph) -> bool:
     """Every output is a softmax: fp16 moves probabilities near 0.5 by ~1e-3 while the class and
     the cosine hold, so such outputs are judged by agreement and cosine, as the issue asks."""
     producers = graph.producers()
@@ -49,7 +49,8 @@ class TensorrtOptions(TargetOptions):
     max_batch: int | None = None  # None: the larger of min_batch and 32
     workspace_mib: int = 1024
     opt_level: int = 3  # TensorRT's builder optimization level (its default)
-    cache_dir: str | None = None  # the timing cache's folder; None: OUTDIR/tensorrt-cache
+    # The timing cache's folder; None: OUTDIR/tensorrt-cache.
+    cache_dir: str | None = field(default=None, metadata={"path": True})
     require_engine: bool = False  # no engine buildable here: exit 3 instead of ONNX + plan.json only
     opset: int = DEFAULT_OPSET
 
@@ -140,7 +141,7 @@ class TensorrtTarget(Target):
         data = model.SerializeToString()
         (outdir / "model.onnx").write_bytes(data)
         # A softmax classifier's fp16 artifact is judged by cosine / top-1 (EmitResult.tolerance).
-        classifier = self.variant == "fp16" and _is_classifier(graph)
+        classifier = self.variant == "fp16" and _all_softmax_outputs(graph)
         cache_rel, cache_path = self._cache(ctx.build_outdir)
         opts = replace(self.build_options, cache=cache_rel)
         plan = build_plan(graph, model, data, self.variant, opts, ctx.pass_records, f"tensorrt-{self.variant}")

@@ -124,6 +124,28 @@ def test_paths_relative_to_the_project_folder_not_cwd(proj, tmp_path, monkeypatc
     assert p.models["up"].spelled["path"] == "../models/a.keras"
 
 
+def test_path_options_are_relative_to_the_project_folder_too(proj, tmp_path, monkeypatch):
+    """hls4ml.config and tensorrt.cache_dir name files: read from the project's folder, wherever
+    `tapeout build` runs; on the CLI from the working folder. Both come out absolute."""
+    from tapeout.compiler.stages.compile import check
+
+    sub = tmp_path / "proj"
+    sub.mkdir()
+    (sub / "m.onnx").write_bytes(b"x")
+    (sub / "hls.toml").write_text("reuse_factor = 4\n")
+    (sub / "tapeout.toml").write_text('[models.m]\npath = "m.onnx"\ntargets = ["hls4ml", "tensorrt:fp16"]\n'
+                                      '[models.m.options.hls4ml]\nconfig = "hls.toml"\n'
+                                      '[models.m.options.tensorrt]\ncache_dir = "trt"\n')
+    monkeypatch.chdir(tmp_path / "data")
+    c = check(load_project("../proj/tapeout.toml").models["m"].build)
+    hls, trt = c.built
+    assert hls.opts.config == str(sub / "hls.toml") and hls.opts.reuse_factor == ("4",)
+    assert trt.opts.cache_dir == str(sub / "trt")
+    spec = BuildSpec.of(sub / "m.onnx", ["tensorrt:fp16"], tmp_path / "o",
+                        target_options={"tensorrt": {"cache_dir": "trt"}})
+    assert check(spec).built[0].opts.cache_dir == str(tmp_path / "data" / "trt")
+
+
 def test_extends_inherits_everything_but_outdir(proj, tmp_path):
     p = proj("""
         [defaults]
