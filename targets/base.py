@@ -159,6 +159,9 @@ class EmitResult:
     # Emitters that judge from the graph (tensorrt:fp16 of a softmax classifier) or from their
     # options (hls4ml's --min-agreement) set it.
     tolerance: Tolerance | None = None
+    # What this target's confirm() needs from its emit (hls4ml: its layer names in the project);
+    # never written to the report.
+    confirm_state: Any = None
 
 
 class Target:
@@ -225,3 +228,10 @@ class Target:
     def runner(self, outdir: Path) -> Runner:
         """A runner executing the artifact written into ``outdir``."""
         raise NotImplementedError
+
+    def confirm(self, graph: Graph, outdir: Path, data: BuildData, emitted: EmitResult,
+                report: dict[str, Any], notes: list[str]) -> None:
+        """The verify stage's hook for what only this target can check of its own artifacts
+        (hls4ml: its C simulation against the fixed-point NumPy model, bit for bit, and each
+        layer's error). It adds to its ``report`` entry (``emitted.extra``'s, as written) and
+        ``notes``. Runs after emit, only when verifying; none here."""

@@ -227,6 +227,7 @@ def verify_emitted(c: Checked, p: Prepared, i: int, e: Emitted, progress: Progre
     if p.dataset is None:
         return tr
     progress(f"verify {cls.name}:{variant}")
+    target.confirm(e.graph, e.folder, p.data, e.result, tr.extra, tr.notes)
     base = verify_stage.base_tolerance(spec.atol, spec.rtol)
     ttol = verify_stage.target_tolerance(target, variant, spec.atol, spec.rtol, base, e.result.tolerance)
     tr.verification = verify_stage.verify_target(target, e.folder, p.dataset, p.reference, ttol, p.source_name,

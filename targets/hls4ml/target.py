@@ -26,6 +26,7 @@ from tapeout.targets.base import EmitContext, EmitResult, Target, TargetOptions
 
 if TYPE_CHECKING:
     from tapeout.compiler.fixedpoint.precision import PrecisionRequest
+    from tapeout.compiler.stages.data import BuildData
 
 DEFAULT_MIN_AGREEMENT = 0.995
 BASELINE = "ap_fixed<16,6>"  # hls4ml's default type: auto must do at least as well on the calibration data
@@ -248,9 +249,7 @@ class Hls4mlTarget(Target):
     # ------------------------------------------------------------------ emit
     def emit(self, graph: Graph, ctx: EmitContext) -> EmitResult:
         outdir = ctx.outdir
-        from tapeout.compiler.calibration import to_ir_layout
         from tapeout.compiler.fixedpoint import FixedTypeError, hls_layers
-        from tapeout.compiler.fixedpoint.precision import search_data
         from tapeout.compiler.fixedpoint.search import MIN_COSINE, weight_bits
         from tapeout.compiler.quiet import captured_output
         from tapeout.targets.hls4ml.config import Hls4mlOptions
@@ -268,8 +267,6 @@ class Hls4mlTarget(Target):
                              "(compiler.fixedpoint.precision); compile_model runs it")
         plan, prec, data = graph.fixed.plan, graph.fixed.info, graph.fixed.data
         notes: list[str] = list(graph.fixed.notes)
-        feeds, _ = search_data(graph, ctx.data, [])  # the C simulation is confirmed on the search's data
-        ir_feeds = to_ir_layout(graph, feeds)
         reuse, raised = self._reuse(graph, notes)
         options = Hls4mlOptions(part=s.part, clock_period=s.clock_period, io_type=s.io_type, strategy=s.strategy,
                                 reuse_factor=s.reuse_factor, layer_reuse=reuse)
@@ -280,10 +277,10 @@ class Hls4mlTarget(Target):
         _write_trace_map(graph, layers, names, plan, outdir)
         rows, totals = estimate(graph, plan, reuse, variant=self.variant, io_type=s.io_type, strategy=s.strategy,
                                 clock_period=s.clock_period)
-        csim = self._confirm(graph, plan, outdir, feeds, ir_feeds, names, notes)
+        built = self._build_csim(outdir, notes)
         total_bits, mean_bits = weight_bits(graph, plan)
         base_bits, _ = weight_bits(graph, _uniform(graph))
-        per_layer = _layer_rows(layers, plan, prec.get("ranges", {}), csim.get("layer_errors", {}), rows)
+        per_layer = _layer_rows(layers, plan, prec.get("ranges", {}), rows)
         report: dict[str, Any] = {
             "backend": self.variant, "part": options.part_for(self.variant), "clock_period_ns": s.clock_period,
             "io_type": s.io_type, "strategy": s.strategy, "project": ".",
@@ -294,7 +291,7 @@ class Hls4mlTarget(Target):
                        "weight_bits_saved": round(1.0 - total_bits / base_bits, 4) if base_bits else 0.0},
             "reuse": {"layers": reuse, "raised": raised},
             "estimates": {"totals": totals, "assumptions": "docs/hls4ml.md#estimates-before-synthesis"},
-            "csim": {k: v for k, v in csim.items() if k != "layer_errors"},
+            "csim": {"built": built},  # the verify stage runs it (confirm)
             "synthesis": None,
         }
         if raised:
@@ -313,7 +310,43 @@ class Hls4mlTarget(Target):
         key = [a for a in artifacts if a in _KEY_FILES or a.endswith(".so")]
         # The user's --min-agreement judges the C simulation too.
         tol = Tolerance(min_cosine=MIN_COSINE, min_top1_agreement=self.settings.min_agreement)
-        return EmitResult(key, notes, {"hls4ml": report}, size_artifacts=artifacts, tolerance=tol)
+        return EmitResult(key, notes, {"hls4ml": report}, size_artifacts=artifacts, tolerance=tol,
+                          confirm_state=names)
+
+    def _build_csim(self, outdir: Path, notes: list[str]) -> bool:
+        """Build the C-simulation library (a failing build of a project tapeout wrote is tapeout's
+        bug: exit 4 with the compiler's first error); False where it is not built."""
+        from tapeout.targets.hls4ml.project import build_csim
+
+        if self.variant not in CSIM_VARIANTS or not self.settings.build_csim:
+            why = "oneAPI's C simulation needs Intel's icpx" if self.variant == "oneapi" else "not requested"
+            notes.append(f"C simulation not built ({why}); the NumPy model stands in for the per-layer errors")
+            return False
+        if shutil.which("g++") is None:
+            raise MissingToolError("hls4ml's C simulation needs g++ on PATH")
+        build_csim(outdir)
+        return True
+
+    def confirm(self, graph: Graph, outdir: Path, data: BuildData, emitted: EmitResult,
+                report: dict[str, Any], notes: list[str]) -> None:
+        """Run the C simulation on the precision search's data against the fixed-point NumPy model
+        (bit-exactness per layer) and the float graph (agreement, cosine, per-layer errors)."""
+        from tapeout.compiler.calibration import to_ir_layout
+        from tapeout.compiler.fixedpoint.precision import search_data
+
+        h = report["hls4ml"]
+        assert graph.fixed is not None  # emit refused a graph without it
+        feeds, _ = search_data(graph, data, [])
+        csim = self._confirm(graph, graph.fixed.plan, outdir, feeds, to_ir_layout(graph, feeds),
+                             emitted.confirm_state or {}, notes, h["csim"]["built"])
+        errors = csim.pop("layer_errors", {})
+        h["csim"] = csim
+        for row in h["layers"]:
+            if row["layer"] in errors:
+                estimate = row.pop("estimate", None)  # the errors come before it, as emit wrote rows
+                row.update({k: float(f"{v:.6g}") for k, v in errors[row["layer"]].items()})
+                if estimate is not None:
+                    row["estimate"] = estimate
 
     @staticmethod
     def _names(graph: Graph, layers: list[Any], km: Any) -> dict[str, str]:
@@ -325,14 +358,14 @@ class Hls4mlTarget(Target):
         return {k: v for k, v in names.items() if k != v}
 
     def _confirm(self, graph: Graph, plan: Any, outdir: Path, feeds: dict[str, np.ndarray],
-                 ir_feeds: dict[str, np.ndarray], names: dict[str, str], notes: list[str]) -> dict[str, Any]:
-        """Compile the C simulation once, run it on the search data: agreement, per-layer errors, bit-exactness."""
+                 ir_feeds: dict[str, np.ndarray], names: dict[str, str], notes: list[str],
+                 built: bool) -> dict[str, Any]:
+        """Run the built C simulation on the search data: agreement, per-layer errors, bit-exactness."""
         from tapeout.compiler import interpreter
         from tapeout.compiler.fixedpoint import hls_layers, run_fixed
         from tapeout.compiler.fixedpoint.model import TABLE_ACTIVATIONS
         from tapeout.compiler.fixedpoint.search import first_error_jump, layer_errors
         from tapeout.runtime.runners.hls4ml_csim import Hls4mlCsimRunner
-        from tapeout.targets.hls4ml.project import build_csim
 
         model = run_fixed(graph, plan, ir_feeds, keep_intermediates=True)
         ref = interpreter.run(graph, ir_feeds)
@@ -340,19 +373,14 @@ class Hls4mlTarget(Target):
         numpy_out = {o: model[_last_layer(graph, o)].to_float() for o in graph.outputs}
         out["numpy_agreement"] = _agreement(ref, numpy_out)
         out["numpy_cosine"] = _cosine_of(ref, numpy_out)
-        if self.variant not in CSIM_VARIANTS or not self.settings.build_csim:
-            why = "oneAPI's C simulation needs Intel's icpx" if self.variant == "oneapi" else "not requested"
-            notes.append(f"C simulation not built ({why}); the NumPy model stands in for the per-layer errors")
+        if not built:
             out["layer_errors"] = layer_errors(graph, plan, ir_feeds)
             out["first_error_jump"] = first_error_jump(out["layer_errors"])
             self._below_budget(out["numpy_agreement"], "the NumPy model's", out["first_error_jump"], notes,
                                out["numpy_cosine"])
             return out
-        if shutil.which("g++") is None:
-            raise MissingToolError("hls4ml's C simulation needs g++ on PATH")
-        build_csim(outdir)
         out["built"] = True
-        with Hls4mlCsimRunner(outdir) as runner:
+        with Hls4mlCsimRunner(outdir, build=False) as runner:
             got, traces = runner.run(feeds, trace=True)
         back = {v: k for k, v in names.items()}
         traces = {back.get(k, k): v for k, v in traces.items()}
@@ -461,8 +489,7 @@ def _cosine_of(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> float 
     return min(vals) if vals else None
 
 
-def _layer_rows(layers: list[Any], plan: Any, ranges: dict[str, float], errors: dict[str, dict[str, float]],
-                estimates: list[Any]) -> list[dict[str, Any]]:
+def _layer_rows(layers: list[Any], plan: Any, ranges: dict[str, float], estimates: list[Any]) -> list[dict[str, Any]]:
     est = {e.layer: e for e in estimates}
     rows = []
     for layer in layers:
@@ -474,8 +501,6 @@ def _layer_rows(layers: list[Any], plan: Any, ranges: dict[str, float], errors: 
             row["table_size"] = lp.table_size
         if layer.kind in ("dense", "conv"):
             row["weight_range"] = ranges.get(f"{layer.name}:weight")
-        if layer.name in errors:
-            row.update({k: float(f"{v:.6g}") for k, v in errors[layer.name].items()})
         e = est.get(layer.name)
         if e is not None:
             row["estimate"] = {k: v for k, v in e.to_json().items() if k not in ("layer", "kind")}
