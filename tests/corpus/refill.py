@@ -653,7 +653,7 @@ def _fit_onnx_head(model, probe, opts, run, values, roles, w, b, head, rng, clus
     x = run(sess, feature, head[0])
     per_position = None
     if pooled:
-        if not conv or b is None:
+        if not conv:
             return None
         per_position = np.moveaxis(x.reshape(x.shape[0], x.shape[1], -1), 1, -1).reshape(-1, x.shape[1])
         x = x.reshape(x.shape[0], x.shape[1], -1).mean(axis=2)
@@ -675,13 +675,26 @@ def _fit_onnx_head(model, probe, opts, run, values, roles, w, b, head, rng, clus
         vals, vecs = np.linalg.eigh(cov + np.eye(len(cov)) * max(float(np.trace(cov)) / len(cov), 1e-12))
         whiten = (vecs / np.sqrt(vals)) @ vecs.T
         x = x @ whiten
-    head_w, head_b, clusters = _centroid_head(x, head[1], n_out, rng, clusters, bias=has_bias)
+    bias_less = per_position is not None and not has_bias
+    head_w, head_b, clusters = _centroid_head(x, head[1], n_out, rng, clusters, bias=has_bias or bias_less)
     if whiten is not None:
         head_w = (whiten @ head_w).astype(np.float32)
     if per_position is not None:  # head_w: [d, n_out]
         # The classes' units only: the absent classes' units sit below and relu may zero them.
-        z = (per_position @ head_w + head_b)[:, :min(CLUSTERS, n_out)]
-        head_b = head_b + max(0.0, -float(np.quantile(z, 0.02)))
+        k = min(CLUSTERS, n_out)
+        if bias_less:
+            # No bias (torch's dynamo export of SqueezeNet): the mean feature direction u lifts the
+            # logits instead. The features are post-relu, so every position's projection s on u is
+            # positive; offsets scaled by s/mean(s) keep the pooled argmax up to that small factor.
+            u = per_position.mean(axis=0)
+            u = u / max(float(np.linalg.norm(u)), 1e-12)
+            s = np.maximum(per_position @ u, 1e-12)
+            head_w = head_w + np.outer(u, head_b / float(s.mean()))
+            lift = max(0.0, float(np.quantile(-(per_position @ head_w)[:, :k] / s[:, None], 0.98)))
+            head_w = (head_w + lift * u[:, None]).astype(np.float32)
+        else:
+            z = (per_position @ head_w + head_b)[:, :k]
+            head_b = head_b + max(0.0, -float(np.quantile(z, 0.02)))
     values[w] = (head_w if out_axis == 1 else np.ascontiguousarray(head_w.T)).reshape(W.shape)
     if b is not None and values[b].size == n_out:
         values[b] = head_b.reshape(values[b].shape)
@@ -715,7 +728,7 @@ def _final_measures(model, roles) -> set[str]:
             n = producers.get(t)
             if n is not None and n.op_type in ("Softmax", "LogSoftmax", "Identity", "Reshape", "Flatten",
                                               "Squeeze", "Sigmoid", "Transpose", "Dropout", "Relu",
-                                              "GlobalAveragePool", "AveragePool"):
+                                              "GlobalAveragePool", "AveragePool", "ReduceMean"):
                 stack.extend(i for i in n.input[:1] if i)
     return final
 

@@ -123,6 +123,24 @@ def test_refilled_head_reads_the_data_clusters(tmp_path):
     assert 0.3 < float(np.median(top)) < 0.999
 
 
+@pytest.mark.parametrize("name", ["torch_squeezenet1_1_ts_op11", "torch_squeezenet1_1_dynamo_op18"])
+def test_refilled_pooled_head_reads_the_clusters(name, tmp_path):
+    """A SqueezeNet head (1x1 conv, relu, global pool) is fitted too, with a bias (TorchScript's
+    export) or without one (dynamo's, which ends in ReduceMean): it was left random there, at
+    chance (0.1) on its own clusters, its logits within 0.02 of each other."""
+    import onnxruntime as ort
+
+    e = BY_NAME[name]
+    paths = R.refill_entry(e, tmp_path)
+    sess = ort.InferenceSession(str(paths["model"]), providers=["CPUExecutionProvider"])
+    feeds, labels = R.labelled_data(e, 24, 999, clusters=paths["clusters"])
+    k = e["inputs"][0]["name"]
+    outs = np.concatenate([sess.run(None, {k: feeds[k][i:i + 1]})[0] for i in range(24)]).reshape(24, -1)
+    assert (outs.argmax(axis=1) == labels).mean() >= 0.8
+    top2 = np.sort(outs, axis=1)[:, -2:]
+    assert float(np.median(top2[:, 1] - top2[:, 0])) > 1.0  # logits that decide, like a trained head's
+
+
 def test_keras_refill_is_deterministic_and_varies(tmp_path):
     import tf_keras
 
