@@ -178,6 +178,60 @@ class FuseConstantShift(NodeRewrite):
         return f"folded constant {n.op} {n.name!r} into {prod.op} {prod.name!r}"
 
 
+class FuseNormShift(NodeRewrite):
+    """Fold ``y * c``, ``y + c`` and ``y - c`` into the batch norm or affine producing ``y``, for a
+    constant ``c`` with one value per channel (or one value): into its scale and bias.
+
+    The ONNX light zoo's Caffe2 nets write every batch norm as BatchNormalization, then Mul and Add
+    by per-channel constants; DenseNet's pre-activation norms (after a concat, before relu and
+    conv) fold into no conv, so each was three int8 roundings where one affine needs one.
+    """
+
+    name = "fuse-norm-shift"
+
+    def candidates(self, graph: Graph) -> list[Node]:
+        return [n for n in graph.nodes if n.op in ("add", "sub", "mul") and len(n.inputs) == 2]
+
+    def rewrite_node(self, ed: Editor, n: Node) -> str | None:
+        graph = ed.graph
+        consts = [i for i in n.inputs if i in graph.constants]
+        if len(consts) != 1 or n.attrs.get("activation") not in (None, Activation()):
+            return None
+        data = next(i for i in n.inputs if i not in graph.constants)
+        if n.op == "sub" and n.inputs[0] != data:
+            return None
+        prod = ed.producer.get(data)
+        if prod is None or prod.op not in ("batch_norm", "affine") or ed.sole_consumer(data) is not n:
+            return None
+        params = prod.inputs[1:]
+        out_t, in_t = graph.types.get(n.outputs[0]), graph.types.get(data)
+        if not all(i in graph.constants for i in params) or out_t is None or in_t is None \
+                or tuple(out_t.shape) != tuple(in_t.shape):
+            return None
+        c = np.asarray(graph.constants[consts[0]], np.float64)
+        channels = in_t.shape[-1]
+        if c.ndim > in_t.rank or any(int(d) != 1 for d in c.shape[:-1]) or (c.ndim and c.shape[-1] not in (1, channels)):
+            return None
+        scale_name, shift_name = (params[0], params[1])  # batch_norm: scale, bias; affine: scale, shift
+        scale, shift = (graph.constants[i].astype(np.float64) for i in (scale_name, shift_name))
+        if prod.op == "batch_norm":
+            c = np.broadcast_to(c.reshape(-1), (channels,))
+        elif scale.ndim and scale.shape[-1] not in (1, channels) or shift.ndim and shift.shape[-1] not in (1, channels):
+            return None
+        else:
+            c = c.reshape((1,) * max(0, max(scale.ndim, shift.ndim) - 1) + (-1,)) if c.ndim else c
+        if n.op == "mul":
+            scale, shift = scale * c, shift * c
+        else:
+            shift = shift + c if n.op == "add" else shift - c
+        dtype = graph.constants[scale_name].dtype
+        new_scale = ed.add_constant(f"{prod.name}_scale", scale.astype(dtype))
+        new_shift = ed.add_constant(f"{prod.name}_shift", shift.astype(dtype))
+        ed.set_inputs(prod, [prod.inputs[0], new_scale, new_shift, *prod.inputs[3:]])
+        ed.absorb_into_producer(prod, n)
+        return f"folded constant {n.op} {n.name!r} into {prod.op} {prod.name!r}"
+
+
 class FuseActivation(RewritePass):
     """Move a unary activation into the conv/dense producing its input as ``attrs["activation"]``.
 
@@ -252,5 +306,6 @@ class Fuse(Pipeline):
     name = "fuse"
 
     def __init__(self, check: bool = True) -> None:
-        super().__init__([FuseBatchNorm(), FuseConstantShift(), FuseActivation(), FuseReshapeTranspose()],
+        super().__init__([FuseBatchNorm(), FuseConstantShift(), FuseNormShift(), FuseActivation(),
+                          FuseReshapeTranspose()],
                          check=check, max_iterations=10)

@@ -3,7 +3,8 @@
 import pytest
 
 from tapeout.compiler.ir import Activation
-from tapeout.compiler.passes.fuse import Fuse, FuseActivation, FuseBatchNorm, FuseConstantShift, FuseReshapeTranspose
+from tapeout.compiler.passes.fuse import (Fuse, FuseActivation, FuseBatchNorm, FuseConstantShift, FuseNormShift,
+                                          FuseReshapeTranspose)
 
 BN_RTOL = 1e-4
 
@@ -205,6 +206,42 @@ def test_constant_shift_left_alone(builder, apply):
     cases.append(b.build(b.node("add", [c, b.rand("k", 4)], "s"), c))
     for g in cases:
         assert not apply(FuseConstantShift(), g).changed
+
+
+# ------------------------------------------------------------ fuse-norm-shift
+def test_caffe2_norm_chain_becomes_one_batch_norm(builder, apply, equivalent, op_list):
+    """The light zoo's BatchNormalization -> Mul -> Add (per-channel constants) after a concat,
+    before relu: one batch norm (one int8 rounding, not three)."""
+    b = builder()
+    x = b.node("concat", [b.input("a", 5, 5, 2), b.input("c", 5, 5, 3)], "cat", axis=-1)
+    h = b.node("batch_norm", [x, *b.bn_params("bn", 5)], "bn", epsilon=1e-3)
+    h = b.node("mul", [h, b.rand("sc", 5, low=0.5, high=2.0)], "scale")
+    h = b.node("add", [h, b.rand("sh", 1, 1, 5)], "shift")
+    g = b.build(b.node("relu", [h], "relu"))
+    res = apply(FuseNormShift(), g)
+    assert op_list(res.graph) == ["concat", "batch_norm", "relu"]
+    assert res.details == ["folded constant mul 'scale' into batch_norm 'bn'",
+                           "folded constant add 'shift' into batch_norm 'bn'"]
+    equivalent(g, res.graph, rtol=1e-5, atol=1e-5)
+    b = builder()
+    h = b.node("affine", [b.input("x", 4, 3), b.rand("s", 3), b.rand("t", 1, 3)], "aff")
+    g = b.build(b.node("sub", [b.node("mul", [h, b.const("two", 2.0)], "m"), b.rand("k", 3)], "d"))
+    res = apply(FuseNormShift(), g)
+    assert op_list(res.graph) == ["affine"]
+    equivalent(g, res.graph, rtol=1e-5, atol=1e-5)
+
+
+def test_norm_shift_left_alone(builder, apply):
+    """c - y, a per-position constant, or a batch norm with another reader: not its own shift."""
+    cases = []
+    for op, k, other in (("sub", (5,), False), ("add", (5, 5, 1), False), ("add", (5,), True)):
+        b = builder()
+        h = b.node("batch_norm", [b.input("x", 5, 5, 5), *b.bn_params("bn", 5)], "bn")
+        operands = [b.rand("k", *k), h] if op == "sub" else [h, b.rand("k", *k)]
+        out = b.node(op, operands, "s")
+        cases.append(b.build(out, h) if other else b.build(out))
+    for g in cases:
+        assert not apply(FuseNormShift(), g).changed
 
 
 def test_se_gate_becomes_one_conv_with_relu6(builder, apply, equivalent, op_list):
