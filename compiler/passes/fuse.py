@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from tapeout.compiler.ir import Activation, Graph, Node
@@ -132,6 +134,30 @@ class FuseBatchNorm(NodeRewrite):
         return f"folded batch_norm {bn.name!r} into the following {user.op} {user.name!r}"
 
 
+def _channel_shift(ed: Editor, n: Node, accepts: Callable[[Node], bool]) -> tuple[Node, np.ndarray] | None:
+    """(producer, c) when ``n`` is ``y * c``, ``y + c`` or ``y - c`` (either order but ``c - y``)
+    with no activation, ``c`` a constant with one value per channel of ``y`` (or one value), and
+    ``y`` read by ``n`` alone from a producer that ``accepts`` takes; ``c`` as float64 [channels]."""
+    graph = ed.graph
+    consts = [i for i in n.inputs if i in graph.constants]
+    if len(consts) != 1 or n.attrs.get("activation") not in (None, Activation()):
+        return None
+    data = next(i for i in n.inputs if i not in graph.constants)
+    if n.op == "sub" and n.inputs[0] != data:  # c - y is not a shift of y
+        return None
+    prod = ed.producer.get(data)
+    if prod is None or not accepts(prod) or ed.sole_consumer(data) is not n:
+        return None
+    out_t, in_t = graph.types.get(n.outputs[0]), graph.types.get(data)
+    if out_t is None or in_t is None or tuple(out_t.shape) != tuple(in_t.shape):
+        return None  # the constant broadcasts the output wider: not a per-channel shift
+    c = np.asarray(graph.constants[consts[0]], np.float64)
+    channels = int(in_t.shape[-1])
+    if c.ndim > in_t.rank or any(int(d) != 1 for d in c.shape[:-1]) or (c.ndim and c.shape[-1] not in (1, channels)):
+        return None
+    return prod, np.broadcast_to(c.reshape(-1), (channels,))
+
+
 class FuseConstantShift(NodeRewrite):
     """Fold ``y + c``, ``y - c`` and ``y * c`` into the conv/dense producing ``y``, for a constant
     ``c`` with one value per output channel (or one value): into its bias, or its weights and bias.
@@ -147,27 +173,12 @@ class FuseConstantShift(NodeRewrite):
         return [n for n in graph.nodes if n.op in ("add", "sub", "mul") and len(n.inputs) == 2]
 
     def rewrite_node(self, ed: Editor, n: Node) -> str | None:
-        graph = ed.graph
-        consts = [i for i in n.inputs if i in graph.constants]
-        if len(consts) != 1 or n.attrs.get("activation") not in (None, Activation()):
+        found = _channel_shift(ed, n, _is_linear)
+        wb = None if found is None else _weights(ed.graph, found[0])
+        if found is None or wb is None:
             return None
-        data = next(i for i in n.inputs if i not in graph.constants)
-        if n.op == "sub" and n.inputs[0] != data:  # c - y is not a shift of y
-            return None
-        prod = ed.producer.get(data)
-        if prod is None or not _is_linear(prod) or ed.sole_consumer(data) is not n:
-            return None
-        wb = _weights(graph, prod)
-        out_t, in_t = graph.types.get(n.outputs[0]), graph.types.get(data)
-        if wb is None or out_t is None or in_t is None or tuple(out_t.shape) != tuple(in_t.shape):
-            return None  # the constant broadcasts the output wider: not a per-channel shift
-        w, b = wb
-        channels = w.shape[-1]
-        c = np.asarray(graph.constants[consts[0]], np.float64)
-        if c.ndim > in_t.rank or any(int(d) != 1 for d in c.shape[:-1]) or (c.ndim and c.shape[-1] not in (1, channels)):
-            return None
-        c = np.broadcast_to(c.reshape(-1), (channels,))
-        b64 = np.zeros(channels) if b is None else b.astype(np.float64)
+        (prod, c), (w, b) = found, wb
+        b64 = np.zeros(len(c)) if b is None else b.astype(np.float64)
         w64 = w.astype(np.float64)
         if n.op == "mul":
             w64, b64 = w64 * c, b64 * c
@@ -194,32 +205,18 @@ class FuseNormShift(NodeRewrite):
 
     def rewrite_node(self, ed: Editor, n: Node) -> str | None:
         graph = ed.graph
-        consts = [i for i in n.inputs if i in graph.constants]
-        if len(consts) != 1 or n.attrs.get("activation") not in (None, Activation()):
+
+        def norm(p: Node) -> bool:
+            return p.op in ("batch_norm", "affine") and all(i in graph.constants for i in p.inputs[1:])
+
+        found = _channel_shift(ed, n, norm)
+        if found is None:
             return None
-        data = next(i for i in n.inputs if i not in graph.constants)
-        if n.op == "sub" and n.inputs[0] != data:
-            return None
-        prod = ed.producer.get(data)
-        if prod is None or prod.op not in ("batch_norm", "affine") or ed.sole_consumer(data) is not n:
-            return None
-        params = prod.inputs[1:]
-        out_t, in_t = graph.types.get(n.outputs[0]), graph.types.get(data)
-        if not all(i in graph.constants for i in params) or out_t is None or in_t is None \
-                or tuple(out_t.shape) != tuple(in_t.shape):
-            return None
-        c = np.asarray(graph.constants[consts[0]], np.float64)
-        channels = in_t.shape[-1]
-        if c.ndim > in_t.rank or any(int(d) != 1 for d in c.shape[:-1]) or (c.ndim and c.shape[-1] not in (1, channels)):
-            return None
-        scale_name, shift_name = (params[0], params[1])  # batch_norm: scale, bias; affine: scale, shift
+        prod, c = found
+        scale_name, shift_name = prod.inputs[1], prod.inputs[2]  # batch_norm: scale, bias; affine: scale, shift
         scale, shift = (graph.constants[i].astype(np.float64) for i in (scale_name, shift_name))
-        if prod.op == "batch_norm":
-            c = np.broadcast_to(c.reshape(-1), (channels,))
-        elif scale.ndim and scale.shape[-1] not in (1, channels) or shift.ndim and shift.shape[-1] not in (1, channels):
-            return None
-        else:
-            c = c.reshape((1,) * max(0, max(scale.ndim, shift.ndim) - 1) + (-1,)) if c.ndim else c
+        if any(a.ndim and a.shape[-1] not in (1, len(c)) for a in (scale, shift)):
+            return None  # an affine whose operands do not run along the channels
         if n.op == "mul":
             scale, shift = scale * c, shift * c
         else:
