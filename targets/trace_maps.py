@@ -14,6 +14,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from tapeout.compiler.ir import Graph, Node
+from tapeout.compiler.ops import ACTIVATION_OPS
 from tapeout.runtime.trace import TraceMap, TracedTensor
 from tapeout.compiler.layout import to_channels_last
 
@@ -118,6 +119,11 @@ def tflite_map(graph: Graph, data: bytes, layer_names: dict[str, str]) -> TraceM
     for _, node, v in _node_outputs(graph):
         sizes.setdefault(layer_names.get(node.name, node.name), set()).add(_size(graph, v))
     layers = set(layer_names.values())
+    written_by = {t: op for op in info.ops for t in op.outputs}
+    readers = graph.consumers()
+    # A separate IR activation that the converter fused into the op before it (ADD + RELU): that
+    # op's tensor holds the activation's output, so it is the activation's value, not its input's.
+    fused_into: dict[str, int] = {}
     tensors = []
     for i, node, v in _node_outputs(graph):
         layer = layer_names.get(node.name, node.name)
@@ -137,6 +143,14 @@ def tflite_map(graph: Graph, data: bytes, layer_names: dict[str, str]) -> TraceM
         out_tensor = info.signature["outputs"].get(v) if v in graph.outputs else None
         if out_tensor is not None:  # a graph output is the signature's tensor (named after the function)
             idx = _before_dequantize(info, int(out_tensor))
+        if idx is None:
+            idx = fused_into.pop(v, None)
+        elif out_tensor is None and node.op not in ACTIVATION_OPS and (act is None or act.is_identity) and \
+                written_by.get(idx) is not None and written_by[idx].fused_activation not in (None, "NONE"):
+            nxt = readers.get(v, [])
+            if len(nxt) == 1 and nxt[0].op in ("relu", "clip") and nxt[0].outputs[0] in graph.types:
+                fused_into[nxt[0].outputs[0]] = idx
+            continue
         if idx is None:
             continue
         d = details[idx]

@@ -324,3 +324,31 @@ def test_tflite_op_name_is_not_a_layer_scope():
     assert _mentions(shared, "conv_a", {"conv_a", "conv_b"})
     assert not _mentions(shared, "conv_a", {"conv_a", "conv_b"}, first=True)
     assert _mentions(shared, "conv_b", {"conv_a", "conv_b"}, first=True)
+
+
+def test_an_activation_tflite_fuses_into_the_add_before_it_is_traced_at_the_add_s_tensor(tmp_path):
+    """conv -> add(skip) -> relu: TensorFlow's converter writes one ADD with a fused RELU. Its tensor
+    holds the relu's output; traced as the add's value it read -10 dB on zoo ResNet50 and DenseNet
+    (every negative sum compared with a zero). Now it is the relu's value, exact in fp32."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.4, (3, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(0, 0.1, 3).astype(np.float32), "b")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["conv"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["conv", "x"], ["sum"], name="sum"),
+             helper.make_node("Relu", ["sum"], ["act"], name="act"),
+             helper.make_node("GlobalAveragePool", ["act"], ["y"], name="gap")]
+    graph = helper.make_graph(nodes, "res", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 1, 1])], inits)
+    src = tmp_path / "res.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), src)
+    np.savez(tmp_path / "data.npz", x=rng.normal(size=(16, 3, 8, 8)).astype(np.float32))
+    code, out, err = run_cli("compile", src, "-o", tmp_path / "out", "-t", "tflite:fp32", "--eval",
+                             tmp_path / "data.npz", "--trace", "--no-timings")
+    assert code == 0, out + err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    rows = {r["name"]: r for r in report["targets"][0]["trace"]["layers"]}
+    assert "act" in rows and "sum" not in rows, sorted(rows)
+    assert rows["act"]["max_abs"] < 1e-5
