@@ -158,7 +158,14 @@ def _channel_shift(ed: Editor, n: Node, accepts: Callable[[Node], bool]) -> tupl
     return prod, np.broadcast_to(c.reshape(-1), (channels,))
 
 
-class FuseConstantShift(NodeRewrite):
+class ShiftRewrite(NodeRewrite):
+    """A fold of ``y * c``, ``y + c`` or ``y - c`` into the node producing ``y`` (``_channel_shift``)."""
+
+    def candidates(self, graph: Graph) -> list[Node]:
+        return [n for n in graph.nodes if n.op in ("add", "sub", "mul") and len(n.inputs) == 2]
+
+
+class FuseConstantShift(ShiftRewrite):
     """Fold ``y + c``, ``y - c`` and ``y * c`` into the conv/dense producing ``y``, for a constant
     ``c`` with one value per output channel (or one value): into its bias, or its weights and bias.
 
@@ -168,9 +175,6 @@ class FuseConstantShift(NodeRewrite):
     """
 
     name = "fuse-constant-shift"
-
-    def candidates(self, graph: Graph) -> list[Node]:
-        return [n for n in graph.nodes if n.op in ("add", "sub", "mul") and len(n.inputs) == 2]
 
     def rewrite_node(self, ed: Editor, n: Node) -> str | None:
         found = _channel_shift(ed, n, _is_linear)
@@ -189,7 +193,7 @@ class FuseConstantShift(NodeRewrite):
         return f"folded constant {n.op} {n.name!r} into {prod.op} {prod.name!r}"
 
 
-class FuseNormShift(NodeRewrite):
+class FuseNormShift(ShiftRewrite):
     """Fold ``y * c``, ``y + c`` and ``y - c`` into the batch norm or affine producing ``y``, for a
     constant ``c`` with one value per channel (or one value): into its scale and bias.
 
@@ -199,9 +203,6 @@ class FuseNormShift(NodeRewrite):
     """
 
     name = "fuse-norm-shift"
-
-    def candidates(self, graph: Graph) -> list[Node]:
-        return [n for n in graph.nodes if n.op in ("add", "sub", "mul") and len(n.inputs) == 2]
 
     def rewrite_node(self, ed: Editor, n: Node) -> str | None:
         graph = ed.graph

@@ -369,7 +369,7 @@ class Hls4mlTarget(Target):
 
         model = run_fixed(graph, plan, ir_feeds, keep_intermediates=True)
         ref = interpreter.run(graph, ir_feeds)
-        out: dict[str, Any] = {"built": False}
+        out: dict[str, Any] = {"built": built}
         numpy_out = {o: model[_last_layer(graph, o)].to_float() for o in graph.outputs}
         out["numpy_agreement"] = _agreement(ref, numpy_out)
         out["numpy_cosine"] = _cosine_of(ref, numpy_out)
@@ -379,7 +379,6 @@ class Hls4mlTarget(Target):
             self._below_budget(out["numpy_agreement"], "the NumPy model's", out["first_error_jump"], notes,
                                out["numpy_cosine"])
             return out
-        out["built"] = True
         with Hls4mlCsimRunner(outdir, build=False) as runner:
             got, traces = runner.run(feeds, trace=True)
         back = {v: k for k, v in names.items()}
