@@ -29,7 +29,6 @@ Runtime module: NumPy, h5py and the frameworks only, nothing from the compiler.
 from __future__ import annotations
 
 import faulthandler
-import hashlib
 import io
 import json
 import math
@@ -710,27 +709,24 @@ def _keras3_model(label: str, cfg: dict, members: dict[str, bytes], safe_mode: b
             raise _framework_error(label, "Keras could not load the model", e) from None
 
 
-# The last model loaded, by its files' bytes: compile reads the source once for the IR and runs it
-# again for verification, and a Keras load costs seconds. One entry, so a `tapeout build` of many
-# models holds one at a time.
+# The last model loaded, by its files' identity: compile reads the source once for the IR and runs
+# it again for verification, and a Keras load costs seconds. One entry, so a `tapeout build` of
+# many models holds one at a time.
 _LAST: tuple[tuple[Any, ...], LoadedModel] | None = None
 _LAST_LOCK = threading.Lock()
 
 
 def _files_key(p: Path, w: Path | None, safe_mode: bool) -> tuple[Any, ...] | None:
-    def digest(f: Path) -> tuple[str, str] | None:
-        if not f.is_file() or f.stat().st_size > MAX_MODEL_BYTES.default:
-            return None  # the load judges it; nothing that large is hashed first
-        with f.open("rb") as fh:  # streamed: constant memory
-            return str(f.resolve()), hashlib.file_digest(fh, "sha256").hexdigest()
-
+    """Each file's path, device, inode, size and modification time (nanoseconds): a file rewritten
+    since changes one of them, and taking them reads no bytes (hashing read every model twice)."""
     try:
-        files = [digest(p)] + ([] if w is None else [digest(w)])
+        files = [(str(f.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+                 for f in ([p] if w is None else [p, w]) for st in (f.stat(),)]
     except OSError:
         return None  # the load reports it
     # The budgets the load checked against: a file loaded under one is not passed under another.
     budgets = tuple(os.environ.get(b.env) for b in BUDGETS)
-    return None if None in files else (*files, safe_mode, budgets)
+    return (*files, safe_mode, budgets)
 
 
 def load_keras_model(path: str | Path, weights: str | Path | None = None, *, safe_mode: bool = True,
@@ -739,8 +735,8 @@ def load_keras_model(path: str | Path, weights: str | Path | None = None, *, saf
 
     ``check`` runs on the checked config before any framework sees it (the compiler's
     supported-layer check). Raises ModelFileError (exit 2); ImportError when the framework is
-    missing. Loading the same bytes again in this process returns the same model (``check``
-    still runs on its config).
+    missing. Loading the same, unchanged files again in this process returns the same model
+    (``check`` still runs on its config).
     """
     global _LAST
     key = _files_key(Path(path), None if weights is None else Path(weights), safe_mode)

@@ -278,9 +278,9 @@ def test_fuzzer_legacy_h5_whose_config_read_never_returned_is_exit_2():
     assert r.stderr.startswith("tapeout: error:") and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_the_same_bytes_load_once_per_process(tmp_path) -> None:
+def test_the_same_files_load_once_per_process(tmp_path) -> None:
     """compile reads the source for the IR and again to run it: the second load of the same bytes
-    is the same model (the caller's check still runs on its config); other bytes load afresh."""
+    is the same model (the caller's check still runs on its config); changed files load afresh."""
     import shutil
     from pathlib import Path
 
