@@ -78,10 +78,13 @@ class TargetReport:
     # restored it (compiler.cache). Provenance of the run, like seconds: report.json carries it
     # only with timings, so a --no-timings report is the same bytes either way.
     source: str = "built"
+    # The artifact verified in the target's other runtimes too (tflite: TFLite Micro), each judged
+    # as ``verification`` is; the target passes only when every one does.
+    cross_checks: list[Verification] = field(default_factory=list)
 
     # The keys to_json writes itself; every other key of an entry is an ``extra`` field.
     FIELDS: ClassVar[frozenset[str]] = frozenset({"target", "variant", "artifacts", "size_bytes", "seconds", "notes",
-                                                  "verification", "interface", "from"})
+                                                  "verification", "interface", "from", "cross_checks"})
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "TargetReport":
@@ -89,7 +92,8 @@ class TargetReport:
         v = d.get("verification")
         return cls(d["target"], d["variant"], list(d["artifacts"]), int(d["size_bytes"]), float(d.get("seconds") or 0.0),
                    list(d.get("notes", [])), None if v is None else Verification.from_json(v),
-                   {k: val for k, val in d.items() if k not in cls.FIELDS}, d.get("interface"))
+                   {k: val for k, val in d.items() if k not in cls.FIELDS}, d.get("interface"),
+                   cross_checks=[Verification.from_json(c) for c in d.get("cross_checks", [])])
 
     @property
     def folder(self) -> str:
@@ -97,7 +101,7 @@ class TargetReport:
 
     @property
     def passed(self) -> bool:
-        return self.verification is None or self.verification.passed
+        return (self.verification is None or self.verification.passed) and all(c.passed for c in self.cross_checks)
 
     def to_json(self, timings: bool = True) -> dict[str, Any]:
         d = {
@@ -106,6 +110,8 @@ class TargetReport:
             "notes": self.notes,
             "verification": self.verification.to_json() if self.verification else None,
         }
+        if self.cross_checks:
+            d["cross_checks"] = [c.to_json() for c in self.cross_checks]
         if self.interface is not None:
             d["interface"] = self.interface
         if timings:

@@ -229,6 +229,12 @@ class Target:
         """A runner executing the artifact written into ``outdir``."""
         raise NotImplementedError
 
+    def cross_runners(self, outdir: Path, extra: Mapping[str, Any]) -> list[Runner]:
+        """Other runtimes the artifact in ``outdir`` must also pass in, judged as ``runner``'s is
+        (tflite: TFLite Micro, in the arena its model.h declares). ``extra``: this target's report
+        entry as written (``EmitResult.extra``). None here."""
+        return []
+
     def confirm(self, graph: Graph, outdir: Path, data: BuildData, emitted: EmitResult,
                 report: dict[str, Any], notes: list[str]) -> None:
         """The verify stage's hook for what only this target can check of its own artifacts

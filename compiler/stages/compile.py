@@ -232,6 +232,8 @@ def verify_emitted(c: Checked, p: Prepared, i: int, e: Emitted, progress: Progre
     ttol = verify_stage.target_tolerance(target, variant, spec.atol, spec.rtol, base, e.result.tolerance)
     tr.verification = verify_stage.verify_target(target, e.folder, p.dataset, p.reference, ttol, p.source_name,
                                                  p.exact, p.ir32)
+    tr.cross_checks = verify_stage.cross_check(target, e.folder, tr.extra, p.dataset, p.reference, ttol,
+                                               p.source_name, p.exact, p.ir32)
     if spec.max_accuracy_drop is not None and cls.default_tolerance(variant) is not None:
         verify_stage.judge_accuracy(tr, spec.max_accuracy_drop)
     if spec.trace:  # --trace: per-layer error against the reference interpreter (compiler.trace)

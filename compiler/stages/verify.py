@@ -22,6 +22,7 @@ from tapeout.compiler.stages.spec import Progress, noop
 from tapeout.runtime.compare import ComparisonResult, Tolerance, compare, is_classifier
 from tapeout.runtime.data import Dataset, load_data, synthesize
 from tapeout.runtime.errors import RuntimeInputError
+from tapeout.runtime.protocol import Runner
 from tapeout.runtime.runners.select import is_hls4ml_project, runner_for
 from tapeout.runtime.verify import attach_expected_errors, expected_output_errors, run_batches, verify
 from tapeout.targets.base import Target
@@ -84,7 +85,27 @@ def trace_target(target: str, graph: Graph, tdir: Path, dataset: Dataset,
 def verify_target(target: Target, tdir: Path, dataset: Dataset, reference: dict[str, np.ndarray],
                    tol: Tolerance, source_name: str, exact: Mapping[str, np.ndarray] | None = None,
                    ir32: Mapping[str, np.ndarray] | None = None) -> Verification:
-    runner = target.runner(tdir)
+    return verify_runner(target.runner(tdir), tdir, dataset, reference, tol, source_name, exact, ir32)
+
+
+def cross_check(target: Target, tdir: Path, extra: Mapping[str, Any], dataset: Dataset,
+                reference: dict[str, np.ndarray], tol: Tolerance, source_name: str,
+                exact: Mapping[str, np.ndarray] | None = None,
+                ir32: Mapping[str, np.ndarray] | None = None) -> list[Verification]:
+    """The artifact in each of the target's other runtimes (tflite: TFLite Micro), judged as the
+    primary runner is; a runtime that cannot run it fails its check with the reason."""
+    checks = []
+    for runner in target.cross_runners(tdir, extra):
+        try:
+            checks.append(verify_runner(runner, tdir, dataset, reference, tol, source_name, exact, ir32))
+        except RuntimeInputError as e:
+            checks.append(_unrun(f"{runner.name} could not run it: {e}", tol, dataset, runner.name))
+    return checks
+
+
+def verify_runner(runner: Runner, tdir: Path, dataset: Dataset, reference: dict[str, np.ndarray],
+                  tol: Tolerance, source_name: str, exact: Mapping[str, np.ndarray] | None = None,
+                  ir32: Mapping[str, np.ndarray] | None = None) -> Verification:
     with runner:
         candidate = run_batches(runner, dataset)
         name = runner.name
@@ -359,8 +380,10 @@ def verify_build(source: str | Path, outdir: str | Path, *, weights: str | Path 
             tr.verification = _unrun(f"missing: {', '.join(missing)}", ttol, dataset)
         else:
             try:
-                tr.verification = verify_target(cls(variant), tdir, dataset, reference, ttol, source_name,
-                                                 exact, ir32)
+                target = cls(variant)
+                tr.verification = verify_target(target, tdir, dataset, reference, ttol, source_name, exact, ir32)
+                tr.cross_checks = cross_check(target, tdir, tr.extra, dataset, reference, ttol, source_name,
+                                              exact, ir32)
             except (FrontendError, RuntimeInputError) as e:  # a damaged artifact; a missing tool stays exit 3
                 tr.verification = _unrun(f"could not be run: {e}", ttol, dataset)
         if max_accuracy_drop is not None and tr.verification.error is None \
@@ -388,8 +411,8 @@ def _build_calibration(built: Mapping[str, Any]) -> str | None:
 _TARGET_FIELDS = TargetReport.FIELDS | {"trace"}
 
 
-def _unrun(reason: str, tol: Tolerance, dataset: Dataset) -> Verification:
-    return Verification(passed=False, runner="-", samples=dataset.num_samples, data=dataset.kind,
+def _unrun(reason: str, tol: Tolerance, dataset: Dataset, runner: str = "-") -> Verification:
+    return Verification(passed=False, runner=runner, samples=dataset.num_samples, data=dataset.kind,
                         max_abs_err=None, mean_abs_err=None, cosine=None, top1_agreement=None,
                         atol=tol.atol, rtol=tol.rtol, error=reason)
 

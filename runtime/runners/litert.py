@@ -47,7 +47,7 @@ def _clean(tensor_name: str) -> str:
     return tensor_name.removeprefix("serving_default_").split(":")[0]
 
 
-class _Port:
+class QuantizedPort:
     """One input or output tensor: its index and how to (de)quantize it."""
 
     def __init__(self, name: str, details: dict[str, Any]) -> None:
@@ -99,8 +99,8 @@ class LiteRTRunner(FileRunner):
         self.num_threads = num_threads
         self.backend = backend
         self._interp: Any = None
-        self._inputs: list[_Port] = []
-        self._outs: list[_Port] = []
+        self._inputs: list[QuantizedPort] = []
+        self._outs: list[QuantizedPort] = []
         self._batch: int | None = None  # the fixed batch of a model without a dynamic one
         self._current: dict[int, tuple[int, ...]] = {}
 
@@ -134,10 +134,10 @@ class LiteRTRunner(FileRunner):
             missing = [t for t in self.intermediates if t not in by_name]
             if missing:
                 raise RuntimeInputError(f"{self.path}: no tensor(s) {', '.join(missing[:3])} to trace")
-            self._outs += [_Port(t, by_name[t]) for t in self.intermediates]
+            self._outs += [QuantizedPort(t, by_name[t]) for t in self.intermediates]
         self._outputs = [p.name for p in self._outs]
 
-    def _ports(self, details: list[dict[str, Any]], kind: str) -> list[_Port]:
+    def _ports(self, details: list[dict[str, Any]], kind: str) -> list[QuantizedPort]:
         """Ports in the subgraph's order, named by the signature when the model has one."""
         by_index = {int(d["index"]): d for d in details}
         names = {int(d["index"]): _clean(d["name"]) for d in details}
@@ -147,7 +147,7 @@ class LiteRTRunner(FileRunner):
             for name, index in signatures[key][kind].items():
                 if int(index) in names:
                     names[int(index)] = name
-        return [_Port(names[int(d["index"])], by_index[int(d["index"])]) for d in details]
+        return [QuantizedPort(names[int(d["index"])], by_index[int(d["index"])]) for d in details]
 
     def _close(self) -> None:
         self._interp = None

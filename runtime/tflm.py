@@ -1,0 +1,240 @@
+"""TensorFlow Lite Micro itself (the ``tflite-micro`` package: Python bindings over the real C++
+interpreter, its reference kernels and its allocator): loading a model into an arena, and the
+arena a model needs, measured rather than estimated.
+
+TFLite Micro reports failures by printing (MicroPrintf goes to stderr) and returning an error
+status, which the bindings turn into a bare RuntimeError. Its messages are caught at the file
+descriptor and become the one line a user sees. Nothing here imports the compiler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from tapeout.runtime.errors import RuntimeInputError, RuntimeUnavailable
+
+ALIGNMENT = 16  # TFLite Micro aligns the arena's start and its buffers to 16 bytes
+# Above this an arena is not a microcontroller's: the search gives up (a bound, not a policy).
+MAX_ARENA = 1 << 30
+# TFLite Micro places its own allocator objects in the arena and crashes (a segfault, not an
+# error) when they do not fit: about 450 bytes on this host. Smaller arenas are refused here.
+MIN_ARENA = 512
+
+# fd 2 is the process's; two captures at once would read each other's text.
+_STDERR = threading.Lock()
+
+
+class TflmError(RuntimeInputError):
+    """TFLite Micro refused the model: its own message, as one line."""
+
+
+def interpreter_module() -> Any:
+    try:
+        from tflite_micro.python.tflite_micro import runtime
+    except ImportError:
+        raise RuntimeUnavailable("running a model in TFLite Micro needs the tflite-micro package: "
+                                 "pip install tflite-micro (tapeout pins a dev build in constraints.txt)") from None
+    return runtime
+
+
+@contextlib.contextmanager
+def captured_stderr() -> Iterator[list[str]]:
+    """fd 2 into a temporary file for the duration (TFLite Micro's C++ prints there); the list
+    gets the text at exit."""
+    sink: list[str] = []
+    with _STDERR, tempfile.TemporaryFile(mode="w+b") as tmp:
+        saved = os.dup(2)
+        try:
+            os.dup2(tmp.fileno(), 2)
+            yield sink
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            sink.append(tmp.read().decode("utf-8", "replace"))
+
+
+def _reason(text: str) -> str:
+    """TFLite Micro's first printed complaint, one line (the later ones repeat its consequence)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("[RecordingMicroAllocator]")]
+    return lines[0] if lines else "no message"
+
+
+def load(data: bytes, arena_size: int) -> Any:
+    """A TFLite Micro interpreter over ``data`` with an arena of ``arena_size`` bytes, tensors
+    allocated; TflmError with TFLite Micro's reason when it cannot be."""
+    rt = interpreter_module()
+    if arena_size < MIN_ARENA:
+        raise TflmError(f"TFLite Micro: an arena of {arena_size} bytes cannot hold the interpreter itself "
+                        f"(at least {MIN_ARENA})")
+    with captured_stderr() as err:
+        try:
+            return rt.Interpreter.from_bytes(bytes(data), arena_size=int(arena_size))
+        except (RuntimeError, ValueError) as exc:
+            failure: Exception = exc
+    raise TflmError(f"TFLite Micro: {_reason(err[0]) if err[0].strip() else failure}")
+
+
+def invoke(interp: Any) -> None:
+    with captured_stderr() as err:
+        try:
+            interp.invoke()
+            return
+        except (RuntimeError, ValueError) as exc:
+            failure: Exception = exc
+    raise TflmError(f"TFLite Micro: invoke failed: {_reason(err[0]) if err[0].strip() else failure}")
+
+
+# ------------------------------------------------------------------ the arena
+@dataclass(frozen=True)
+class Allocation:
+    """One line of the recording allocator's report: bytes used (with alignment), requested, and how many."""
+
+    used: int
+    requested: int
+    count: int
+
+
+@dataclass(frozen=True)
+class AllocationRecord:
+    """What TFLite Micro's RecordingMicroAllocator says it took from the arena.
+
+    ``head``: the planned, non-persistent buffers (activations and kernels' scratch);
+    ``tail``: persistent data (eval tensors, node structs, kernels' persistent buffers, and the
+    interpreter's own bookkeeping, which the recorder does not itemize)."""
+
+    total: int
+    head: int
+    tail: int
+    kinds: dict[str, Allocation] = field(default_factory=dict)
+
+    @property
+    def unitemized(self) -> int:
+        """Tail bytes the recorder does not name (subgraph tables, tensor pointer arrays...)."""
+        return self.tail - sum(a.used for a in self.kinds.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"total": self.total, "head": self.head, "tail": self.tail,
+                "kinds": {k: {"used": a.used, "requested": a.requested, "count": a.count}
+                          for k, a in sorted(self.kinds.items())},
+                "unitemized": self.unitemized}
+
+
+_TOTAL = re.compile(r"Arena allocation (total|head|tail) (\d+) bytes")
+_KIND = re.compile(r"'([^']+)' used (\d+) bytes with alignment overhead \(requested (\d+) bytes for (\d+) ")
+
+
+def parse_allocations(text: str) -> AllocationRecord:
+    totals = {m.group(1): int(m.group(2)) for m in _TOTAL.finditer(text)}
+    if set(totals) != {"total", "head", "tail"}:
+        raise TflmError(f"TFLite Micro's allocation record has no totals: {_reason(text)}")
+    kinds = {m.group(1): Allocation(int(m.group(2)), int(m.group(3)), int(m.group(4))) for m in _KIND.finditer(text)}
+    return AllocationRecord(totals["total"], totals["head"], totals["tail"], kinds)
+
+
+@dataclass(frozen=True)
+class Signature:
+    """The model's input and output names, in the subgraph's order: the signature's names when it
+    has one (what LiteRT calls them), else the tensors' names."""
+
+    inputs: list[str]
+    outputs: list[str]
+
+
+def signature(data: bytes) -> Signature:
+    rt = interpreter_module()
+    try:
+        model = rt.convert_bytearray_to_object(bytearray(data))
+        graph = model.subgraphs[0]
+        ins, outs = [int(t) for t in graph.inputs], [int(t) for t in graph.outputs]
+        names = {i: _text(graph.tensors[i].name) for i in (*ins, *outs)}
+    except Exception as exc:  # the generated flatbuffer reader raises anything on a bad file
+        raise TflmError(f"not a TFLite flatbuffer ({type(exc).__name__})") from None
+    for sig in model.signatureDefs or []:
+        if _text(sig.signatureKey) in ("serving_default", "") or len(model.signatureDefs) == 1:
+            for t in (*(sig.inputs or []), *(sig.outputs or [])):
+                if int(t.tensorIndex) in names:
+                    names[int(t.tensorIndex)] = _text(t.name)
+            break
+    return Signature([names[i] for i in ins], [names[i] for i in outs])
+
+
+def _text(b: Any) -> str:
+    return b.decode("utf-8", "replace") if isinstance(b, bytes) else str(b or "")
+
+
+def _zero_inputs(interp: Any, count: int) -> None:
+    import numpy as np
+
+    for i in range(count):
+        d = interp.get_input_details(i)
+        interp.set_input(np.zeros(d["shape"], d["dtype"]), i)
+
+
+def record(data: bytes, arena_size: int) -> AllocationRecord:
+    """Allocate and invoke once (zero inputs) with ``arena_size``, and read the allocation record."""
+    interp = load(data, arena_size)
+    _zero_inputs(interp, len(signature(data).inputs))
+    invoke(interp)
+    with captured_stderr() as out:
+        interp.print_allocations()
+    return parse_allocations(out[0])
+
+
+def allocates(data: bytes, arena_size: int) -> bool:
+    try:
+        load(data, arena_size)
+    except TflmError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class ArenaMeasurement:
+    """The smallest arena TFLite Micro allocates and invokes the model in, on this host.
+
+    ``minimum`` is exact to the byte for this build of TFLite Micro on this machine (64-bit:
+    pointers are 8 bytes); ``record`` is the recording allocator's account of it."""
+
+    minimum: int
+    record: AllocationRecord
+    pointer_bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"minimum": self.minimum, "pointer_bytes": self.pointer_bytes, "record": self.record.to_json()}
+
+
+def measure_arena(data: bytes) -> ArenaMeasurement:
+    """Bisect for the smallest arena that allocates, starting from the recorded total; confirm
+    that it also invokes. Allocation is where TFLite Micro takes all its memory: kernels ask for
+    their persistent and scratch buffers in Prepare, never during Invoke."""
+    import struct
+
+    size = max(len(data) * 4, 1 << 16)
+    while True:
+        try:
+            rec = record(data, size)
+            break
+        except TflmError as exc:
+            if "Failed to" not in str(exc) or size >= MAX_ARENA:
+                raise
+            size *= 4
+    # lo fails, hi allocates. Every tail byte is persistent, so no arena below the tail can work;
+    # and TFLite Micro crashes (segfault, not an error) on arenas too small for its own objects.
+    lo, hi = max(rec.tail, MIN_ARENA) - 1, rec.total
+    if not allocates(data, hi):  # the record undercounts: search above it
+        lo, hi = hi, size
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if allocates(data, mid):
+            hi = mid
+        else:
+            lo = mid
+    at_minimum = record(data, hi)
+    return ArenaMeasurement(hi, at_minimum, struct.calcsize("P"))
