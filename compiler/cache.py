@@ -46,7 +46,8 @@ __all__ = ["DEFAULT_TOOLS", "Cache", "CorruptEntry", "Entry", "cache_dir", "cach
            "parse_size", "tool_versions"]
 
 # The tools whose versions decide the bytes a target writes (g++ builds the hls4ml C-sim library).
-DEFAULT_TOOLS = ("tensorflow", "keras", "ai-edge-litert", "onnx", "onnxruntime", "hls4ml", "numpy", "g++")
+DEFAULT_TOOLS = ("tensorflow", "keras", "ai-edge-litert", "onnx", "onnxruntime", "hls4ml", "numpy", "g++",
+                 "ethos-u-vela")
 # A tool name may be installed under several distribution names.
 _DISTRIBUTIONS = {"tensorflow": ("tensorflow", "tensorflow-cpu", "tf-nightly")}
 _KEY = re.compile(r"[0-9a-f]{64}")

@@ -13,12 +13,13 @@ cache (with --no-timings; with timings each target says where it came from).
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tapeout.compiler.cache import Cache, CorruptEntry, Entry, cache_key, tool_versions
+from tapeout.compiler.cache import Cache, CorruptEntry, Entry, cache_key, file_sha256, tool_versions
 from tapeout.compiler.report import CompileReport, TargetReport
 from tapeout.compiler.version import __version__
 
@@ -45,8 +46,15 @@ def keys(c: Any) -> Keys:
 
     return Keys(key({"entry": "model"}), [
         key({"entry": "target", "target": f"{cls.name}:{variant}", "io_layout": target.io_layout,
-             "options": target.opts.normalized()})
+             "options": target.opts.normalized(), "option_files": option_files(target)})
         for (cls, variant), target in zip(c.chosen, c.built)])
+
+
+def option_files(target: Any) -> dict[str, str]:
+    """The bytes of the files a target's options name (ethos-u.config, a Vela .ini): an edited file
+    is another build, though its path is the same."""
+    paths = {name: getattr(target.opts, name) for name in target.Options.path_fields()}
+    return {name: file_sha256(p) for name, p in sorted(paths.items()) if isinstance(p, str) and os.path.isfile(p)}
 
 
 @dataclass
