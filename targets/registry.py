@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tapeout.compiler.errors import UsageError
 from tapeout.targets.base import Target
+from tapeout.targets.ethos_u.target import EthosUTarget
 from tapeout.targets.hls4ml.target import Hls4mlTarget
 from tapeout.targets.onnx.target import OnnxTarget
 from tapeout.targets.tensorrt.target import TensorrtTarget
@@ -14,6 +15,7 @@ TARGETS: dict[str, type[Target]] = {
     OnnxTarget.name: OnnxTarget,
     TfliteTarget.name: TfliteTarget,
     TensorrtTarget.name: TensorrtTarget,
+    EthosUTarget.name: EthosUTarget,
 }
 
 
