@@ -55,6 +55,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/compile_scaling.py
 	$(BIN)/python benchmarks/trace_overhead.py
 	$(BIN)/python benchmarks/build_cache.py
+	$(BIN)/python benchmarks/ethos_u.py
 
 # Re-pin the stack from the current environment.
 freeze:
