@@ -41,6 +41,12 @@ class EthosUOptions(TargetOptions):
     io: Literal["int8", "float"] = "int8"  # the model's input/output type
     array_name: str | None = None  # the C array's name; None: g_<graph name>_vela_model
 
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], *, target: str, variant: str | None = None) -> EthosUOptions:
+        # Vela spells these with hyphens (--system-config): both spellings are taken.
+        return super().from_mapping({str(k).replace("-", "_"): v for k, v in values.items()}, target=target,
+                                    variant=variant)
+
     def checked(self, target: str, variant: str | None) -> EthosUOptions:
         if self.array_name and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.array_name):
             raise UsageError(f"ethos-u: option array_name: {self.array_name!r} is not a C identifier")

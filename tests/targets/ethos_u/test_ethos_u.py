@@ -228,3 +228,12 @@ def test_cache_key_follows_the_ini_bytes(tmp_path):
     first = option_files(EthosUTarget("u55-128", **opts))
     ini.write_text(arm.read_text().replace("core_clock=200e6", "core_clock=100e6"))
     assert first and option_files(EthosUTarget("u55-128", **opts)) != first
+
+
+def test_options_take_velas_hyphens_and_fill_its_defaults():
+    from tapeout.targets.ethos_u.target import EthosUTarget
+
+    t = EthosUTarget("u85-256", **{"system-config": "Ethos_U85_SYS_DRAM_High", "arena-cache-size": "65536"})
+    assert (t.opts.system_config, t.opts.memory_mode, t.opts.arena_cache_size) == (
+        "Ethos_U85_SYS_DRAM_High", "Dedicated_Sram_384KB", 65536)
+    assert EthosUTarget("u65-512").options["system_config"] == "Ethos_U65_Client_Server"
