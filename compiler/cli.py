@@ -269,6 +269,11 @@ def print_compile_summary(report: Any, out: TextIO, footer: bool = True) -> None
         table.add_row(f"{t.target}:{t.variant}", ", ".join(t.artifacts), _fmt_size(t.size_bytes),
                       "cached" if t.source == "cache" else f"{t.seconds:.2f}", verdict, _fmt(v.max_abs_err if v else None),
                       _fmt(v.cosine if v else None, ".6f"), _fmt(v.top1_agreement if v else None, ".4f"), acc)
+        for c in t.cross_checks:  # the same artifact in the target's other runtimes (TFLite Micro)
+            cacc = f"{c.accuracy['source']:.4f}/{c.accuracy['artifact']:.4f}" if c.accuracy else "-"
+            table.add_row(f"  in {c.runner.split(' vs ')[0]}", "", "", "",
+                          "[green]pass[/green]" if c.passed else "[red]FAIL[/red]", _fmt(c.max_abs_err),
+                          _fmt(c.cosine, ".6f"), _fmt(c.top1_agreement, ".4f"), cacc)
     con.print(table)
     if footer:
         con.print(f"report  {os.path.join(report.outdir, 'report.json')}")
@@ -615,8 +620,9 @@ def _verify_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if args.trace:
             print_trace([(f"{t.target}:{t.variant}", t.extra.get("trace")) for t in report.targets], out)
         for t in report.targets:
-            if t.verification is not None and t.verification.error:
-                _console(out).print(f"error   {t.target}:{t.variant}: {t.verification.error}", markup=False)
+            for v in (t.verification, *t.cross_checks):
+                if v is not None and v.error:
+                    _console(out).print(f"error   {t.target}:{t.variant}: {v.error}", markup=False)
         failing = failing_artifacts(report)
         _console(out).print(f"FAILED: {'; '.join(failing)}" if failing else
                             f"PASSED: {len(report.targets)} artifact(s) of {args.artifact}", markup=False)

@@ -115,6 +115,11 @@ def _summary(report: Mapping[str, Any]) -> str:
                      _num((v or {}).get("max_abs_err")), _num((v or {}).get("cosine"), ".6f"),
                      _num((v or {}).get("top1_agreement"), ".4f"),
                      "-" if not acc else f"{acc['source']:.4f} / {acc['artifact']:.4f}"])
+        for c in t.get("cross_checks", []):  # the same artifact in the target's other runtimes
+            cacc = c.get("accuracy")
+            rows.append([f"&nbsp;&nbsp;in {_e(str(c.get('runner')).split(' vs ')[0])}", "", "", "", _verdict(c), "",
+                         _num(c.get("max_abs_err")), _num(c.get("cosine"), ".6f"), _num(c.get("top1_agreement"), ".4f"),
+                         "-" if not cacc else f"{cacc['source']:.4f} / {cacc['artifact']:.4f}"])
     return "<h2>Summary</h2>\n" + _table(
         ["target", "artifacts", "bytes", "seconds", "verified", "rule", "max abs err", "cosine", "top-1 agree",
          "accuracy source / artifact"], rows, numeric=(2, 3, 6, 7, 8))

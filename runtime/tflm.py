@@ -26,6 +26,8 @@ MAX_ARENA = 1 << 30
 # error) when they do not fit: about 450 bytes on this host. Smaller arenas are refused here.
 MIN_ARENA = 512
 
+# TFLite Micro's messages for an arena too small (the allocator's and the memory planner's).
+_SHORT = re.compile(r"Failed to (allocate|resize)|Too many buffers|available \d+, missing")
 # fd 2 is the process's; two captures at once would read each other's text.
 _STDERR = threading.Lock()
 
@@ -60,10 +62,17 @@ def captured_stderr() -> Iterator[list[str]]:
             sink.append(tmp.read().decode("utf-8", "replace"))
 
 
+_NODE = re.compile(r"^Node (\S+) \(number (\d+)\) failed to (\w+)")
+
+
 def _reason(text: str) -> str:
-    """TFLite Micro's first printed complaint, one line (the later ones repeat its consequence)."""
+    """TFLite Micro's first printed complaint, one line (the later ones repeat its consequence),
+    prefixed by the node that made it when TFLite Micro names one."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("[RecordingMicroAllocator]")]
-    return lines[0] if lines else "no message"
+    if not lines:
+        return "no message"
+    node = next((m for m in map(_NODE.match, lines[1:]) if m), None)
+    return f"{node.group(0)}: {lines[0]}" if node else lines[0]
 
 
 def load(data: bytes, arena_size: int) -> Any:
@@ -76,7 +85,8 @@ def load(data: bytes, arena_size: int) -> Any:
     with captured_stderr() as err:
         try:
             return rt.Interpreter.from_bytes(bytes(data), arena_size=int(arena_size))
-        except (RuntimeError, ValueError) as exc:
+        # The Python wrapper reads some op options itself and raises AttributeError/TypeError on odd ones.
+        except (RuntimeError, ValueError, AttributeError, TypeError) as exc:
             failure: Exception = exc
     raise TflmError(f"TFLite Micro: {_reason(err[0]) if err[0].strip() else failure}")
 
@@ -211,30 +221,81 @@ class ArenaMeasurement:
 
 
 def measure_arena(data: bytes) -> ArenaMeasurement:
-    """Bisect for the smallest arena that allocates, starting from the recorded total; confirm
-    that it also invokes. Allocation is where TFLite Micro takes all its memory: kernels ask for
-    their persistent and scratch buffers in Prepare, never during Invoke."""
-    import struct
+    """The smallest arena that allocates, bisected to the byte, then confirmed by an invoke with
+    the allocation record read there. Allocation is where TFLite Micro takes all its memory:
+    kernels ask for persistent and scratch buffers in Prepare, never in Invoke.
 
-    size = max(len(data) * 4, 1 << 16)
-    while True:
-        try:
-            rec = record(data, size)
+    The search runs in a child process: on some too-small arenas TFLite Micro crashes
+    (segfaults) in its failure path instead of returning an error (the jet MLP's int8 model at
+    3,750 bytes, whose minimum is 4,048). A crash at a size counts as that size failing; the
+    search resumes in a fresh child. Sizes at or above the minimum succeed, so the runner and
+    the record run in this process."""
+    import struct
+    import subprocess
+    import sys
+
+    lo, hi = MIN_ARENA - 1, None  # lo fails; hi, once found, allocates
+    for _ in range(64):
+        cmd = [sys.executable, "-m", "tapeout.runtime.tflm", str(lo)] + ([str(hi)] if hi is not None else [])
+        proc = subprocess.run(cmd, input=data, capture_output=True)
+        tried = None
+        for line in proc.stdout.decode().split():
+            verdict, _, n = line.partition("=")
+            if verdict == "try":
+                tried = int(n)
+            elif verdict == "ok":
+                hi, tried = int(n), None
+            elif verdict == "no":
+                lo, tried = max(lo, int(n)), None
+            elif verdict == "error":
+                raise TflmError(f"TFLite Micro: {bytes.fromhex(n).decode('utf-8', 'replace')}")
+        if proc.returncode == 0 and hi is not None and hi - lo <= 1:
             break
-        except TflmError as exc:
-            if "Failed to" not in str(exc) or size >= MAX_ARENA:
-                raise
-            size *= 4
-    # lo fails, hi allocates. Every tail byte is persistent, so no arena below the tail can work;
-    # and TFLite Micro crashes (segfault, not an error) on arenas too small for its own objects.
-    lo, hi = max(rec.tail, MIN_ARENA) - 1, rec.total
-    if not allocates(data, hi):  # the record undercounts: search above it
-        lo, hi = hi, size
+        if proc.returncode == 0 or tried is None:
+            raise TflmError(f"TFLite Micro's arena search stopped: {_reason(proc.stderr.decode('utf-8', 'replace'))}")
+        lo = max(lo, tried)  # it crashed trying this size
+    else:
+        raise TflmError("TFLite Micro's arena search crashed too often to finish")
+    return ArenaMeasurement(hi, record(data, hi), struct.calcsize("P"))
+
+
+def _search(data: bytes, lo: int, hi: int | None) -> None:
+    """The child's half of measure_arena: prints try=N before each attempt and ok=N / no=N after,
+    so the parent knows which size a crash happened at."""
+    import sys
+
+    def attempt(n: int, growing: bool = False) -> bool:
+        print(f"try={n}", flush=True)
+        try:
+            load(data, n)
+        except TflmError as e:
+            # Below a size that worked, any failure is the arena's. Before one, only a shortage
+            # message is: anything else (an op or type TFLite Micro lacks) ends the search.
+            if growing and not _SHORT.search(str(e)):
+                print(f"error={str(e).removeprefix('TFLite Micro: ').encode().hex()}", flush=True)
+                sys.exit(0)
+            print(f"no={n}", flush=True)
+            return False
+        print(f"ok={n}", flush=True)
+        return True
+
+    if hi is None:
+        size = max(lo + 1, len(data) * 4, 1 << 16)
+        while not attempt(size, growing=True):
+            if size >= MAX_ARENA:
+                print(f"error={b'no arena up to 1 GiB is enough'.hex()}", flush=True)
+                sys.exit(0)
+            size = min(size * 4, MAX_ARENA)
+        hi = size
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if allocates(data, mid):
+        if attempt(mid):
             hi = mid
         else:
             lo = mid
-    at_minimum = record(data, hi)
-    return ArenaMeasurement(hi, at_minimum, struct.calcsize("P"))
+
+
+if __name__ == "__main__":
+    import sys
+
+    _search(sys.stdin.buffer.read(), int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else None)

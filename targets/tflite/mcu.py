@@ -101,61 +101,21 @@ def unsupported_ops(data: bytes) -> list[str]:
 
 
 # ------------------------------------------------------------------ the real interpreter's verdict
-# TFLite Micro's arena-shortage messages ("Failed to allocate tail memory. Requested: 480,
-# available 344, missing: 136", "Failed to resize buffer. ..."): a bigger arena, not a refusal.
-_SHORT = re.compile(r"available \d+, missing: \d+")
-_NODE = re.compile(r"^Node (\S+) \(number (\d+)\) failed to (\w+)")
-FIRST_ARENA = 1 << 20
-
-
-def _one_line(text: str, failure: Exception) -> str:
-    """TFLite Micro's first complaint, prefixed by the node that made it when it says so."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("[RecordingMicroAllocator]")]
-    if not lines:
-        return str(failure)
-    node = next((m for m in map(_NODE.match, lines[1:]) if m), None)
-    return f"{node.group(0)}: {lines[0]}" if node else lines[0]
-
-
-def tflm_refusal(data: bytes, invoke: bool = True) -> str | None:
+def tflm_refusal(data: bytes) -> str | None:
     """TFLite Micro's own reason (one line) when it will not run the model, None when it
-    allocates (and, with ``invoke``, invokes once on zero inputs: a few kernels check types
-    only in Eval). The arena grows from 1 MiB while TFLite Micro says it is short, so a
-    large model's activations are never mistaken for a refusal."""
-    import numpy as np
-
+    allocates and invokes it (some kernels check types only in Eval). The same search as the
+    arena measurement (runtime.tflm.measure_arena: a child process, the arena grown while TFLite
+    Micro says it is short), so a large model's activations are never taken for a refusal."""
     from tapeout.runtime import tflm
 
-    rt = tflm.interpreter_module()
-    arena = FIRST_ARENA
-    while True:
-        failure: Exception | None = None
-        with tflm.captured_stderr() as err:
-            try:
-                interp = rt.Interpreter.from_bytes(bytes(data), arena_size=arena)
-            except (RuntimeError, ValueError) as exc:
-                failure = exc
-        if failure is None:
-            break
-        if _SHORT.search(err[0]) and arena < tflm.MAX_ARENA:
-            arena *= 4
-            continue
-        return _one_line(err[0], failure)
-    if not invoke:
-        return None
-    for i in range(len(tflm.signature(data).inputs)):
-        d = interp.get_input_details(i)
-        interp.set_input(np.zeros(d["shape"], d["dtype"]), i)
-    with tflm.captured_stderr() as err:
-        try:
-            interp.invoke()
-            return None
-        except (RuntimeError, ValueError) as exc:
-            failure = exc
-    return _one_line(err[0], failure)
+    try:
+        tflm.measure_arena(data)
+    except tflm.TflmError as e:
+        return str(e).removeprefix("TFLite Micro: ")
+    return None
 
 
-def mcu_problem(data: bytes, invoke: bool = True) -> str | None:
+def mcu_problem(data: bytes) -> str | None:
     """The one line a microcontroller build is refused with, None when TFLite Micro runs it:
     every missing op at once when there are any (the interpreter would name only the first),
     else the interpreter's own reason."""
@@ -163,7 +123,7 @@ def mcu_problem(data: bytes, invoke: bool = True) -> str | None:
     if missing:
         return (f"TFLite Micro ({TFLM_VERSION}) has no kernel for {len(missing)} op"
                 f"{'s' if len(missing) > 1 else ''} of this model: {', '.join(missing)}")
-    reason = tflm_refusal(data, invoke)
+    reason = tflm_refusal(data)
     return None if reason is None else f"TFLite Micro ({TFLM_VERSION}) refuses this model: {reason}"
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 from tapeout.compiler.errors import UsageError
 from tapeout.compiler.ir import Graph
@@ -33,8 +33,14 @@ class TfliteOptions(TargetOptions):
     array_name: str | None = None  # the C array's name; None: g_<graph name>_model
     # Input/output type of the integer variants; None: float. Float variants ignore it (with a note).
     io: Literal["float", "int8", "uint8", "int16"] | None = None
+    # Bytes added to the measured TFLite Micro arena in model.h (optimized kernels' scratch).
+    arena_headroom: int = 0
+    # Refuse (exit 2) a model TFLite Micro cannot run: ops it has no kernel for, types it refuses.
+    mcu: bool = False
 
     def checked(self, target: str, variant: str | None) -> TfliteOptions:
+        if self.arena_headroom < 0:
+            raise UsageError(f"tflite: option arena_headroom: expected bytes >= 0, not {self.arena_headroom}")
         if self.array_name and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.array_name):
             raise UsageError(f"tflite: option array_name: {self.array_name!r} is not a C identifier")
         if self.io is not None and variant in IO_TYPES and self.io not in IO_TYPES[variant]:
@@ -71,6 +77,7 @@ class TfliteTarget(Target):
         from tapeout.targets.tflite import convert
         from tapeout.targets.tflite.flatbuffer import read_model
         from tapeout.targets.tflite.microcontroller import c_identifier, estimate_arena, write_c_array
+        from tapeout.targets.tflite.micro_arena import measure
 
         refused = unsupported_nodes(graph)
         if refused:
@@ -108,6 +115,8 @@ class TfliteTarget(Target):
                          f"(source {'/'.join(sorted({str(p.source_layout) for p in moved}))}); no transposes at "
                          "the model's edges")
         arena = estimate_arena(info)
+        # TFLite Micro itself, on the bytes the C array holds: the arena measured, the model verified.
+        micro = measure(data, self.variant, self.opts, arena.total) if self.opts.c_array or self.opts.mcu else None
         artifacts = ["model.tflite"]
         # Nothing here depends on what ran before in this process (the trace cache): reports of
         # identical builds must be identical. The sharing shows in the variants' seconds.
@@ -118,12 +127,17 @@ class TfliteTarget(Target):
             notes.append(f"{len(fused)} fused activation(s): {', '.join(sorted(set(fused)))}")
         extra.update({"ops": len(info.ops), "arena_bytes_estimate": arena.total,
                       "arena_activation_bytes": arena.activations})
+        if micro is not None:
+            extra["tflite_micro"] = micro.to_json()
+            notes.append(micro.note())
         if self.opts.c_array:
             array = self.opts.array_name or f"g_{c_identifier(graph.name)}_model"
             note = f"{graph.name} for TFLite Micro: tflite:{self.variant} by tapeout {__version__}"
-            artifacts += write_c_array(data, outdir, array, note, arena)
+            figures = micro.figures if micro is not None else None
+            artifacts += write_c_array(data, outdir, array, note, figures)
             extra["c_array"] = array
-            notes.append(f"C array {array} in model.cc/model.h; tensor arena estimate {arena.total} bytes")
+            notes.append(f"C array {array} in model.cc/model.h" + (
+                f"; tensor arena {figures.constant} bytes (measured in TFLite Micro)" if figures else ""))
         return EmitResult(artifacts, notes, extra, size_artifacts=["model.tflite"])
 
     @staticmethod
@@ -187,6 +201,16 @@ class TfliteTarget(Target):
                                       "fixed_outputs_quantized": len(found.fixed),
                                       "float_ops": len(found.float_ops)}
         return data, traced
+
+    def cross_runners(self, outdir: Path, extra: Mapping[str, Any]) -> list[Runner]:
+        """TFLite Micro, in the arena model.h declares, when it could run this variant."""
+        arena = (extra.get("tflite_micro") or {}).get("arena_bytes")
+        if arena is None:
+            return []
+        from tapeout.runtime.io_map import mapped
+        from tapeout.runtime.runners.tflm import TflmRunner
+
+        return [mapped(TflmRunner(outdir / "model.tflite", int(arena)), outdir)]
 
     def runner(self, outdir: Path) -> Runner:
         from tapeout.runtime.io_map import mapped

@@ -187,14 +187,25 @@ def _array_bytes(source: str) -> bytes:
 
 
 def test_c_array_holds_the_tflite_bytes(emitted) -> None:
-    for folder, result in emitted.values():
+    for variant, (folder, result) in emitted.items():
         source = (folder / "model.cc").read_text()
-        assert "alignas(16) const unsigned char g_test_model[]" in source
+        assert "TAPEOUT_ALIGN16 const unsigned char g_test_model[]" in source
+        assert "#define TAPEOUT_ALIGN16 alignas(16)" in source
         data = (folder / "model.tflite").read_bytes()
         assert _array_bytes(source) == data
         assert f"const unsigned int g_test_model_len = {len(data)};" in source
+        assert f"const unsigned int g_test_model_size = {len(data)};" in source
         header = (folder / "model.h").read_text()
-        assert f"#define G_TEST_MODEL_ARENA_BYTES_ESTIMATE {result.extra['arena_bytes_estimate']}" in header
+        assert f"#define G_TEST_MODEL_SIZE {len(data)}" in header
+        micro = result.extra["tflite_micro"]
+        if variant == "fp32":  # TFLite Micro runs it: the measured arena is the constant
+            assert f"#define G_TEST_MODEL_ARENA_BYTES {micro['arena_bytes']}" in header
+            assert micro["arena_bytes"] >= micro["measured_minimum"] > 0
+        elif variant == "fp16":  # fp16 weights: TFLite Micro's DEQUANTIZE refuses them, and says why
+            assert "ARENA_BYTES" not in header and "dequantize" in micro["refused"], variant
+            assert any("not run in TFLite Micro" in n for n in result.notes)
+        else:  # dynamic: TFLite Micro refuses hybrid ops, but this CNN's small weights stay float (all fp32)
+            assert ("refused" in micro) == ("ARENA_BYTES " not in header)
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("g++") is None, reason="no gcc/g++")
@@ -202,11 +213,12 @@ def test_c_array_compiles_and_its_bytes_equal_the_file(emitted, tmp_path) -> Non
     folder, _ = emitted["fp32"]
     for name in ("model.cc", "model.h"):
         shutil.copy(folder / name, tmp_path / name)
-    # gcc -c builds a .cc as C++ (TFLite Micro's case); the same file also builds as plain C11.
-    subprocess.run(["gcc", "-std=c++11", "-Wall", "-Werror", "-c", "model.cc", "-o", "model.o"], cwd=tmp_path,
-                   check=True, capture_output=True)
-    subprocess.run(["gcc", "-x", "c", "-std=c11", "-Wall", "-Werror", "-pedantic", "-c", "model.cc", "-o",
-                    "model_c.o"], cwd=tmp_path, check=True, capture_output=True)
+    # gcc -c builds a .cc as C++ (TFLite Micro's case); the same file also builds as C11 and C99
+    # (whose alignment is the GNU attribute: C99 has no alignas).
+    objects = {"model.o": ["-std=c++11"], "model_c11.o": ["-x", "c", "-std=c11"], "model_c99.o": ["-x", "c", "-std=c99"]}
+    for obj, flags in objects.items():
+        subprocess.run(["gcc", *flags, "-Wall", "-Wextra", "-Werror", "-pedantic", "-c", "model.cc", "-o", obj],
+                       cwd=tmp_path, check=True, capture_output=True)
     (tmp_path / "dump.cc").write_text(
         '#include <cstdio>\n#include <cstdint>\n#include "model.h"\n'
         "int main(int argc, char** argv) {\n"
@@ -215,7 +227,7 @@ def test_c_array_compiles_and_its_bytes_equal_the_file(emitted, tmp_path) -> Non
         "  std::fclose(f);\n"
         "  return reinterpret_cast<std::uintptr_t>(g_test_model) % 16 != 0;\n"
         "}\n")
-    for obj in ("model.o", "model_c.o"):
+    for obj in objects:
         subprocess.run(["g++", "-std=c++11", "dump.cc", obj, "-o", "dump"], cwd=tmp_path, check=True,
                        capture_output=True)
         subprocess.run([str(tmp_path / "dump"), str(tmp_path / "out.bin")], check=True)  # rc 1: misaligned

@@ -1,0 +1,74 @@
+"""The tflite target's TFLite Micro step: run the emitted bytes in TFLite Micro itself
+(``runtime.tflm``), measure the smallest arena it allocates and invokes in, and, with
+``tflite.mcu``, refuse a model TFLite Micro cannot run.
+
+The measured arena goes into model.h (``microcontroller.ArenaFigures``); TFLite Micro
+verifies the artifact in that arena (``TfliteTarget.cross_runners``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tapeout.compiler.errors import UsageError
+from tapeout.targets.tflite.microcontroller import ArenaFigures
+
+
+@dataclass(frozen=True)
+class MicroResult:
+    figures: ArenaFigures | None  # None: TFLite Micro could not run the model
+    record: dict[str, Any] | None = None  # the recording allocator's account at the minimum
+    refused: str | None = None  # TFLite Micro's reason, when it could not
+    missing_tool: str | None = None  # tflite-micro is not installed
+
+    def to_json(self) -> dict[str, Any]:
+        if self.figures is None:
+            return {"refused": self.refused or self.missing_tool}
+        f = self.figures
+        out: dict[str, Any] = {"arena_bytes": f.constant, "measured_minimum": f.measured,
+                               "pointer_bytes": f.pointer_bytes, "headroom": f.headroom}
+        if f.cortex_m is not None:
+            out["cortex_m_arena_bytes"] = f.cortex_m
+        if f.estimate is not None:
+            out["estimate_bytes"] = f.estimate
+        out["record"] = self.record
+        return out
+
+    def note(self) -> str:
+        if self.figures is None:
+            what = self.refused or self.missing_tool
+            return f"not run in TFLite Micro, no arena in model.h: {what}"
+        f = self.figures
+        return (f"TFLite Micro allocates and invokes it in {f.measured} bytes of arena and no fewer "
+                f"({f.pointer_bytes * 8}-bit host); model.h declares {f.constant}"
+                + (f" (+{f.headroom} headroom)" if f.headroom else ""))
+
+
+def measure(data: bytes, variant: str, opts: Any, estimate: int | None) -> MicroResult:
+    """TFLite Micro on ``data``; a UsageError when ``opts.mcu`` and it cannot run the model."""
+    from tapeout.runtime import tflm
+    from tapeout.runtime.errors import RuntimeUnavailable
+
+    try:
+        tflm.interpreter_module()
+    except RuntimeUnavailable as e:
+        if opts.mcu:
+            raise
+        return MicroResult(None, missing_tool=str(e))
+    if opts.mcu:  # every op TFLite Micro has no kernel for, named at once (the interpreter names the first)
+        from tapeout.targets.tflite.mcu import TFLM_VERSION, unsupported_ops
+
+        missing = unsupported_ops(data)
+        if missing:
+            raise UsageError(f"tflite:{variant} with tflite.mcu: TFLite Micro ({TFLM_VERSION}) has no kernel for "
+                             f"{', '.join(missing)}")
+    try:
+        m = tflm.measure_arena(data)
+    except tflm.TflmError as e:
+        reason = str(e).removeprefix("TFLite Micro: ")
+        if opts.mcu:
+            raise UsageError(f"tflite:{variant} with tflite.mcu: TFLite Micro cannot run this model: {reason}") from None
+        return MicroResult(None, refused=reason)
+    figures = ArenaFigures(m.minimum, m.pointer_bytes, opts.arena_headroom, estimate=estimate)
+    return MicroResult(figures, m.record.to_json())
