@@ -253,10 +253,22 @@ def measure_arena(data: bytes) -> ArenaMeasurement:
             break
         if proc.returncode == 0 or tried is None:
             raise TflmError(f"TFLite Micro's arena search stopped: {_reason(proc.stderr.decode('utf-8', 'replace'))}")
+        if hi is None:  # before any size worked: the model itself, not the arena (tried is generous)
+            raise TflmError(f"TFLite Micro crashed ({_signal(proc.returncode)}) allocating this model in "
+                            f"{tried} bytes of arena, without a message")
         lo = max(lo, tried)  # it crashed trying this size
     else:
         raise TflmError("TFLite Micro's arena search crashed too often to finish")
     return ArenaMeasurement(hi, record(data, hi), struct.calcsize("P"))
+
+
+def _signal(returncode: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(-returncode).name
+    except ValueError:
+        return f"exit status {returncode}"
 
 
 def _search(data: bytes, lo: int, hi: int | None) -> None:
