@@ -79,7 +79,8 @@ def test_defaults_are_todays() -> None:
 
     assert DEFAULT_OPSET == MIN_OPSET
     assert TARGETS["onnx"]().options == {"opset": MIN_OPSET}
-    assert TARGETS["tflite"]().options == {"array_name": None, "c_array": True, "io": None}
+    assert TARGETS["tflite"]().options == {"arena_headroom": 0, "array_name": None, "c_array": True, "io": None,
+                                           "mcu": False}
     trt = TARGETS["tensorrt"]()
     assert trt.build_options == BuildOptions()
     assert trt.options["require_engine"] is False and trt.options["cache_dir"] is None

@@ -165,3 +165,14 @@ def test_without_mcu_the_build_says_tflite_micro_cannot_run_it(gelu_model, tmp_p
     (t,) = json.loads((tmp_path / "o" / "report.json").read_text())["targets"]
     assert "GELU" in t["tflite_micro"]["refused"] and t.get("cross_checks") is None
     assert "ARENA_BYTES " not in (tmp_path / "o" / "tflite-fp32" / "model.h").read_text()
+
+
+def test_arena_headroom_is_added_to_the_constant_and_must_not_be_negative() -> None:
+    from tapeout.compiler.errors import UsageError
+    from tapeout.targets.tflite.microcontroller import ArenaFigures
+    from tapeout.targets.tflite.target import TfliteTarget
+
+    assert ArenaFigures(6976, 8, headroom=100).constant == 7088  # 7076 rounded up to 16
+    assert TfliteTarget("int8", arena_headroom="2048").opts.arena_headroom == 2048
+    with pytest.raises(UsageError, match="arena_headroom"):
+        TfliteTarget("int8", arena_headroom=-1)
