@@ -179,6 +179,9 @@ class Target:
     parallel_emit: ClassVar[bool] = True
     io_layouts: ClassVar[tuple[str, ...]] = ("source",)
     default_io_layout: ClassVar[str] = "source"
+    # Why a target has no float form, when it has none (ethos-u: Vela compiles only fully
+    # quantized models); the calibration refusal says it.
+    quantized_only: ClassVar[str | None] = None
     # The options this target takes (a TargetOptions dataclass); the base takes none.
     Options: ClassVar[type[TargetOptions]] = TargetOptions
 

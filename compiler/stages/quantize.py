@@ -57,7 +57,7 @@ def check_quantization_args(chosen: Sequence[tuple[type[Target], str]], calibrat
         one = len(needing) == 1
         # A target with no float form says why (ethos-u: Vela compiles only fully quantized models).
         why = "".join(dict.fromkeys(f" ({r})" for cls, v in chosen if cls.quant_scheme(v) in CALIBRATED_SCHEMES
-                                    and (r := getattr(cls, "quantized_only", None))))
+                                    and (r := cls.quantized_only)))
         raise UsageError(f"{', '.join(needing)} {'quantizes' if one else 'quantize'} activations and "
                          f"{'needs' if one else 'need'} calibration data{why}: pass --calibration DATA (.npz/.npy of "
                          "representative inputs), or --calibration synthetic to use random inputs")

@@ -68,7 +68,7 @@ class EthosUTarget(Target):
     Options = EthosUOptions
     opts: EthosUOptions
     # The quantize stage's refusal without --calibration says why this target has no float form.
-    quantized_only: ClassVar[str] = "Vela needs a fully quantized (int8) model"
+    quantized_only: ClassVar[str | None] = "Vela needs a fully quantized (int8) model"
     description = ("Arm Ethos-U NPU (U55/U65/U85) through Arm's Vela: int8 TFLite (int8 I/O) compiled for the NPU, "
                    "with Vela's cycle, memory and op-placement estimates; the int8 model is verified in LiteRT")
 
