@@ -47,7 +47,7 @@ __all__ = ["DEFAULT_TOOLS", "Cache", "CorruptEntry", "Entry", "cache_dir", "cach
 
 # The tools whose versions decide the bytes a target writes (g++ builds the hls4ml C-sim library).
 DEFAULT_TOOLS = ("tensorflow", "keras", "ai-edge-litert", "onnx", "onnxruntime", "hls4ml", "numpy", "g++",
-                 "ethos-u-vela")
+                 "ethos-u-vela", "tflite-micro")  # tflite-micro measures the arena in model.h
 # A tool name may be installed under several distribution names.
 _DISTRIBUTIONS = {"tensorflow": ("tensorflow", "tensorflow-cpu", "tf-nightly")}
 _KEY = re.compile(r"[0-9a-f]{64}")
