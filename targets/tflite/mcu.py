@@ -1,9 +1,12 @@
 """TFLite Micro's coverage of a .tflite model, known at compile time.
 
-Two checks, for the ``tflite`` target's microcontroller option:
+Three checks, for the ``tflite`` target's microcontroller option:
 
 * ``unsupported_ops``: the model's operators that the pinned TFLite Micro build has no kernel for,
   all named at once, from the checked-in sets below (fast; nothing runs).
+* ``known_aborts``: ops whose quantization parameters make TFLite Micro abort the process (no
+  message, no error status): an int8 softmax whose input scale is too small, or whose every
+  input ties 512 classes.
 * ``tflm_refusal``: the model given to the real TFLite Micro interpreter (allocation, which runs
   every kernel's Prepare, then one invoke): TFLite Micro's own reason when it refuses. This
   catches what the op list cannot: kernels that exist only for some tensor types (hybrid
@@ -24,6 +27,7 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 # tflite_micro._version.__version__ of the build the sets were probed from (constraints.txt pins it).
@@ -100,6 +104,109 @@ def unsupported_ops(data: bytes) -> list[str]:
     return [f"{op} x{n}" for op, n in model_op_counts(data).items() if not supported(op)]
 
 
+# Two TFLITE_CHECKs of TFLite Micro's int8 softmax abort the process (SIGABRT, no message, no
+# error status); LiteRT's int8 softmax (a lookup table) has neither.
+# - Prepare (SOFTMAX and LOG_SOFTMAX): input differences are scaled by beta * input_scale * 2^26
+#   (PreprocessSoftmaxScaling, kScaledDiffIntegerBits = 5), and QuantizeMultiplierGreaterThanOne
+#   checks that this is above 1: an input scale under 2^-26, i.e. logits spanning under about
+#   3.8e-6, as a dead or vanishing network's do (random-weight MobileNetV2).
+# - Eval (reference_ops::Softmax): the row's sum of exp(x - max), in Q12.19, must stay under
+#   2^(output bits + 1) (512 for an int8 output): the check on the output shift. So 512 or more
+#   classes tied at the maximum abort every invoke that ties them.
+# TensorFlow's own converter writes such models too (a representative dataset gives the same
+# near-empty ranges).
+SOFTMAX_DIFF_SCALE = float(1 << 26)
+_OUT_BITS = {"INT8": 8, "INT16": 16}
+
+
+@dataclass(frozen=True)
+class QuantizedSoftmax:
+    kind: str  # "SOFTMAX" or "LOG_SOFTMAX"
+    name: str  # its output tensor's
+    scale: float  # the input's
+    beta: float
+    depth: int  # classes (the input's last dimension)
+    out_bits: int | None  # 8 or 16; None for another output type
+
+    @property
+    def multiplier(self) -> float:
+        """Prepare's beta * scale * 2^26, in double as TFLite Micro computes it."""
+        return self.beta * self.scale * SOFTMAX_DIFF_SCALE
+
+    @property
+    def sum_limit(self) -> float | None:
+        """The sum of exponentials at which Eval aborts (SOFTMAX only)."""
+        return float(2 ** (self.out_bits + 1)) if self.kind == "SOFTMAX" and self.out_bits else None
+
+
+def quantized_softmaxes(data: bytes) -> list[QuantizedSoftmax]:
+    """The model's SOFTMAX and LOG_SOFTMAX ops with an int8 input, every subgraph."""
+    from tapeout.targets.tflite.flatbuffer import schema
+
+    s = schema()
+    model = s.Model.GetRootAs(bytearray(data), 0)
+    kinds = {s.BuiltinOperator.SOFTMAX: "SOFTMAX", s.BuiltinOperator.LOG_SOFTMAX: "LOG_SOFTMAX"}
+    types = {v: k for k, v in vars(s.TensorType).items() if not k.startswith("_")}
+    codes = [max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode())
+             for i in range(model.OperatorCodesLength())]
+    out = []
+    for g in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(g)
+        for j in range(graph.OperatorsLength()):
+            op = graph.Operators(j)
+            kind = kinds.get(codes[op.OpcodeIndex()])
+            if kind is None or op.InputsLength() < 1 or op.OutputsLength() < 1:
+                continue
+            x, y = graph.Tensors(int(op.Inputs(0))), graph.Tensors(int(op.Outputs(0)))
+            q = x.Quantization()
+            if x.Type() != s.TensorType.INT8 or q is None or q.ScaleLength() == 0 or x.ShapeLength() == 0:
+                continue
+            beta = 1.0  # LOG_SOFTMAX's is fixed; SOFTMAX's is its option (0 when absent, as TFLite Micro parses it)
+            if kind == "SOFTMAX":
+                table, beta = op.BuiltinOptions(), 0.0
+                if table is not None and op.BuiltinOptionsType() == s.BuiltinOptions.SoftmaxOptions:
+                    opts = s.SoftmaxOptions()
+                    opts.Init(table.Bytes, table.Pos)
+                    beta = float(opts.Beta())
+            name = (y.Name() or b"").decode("utf-8", "replace")
+            depth = int(x.Shape(x.ShapeLength() - 1))
+            bits = _OUT_BITS.get(types.get(y.Type(), ""))
+            out.append(QuantizedSoftmax(kind, name, float(q.Scale(0)), beta, depth, bits))
+    return out
+
+
+def known_aborts(data: bytes) -> list[str]:
+    """The ops on which TFLite Micro certainly aborts: while allocating, or at every invoke
+    whatever the input; one line each, empty when none. Read from quantization parameters."""
+    import math
+
+    out = []
+    for sm in quantized_softmaxes(data):
+        what = f"int8 {sm.kind} {sm.name!r}"
+        if not sm.multiplier > 1.0:
+            out.append(f"{what} aborts in Prepare: input scale {sm.scale:.3g} x beta {sm.beta:g} x 2^26 = "
+                       f"{sm.multiplier:.3g}, not above 1 as its kernel requires (the logits span under "
+                       f"{255 / SOFTMAX_DIFF_SCALE / max(sm.beta, 1e-30):.2g}: dead or vanishing layers)")
+            continue
+        limit = sm.sum_limit
+        span = 255 * sm.scale * sm.beta  # the widest difference to the row's maximum
+        # 1% margin: the kernel's fixed-point exponentials are not exact
+        if limit is not None and sm.depth * math.exp(-span) >= 1.01 * limit:
+            out.append(f"{what} aborts at every invoke: its logits over {sm.depth} classes span at most "
+                       f"{span:.2g} (input scale {sm.scale:.3g}), so their exponentials sum to at least "
+                       f"{sm.depth * math.exp(-span):.0f}, and its kernel aborts from {limit:g}")
+    return out
+
+
+def invoke_abort_risks(data: bytes) -> list[str]:
+    """The ops on which TFLite Micro aborts for some inputs: int8 SOFTMAX over 512 or more
+    classes (with an int8 output) aborts whenever that many tie at the maximum, as they do
+    on a flat input. Running such a model belongs in a child process."""
+    return [f"int8 SOFTMAX {sm.name!r} over {sm.depth} classes aborts on any input that ties "
+            f"{sm.sum_limit:g} of them at the maximum"
+            for sm in quantized_softmaxes(data) if sm.sum_limit is not None and sm.depth >= sm.sum_limit]
+
+
 # ------------------------------------------------------------------ the real interpreter's verdict
 def tflm_refusal(data: bytes) -> str | None:
     """TFLite Micro's own reason (one line) when it will not run the model, None when it
@@ -118,11 +225,15 @@ def tflm_refusal(data: bytes) -> str | None:
 def mcu_problem(data: bytes) -> str | None:
     """The one line a microcontroller build is refused with, None when TFLite Micro runs it:
     every missing op at once when there are any (the interpreter would name only the first),
-    else the interpreter's own reason."""
+    then the op it would abort on (it says nothing itself), else the interpreter's own reason."""
     missing = unsupported_ops(data)
     if missing:
         return (f"TFLite Micro ({TFLM_VERSION}) has no kernel for {len(missing)} op"
                 f"{'s' if len(missing) > 1 else ''} of this model: {', '.join(missing)}")
+    aborts = known_aborts(data)
+    if aborts:
+        more = f" (and {len(aborts) - 1} more)" if len(aborts) > 1 else ""
+        return f"TFLite Micro ({TFLM_VERSION}) aborts on this model: {aborts[0]}{more}"
     reason = tflm_refusal(data)
     return None if reason is None else f"TFLite Micro ({TFLM_VERSION}) refuses this model: {reason}"
 
