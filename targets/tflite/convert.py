@@ -127,11 +127,18 @@ def _trace(graph: Graph, integer: bool = False) -> Traced:
             raise IRError(f"graph outputs {graph.outputs} repeat a value; TFLite outputs need distinct names")
         fake_quants = 0
         if integer:
+            from tapeout.targets.tflite.lowering import lower_channel_scales, lowered_nodes, reshape_builders
             from tapeout.targets.tflite.quantized import fake_quant_hook, float_builders, on_grid
 
+            lowered = lowered_nodes(graph)
+            graph = lower_channel_scales(graph)  # standalone per-channel norms as integer depthwise convs
             hook = fake_quant_hook(graph)
-            emitted = graph_to_keras(on_grid(graph), value_hook=hook, node_builders=float_builders(graph))
+            builders = {**float_builders(graph), **reshape_builders(graph)}
+            emitted = graph_to_keras(on_grid(graph), value_hook=hook, node_builders=builders)
             fake_quants = hook.count
+            if lowered:
+                emitted.notes.append(f"{len(lowered)} standalone batch_norm/affine node(s) as integer 1x1 "
+                                     f"DEPTHWISE_CONV_2D (TFLite would run them in float), e.g. {lowered[0]!r}")
         else:
             emitted = graph_to_keras(graph)
         model = emitted.model

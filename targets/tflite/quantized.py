@@ -256,6 +256,9 @@ def _match(scales: np.ndarray, zps: np.ndarray, dtype: str, cands: list[TensorQu
 
 def align(data: bytes, graph: Graph) -> tuple[bytes, Alignment]:
     """Match every quantized tensor to its annotation and write the annotation's exact scales."""
+    from tapeout.targets.tflite.lowering import lower_channel_scales
+
+    graph = lower_channel_scales(graph)  # the graph convert traced: its depthwise weights and biases
     s = schema()
     buf = bytearray(data)
     model = s.Model.GetRootAs(buf, 0)
