@@ -179,22 +179,18 @@ def _text(b: Any) -> str:
     return b.decode("utf-8", "replace") if isinstance(b, bytes) else str(b or "")
 
 
-def _zero_inputs(interp: Any, count: int) -> None:
-    import numpy as np
-
-    for i in range(count):
-        d = interp.get_input_details(i)
-        interp.set_input(np.zeros(d["shape"], d["dtype"]), i)
+def _allocations(interp: Any) -> str:
+    """The recording allocator's account, as TFLite Micro prints it. Every allocation happens when
+    the interpreter allocates its tensors (kernels' Prepare included), none in Invoke."""
+    with captured_stderr() as out:
+        interp.print_allocations()
+    return out[0]
 
 
 def record(data: bytes, arena_size: int) -> AllocationRecord:
-    """Allocate and invoke once (zero inputs) with ``arena_size``, and read the allocation record."""
-    interp = load(data, arena_size)
-    _zero_inputs(interp, len(signature(data).inputs))
-    invoke(interp)
-    with captured_stderr() as out:
-        interp.print_allocations()
-    return parse_allocations(out[0])
+    """The recording allocator's account of the model allocated in ``arena_size`` (a child process)."""
+    with Session(data, arena_size) as session:
+        return parse_allocations(session.allocations)
 
 
 def allocates(data: bytes, arena_size: int) -> bool:
@@ -221,15 +217,14 @@ class ArenaMeasurement:
 
 
 def measure_arena(data: bytes) -> ArenaMeasurement:
-    """The smallest arena that allocates, bisected to the byte, then confirmed by an invoke with
-    the allocation record read there. Allocation is where TFLite Micro takes all its memory:
-    kernels ask for persistent and scratch buffers in Prepare, never in Invoke.
+    """The smallest arena that allocates, bisected to the byte, with the allocation record read
+    there. Allocation is where TFLite Micro takes all its memory: kernels ask for persistent and
+    scratch buffers in Prepare, never in Invoke (the runner's invokes confirm the arena).
 
     The search runs in a child process: on some too-small arenas TFLite Micro crashes
     (segfaults) in its failure path instead of returning an error (the jet MLP's int8 model at
     3,750 bytes, whose minimum is 4,048). A crash at a size counts as that size failing; the
-    search resumes in a fresh child. Sizes at or above the minimum succeed, so the runner and
-    the record run in this process."""
+    search resumes in a fresh child."""
     import struct
     import subprocess
     import sys
@@ -260,6 +255,116 @@ def measure_arena(data: bytes) -> ArenaMeasurement:
     else:
         raise TflmError("TFLite Micro's arena search crashed too often to finish")
     return ArenaMeasurement(hi, record(data, hi), struct.calcsize("P"))
+
+
+class Session:
+    """A TFLite Micro interpreter over one model in one arena, in a child process.
+
+    TFLite Micro stops the process (SIGABRT, no message) where its kernels check what they cannot
+    handle: an int8 softmax whose exp sum shifts out of range on 512 tied classes aborts in Invoke
+    on that input alone. A crash in the child becomes a TflmError here; tapeout goes on."""
+
+    def __init__(self, data: bytes, arena_size: int) -> None:
+        import subprocess
+        import sys
+
+        interpreter_module()  # RuntimeUnavailable here, not a dead child
+        self.arena_size = arena_size
+        self._proc = subprocess.Popen([sys.executable, "-m", "tapeout.runtime.tflm", "--serve", str(arena_size)],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._send(bytes(data))
+        kind, *rest = self._receive("loading the model")
+        if kind == "error":
+            self.close()
+            raise TflmError(rest[0])
+        self.inputs, self.outputs, self.allocations = rest
+
+    def run(self, samples: list[list[Any]]) -> list[list[Any]]:
+        """Each sample's typed input arrays -> its output arrays, one invoke per sample."""
+        self._send(samples)
+        kind, payload = self._receive(f"invoking it on {len(samples)} sample(s)")
+        if kind == "error":
+            raise TflmError(payload)
+        return payload
+
+    def _send(self, obj: Any) -> None:
+        import pickle
+
+        try:
+            pickle.dump(obj, self._proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            self._proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # the child is gone: _receive says how
+
+    def _receive(self, doing: str) -> Any:
+        import pickle
+
+        try:
+            return pickle.load(self._proc.stdout)
+        except (EOFError, pickle.UnpicklingError):
+            code = self._proc.wait()
+            err = self._proc.stderr.read().decode("utf-8", "replace")
+            said = f": {_reason(err)}" if err.strip() else ", without a message"
+            raise TflmError(f"TFLite Micro crashed ({_signal(code)}) {doing}{said}") from None
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._send(None)
+            try:
+                self._proc.wait(timeout=10)
+            except Exception:
+                self._proc.kill()
+                self._proc.wait()
+        for f in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
+            f.close()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _serve(arena_size: int) -> None:
+    """The child's half of Session: model bytes in, then batches of samples, pickled both ways.
+    The protocol gets stdout's descriptor alone; anything else printed goes to stderr."""
+    import os
+    import pickle
+    import sys
+
+    import numpy as np
+
+    inp = sys.stdin.buffer
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+
+    def reply(obj: Any) -> None:
+        pickle.dump(obj, out, protocol=pickle.HIGHEST_PROTOCOL)
+        out.flush()
+
+    data = pickle.load(inp)
+    try:
+        interp = load(data, arena_size)
+    except TflmError as e:
+        reply(("error", str(e)))
+        return
+    sig = signature(data)
+    ins = [interp.get_input_details(i) for i in range(len(sig.inputs))]
+    outs = [interp.get_output_details(i) for i in range(len(sig.outputs))]
+    reply(("ready", ins, outs, _allocations(interp)))
+    while (samples := pickle.load(inp)) is not None:
+        results = []
+        try:
+            for arrays in samples:
+                for i, a in enumerate(arrays):
+                    interp.set_input(a, i)
+                invoke(interp)
+                # get_output is a view into the arena: copied before the next invoke overwrites it.
+                results.append([np.array(interp.get_output(i)) for i in range(len(outs))])
+        except TflmError as e:
+            reply(("error", str(e)))
+            continue
+        reply(("ok", results))
 
 
 def _signal(returncode: int) -> str:
@@ -310,4 +415,7 @@ def _search(data: bytes, lo: int, hi: int | None) -> None:
 if __name__ == "__main__":
     import sys
 
-    _search(sys.stdin.buffer.read(), int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else None)
+    if sys.argv[1] == "--serve":
+        _serve(int(sys.argv[2]))
+    else:
+        _search(sys.stdin.buffer.read(), int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else None)

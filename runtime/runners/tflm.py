@@ -1,5 +1,6 @@
 """Runs a .tflite model in TensorFlow Lite Micro (``runtime.tflm``): the interpreter a
-microcontroller runs, with its reference kernels, in an arena of a given size.
+microcontroller runs, with its reference kernels, in an arena of a given size. The interpreter
+lives in a child process (``tflm.Session``): TFLite Micro aborts the process on some inputs.
 
 Like the LiteRT runner, callers feed floats and get floats (integer inputs and outputs are
 quantized here with the tensor's own scale and zero point), and ports are named by the
@@ -35,7 +36,7 @@ class TflmRunner(FileRunner):
         super().__init__()
         self.path = Path(path)
         self.arena_size = arena_size
-        self._interp = None
+        self._session: tflm.Session | None = None
         self._inputs: list[QuantizedPort] = []
         self._outs: list[QuantizedPort] = []
 
@@ -46,16 +47,18 @@ class TflmRunner(FileRunner):
         sig = tflm.signature(data)
         arena = self.arena_size if self.arena_size is not None else tflm.measure_arena(data).minimum
         try:
-            self._interp = interp = tflm.load(data, arena)
+            self._session = session = tflm.Session(data, arena)
         except tflm.TflmError as exc:
             raise tflm.TflmError(f"{self.path}: {exc}") from None
-        self._inputs = [_port(n, i, interp.get_input_details(i)) for i, n in enumerate(sig.inputs)]
-        self._outs = [_port(n, i, interp.get_output_details(i)) for i, n in enumerate(sig.outputs)]
+        self._inputs = [_port(n, i, d) for i, (n, d) in enumerate(zip(sig.inputs, session.inputs))]
+        self._outs = [_port(n, i, d) for i, (n, d) in enumerate(zip(sig.outputs, session.outputs))]
         self._specs = [IOSpec(p.name, p.shape, "float32" if p.quantized else p.dtype.name) for p in self._inputs]
         self._outputs = [p.name for p in self._outs]
 
     def _close(self) -> None:
-        self._interp = None
+        if self._session is not None:
+            self._session.close()
+            self._session = None
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrays = self._typed_feeds(feeds)
@@ -68,16 +71,9 @@ class TflmRunner(FileRunner):
         if batch < 1 or n % batch:
             raise RuntimeInputError(f"{self.path}: the model has a fixed batch of {batch}; {n} samples do not "
                                     "split into it")
-        parts = [self._run([a[i:i + batch] for a in arrays]) for i in range(0, n, batch)]
-        return {k: np.concatenate([p[k] for p in parts], axis=0) for k in self._outputs}
-
-    def _run(self, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
-        interp = self._interp
-        for i, (port, a) in enumerate(zip(self._inputs, arrays)):
-            interp.set_input(port.quantize(a), i)
+        samples = [[port.quantize(a[i:i + batch]) for port, a in zip(self._inputs, arrays)] for i in range(0, n, batch)]
         try:
-            tflm.invoke(interp)
+            results = self._session.run(samples)
         except tflm.TflmError as exc:
             raise tflm.TflmError(f"{self.path}: {exc}") from None
-        # get_output returns a view into the arena: copied before the next invoke overwrites it.
-        return {p.name: p.dequantize(np.array(interp.get_output(i))) for i, p in enumerate(self._outs)}
+        return {p.name: np.concatenate([p.dequantize(r[k]) for r in results], axis=0) for k, p in enumerate(self._outs)}

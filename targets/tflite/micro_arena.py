@@ -40,9 +40,12 @@ class MicroResult:
             what = self.refused or self.missing_tool
             return f"not run in TFLite Micro, no arena in model.h: {what}"
         f = self.figures
-        return (f"TFLite Micro allocates and invokes it in {f.measured} bytes of arena and no fewer "
-                f"({f.pointer_bytes * 8}-bit host); model.h declares {f.constant}"
-                + (f" (+{f.headroom} headroom)" if f.headroom else ""))
+        check = "" if f.estimate is None else (
+            "; the analytic estimate agrees to the byte" if f.estimate == f.measured else
+            f"; the analytic estimate is {f.estimate} ({(f.estimate - f.measured) / f.measured:+.1%})")
+        return (f"TFLite Micro allocates it in {f.measured} bytes of arena and no fewer ({f.pointer_bytes * 8}-bit "
+                f"host); model.h declares {f.constant}" + (f" (+{f.headroom} headroom)" if f.headroom else "")
+                + ("" if f.cortex_m is None else f", {f.cortex_m} on a 32-bit Cortex-M") + check)
 
 
 def measure(data: bytes, variant: str, opts: Any, estimate: int | None) -> MicroResult:
@@ -70,5 +73,8 @@ def measure(data: bytes, variant: str, opts: Any, estimate: int | None) -> Micro
         if opts.mcu:
             raise UsageError(f"tflite:{variant} with tflite.mcu: TFLite Micro cannot run this model: {reason}") from None
         return MicroResult(None, refused=reason)
-    figures = ArenaFigures(m.minimum, m.pointer_bytes, opts.arena_headroom, estimate=estimate)
+    from tapeout.targets.tflite.arena import cortex_m_arena
+
+    figures = ArenaFigures(m.minimum, m.pointer_bytes, opts.arena_headroom, cortex_m=cortex_m_arena(m.minimum, data),
+                           estimate=estimate)
     return MicroResult(figures, m.record.to_json())

@@ -1,12 +1,7 @@
-"""Microcontroller output: the .tflite as a C++ byte array (what ``xxd -i`` gives TFLite
-Micro users, plus 16-byte alignment) and an estimate of the tensor arena it needs.
-
-Arena estimate (see docs/tflite.md): TFLite Micro keeps every non-constant tensor (graph
-inputs, op outputs) in the arena and plans their offsets with a greedy planner: buffers
-sorted by size, largest first, each at the lowest 16-byte-aligned offset that does not
-collide with a buffer alive at the same time. ``plan_activations`` runs that planner on
-the model's own op order and tensors (batch 1); the estimate adds the per-tensor,
-per-operator and per-channel bookkeeping TFLite Micro also keeps in the arena.
+"""Microcontroller output: the .tflite as a C byte array (what ``xxd -i`` gives TFLite Micro
+users, plus 16-byte alignment and a size constant) and model.h's tensor arena figures: the one
+TFLite Micro measured (``micro_arena``), its 32-bit correction and the analytic estimate
+(``arena``). See docs/tflite.md.
 """
 
 from __future__ import annotations
@@ -16,75 +11,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tapeout.targets.tflite.flatbuffer import ModelInfo
 
 ALIGNMENT = 16  # TFLite Micro's buffer alignment
-TENSOR_OVERHEAD = 16  # a TfLiteEvalTensor (data, dims, type) per tensor, 32-bit MCU, rounded up
-OP_OVERHEAD = 64  # node + registration pointer + op user data header per operator
-CHANNEL_OVERHEAD = 8  # an int32 multiplier and shift per output channel of an integer conv
-FIXED_OVERHEAD = 1024  # interpreter, allocator and planner bookkeeping
-_PER_CHANNEL_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "CONV_3D")
 _BYTES_PER_LINE = 12  # as xxd -i
 
 
 def _align(n: int) -> int:
     return (n + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
-
-
-@dataclass(frozen=True)
-class ArenaEstimate:
-    activations: int  # peak of the planned activation buffers
-    overhead: int  # per-tensor, per-op, per-channel and fixed bookkeeping
-    tensors: int  # non-constant tensors planned
-
-    @property
-    def total(self) -> int:
-        return _align(self.activations + self.overhead)
-
-
-def lifetimes(info: ModelInfo) -> dict[int, tuple[int, int]]:
-    """Non-constant tensor -> (first, last) op index during which it must stay in memory."""
-    n_ops = len(info.ops)
-    span: dict[int, tuple[int, int]] = {t: (0, 0) for t in info.inputs}
-    for j, op in enumerate(info.ops):
-        for t in (*op.inputs, *op.outputs):
-            if t < 0 or info.tensors[t].constant:
-                continue
-            first, last = span.get(t, (j, j))
-            span[t] = (min(first, j), max(last, j))
-    for t in info.outputs:
-        first, _ = span.get(t, (0, 0))
-        span[t] = (first, max(n_ops - 1, 0))
-    return span
-
-
-def plan_activations(info: ModelInfo) -> int:
-    """Peak bytes of a greedy (largest first, lowest offset) plan of the activation buffers."""
-    span = lifetimes(info)
-    size = {t: _align(info.tensors[t].nbytes) for t in span}
-    placed: list[tuple[int, int, int, int]] = []  # offset, size, first, last
-    for t in sorted(span, key=lambda t: (-size[t], span[t][0], t)):
-        first, last = span[t]
-        busy = sorted((o, s) for o, s, f, la in placed if f <= last and first <= la)
-        offset = 0
-        for o, s in busy:
-            if offset + size[t] <= o:
-                break
-            offset = max(offset, o + s)
-        placed.append((offset, size[t], first, last))
-    return max((o + s for o, s, _, _ in placed), default=0)
-
-
-def estimate_arena(info: ModelInfo) -> ArenaEstimate:
-    channels = 0
-    for op in info.ops:
-        if op.op in _PER_CHANNEL_OPS and op.inputs and info.tensors[op.inputs[0]].dtype in ("INT8", "INT16"):
-            out = info.tensors[op.outputs[0]]
-            channels += out.shape[-1] if out.shape else 1
-    overhead = (TENSOR_OVERHEAD * len(info.tensors) + OP_OVERHEAD * len(info.ops)
-                + CHANNEL_OVERHEAD * channels + FIXED_OVERHEAD)
-    span = lifetimes(info)
-    return ArenaEstimate(plan_activations(info), overhead, len(span))
 
 
 # ----------------------------------------------------------------- C array

@@ -76,7 +76,8 @@ class TfliteTarget(Target):
         # TensorFlow is imported by these modules' functions, not here: `tapeout targets` stays light.
         from tapeout.targets.tflite import convert
         from tapeout.targets.tflite.flatbuffer import read_model
-        from tapeout.targets.tflite.microcontroller import c_identifier, estimate_arena, write_c_array
+        from tapeout.targets.tflite.arena import estimate_arena
+        from tapeout.targets.tflite.microcontroller import c_identifier, write_c_array
         from tapeout.targets.tflite.micro_arena import measure
 
         refused = unsupported_nodes(graph)
@@ -114,7 +115,7 @@ class TfliteTarget(Target):
             notes.append(f"--io-layout {self.io_layout}: {', '.join(f'{p.name} {p.layout}' for p in moved)} "
                          f"(source {'/'.join(sorted({str(p.source_layout) for p in moved}))}); no transposes at "
                          "the model's edges")
-        arena = estimate_arena(info)
+        arena = estimate_arena(data)  # the analytic figure: a cross-check of the measured one, with its parts
         # TFLite Micro itself, on the bytes the C array holds: the arena measured, the model verified.
         micro = measure(data, self.variant, self.opts, arena.total) if self.opts.c_array or self.opts.mcu else None
         artifacts = ["model.tflite"]
@@ -126,7 +127,7 @@ class TfliteTarget(Target):
         if fused:
             notes.append(f"{len(fused)} fused activation(s): {', '.join(sorted(set(fused)))}")
         extra.update({"ops": len(info.ops), "arena_bytes_estimate": arena.total,
-                      "arena_activation_bytes": arena.activations})
+                      "arena_activation_bytes": arena.activations, "arena_estimate": arena.to_json()})
         if micro is not None:
             extra["tflite_micro"] = micro.to_json()
             notes.append(micro.note())
