@@ -66,6 +66,14 @@ def measure(data: bytes, variant: str, opts: Any, estimate: int | None) -> Micro
         if missing:
             raise UsageError(f"tflite:{variant} with tflite.mcu: TFLite Micro ({TFLM_VERSION}) has no kernel for "
                              f"{', '.join(missing)}")
+    from tapeout.targets.tflite.mcu import known_aborts
+
+    aborts = known_aborts(data)  # checks TFLite Micro makes by stopping the process, named beforehand
+    if aborts:
+        reason = f"TFLite Micro aborts on this model: {aborts[0]}"
+        if opts.mcu:
+            raise UsageError(f"tflite:{variant} with tflite.mcu: {reason}")
+        return MicroResult(None, refused=reason)
     try:
         m = tflm.measure_arena(data)
     except tflm.TflmError as e:
