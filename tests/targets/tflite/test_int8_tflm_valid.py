@@ -195,3 +195,22 @@ def test_tensorflows_own_converter_makes_the_same_model(vanishing, tmp_path) -> 
     assert sm.scale < LIMIT
     assert len(mcu.known_aborts(theirs)) == 1
     assert _tflm(theirs) == (-6, [])
+
+
+def test_the_tflite_target_names_the_abort_and_mcu_refuses_it(vanishing, tmp_path) -> None:
+    """Through the CLI: without tflite.mcu the build goes on and its report says which op TFLite
+    Micro would abort on (no arena in model.h); with it, one line and exit 2."""
+    import io
+    import json
+
+    from tapeout.compiler.cli import main
+
+    model, _ = vanishing
+    base = ["compile", str(model), "-t", "tflite:int8", "--calibration", "synthetic", "--no-cache", "--no-verify"]
+    assert main([*base, "-o", str(tmp_path / "a"), "--json"], out=io.StringIO(), err=io.StringIO()) == 0
+    (t,) = json.loads((tmp_path / "a" / "report.json").read_text())["targets"]
+    assert t["tflite_micro"]["refused"].startswith("TFLite Micro aborts on this model: int8 SOFTMAX")
+    err = io.StringIO()
+    rc = main([*base, "-o", str(tmp_path / "b"), "--target-option", "tflite.mcu=true"], out=io.StringIO(), err=err)
+    lines = err.getvalue().strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and "aborts in Prepare" in lines[0], lines
