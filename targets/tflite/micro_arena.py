@@ -48,10 +48,20 @@ class MicroResult:
                 + ("" if f.cortex_m is None else f", {f.cortex_m} on a 32-bit Cortex-M") + check)
 
 
+# No microcontroller holds a larger model (their flash is a few MiB): beyond it TFLite Micro is
+# not run unless tflite.mcu asks (a VGG-sized model would take minutes to bisect an arena for).
+MICRO_MAX_BYTES = 32 << 20
+
+
 def measure(data: bytes, variant: str, opts: Any, estimate: int | None) -> MicroResult:
     """TFLite Micro on ``data``; a UsageError when ``opts.mcu`` and it cannot run the model."""
     from tapeout.runtime import tflm
     from tapeout.runtime.errors import RuntimeUnavailable
+
+    if len(data) > MICRO_MAX_BYTES and not opts.mcu:
+        return MicroResult(None, refused=f"the model ({len(data) / (1 << 20):.0f} MiB) is larger than any "
+                                         f"microcontroller's flash ({MICRO_MAX_BYTES >> 20} MiB here); "
+                                         "--target-option tflite.mcu=true runs it anyway")
 
     try:
         tflm.interpreter_module()

@@ -176,3 +176,12 @@ def test_arena_headroom_is_added_to_the_constant_and_must_not_be_negative() -> N
     assert TfliteTarget("int8", arena_headroom="2048").opts.arena_headroom == 2048
     with pytest.raises(UsageError, match="arena_headroom"):
         TfliteTarget("int8", arena_headroom=-1)
+
+
+def test_models_too_large_for_a_microcontroller_are_not_run_in_tflite_micro(monkeypatch) -> None:
+    from tapeout.targets.tflite import micro_arena
+    from tapeout.targets.tflite.target import TfliteTarget
+
+    monkeypatch.setattr(micro_arena, "MICRO_MAX_BYTES", 10)
+    result = micro_arena.measure(b"x" * 11, "fp32", TfliteTarget("fp32").opts, None)
+    assert result.figures is None and "larger than any microcontroller" in result.refused
