@@ -160,7 +160,7 @@ def _hls4ml_flags(p: argparse.ArgumentParser) -> None:
     h.add_argument("--min-agreement", type=float, metavar="A", help="auto precision: top-1 agreement budget (0.995)")
     h.add_argument("--max-abs-error", type=float, metavar="E", help="auto precision: max |output error| budget")
     h.add_argument("--reuse-factor", action="append", metavar="N|LAYER=N", help="reuse factor, global or per layer")
-    h.add_argument("--strategy", choices=("latency", "resource"))
+    h.add_argument("--strategy", choices=("latency", "resource", "distributed_arithmetic"))
     h.add_argument("--io-type", choices=("parallel", "stream"))
     h.add_argument("--part", metavar="PART", help="FPGA part (default per back end)")
     h.add_argument("--clock-period", type=float, metavar="NS", help="target clock period in ns (default 5)")

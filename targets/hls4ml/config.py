@@ -29,7 +29,7 @@ class Hls4mlOptions:
     def __post_init__(self) -> None:
         if self.io_type not in ("parallel", "stream"):
             raise ValueError(f"io type {self.io_type!r}: expected parallel or stream")
-        if self.strategy not in ("latency", "resource"):
+        if self.strategy not in ("latency", "resource", "distributed_arithmetic"):
             raise ValueError(f"strategy {self.strategy!r}: expected latency or resource")
         if self.reuse_factor < 1 or any(r < 1 for r in self.layer_reuse.values()):
             raise ValueError("reuse factors must be >= 1")

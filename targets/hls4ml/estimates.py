@@ -17,6 +17,10 @@ Counting rules (docs/hls4ml.md lists them with their assumptions):
   of ``ceil(log2 n_in)`` levels, ``ADDERS_PER_CYCLE`` levels per 5 ns clock; a conv repeats that
   per output position; relu/linear/table activations take 1 cycle; softmax 3 + its adder tree;
   pooling 1 + a comparator/adder tree. The initiation interval is the slowest layer's.
+- Distributed arithmetic (``da_costs``): a dense/conv has no multipliers and no weight storage
+  (the weights are shifts in its adder graph); its LUTs are da4ml's cost of that graph (the
+  adder bits it solved for, one LUT each with the carry chain) times the kernels HLS
+  instantiates; latency as above without the multiply cycle.
 """
 
 from __future__ import annotations
@@ -52,9 +56,13 @@ class LayerEstimate:
     bram18: int
     latency_cycles: int
     interval_cycles: int
+    da_luts: int | None = None  # distributed arithmetic: the adder graphs' LUTs (da4ml's cost)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["da_luts"] is None:
+            del d["da_luts"]
+        return d
 
 
 def dsp_per_multiplier(a: int, b: int, shape: tuple[int, int]) -> int:
@@ -83,8 +91,10 @@ def _dims(graph: Graph, layer: HlsLayer) -> tuple[int, int, int]:
 
 
 def estimate(graph: Graph, plan: PrecisionPlan, reuse: dict[str, int], *, variant: str, io_type: str,
-             strategy: str, clock_period: float) -> tuple[list[LayerEstimate], dict]:
-    """Per-layer estimates and their totals for ``plan`` with ``reuse`` (layer -> reuse factor)."""
+             strategy: str, clock_period: float,
+             da_costs: dict[str, tuple[float, int]] | None = None) -> tuple[list[LayerEstimate], dict]:
+    """Per-layer estimates and their totals for ``plan`` with ``reuse`` (layer -> reuse factor);
+    ``da_costs`` (layer -> (da4ml cost, parallel kernels)) for a distributed-arithmetic build."""
     layers = hls_layers(graph)
     src = _resolve_input_types(graph, plan, layers)
     shape = DSP_SHAPES[variant]
@@ -104,6 +114,16 @@ def estimate(graph: Graph, plan: PrecisionPlan, reuse: dict[str, int], *, varian
             wbits = int(wq.size) * lp.weight.width
             if len(n.inputs) > 2 and n.inputs[2] and lp.bias is not None:
                 wbits += int(graph.constants[n.inputs[2]].size) * lp.bias.width
+            if da_costs is not None and layer.name in da_costs:
+                cost, parallel = da_costs[layer.name]
+                one = 1 + _tree(n_in + 1, clock_period)
+                steps = 1
+                if layer.kind == "conv":  # the kernel(s) run once per output position (io_stream: input pixel)
+                    steps = math.ceil(positions / parallel) if io_type == "parallel" else int(np.prod(
+                        [int(d) for d in graph.type_of(n.inputs[0]).shape[1:-1]]))
+                rows.append(LayerEstimate(layer.name, layer.kind, 1, 0, 0, 0, 0, [a, lp.weight.width], wbits, "none", 0,
+                                          steps + one - 1, steps, da_luts=math.ceil(cost) * parallel))
+                continue
             bram = 0
             if in_bram:
                 width = math.ceil(wq.size / rf) * lp.weight.width
@@ -152,4 +172,8 @@ def estimate(graph: Graph, plan: PrecisionPlan, reuse: dict[str, int], *, varian
         "latency_ns": round(sum(r.latency_cycles for r in rows) * clock_period, 3),
         "rule": f"DSP when both operands >= {LUT_BELOW} bits, {shape[0]}x{shape[1]} per DSP; else LUTs",
     }
+    if da_costs is not None:
+        totals["da_luts"] = sum(r.da_luts or 0 for r in rows)
+        totals["rule"] = ("distributed arithmetic: dense/conv without multipliers, LUTs = da4ml's adder-graph cost; "
+                          + totals["rule"] + " (other layers)")
     return rows, totals

@@ -88,7 +88,7 @@ class Hls4mlTargetOptions(TargetOptions):
     min_agreement: float | None = DEFAULT_MIN_AGREEMENT  # None: max_abs_error alone is the budget
     max_abs_error: float | None = None
     reuse_factor: tuple[str, ...] = ()  # "N" (the model's; default 1) and "LAYER=N"
-    strategy: Literal["latency", "resource"] = "latency"
+    strategy: Literal["latency", "resource", "distributed_arithmetic"] = "latency"
     io_type: Literal["parallel", "stream"] = "parallel"
     part: str | None = None  # None: the back end's default part
     clock_period: float = 5.0  # ns
@@ -130,7 +130,11 @@ class Hls4mlTargetOptions(TargetOptions):
         return values
 
     def checked(self, target: str, variant: str | None) -> Hls4mlTargetOptions:
-        settings(self)  # every check, before any model loads
+        s = settings(self)  # every check, before any model loads
+        if s.strategy == "distributed_arithmetic":
+            from tapeout.targets.hls4ml.da import check_variant
+
+            check_variant(variant)
         return self
 
 
@@ -159,6 +163,10 @@ def settings(o: Hls4mlTargetOptions) -> Settings:
         raise UsageError("hls4ml: --max-abs-error must be > 0")
     if s.clock_period <= 0:
         raise UsageError("hls4ml: --clock-period must be > 0 (ns)")
+    if s.strategy == "distributed_arithmetic":
+        from tapeout.targets.hls4ml.da import check_reuse
+
+        check_reuse(s.reuse_factor, s.layer_reuse)
     return s
 
 
@@ -268,15 +276,28 @@ class Hls4mlTarget(Target):
         plan, prec, data = graph.fixed.plan, graph.fixed.info, graph.fixed.data
         notes: list[str] = list(graph.fixed.notes)
         reuse, raised = self._reuse(graph, notes)
+        da = s.strategy == "distributed_arithmetic"
+        if da:  # hls4ml's DA reads the weights as given and sums exactly (targets/hls4ml/da.py)
+            from tapeout.targets.hls4ml.da import da_graph, da_plan
+
+            keras_graph, plan = da_graph(graph, plan), da_plan(graph, plan)
+        else:
+            keras_graph = graph
         options = Hls4mlOptions(part=s.part, clock_period=s.clock_period, io_type=s.io_type, strategy=s.strategy,
                                 reuse_factor=s.reuse_factor, layer_reuse=reuse)
         with captured_output():  # keras is imported and the model built here: its start-up noise
-            km = keras_model(graph)
+            km = keras_model(keras_graph)
         names = self._names(graph, layers, km)
-        lower(km.model, graph, plan, outdir, variant=self.variant, options=options, names=names)
+        model = lower(km.model, graph, plan, outdir, variant=self.variant, options=options, names=names)
         _write_trace_map(graph, layers, names, plan, outdir)
+        costs = None
+        if da:
+            from tapeout.targets.hls4ml.da import csim_at_o1, da_costs
+
+            costs = da_costs(model, graph, names)
+            csim_at_o1(outdir)
         rows, totals = estimate(graph, plan, reuse, variant=self.variant, io_type=s.io_type, strategy=s.strategy,
-                                clock_period=s.clock_period)
+                                clock_period=s.clock_period, da_costs=costs)
         built = self._build_csim(outdir, notes)
         total_bits, mean_bits = weight_bits(graph, plan)
         base_bits, _ = weight_bits(graph, _uniform(graph))
@@ -299,9 +320,19 @@ class Hls4mlTarget(Target):
         notes.insert(0, f"precision {prec['mode']}" + (f" ({prec['type']})" if "type" in prec else "")
                      + f": {mean_bits:.2f} mean weight bits, {total_bits:,} weight bits "
                        f"({report['totals']['weight_bits_saved']:.0%} fewer than uniform {BASELINE})")
-        notes.append(f"estimates: {totals['multipliers']:,} multipliers ({totals['dsp']:,} DSPs for "
-                     f"{totals['dsp_multipliers']:,}, {totals['lut_multipliers']:,} in LUTs), latency "
-                     f"{totals['latency_cycles']} cycles, II {totals['interval_cycles']}")
+        if da:
+            # The same plan with multipliers, for comparison (the DSP-based design).
+            _, base = estimate(graph, plan, reuse, variant=self.variant, io_type=s.io_type, strategy="latency",
+                               clock_period=s.clock_period)
+            report["estimates"]["latency_strategy"] = base
+            notes.append(f"estimates (distributed arithmetic): {totals['dsp']:,} DSPs, {totals['da_luts']:,} LUTs "
+                         f"in adder graphs (da4ml's cost), latency {totals['latency_cycles']} cycles; the latency "
+                         f"strategy: {base['dsp']:,} DSPs for {base['dsp_multipliers']:,} multipliers, "
+                         f"{base['lut_multipliers']:,} in LUTs")
+        else:
+            notes.append(f"estimates: {totals['multipliers']:,} multipliers ({totals['dsp']:,} DSPs for "
+                         f"{totals['dsp_multipliers']:,}, {totals['lut_multipliers']:,} in LUTs), latency "
+                         f"{totals['latency_cycles']} cycles, II {totals['interval_cycles']}")
         if s.synth:
             from tapeout.targets.hls4ml.synth import run_synthesis
 
@@ -337,7 +368,12 @@ class Hls4mlTarget(Target):
         h = report["hls4ml"]
         assert graph.fixed is not None  # emit refused a graph without it
         feeds, _ = search_data(graph, data, [])
-        csim = self._confirm(graph, graph.fixed.plan, outdir, feeds, to_ir_layout(graph, feeds),
+        plan = graph.fixed.plan
+        if self.settings.strategy == "distributed_arithmetic":
+            from tapeout.targets.hls4ml.da import da_plan
+
+            plan = da_plan(graph, plan)  # the exact sums DA computes
+        csim = self._confirm(graph, plan, outdir, feeds, to_ir_layout(graph, feeds),
                              emitted.confirm_state or {}, notes, h["csim"]["built"])
         errors = csim.pop("layer_errors", {})
         h["csim"] = csim
