@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tapeout.runtime.errors import RuntimeInputError, RuntimeUnavailable
-from tapeout.runtime.runners.litert import LiteRTRunner, _Port, interpreter_class
+from tapeout.runtime.runners.litert import LiteRTRunner, QuantizedPort, interpreter_class
 
 W = np.array([[0.5, -1.0, 0.25], [1.5, 0.5, -0.5], [-0.75, 1.0, 1.0], [0.1, 0.2, 0.3]], np.float32)
 B = np.array([0.1, -0.2, 0.05], np.float32)
@@ -102,7 +102,7 @@ def test_integer_io_matches_feeding_integers_by_hand(models) -> None:
 
 
 def test_quantize_rounds_half_away_from_zero_and_saturates() -> None:
-    port = _Port("x", {"index": 0, "dtype": np.int8, "quantization": (0.5, 3), "shape": np.array([1, 4])})
+    port = QuantizedPort("x", {"index": 0, "dtype": np.int8, "quantization": (0.5, 3), "shape": np.array([1, 4])})
     q = port.quantize(np.array([0.25, -0.25, 0.74, 1000.0, -1000.0], np.float32))
     assert q.dtype == np.int8 and q.tolist() == [4, 2, 4, 127, -128]
     np.testing.assert_array_equal(port.dequantize(np.array([3, 5], np.int8)), [0.0, 1.0])
