@@ -78,12 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--train", metavar="DATA",
                    help="with --prune: fine-tune the pruned model on this .npz (inputs and labels y, as --eval), "
                         "pruned weights held at zero, seeded")
-    c.add_argument("--epochs", type=int, metavar="N", help="fine-tuning epochs with --train (default 5)")
+    c.add_argument("--epochs", type=int, metavar="N",
+                   help="with --train: exactly N epochs on all the data; without it, train until within "
+                        "--max-accuracy-drop (default 1 point) of unpruned on a held-out fifth, or no longer "
+                        "improving (at most 100 epochs; a missed budget is exit 1)")
     c.add_argument("--learning-rate", type=float, metavar="LR",
-                   help="fine-tuning learning rate (Adam) with --train (default 1e-3)")
+                   help="fine-tuning learning rate (Adam) with --train (default 1e-3 with --epochs, else 3e-3, "
+                        "halved on plateaus)")
     c.add_argument("--max-accuracy-drop", type=float, metavar="P",
                    help="fail (exit 1) when a quantized artifact loses more than P percentage points of top-1 "
-                        "accuracy on the --eval labels")
+                        "accuracy on the --eval labels; with --prune --train and no --epochs, also the "
+                        "fine-tuning budget (default 1)")
     c.add_argument("--fallback", action="store_true",
                    help="keep the most sensitive layers of quantized targets in float until the accuracy budget "
                         "(or, without one, cosine/top-1 agreement >= 0.99) holds")
@@ -219,10 +224,24 @@ def print_compile_summary(report: Any, out: TextIO, footer: bool = True) -> None
                       f"(drop {c['drop_pt']:.2f} pt, {'within' if c['within_budget'] else 'over'} budget)",
                       markup=False)
         ft = pr.get("fine_tuning")
+        if ft and ft.get("curve"):  # until done: the validation run, in one line
+            v, c = ft["validation"], ft["curve"]
+            accs = [e["val_accuracy"] for e in c if e["val_accuracy"] is not None]
+            got = (f"validation accuracy {accs[0]:.4f} -> {max(accs):.4f} best (unpruned {v['unpruned_accuracy']:.4f}, "
+                   f"target {v['target_accuracy']:.4f})"
+                   if accs and v["unpruned_accuracy"] is not None else f"validation loss {c[0]['val_loss']:.4f} -> "
+                   f"{min(e['val_loss'] for e in c):.4f}")
+            con.print(f"prune   until done: {v['epochs']} epochs on {v['train_samples']} samples, {got}, lr "
+                      f"{c[0]['learning_rate']:g} -> {c[-1]['learning_rate']:g}; stopped: {v['stopped']}", markup=False)
         if ft:
             con.print(f"prune   fine-tuned {ft['epochs']} epochs on {ft['samples']} samples of {ft['data']} "
                       f"(seed {ft['seed']}, {ft['loss']}), loss {ft['losses'][0]:.4f} -> {ft['losses'][-1]:.4f}",
                       markup=False)
+        budget = (ft or {}).get("budget")
+        if budget:
+            con.print(f"prune   accuracy budget met: {budget['drop_pt']:.2f} points lost on {budget['samples']} "
+                      f"{budget['judged_on']} samples, {budget['max_accuracy_drop']:g} allowed" if budget["met"]
+                      else f"prune   {budget['note']}", markup=False)
         acc = pr.get("accuracy")
         if acc and acc["pruned"] is not None:
             shot = acc.get("pruned_one_shot")

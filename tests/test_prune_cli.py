@@ -75,6 +75,8 @@ def test_fine_tuning_holds_the_zeros_and_is_deterministic(tmp_path):
     assert p["one_shot"] is False and p["fine_tuning"]["epochs"] == 2 and p["fine_tuning"]["samples"] == 200
     assert p["fine_tuning"]["masked_layers"] == 3 and len(p["fine_tuning"]["losses"]) == 2
     assert p["fine_tuning"]["learning_rate"] == 1e-3
+    # --epochs N keeps its meaning: exactly N epochs on all the data, no validation run, no verdict.
+    assert p["fine_tuning"]["mode"] == "fixed" and "curve" not in p["fine_tuning"] and "budget" not in p["fine_tuning"]
     # The zeros stayed where pruning put them and are still exact.
     assert [row["sparsity_after"] for row in p["layers"]][1:-1] == [pytest.approx(0.7, abs=1e-3)] * 3
     acc = p["accuracy"]
@@ -172,3 +174,27 @@ def test_hls4ml_instantiates_no_multiplier_for_a_zero_weight(tmp_path):
     assert sum(est.values()) <= 0.4 * sum(g["n_in"] * g["n_out"] for g in generated.values())
     v = r["targets"][0]["verification"]
     assert v["passed"] and hls["csim"]["built"] and hls["csim"]["csim_agreement"] >= 0.995
+
+
+@pytest.mark.slow
+def test_default_fine_tuning_ends_within_a_point_of_unpruned(tmp_path):
+    """Issue 18 acceptance 6: `--prune channels:0.5 --train` with no other flags, on the digits
+    sample's training split (rebuilt by its train.py), ends within 1 point of unpruned."""
+    import importlib.util
+
+    pytest.importorskip("sklearn")
+    spec = importlib.util.spec_from_file_location("digits_train", SAMPLE / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    x, y = module.load_splits()["train"]
+    np.savez(tmp_path / "train.npz", x=x, y=y)
+    code, out, err = run_cli("compile", SAMPLE / "model.keras", "-t", "onnx", "-o", tmp_path / "out",
+                             "--eval", SAMPLE / "eval.npz", "--prune", "channels:0.5",
+                             "--train", tmp_path / "train.npz", "--no-timings")
+    assert code == 0, err
+    p = json.loads((tmp_path / "out" / "report.json").read_text())["pruning"]
+    acc, ft = p["accuracy"], p["fine_tuning"]
+    assert 100 * (acc["unpruned"] - acc["pruned"]) <= 1.0 and acc["pruned_one_shot"] < 0.5
+    assert ft["mode"] == "until-done" and ft["budget"]["met"] and ft["budget"]["judged_on"] == "eval"
+    assert ft["validation"]["samples"] == 247 and ft["epochs"] <= ft["validation"]["epochs"] <= 100
+    assert "prune   until done:" in out and "accuracy budget met" in out

@@ -66,7 +66,7 @@ def prune(graph: Graph, prune_pass: Any, spec: str, piped: Any, build_data: Buil
     accuracy (each candidate fine-tuned when ``train`` is given) is within ``max_accuracy_drop``.
     """
     from tapeout.compiler.calibration import source_specs
-    from tapeout.compiler.finetune import DEFAULT_EPOCHS, DEFAULT_LR, finetune
+    from tapeout.compiler.finetune import DEFAULT_MAX_DROP, finetune, validation_verdict
     from tapeout.compiler.passes.pipeline import Pipeline
     from tapeout.compiler.passes.prune import AutoPrune, unmatched_layers, weighted_nodes
 
@@ -76,7 +76,9 @@ def prune(graph: Graph, prune_pass: Any, spec: str, piped: Any, build_data: Buil
         raise UsageError(f"--prune-exclude: no conv/dense layer named {', '.join(map(repr, unknown))}; "
                          f"they are {layers}")
     data = None
-    tuning = {"epochs": epochs or DEFAULT_EPOCHS, "seed": 0, "learning_rate": learning_rate or DEFAULT_LR}
+    # Without --epochs, train until within the budget: --max-accuracy-drop when given, else 1 point.
+    tuning = {"epochs": epochs, "seed": 0, "learning_rate": learning_rate, "baseline": graph,
+              "max_drop": DEFAULT_MAX_DROP if max_accuracy_drop is None else max_accuracy_drop}
     train = build_data.train_file
     if train is not None:
         data = build_data.train(source_specs(graph))
@@ -104,6 +106,8 @@ def prune(graph: Graph, prune_pass: Any, spec: str, piped: Any, build_data: Buil
         tuned, info = finetune(pruned, data.feeds, data.labels, **tuning)
         outcome = PruningOutcome.measure(spec, graph, tuned, details)
         outcome.fine_tuning = {"data": str(train), **info.to_json()}
+        if info.budget_met is not None:  # judged again on the --eval labels when there are some
+            outcome.fine_tuning["budget"] = validation_verdict(info)
         outcome.one_shot_graph = pruned
         pruned = tuned
     outcome.search = search
@@ -156,6 +160,12 @@ def pruned_reference(graph: Graph, dataset: Dataset, source_ref: dict[str, np.nd
         if pruning.one_shot_graph is not None:  # fine-tuned: also the accuracy before fine-tuning
             with ReferenceRunner(pruning.one_shot_graph, source_layout=True) as runner:
                 pruning.accuracy["pruned_one_shot"] = top1(run_batches(runner, dataset), dataset.labels)
+        ft = pruning.fine_tuning or {}
+        acc = pruning.accuracy
+        if ft.get("budget") and acc["unpruned"] is not None and acc["pruned"] is not None:
+            from tapeout.compiler.finetune import accuracy_verdict
+
+            ft["budget"] = accuracy_verdict(ft, acc["unpruned"], acc["pruned"], dataset.kind, dataset.num_samples)
     return ref
 
 
