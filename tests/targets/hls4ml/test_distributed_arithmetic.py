@@ -23,13 +23,24 @@ DA = "distributed_arithmetic"
 
 @pytest.fixture(scope="module")
 def jet_da(tmp_path_factory) -> tuple[int, str, dict, Path]:
-    """The jet MLP compiled once through the CLI (one C++ build: about 3 minutes on 2 cores, the
-    adder graphs' straight-line ap_fixed code is slow to compile)."""
+    """A jet-tagger-shaped MLP, narrowed (16-6-5) so that its one C++ build takes seconds: the
+    adder graphs' straight-line ap_fixed code is slow to compile, and the bundled 16-64-32-32-5
+    jet MLP takes about 4 minutes on 2 cores (docs/hls4ml.md gives its figures)."""
     if shutil.which("g++") is None:
         pytest.skip("g++ is not on PATH: no hls4ml C simulation")
-    out = tmp_path_factory.mktemp("da") / "jet"
-    code, _, err = run_cli("compile", JET / "model.keras", "-t", "hls4ml", "--strategy", DA,
-                           "--calibration", JET / "calibration.npz", "--eval", JET / "eval.npz", "-o", out)
+    import keras
+
+    tmp = tmp_path_factory.mktemp("da")
+    keras.utils.set_random_seed(5)
+    x = keras.Input((16,), name="x")
+    h = keras.layers.Dense(6, activation="relu", name="fc1")(x)
+    keras.Model(x, keras.layers.Dense(5, activation="softmax", name="out")(h)).save(tmp / "mlp.keras")
+    jet = np.load(JET / "calibration.npz")["x"][:, :16].astype(np.float32)
+    np.savez(tmp / "cal.npz", x=jet[:200])
+    np.savez(tmp / "eval.npz", x=jet[200:600])
+    out = tmp / "jet"
+    code, _, err = run_cli("compile", tmp / "mlp.keras", "-t", "hls4ml", "--strategy", DA,
+                           "--calibration", tmp / "cal.npz", "--eval", tmp / "eval.npz", "-o", out)
     report = json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else {}
     return code, err, report, out
 
@@ -48,16 +59,16 @@ def test_jet_mlp_compiles_and_verifies(jet_da):
     assert _hls(report)["strategy"] == DA
     # The adder graphs replaced the multiplications: one da4ml kernel per dense layer.
     code_gen = (out / "hls4ml-vitis" / "firmware" / "nnet_utils" / "nnet_code_gen.h").read_text()
-    assert code_gen.count("void dense_da_") == 4
+    assert code_gen.count("void dense_da_") == 2
 
 
 @pytest.mark.slow
 def test_csim_is_bit_exact_to_the_numpy_model(jet_da):
     _, _, report, _ = jet_da
     csim = _hls(report)["csim"]
-    assert csim["built"] is True and csim["samples"] == 2000
+    assert csim["built"] is True and csim["samples"] >= 200
     assert csim["mismatched"] == []
-    assert csim["bit_exact_layers"] == csim["checked_layers"] == 7
+    assert csim["bit_exact_layers"] == csim["checked_layers"] >= 3
     assert csim["csim_agreement"] == csim["numpy_agreement"] >= 0.995
 
 
@@ -69,10 +80,10 @@ def test_estimate_has_no_dsps_and_counts_adder_luts(jet_da):
     assert totals["dsp"] == 0 and totals["multipliers"] == 0
     assert totals["da_luts"] > 0
     dense = [r for r in _hls(report)["layers"] if r["kind"] == "dense"]
-    assert len(dense) == 4 and all(r["estimate"]["da_luts"] > 0 and r["estimate"]["dsp"] == 0 for r in dense)
+    assert len(dense) == 2 and all(r["estimate"]["da_luts"] > 0 and r["estimate"]["dsp"] == 0 for r in dense)
     assert totals["da_luts"] == sum(r["estimate"]["da_luts"] for r in dense)
     # The DSP-based design of the same types, beside it: every product there is a multiplier.
-    assert base["dsp"] > 0 and base["multipliers"] == 4253
+    assert base["dsp"] > 0 and 0 < base["multipliers"] <= 16 * 6 + 6 * 5
 
 
 @pytest.mark.parametrize("flags, reason", [
@@ -173,7 +184,7 @@ def test_estimate_with_da_costs(tmp_path):
 
 @pytest.mark.slow
 def test_conv2d_compiles_bit_exact_without_dsps(tmp_path):
-    """Conv layers go through hls4ml's DA im2col kernel: bit-exact C simulation, no DSPs (~1 min)."""
+    """Conv layers go through hls4ml's DA im2col kernel: bit-exact C simulation, no DSPs."""
     if shutil.which("g++") is None:
         pytest.skip("g++ is not on PATH: no hls4ml C simulation")
     import keras
@@ -181,8 +192,8 @@ def test_conv2d_compiles_bit_exact_without_dsps(tmp_path):
     from tapeout.compiler.api import compile_model
 
     keras.utils.set_random_seed(3)
-    x = keras.Input((8, 8, 2), name="x")
-    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="c1")(x)
+    x = keras.Input((6, 6, 1), name="x")
+    h = keras.layers.Conv2D(2, 3, padding="same", activation="relu", name="c1")(x)
     h = keras.layers.Flatten(name="fl")(keras.layers.MaxPooling2D(2, name="p1")(h))
     path = tmp_path / "conv2d.keras"
     keras.Model(x, keras.layers.Dense(3, name="fc")(h)).save(path)
