@@ -134,7 +134,9 @@ class CompileReport:
 
     @property
     def passed(self) -> bool:
-        return all(t.passed for t in self.targets)
+        # A fine-tuning budget the training missed fails the build as a verification does.
+        budget = ((self.pruning or {}).get("fine_tuning") or {}).get("budget") or {}
+        return all(t.passed for t in self.targets) and budget.get("met") is not False
 
     @property
     def exit_code(self) -> int:

@@ -419,4 +419,8 @@ def _unrun(reason: str, tol: Tolerance, dataset: Dataset, runner: str = "-") -> 
 
 def failing_artifacts(report: CompileReport) -> list[str]:
     """'target:variant (artifact, ...)' for every target that failed verification."""
-    return [f"{t.target}:{t.variant} ({', '.join(t.artifacts) or t.folder})" for t in report.targets if not t.passed]
+    failing = [f"{t.target}:{t.variant} ({', '.join(t.artifacts) or t.folder})" for t in report.targets if not t.passed]
+    budget = ((report.pruning or {}).get("fine_tuning") or {}).get("budget") or {}
+    if budget.get("met") is False:
+        failing.append(f"pruning ({budget.get('note') or 'the fine-tuning budget was missed'})")
+    return failing

@@ -213,6 +213,5 @@ def test_a_missed_budget_is_reported(missed):
     assert "missed the accuracy budget" in text
 
 
-@pytest.mark.xfail(strict=True, reason="needs CompileReport.passed to read pruning.fine_tuning.budget (report.py)")
 def test_a_missed_budget_is_exit_1(missed):
     assert missed[0] == 1
