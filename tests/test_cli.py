@@ -335,3 +335,20 @@ def test_real_process_error_has_no_traceback(tmp_path):
     assert r.returncode == 2
     assert r.stdout == ""
     assert_one_line_error(r.stderr, "broken.keras")
+
+
+@pytest.mark.parametrize("flags", [
+    ["{missing}", "-t", "onnx"],
+    ["{jet}", "-t", "onnx", "--eval", "{missing}"],
+    ["{jet}", "-t", "tflite:int8", "--calibration", "{missing}"],
+    ["{jet}", "-t", "onnx", "--prune", "channels:0.5", "--train", "{missing}"],
+])
+def test_a_missing_input_file_is_exit_2_with_the_build_cache_on(flags, tmp_path, monkeypatch):
+    """The build cache hashes the model and data files for its key: a missing one was an internal
+    error (exit 4) before check() refused it."""
+    monkeypatch.setenv("TAPEOUT_CACHE_DIR", str(tmp_path / "cache"))
+    jet = Path(__file__).resolve().parents[1] / "samples" / "jet_mlp" / "model.keras"
+    args = [f.format(missing=tmp_path / "nope.npz", jet=jet) for f in flags]
+    code, _, err = run_cli("compile", *args, "-o", tmp_path / "out")
+    assert code == 2 and err.strip() == f"tapeout: error: {tmp_path / 'nope.npz'}: no such " + (
+        "model file" if args[0].endswith("nope.npz") else "data file")
