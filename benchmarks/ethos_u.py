@@ -20,33 +20,14 @@ The NPU figures are Vela's static estimates; nothing here executes the NPU comma
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
+from litert_timing import latency_ms  # benchmarks/ (the script's folder is on sys.path)
 from tapeout.compiler.quiet import quiet_environment
-
-
-def latency_ms(path: Path, runs: int) -> float:
-    """Median batch-1 latency with one thread (LiteRT), after a warm-up; synthetic input."""
-    from tapeout.runtime.runners.litert import LiteRTRunner
-
-    with LiteRTRunner(path, num_threads=1) as r:
-        spec = r.input_specs()[0]
-        shape = [1, *(d if isinstance(d, int) else 1 for d in spec.shape[1:])]
-        feed = {spec.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-        for _ in range(3):
-            r.infer(feed)
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            r.infer(feed)
-            times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
 
 
 def kib(n: int) -> str:

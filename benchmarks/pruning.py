@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import importlib.util
-import statistics
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from litert_timing import latency_ms  # benchmarks/ (the script's folder is on sys.path)
 from tapeout.compiler.quiet import captured_output, quiet_environment
 from tapeout.compiler.stages.data import BuildData
 from tapeout.targets.base import EmitContext
@@ -83,21 +83,6 @@ def tflite(graph: Any, folder: Path) -> Path:
     return folder / next(a for a in emitted.artifacts if a.endswith(".tflite"))
 
 
-def latency_ms(path: Path, x: np.ndarray, runs: int) -> float:
-    from tapeout.runtime.runners.litert import LiteRTRunner
-
-    with LiteRTRunner(path, num_threads=1) as r:
-        feed = {r.input_specs()[0].name: x[:1]}
-        for _ in range(10):
-            r.infer(feed)
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            r.infer(feed)
-            times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
-
-
 def hls4ml(graph: Any, sample: Path, folder: Path) -> dict[str, Any]:
     """The hls4ml target's multiplier estimate and C-simulation agreement, or why there are none."""
     from tapeout.compiler.errors import UsageError
@@ -133,7 +118,7 @@ def row(name: str, graph: Any, x: np.ndarray, y: np.ndarray, work: Path, runs: i
             "macs": graph_macs(graph), "nonzero_macs": sum(r["nonzero_macs"] for r in stats)
             + graph_macs(graph) - sum(r["macs"] for r in stats),
             "accuracy": accuracy(graph, x, y), "tflite": len(data), "tflite_gz": len(gzip.compress(data, 9)),
-            "latency_ms": latency_ms(path, x, runs), "multipliers": nonzero} | hls4ml(graph, sample, stem / "hls4ml")
+            "latency_ms": latency_ms(path, runs, x, warmup=10), "multipliers": nonzero} | hls4ml(graph, sample, stem / "hls4ml")
 
 
 def bench(model: str, spec: str, train: tuple[np.ndarray, np.ndarray], epochs: int, lr: float, runs: int,

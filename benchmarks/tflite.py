@@ -26,7 +26,6 @@ Then the ratios the acceptance asks for. Timings on a shared machine are noisy.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from litert_timing import latency_ms  # benchmarks/ (the script's folder is on sys.path)
 from tapeout.compiler.quiet import captured_output, quiet_environment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,23 +61,6 @@ def direct_convert(model: Any, variant: str, calibration: np.ndarray) -> tuple[b
                 else tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
         data = bytes(conv.convert())
     return data, time.perf_counter() - t0
-
-
-def latency_ms(path: Path, x: np.ndarray, runs: int) -> float:
-    """Median batch-1 latency with one thread (LiteRT), after a warm-up."""
-    from tapeout.runtime.runners.litert import LiteRTRunner
-
-    with LiteRTRunner(path, num_threads=1) as r:
-        name = r.input_specs()[0].name
-        feed = {name: x[:1]}
-        for _ in range(3):
-            r.infer(feed)
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            r.infer(feed)
-            times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
 
 
 def outputs(path: Path, x: np.ndarray) -> np.ndarray:
@@ -122,14 +105,14 @@ def bench(name: str, model_path: Path, variants: tuple[str, ...], calibration: s
             if q.get("accuracy_control"):
                 note = "--fallback: " + (f"kept float {', '.join(kept)}" if kept else "nothing kept float")
             rows.append({"model": name, "variant": t.variant, "by": "tapeout", "size": path.stat().st_size,
-                         **quality(path, x, labels, reference), "latency_ms": latency_ms(path, x, runs),
+                         **quality(path, x, labels, reference), "latency_ms": latency_ms(path, runs, x),
                          "convert_s": t.seconds, "note": note})
             data, secs = direct_convert(model, t.variant, cal_x)
             direct_total += secs
             dpath = Path(tmp) / f"direct-{t.variant}.tflite"
             dpath.write_bytes(data)
             rows.append({"model": name, "variant": t.variant, "by": "TF direct", "size": len(data),
-                         **quality(dpath, x, labels, reference), "latency_ms": latency_ms(dpath, x, runs),
+                         **quality(dpath, x, labels, reference), "latency_ms": latency_ms(dpath, runs, x),
                          "convert_s": secs, "note": ""})
     totals = {"command_s": command_s, "emit_s": sum(t.seconds for t in report.targets), "direct_s": direct_total}
     return rows, totals

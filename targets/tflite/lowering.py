@@ -25,7 +25,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from tapeout.compiler.ir import Activation, Graph, Node, TensorQuant, TensorType
+from tapeout.compiler.ir import Activation, Graph, Node, TensorQuant, TensorType, fresh_name
 from tapeout.compiler.keras_model import keras_activation
 from tapeout.compiler.passes.quantize import per_channel_weights
 
@@ -97,9 +97,7 @@ def lower_channel_scales(graph: Graph) -> Graph:
     reshapes: set[str] = set()
 
     def fresh(base: str) -> str:
-        name, i = base, 1
-        while name in taken:
-            name, i = f"{base}_{i}", i + 1
+        name = fresh_name(base, taken.__contains__)
         taken.add(name)
         return name
 
