@@ -210,6 +210,24 @@ def run_converter(converter: Any) -> bytes:
         from tapeout.runtime.errors import one_line
 
         errors = [ln.strip() for ln in "".join(log).splitlines() if "error" in ln.lower()]
-        detail = f"; {one_line(errors[-1])}" if errors else ""
-        raise ConversionError(f"TensorFlow's TFLite converter failed: {one_line(failure)}{detail}") from None
+        detail = f"; {one_line(without_locations(errors[-1]))}" if errors else ""
+        raise ConversionError(f"TensorFlow's TFLite converter failed: {one_line(without_locations(str(failure)))}"
+                              f"{detail}") from None
     return bytes(data)
+
+
+def without_locations(text: str) -> str:
+    """MLIR's messages without their ``loc(...)`` call-site chains, which run to hundreds of
+    characters before the reason and left a one-line error without one."""
+    out, i = [], 0
+    while (j := text.find("loc(", i)) >= 0:
+        out.append(text[i:j])
+        depth, k = 0, j + 3
+        while k < len(text):
+            depth += {"(": 1, ")": -1}.get(text[k], 0)
+            k += 1
+            if depth == 0:
+                break
+        i = k
+    out.append(text[i:])
+    return " ".join("".join(out).replace(": :", ":").split())

@@ -21,10 +21,16 @@ IO_TYPES = {"int8": ("float", "int8", "uint8"), "int16x8": ("float", "int16")}  
 _SCHEMES = {"fp16": "fp16", "int8": "int8", "int16x8": "int16x8"}
 
 
-def unsupported_nodes(graph: Graph) -> list[str]:
-    """Nodes TFLite's builtin op set cannot run: 3D pooling (no MAX/AVERAGE_POOL_3D builtin)."""
-    return [f"{n.name!r} ({n.op}, 3D)" for n in graph.nodes
-            if n.op in ("max_pool", "avg_pool") and len(n.attrs["kernel"]) == 3]
+def unsupported_nodes(graph: Graph, variant: str) -> list[str]:
+    """Nodes this variant cannot express: 3D pooling (TFLite has no MAX/AVERAGE_POOL_3D builtin);
+    in int16x8, concat: TensorFlow's converter builds int16 CONCATENATION only in its own
+    calibrating flow (with requantizing QUANTIZE ops), and refuses one from annotations."""
+    out = [f"{n.name!r} ({n.op}, 3D): TFLite has no builtin 3D pooling op" for n in graph.nodes
+           if n.op in ("max_pool", "avg_pool") and len(n.attrs["kernel"]) == 3]
+    if variant == "int16x8":
+        out += [f"{n.name!r} (concat): TensorFlow's converter has no int16 CONCATENATION from quantization "
+                "annotations; tflite:int8 has one" for n in graph.nodes if n.op == "concat"]
+    return out
 
 
 @dataclass(frozen=True)
@@ -80,10 +86,9 @@ class TfliteTarget(Target):
         from tapeout.targets.tflite.microcontroller import c_identifier, write_c_array
         from tapeout.targets.tflite.micro_arena import measure
 
-        refused = unsupported_nodes(graph)
+        refused = unsupported_nodes(graph, self.variant)
         if refused:
-            raise UsageError(f"target tflite cannot express node(s) {', '.join(refused)}: TFLite has no "
-                             "builtin 3D pooling op")
+            raise UsageError(f"target tflite:{self.variant} cannot express node(s) {'; '.join(refused)}")
         from tapeout.targets.io import artifact_graph
 
         notes: list[str] = []
