@@ -11,7 +11,7 @@ in the reference interpreter's bit-accurate model (compiler.fixedpoint.search).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -35,6 +35,11 @@ class PrecisionRequest:
     softmax_input: Any = None
     # Said when the back end computes table activations with formulas the search does not model.
     own_tables_note: str | None = None
+    # What "auto" minimizes (compiler.fixedpoint.cost): "resources" (the back end's DSP/LUT estimate,
+    # ``resources``; EBOPs without it), "ebops", or "bits" (the first search: fewest bits, 10x guard).
+    objective: str = "resources"
+    # (graph, plan) -> {"dsp": int, "luts": int}: the back end's estimate of a plan.
+    resources: Callable[[Graph, Any], Mapping[str, int]] | None = None
 
 
 @dataclass
@@ -111,10 +116,28 @@ class PrecisionSearch(Pass):
             plan.layers.update(pinned)
             info["type"] = str(r.precision)
             return plan, {**info, "ranges": observed_ranges(graph, feeds)}
-        res = search(graph, feeds, Budget(r.min_agreement, r.max_abs_error, MIN_COSINE), pinned=pinned,
-                     baseline=uniform_plan(graph, r.baseline) if r.min_agreement is not None else None,
-                     table_sizes=r.table_sizes)
+        budget = Budget(r.min_agreement, r.max_abs_error, MIN_COSINE)
+        base = uniform_plan(graph, r.baseline) if r.min_agreement is not None else None
+        if r.objective == "bits":
+            res = search(graph, feeds, budget, pinned=pinned, baseline=base, table_sizes=r.table_sizes)
+            res.extra = {"method": "bits"}
+        else:
+            from tapeout.compiler.fixedpoint.cost import OBJECTIVES, objective
+            from tapeout.compiler.fixedpoint.descent import search_cost
+
+            if r.objective not in OBJECTIVES:
+                raise UsageError(f"{self.what}: precision objective {r.objective!r}: expected one of "
+                                 f"{', '.join((*OBJECTIVES, 'bits'))}")
+            cost = objective(graph, r.objective, r.resources)
+            res = search_cost(graph, feeds, budget, cost, pinned=pinned, baseline=base, table_sizes=r.table_sizes)
+            res.extra["objective"] = r.objective if r.resources is not None or r.objective == "ebops" else "ebops"
         notes.extend(res.notes)
+        curve = res.extra.get("curve")
+        if curve:
+            pick = next(c for c in curve if c["chosen"])
+            notes.append(f"precision search ({res.extra['objective']}): cost {pick['cost']:,.0f} at agreement "
+                         f"{pick['agreement']} (held-out {pick['held_out_agreement']}); {len(curve)} points from "
+                         f"{curve[0]['cost']:,.0f} to {curve[-1]['cost']:,.0f} in precision.search.curve")
         if r.softmax_input is not None:
             _pin_softmax_input(graph, res.plan, res.ranges, r.softmax_input, notes)
         if r.own_tables_note and any(layer.kind in TABLE_ACTIVATIONS for layer in layers):
@@ -126,7 +149,8 @@ class PrecisionSearch(Pass):
                          f"{res.max_abs_error:.3g}): the widest plan is used")
         info.update(met=res.met, evaluations=res.evaluations, required_agreement=res.required_agreement,
                     required_cosine=res.required_cosine, cosine=res.cosine,
-                    baseline={"type": str(r.baseline), "agreement": res.baseline_agreement}, ranges=res.ranges)
+                    baseline={"type": str(r.baseline), "agreement": res.baseline_agreement}, ranges=res.ranges,
+                    search=res.extra)
         return res.plan, info
 
 

@@ -108,6 +108,7 @@ class SearchResult:
     notes: list[str] = field(default_factory=list)
     cosine: float | None = None  # the plan's cosine with the float model on the search data
     required_cosine: float | None = None  # what the search held the calibration data to
+    extra: dict = field(default_factory=dict)  # the cost search's guard, sensitivity and trade curve
 
 
 def int_bits(maxabs: float, margin: float = MARGIN) -> int:

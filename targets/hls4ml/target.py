@@ -50,6 +50,7 @@ class Settings:
     clock_period: float = 5.0
     synth: bool = False
     build_csim: bool = True
+    precision_objective: str = "resources"  # compiler.fixedpoint.cost: resources, ebops; "bits": the first search
 
 
 def _as_list(v: Any) -> list[Any]:
@@ -77,7 +78,7 @@ def _parse_int(text: Any, what: str) -> int:
 
 # The config file's model-level keys (flags win over them).
 _FILE_KEYS = ("precision", "reuse_factor", "strategy", "io_type", "part", "clock_period", "min_agreement",
-              "max_abs_error")
+              "max_abs_error", "precision_objective")
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class Hls4mlTargetOptions(TargetOptions):
     config: str | None = field(default=None, metadata={"path": True})
     synth: bool = False
     build_csim: bool = True
+    precision_objective: Literal["resources", "ebops", "bits"] = "resources"  # what "auto" minimizes
 
     @classmethod
     def prepare(cls, values: dict[str, Any], target: str) -> dict[str, Any]:
@@ -142,7 +144,7 @@ def settings(o: Hls4mlTargetOptions) -> Settings:
     """The options as the emitter uses them (types parsed, per-layer entries split out)."""
     s = Settings(min_agreement=o.min_agreement, max_abs_error=o.max_abs_error, strategy=o.strategy,
                  io_type=o.io_type, part=o.part or None, clock_period=o.clock_period, synth=o.synth,
-                 build_csim=o.build_csim)
+                 build_csim=o.build_csim, precision_objective=o.precision_objective)
     for item in o.precision:
         layer, _, text = item.rpartition("=") if "=" in item else ("", "", item)
         if layer:
@@ -223,7 +225,21 @@ class Hls4mlTarget(Target):
             table_sizes=TABLE_SIZES if self.variant in AMD_TABLES else (1024,),
             # hls4ml 1.3's Quartus/oneAPI writers compute the softmax exp table for an ap_fixed<16,6> input.
             softmax_input=fixed(16, 6, "AP_RND", "AP_SAT") if self.variant in ("quartus", "oneapi") else None,
-            own_tables_note=None if self.variant in AMD_TABLES else own)
+            own_tables_note=None if self.variant in AMD_TABLES else own,
+            # Distributed arithmetic has no multipliers to count: EBOPs stand in for its adder graphs.
+            objective="ebops" if s.strategy == "distributed_arithmetic" and s.precision_objective == "resources"
+            else s.precision_objective, resources=self._resources)
+
+    def _resources(self, graph: Graph, plan: Any) -> dict[str, int]:
+        """The estimate's DSPs and LUTs of a plan (the precision search's objective)."""
+        from tapeout.compiler.fixedpoint.cost import lut_multiplier_luts
+        from tapeout.targets.hls4ml.estimates import estimate
+
+        s = self.settings
+        rows, totals = estimate(graph, plan, self._reuse(graph, [])[0], variant=self.variant, io_type=s.io_type,
+                                strategy=s.strategy, clock_period=s.clock_period)
+        return {"dsp": totals["dsp"],
+                "luts": sum(r.lut_multipliers * lut_multiplier_luts(*r.operand_bits) for r in rows if r.lut_multipliers)}
 
     # ----------------------------------------------------------------- reuse
     def _reuse(self, graph: Graph, notes: list[str]) -> tuple[dict[str, int], list[dict[str, Any]]]:

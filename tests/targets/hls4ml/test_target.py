@@ -49,10 +49,7 @@ def test_jet_mlp_acceptance_1(compiled_samples):
 @pytest.mark.parametrize("name", SAMPLE_NAMES)
 def test_samples_numpy_model_is_bit_exact_with_csim(compiled_samples, name):
     """Acceptance 2: every dense, conv and relu layer of the sample's chosen plan, NumPy vs C simulation."""
-    from tapeout.compiler.calibration import to_ir_layout
     from tapeout.compiler.fixedpoint import hls_layers, run_fixed
-    from tapeout.compiler.fixedpoint.search import Budget, search, uniform_plan
-    from tapeout.compiler.fixedpoint.types import fixed
     from tapeout.compiler.frontends.loader import load_model
     from tapeout.compiler.passes.registry import default_pipeline
     from tapeout.runtime.runners.hls4ml_csim import Hls4mlCsimRunner
@@ -61,10 +58,13 @@ def test_samples_numpy_model_is_bit_exact_with_csim(compiled_samples, name):
     h = _hls(report)
     assert h["csim"]["built"] and h["csim"]["mismatched"] == []
     graph = default_pipeline().run(load_model(SAMPLES / name / "model.keras")[0]).graph
-    feeds = {graph.inputs[0]: np.load(SAMPLES / name / "calibration.npz")["x"]}
     # The same plan the target chose (the search is deterministic).
-    plan = search(graph, to_ir_layout(graph, feeds), Budget(0.995),
-                  baseline=uniform_plan(graph, fixed(16, 6))).plan
+    from tapeout.compiler.fixedpoint.precision import PrecisionSearch
+    from tapeout.compiler.stages.data import BuildData
+    from tapeout.targets.hls4ml.target import Hls4mlTarget
+
+    data = BuildData(SAMPLES / name / "calibration.npz", SAMPLES / name / "eval.npz")
+    plan = PrecisionSearch(Hls4mlTarget("vitis").precision_request(), data).run(graph).graph.fixed.plan
     for row in h["layers"]:
         assert row["types"] == {k: str(t) for k, t in plan.of(row["layer"]).types().items()}
     x = {graph.inputs[0]: np.load(SAMPLES / name / "eval.npz")["x"][:200]}
