@@ -59,12 +59,20 @@ def cast(x: Fx, t: FixedType) -> Fx:
 def _accumulate(x: np.ndarray, fx: int, w: np.ndarray, fw: int, bias: np.ndarray, acc: FixedType) -> np.ndarray:
     """acc_t sum of (acc_t)(x[..., k] * w[k, m]) over k, starting from the bias (already acc_t raw)."""
     k = w.shape[0]
-    check_headroom(_bits(x) + _bits(w) + max(1, math.ceil(math.log2(k + 1))), "a product sum")
+    bits = _bits(x) + _bits(w) + max(1, math.ceil(math.log2(k + 1)))
+    check_headroom(bits, "a product sum")
     fp = fx + fw
     exact = acc.frac >= fp  # every product is already on the accumulator's grid
     if exact and acc.overflow == "AP_WRAP":
         # Wrapping is modular: wrapping each product and partial sum equals wrapping the total.
-        total = (x @ w) << INT(acc.frac - fp)
+        # NumPy's int64 matmul has no BLAS kernel (a conv's im2col took ~1 s per call); float64
+        # BLAS is exact in any summation order while every product and partial sum is an
+        # integer below 2**53, which ``bits`` bounds.
+        if bits <= 53:
+            prod = (x.astype(np.float64) @ w.astype(np.float64)).astype(INT)
+        else:
+            prod = x @ w
+        total = prod << INT(acc.frac - fp)
         return overflow(total + bias, acc)
     lead = x.shape[:-1]
     xs = x.reshape(-1, k)
@@ -85,7 +93,7 @@ def _accumulate(x: np.ndarray, fx: int, w: np.ndarray, fw: int, bias: np.ndarray
 
 
 def _bits(a: np.ndarray) -> int:
-    m = int(np.max(np.abs(a))) if a.size else 0
+    m = max(int(a.max()), -int(a.min())) if a.size else 0  # no |a| copy of a large im2col
     return max(1, m.bit_length()) + 1
 
 
