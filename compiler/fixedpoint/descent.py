@@ -13,10 +13,11 @@ The same types, ranges and lookup-table growth as ``search.search`` (the "bits" 
    lowered by bisection with the rest at the wide start: its fewest fractional bits.
 4. Joint start: every type at its own fewest bits plus one common offset, the smallest that meets
    the guard (bisection).
-5. Greedy descent on weights and activations together: each round tries one fractional bit less
+5. Greedy descent on weights and activations together: each round prices one fractional bit less
    on every type (and, where that saves no resources, the first of two or three bits less that
-   does: DSP -> LUT steps), takes the feasible move with the most cost saved per budget spent, and
-   drops a type whose next bit fails. The NumPy bit-accurate model is the oracle.
+   does: DSP -> LUT steps), scores the four that save most on the NumPy bit-accurate model (the
+   next four when none passes), takes the feasible move with the most cost saved per budget
+   spent, and drops a type whose next bit fails.
 6. Held-out confirmation: the cheapest plan on the descent path whose held-out agreement,
    cosine and error meet the user's (unguarded) budget is chosen.
 7. Curve: the path, then a few cheaper moves past the budget (down to ``1 - 4 x (1 - min_agreement)``
@@ -42,10 +43,11 @@ HOLD_OUT = 5  # every HOLD_OUT-th sample is held out (20%)
 HELD_CONFIDENCE = 0.5  # the held-out check: the median-unbiased disagreement rate within the budget
 SLACK = 0.01  # budget share a move is charged at least, so free moves rank by their saving
 CURVE_FACTOR = 4  # the curve goes on past the budget down to 1 - CURVE_FACTOR x (1 - min_agreement)
-CURVE_EXTRA = 8  # at most this many moves past the chosen plan
+CURVE_EXTRA = 4  # at most this many moves past the chosen plan
 # Fewer real search samples than this are extended to 2,000 with jittered copies (as the bits search):
 # the bound then counts copies as samples, and the held-out check is what stands on real data alone.
 MIN_REAL = 1000
+BATCH = 4  # moves the model scores per round, the most cost saved first (more only when none passes)
 JUMP = 3  # a step that saves no resources may look this many bits down for one that does
 
 
@@ -257,29 +259,34 @@ def search_cost(graph: Graph, feeds: dict[str, np.ndarray], budget: Budget, cost
         active = [k for k in knobs if fracs[k] > floor[k]]
         while active and len(steps) < max_moves:
             c0 = cost(plan)
-            best = None
-            for k in list(active):
+            base = c0["cost"] - c0["tie"]
+            moves = []  # (saved, knob, fractional bits, plan): priced first, the model runs on the best few
+            for k in active:
                 f = fracs[k]
-                tries = [f - 1]
-                one = cost(fin(k.set(plan, f - 1)))
-                if one["cost"] - one["tie"] >= c0["cost"] - c0["tie"]:  # no resource saved: look further down
+                one = fin(k.set(plan, f - 1))
+                moves.append((c0["cost"] - cost(one)["cost"], k, f - 1, one))
+                if cost(one)["cost"] - cost(one)["tie"] >= base:  # no resource saved: look further down
                     for g in range(f - 2, max(floor[k], f - JUMP) - 1, -1):
-                        c = cost(fin(k.set(plan, g)))
-                        if c["cost"] - c["tie"] < c0["cost"] - c0["tie"]:
-                            tries.append(g)
+                        trial = fin(k.set(plan, g))
+                        if cost(trial)["cost"] - cost(trial)["tie"] < base:
+                            moves.append((c0["cost"] - cost(trial)["cost"], k, g, trial))
                             break
-                for g in tries:
-                    trial = fin(k.set(plan, g))
+            moves.sort(key=lambda m: (-m[0], str(m[1]), -m[2]))
+            best = None
+            for i in range(0, len(moves), BATCH):
+                for saved, k, g, trial in moves[i:i + BATCH]:
+                    if k not in active:
+                        continue
                     s = judge.score(trial)
                     if not lim.ok(s):
-                        if g == f - 1:
+                        if g == fracs[k] - 1:
                             active.remove(k)  # its next bit fails now; it will not pass with fewer elsewhere
-                            break
                         continue
-                    saved = c0["cost"] - cost(trial)["cost"]
                     ratio = saved / (max(lim.damage(s) - lim.damage(cur_s), 0.0) + SLACK)
                     if best is None or ratio > best[0]:
                         best = (ratio, k, g, trial, s)
+                if best is not None:
+                    break
             if best is None or best[0] <= 0:
                 break
             _, k, g, plan, cur_s = best
