@@ -60,10 +60,6 @@ def check(spec: BuildSpec) -> Checked:
     """Refuse every bad flag and option before any work (exit 2), and a missing tool (exit 3)."""
     if not spec.targets:
         raise UsageError("no target given: pass -t TARGET (see `tapeout targets`)")
-    # Before anything hashes or reads them (the build cache's key does both).
-    for what, path in (("model", spec.model), ("weights", spec.weights), *(("data", p) for p in spec.data_files())):
-        if path is not None and not Path(path).is_file():
-            raise UsageError(f"{path}: no such {what} file")
     chosen: list[tuple[type[Target], str]] = []
     for name in spec.targets:
         pair = parse_target(name)
@@ -85,6 +81,11 @@ def check(spec: BuildSpec) -> Checked:
             raise MissingToolError(f"target {cls.name!r} needs {', '.join(missing)}: "
                                    f"pip install 'tapeout[{cls.name}]'")
     check_outdir(spec.outdir)
+    # After every flag and option (each refused without reading a file), before anything hashes
+    # or reads these (the build cache's key does both).
+    for what, path in (("model", spec.model), ("weights", spec.weights), *(("data", p) for p in spec.data_files())):
+        if path is not None and not Path(path).is_file():
+            raise UsageError(f"{path}: no such {what} file")
     return Checked(spec, chosen, built, layout_notes, prune_pass)
 
 
