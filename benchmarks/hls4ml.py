@@ -5,6 +5,11 @@ the C simulation with the source model on the held-out eval data, mean weight bi
 DSPs / LUT multipliers and latency, and the wall time of convert + search + C-sim compile (the
 target's emit: IR -> Keras -> hls4ml project, the precision search, g++ of the bridge library
 and one confirming C-sim run on the calibration data). Run: python benchmarks/hls4ml.py [--md]
+
+``--build-speed`` (issue 18, build speed): the digits CNN's whole ``tapeout compile -t hls4ml`` (CLI,
+--no-cache), once with hls4ml's build script as written (TAPEOUT_HLS4ML_BUILD=legacy: -O3, one
+translation unit after the other) and once as tapeout writes it (-O1, both at once), then each
+project's build_lib.sh alone, rerun in the same folders: wall seconds and the ratio, one run.
 """
 
 from __future__ import annotations
@@ -61,7 +66,12 @@ def run(sample: str, precision: str, work: Path) -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--samples", nargs="*", default=list(SAMPLES))
+    p.add_argument("--build-speed", action="store_true", help="digits CNN compile: hls4ml's build vs tapeout's")
+    p.add_argument("--objective", default=None, help="with --build-speed: hls4ml.precision_objective (resources, ebops, bits)")
     args = p.parse_args(argv)
+    if args.build_speed:
+        build_speed(args.objective)
+        return
     from tapeout.compiler.quiet import captured_output, quiet_environment
 
     quiet_environment()
@@ -80,6 +90,47 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {r['sample']} | `{r['precision']}` | {r['agreement']:.4f} | {r['mean_weight_bits']:.2f} | "
               f"{r['weight_bits']:,} | {r['dsp']:,} | {r['lut_mults']:,} | {r['latency']} | {r['ii']} | "
               f"{r['seconds']:.1f} |")
+
+
+def build_speed(objective: str | None) -> None:
+    import json
+    import os
+    import subprocess
+
+    from tapeout.targets.hls4ml.project import LEGACY_BUILD_ENV
+
+    d = ROOT / "samples" / "digits_cnn"
+    exe = Path(sys.executable).parent / "tapeout"
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in ("legacy", "tapeout"):
+            out = Path(tmp) / mode
+            cmd = [str(exe), "compile", str(d / "model.keras"), "-t", "hls4ml", "--calibration",
+                   str(d / "calibration.npz"), "--eval", str(d / "eval.npz"), "-o", str(out), "--no-cache", "--json"]
+            if objective:
+                cmd += ["--target-option", f"hls4ml.precision_objective={objective}"]
+            env = dict(os.environ, **{LEGACY_BUILD_ENV: "legacy" if mode == "legacy" else ""})
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            total = time.perf_counter() - t0
+            if proc.returncode != 0:
+                sys.exit(f"{mode}: compile failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+            h = json.loads((out / "report.json").read_text())["targets"][0]["hls4ml"]
+            project = out / "hls4ml-vitis"
+            (project / "firmware" / "myproject-tapeout.so").unlink()
+            t0 = time.perf_counter()
+            subprocess.run(["bash", "build_lib.sh"], cwd=project, capture_output=True, check=True)
+            build = time.perf_counter() - t0
+            rows.append({"mode": mode, "compile_s": total, "build_s": build,
+                         "bit_exact": f"{h['csim']['bit_exact_layers']}/{h['csim']['checked_layers']}",
+                         "evaluations": h["precision"].get("evaluations")})
+            print(f"{mode}: compile {total:.1f} s, build_lib.sh {build:.1f} s", file=sys.stderr)
+    print("| build | digits CNN compile (s) | build_lib.sh alone (s) | C-sim bit-exact layers | search evaluations |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['mode']} | {r['compile_s']:.1f} | {r['build_s']:.1f} | {r['bit_exact']} | {r['evaluations']} |")
+    a, b = rows
+    print(f"\ncompile {a['compile_s'] / b['compile_s']:.2f}x faster, build_lib.sh {a['build_s'] / b['build_s']:.2f}x faster")
 
 
 if __name__ == "__main__":
