@@ -50,7 +50,7 @@ class Settings:
     clock_period: float = 5.0
     synth: bool = False
     build_csim: bool = True
-    precision_objective: str = "resources"  # compiler.fixedpoint.cost: resources, ebops; "bits": the first search
+    precision_objective: str = "bits"  # compiler.fixedpoint.cost: resources, ebops; "bits": the first search
 
 
 def _as_list(v: Any) -> list[Any]:
@@ -97,7 +97,7 @@ class Hls4mlTargetOptions(TargetOptions):
     config: str | None = field(default=None, metadata={"path": True})
     synth: bool = False
     build_csim: bool = True
-    precision_objective: Literal["resources", "ebops", "bits"] = "resources"  # what "auto" minimizes
+    precision_objective: Literal["resources", "ebops", "bits"] = "bits"  # what "auto" minimizes
 
     @classmethod
     def prepare(cls, values: dict[str, Any], target: str) -> dict[str, Any]:
