@@ -294,6 +294,15 @@ def binary(node: Node, inputs: list) -> list:
     return [_BINARY[node.op](a, b)]
 
 
+@_kernel("fixed_quant")
+def fixed_quant(node: Node, inputs: list) -> list:
+    from tapeout.compiler.fixedpoint.arith import quantize_kif
+
+    x, k, i, f = inputs
+    y = quantize_kif(x, k, i, f, node.attr("rounding"), node.attr("overflow"))
+    return [_f32(y)]
+
+
 @_kernel("concat")
 def concat(node: Node, inputs: list) -> list:
     return [np.concatenate([_promote(x) for x in inputs], axis=int(node.attrs["axis"]))]

@@ -19,6 +19,11 @@ reshape(x)                                   batch kept, the rest becomes ``shap
 transpose(x)                                 perm over all axes, perm[0] == 0
 pad(x)                                       constant pad, pads per axis (before, after)
 resize(x)                                    nearest-neighbour upsampling by integer scales per spatial dim
+fixed_quant(x, k, i, f)                      x on a fixed-point grid per element (HGQ's kif): k signed, i integer
+                                             bits without sign, f fractional bits (constants broadcasting
+                                             against x[0]); ap_fixed<k+i+f, k+i> with the rounding and
+                                             overflow attrs (ap_types' names); 0 where k+i+f <= 0. QAT front
+                                             ends (HGQ2, QONNX) write it.
 slice(x)                                     x[starts:ends:steps] along non-batch axes, ONNX Slice's clamping
                                              (negative indices count from the end, out-of-range ends clamp)
 """
@@ -442,6 +447,9 @@ def _infer_slice(n: Node, ins):
 
 
 _register("slice", _infer_slice, defaults={"steps": None}, required=("axes", "starts", "ends"))
+
+
+_register("fixed_quant", _same, inputs=(4, 4), defaults={"rounding": "AP_TRN", "overflow": "AP_WRAP"})
 
 
 def graph_macs(graph: Graph) -> int:

@@ -119,3 +119,41 @@ def check_headroom(bits: int, what: str) -> None:
     """Raise when an intermediate of ``bits`` bits cannot be held exactly in int64."""
     if bits > _MAX_SHIFT:
         raise FixedTypeError(f"{what} needs {bits} bits, more than the NumPy model holds exactly (62)")
+
+
+def quantize_kif(x: np.ndarray, k: np.ndarray, i: np.ndarray, f: np.ndarray, rounding: str = "AP_TRN",
+                 overflow_mode: str = "AP_WRAP") -> np.ndarray:
+    """Float in, float64 out: each element of ``x`` on its own fixed-point grid, HGQ's "kif" form.
+
+    ``k`` (1: signed), ``i`` (integer bits, sign excluded) and ``f`` (fractional bits, may be
+    negative) broadcast against ``x``; the element's type is ``ap_[u]fixed<k+i+f, k+i>`` with the
+    given modes. An element with ``k+i+f <= 0`` bits is 0. The IR's ``fixed_quant`` op."""
+    x = np.asarray(x, dtype=np.float64)
+    k, i, f = (np.broadcast_to(np.asarray(a, dtype=INT), x.shape) for a in (k, i, f))
+    if rounding not in ("AP_TRN", "AP_RND", "AP_RND_ZERO", "AP_RND_MIN_INF", "AP_RND_INF", "AP_RND_CONV",
+                        "AP_TRN_ZERO"):
+        raise FixedTypeError(f"unknown quantization mode {rounding!r}")
+    width = k + i + f
+    if np.any(width > _MAX_SHIFT) or np.any(np.abs(f) > 1000):
+        raise FixedTypeError("fixed_quant: more than 62 bits per element")
+    v = np.ldexp(np.where(np.isfinite(x), x, 0.0), f.astype(np.int32))
+    q = np.floor(v)
+    d = v - q
+    qi = np.clip(q, -(2.0**_MAX_SHIFT), 2.0**_MAX_SHIFT).astype(INT)
+    raw = qi + _round_increment(qi, d >= 0.5, (d != 0.0) & (d != 0.5), x < 0, rounding)
+    w = np.maximum(width, 1)
+    signed = k > 0
+    lo = np.where(signed, -(INT(1) << (w - 1)), 0)
+    hi = np.where(signed, (INT(1) << (w - 1)) - 1, (INT(1) << w) - 1)
+    if overflow_mode == "AP_WRAP":
+        raw = ((raw - lo) & ((INT(1) << w) - 1)) + lo
+    elif overflow_mode == "AP_SAT":
+        raw = np.clip(raw, lo, hi)
+    elif overflow_mode == "AP_SAT_SYM":
+        raw = np.clip(raw, np.where(signed, -hi, 0), hi)
+    elif overflow_mode == "AP_SAT_ZERO":
+        raw = np.where((raw < lo) | (raw > hi), 0, raw)
+    else:
+        raise FixedTypeError(f"unsupported overflow mode {overflow_mode!r}")
+    raw = np.where(width > 0, raw, 0)
+    return np.ldexp(raw.astype(np.float64), -f.astype(np.int32))
