@@ -474,6 +474,23 @@ def _resize(ctx: BuildContext, n: Node) -> Any:
     return getattr(keras.layers, _UPSAMPLE[nsp])(size=size, name=ctx.name(n), **kwargs)(ctx.tensor(n, n.inputs[0]))
 
 
+def _fixed_quant(ctx: BuildContext, n: Node) -> Any:
+    from tapeout.compiler.fixedpoint.arith import kif_grid
+    from tapeout.compiler.fixedpoint.types import OVERFLOW, ROUNDING
+
+    x, *kif = n.inputs
+    if not all(ctx.is_const(c) for c in kif):
+        raise IRError(f"node {n.name!r} (fixed_quant): the Keras emitter needs constant k, i and f")
+    if n.attr("rounding") not in ROUNDING or n.attr("overflow") not in OVERFLOW:
+        raise IRError(f"node {n.name!r} (fixed_quant): unknown mode {n.attr('rounding')}/{n.attr('overflow')}")
+    try:
+        grid = kif_grid(*(ctx.graph.constants[c] for c in kif))
+    except ValueError as e:
+        raise IRError(f"node {n.name!r} (fixed_quant): {e}") from None
+    layer = custom.FixedQuant(grid["scale"].shape, n.attr("rounding"), n.attr("overflow"), name=ctx.name(n))
+    return apply(layer, ctx.tensor(n, x), [grid[k] for k in ("scale", "step", "lo", "hi", "modulus")])
+
+
 Builder = Callable[[BuildContext, Node], Any]
 BUILDERS: dict[str, Builder] = {
     "dense": _dense, "conv": _conv, "matmul": _matmul,
@@ -485,7 +502,7 @@ BUILDERS: dict[str, Builder] = {
     **{op: _binary for op in ("add", "sub", "mul", "div", "maximum", "minimum")},
     "concat": _concat,
     "flatten": _flatten, "reshape": _reshape, "transpose": _transpose, "pad": _pad, "resize": _resize,
-    "slice": _slice,
+    "slice": _slice, "fixed_quant": _fixed_quant,
 }
 
 

@@ -177,4 +177,47 @@ class Slice(keras.layers.Layer):
                 "ends": list(self.ends), "steps": list(self.steps)}
 
 
-CUSTOM_LAYERS = (Binary, ConstantBinary, Affine, Clip, HardSigmoid, Gelu, Pad, Slice)
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class FixedQuant(keras.layers.Layer):
+    """The IR's ``fixed_quant``: each element on its fixed-point grid (``fixedpoint.arith.kif_grid``'s
+    constants, non-trainable weights), rounded and fitted by ap_types' modes, in float ops that
+    are exact (powers of two, floor, compares, integers below 2**24)."""
+
+    def __init__(self, grid_shape: Sequence[int], rounding: str = "AP_TRN", overflow: str = "AP_WRAP",
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.grid_shape = tuple(int(d) for d in grid_shape)
+        self.rounding, self.overflow = str(rounding), str(overflow)
+        self.grid = {k: self.add_weight(shape=self.grid_shape, initializer="zeros", trainable=False, name=k)
+                     for k in ("scale", "step", "lo", "hi", "modulus")}
+
+    def call(self, x: Any) -> Any:
+        g = {k: ops.cast(w, x.dtype) for k, w in self.grid.items()}
+        v = x * g["scale"]
+        q = ops.floor(v)
+        d = v - q
+        qb, rest, neg = d >= 0.5, ops.logical_and(d != 0.0, d != 0.5), x < 0
+        inc = {"AP_TRN": None, "AP_RND": qb, "AP_RND_ZERO": ops.logical_and(qb, ops.logical_or(neg, rest)),
+               "AP_RND_MIN_INF": ops.logical_and(qb, rest),
+               "AP_RND_INF": ops.logical_and(qb, ops.logical_or(ops.logical_not(neg), rest)),
+               "AP_RND_CONV": ops.logical_and(qb, ops.logical_or(q - 2.0 * ops.floor(q * 0.5) != 0.0, rest)),
+               "AP_TRN_ZERO": ops.logical_and(neg, ops.logical_or(qb, rest))}[self.rounding]
+        raw = q if inc is None else q + ops.cast(inc, x.dtype)
+        lo, hi = g["lo"], g["hi"]
+        if self.overflow == "AP_WRAP":
+            t = raw - lo
+            raw = t - g["modulus"] * ops.floor(t / g["modulus"]) + lo
+        elif self.overflow == "AP_SAT":
+            raw = ops.minimum(ops.maximum(raw, lo), hi)
+        elif self.overflow == "AP_SAT_SYM":
+            raw = ops.minimum(ops.maximum(raw, ops.where(lo < 0, -hi, lo)), hi)
+        else:  # AP_SAT_ZERO
+            raw = ops.where(ops.logical_or(raw < lo, raw > hi), ops.zeros_like(raw), raw)
+        return raw * g["step"]
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "grid_shape": list(self.grid_shape), "rounding": self.rounding,
+                "overflow": self.overflow}
+
+
+CUSTOM_LAYERS = (Binary, ConstantBinary, Affine, Clip, HardSigmoid, Gelu, Pad, Slice, FixedQuant)

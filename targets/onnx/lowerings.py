@@ -17,7 +17,8 @@ from tapeout.compiler.ops import ACTIVATION_OPS, slice_bounds, slice_spec
 from tapeout.compiler.passes.prune import nm_violations
 from tapeout.targets.onnx.activations import emit_activation
 from tapeout.targets.onnx.builder import Builder
-from tapeout.targets.onnx.layout import flatten_row_order, physical_axes, physical_axis, physical_shape
+from tapeout.targets.onnx.layout import (broadcast_constant, flatten_row_order, physical_axes, physical_axis,
+                                        physical_shape)
 
 Lowering = Callable[[Builder, Node], None]
 LOWERINGS: dict[str, Lowering] = {}
@@ -285,3 +286,68 @@ def _resize(b: Builder, n: Node) -> None:
     b.add("Resize", [b.get(n.inputs[0], True), "", scales], out, n.name, mode="nearest",
           coordinate_transformation_mode="asymmetric", nearest_mode="floor")
     b.define(out, out, True)
+
+
+# --------------------------------------------------------------- quantization
+@_lowers("fixed_quant")
+def _fixed_quant(b: Builder, n: Node) -> None:
+    """The kernel's arithmetic in float ops, exact (``fixedpoint.arith.kif_grid``): scale by 2**f,
+    floor, the rounding mode's +1 from the dropped fraction, wrap or saturate, scale back."""
+    from tapeout.compiler.fixedpoint.arith import kif_grid
+    from tapeout.compiler.fixedpoint.types import OVERFLOW, ROUNDING
+
+    x, *kif = n.inputs
+    out, name = n.outputs[0], n.name
+    rounding, overflow = n.attr("rounding"), n.attr("overflow")
+    if not all(c in b.graph.constants for c in kif):
+        raise UsageError(f"node {name!r} (fixed_quant): the onnx target needs constant k, i and f")
+    if rounding not in ROUNDING or overflow not in OVERFLOW:
+        raise UsageError(f"node {name!r} (fixed_quant): unknown mode {rounding}/{overflow}")
+    try:
+        grid = kif_grid(*(b.graph.constants[c] for c in kif))
+    except ValueError as e:
+        raise UsageError(f"node {name!r}: {e}") from None
+    rank = b.rank(x)
+    cf = b.is_cf(x) and rank >= 3
+    src = b.get(x)
+
+    def const(key: str, array: np.ndarray) -> str:
+        return b.initializer(f"{name}/{key}", broadcast_constant(np.asarray(array, np.float32), rank, cf))
+
+    def aux(op_type: str, *ins: str, **attrs) -> str:
+        return b.add_aux(op_type, list(ins), f"{name}/{op_type.lower()}", **attrs)
+
+    v = aux("Mul", src, const("scale", grid["scale"]))
+    q = aux("Floor", v)
+    d = aux("Sub", v, q)
+    half, zero = b.scalar(0.5), b.scalar(0.0)
+    qb = aux("GreaterOrEqual", d, half)
+    rest = aux("And", aux("Not", aux("Equal", d, zero)), aux("Not", aux("Equal", d, half)))
+    neg = aux("Less", src, zero)
+    if rounding == "AP_RND":
+        inc = qb
+    elif rounding == "AP_RND_ZERO":
+        inc = aux("And", qb, aux("Or", neg, rest))
+    elif rounding == "AP_RND_MIN_INF":
+        inc = aux("And", qb, rest)
+    elif rounding == "AP_RND_INF":
+        inc = aux("And", qb, aux("Or", aux("Not", neg), rest))
+    elif rounding == "AP_RND_CONV":
+        odd = aux("Sub", q, aux("Mul", b.scalar(2.0), aux("Floor", aux("Mul", q, half))))
+        inc = aux("And", qb, aux("Or", aux("Not", aux("Equal", odd, zero)), rest))
+    elif rounding == "AP_TRN_ZERO":
+        inc = aux("And", neg, aux("Or", qb, rest))
+    else:  # AP_TRN
+        inc = ""
+    raw = aux("Add", q, aux("Cast", inc, to=1)) if inc else q  # to=1: FLOAT
+    lo = const("lo", grid["lo_sym" if overflow == "AP_SAT_SYM" else "lo"])
+    if overflow == "AP_WRAP":
+        m = const("modulus", grid["modulus"])
+        t = aux("Sub", raw, lo)
+        raw = aux("Add", aux("Sub", t, aux("Mul", m, aux("Floor", aux("Div", t, m)))), lo)
+    elif overflow in ("AP_SAT", "AP_SAT_SYM"):
+        raw = aux("Min", aux("Max", raw, lo), const("hi", grid["hi"]))
+    else:  # AP_SAT_ZERO
+        raw = aux("Where", aux("Or", aux("Less", raw, lo), aux("Greater", raw, const("hi", grid["hi"]))), zero, raw)
+    b.add("Mul", [raw, const("step", grid["step"])], out, name)
+    b.define(out, out, cf)

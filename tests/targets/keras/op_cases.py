@@ -245,9 +245,32 @@ def layout_cases() -> dict[str, Graph]:
     return out
 
 
+def _kif(m: GraphMaker, k: Any, i: Any, f: Any) -> list[str]:
+    return [m.g.add_constant(n, np.asarray(v, np.int8)) for n, v in (("k", k), ("i", i), ("f", f))]
+
+
+def quant_cases() -> dict[str, Graph]:
+    """fixed_quant in every rounding x overflow mode; the input first goes to a 1/16 grid, so half
+    the values tie on the 1/8 grid after it. Per-element grids (one element 0 bits wide) after a conv."""
+    from tapeout.compiler.fixedpoint.types import OVERFLOW, ROUNDING
+
+    out: dict[str, Graph] = {}
+    m = M(x=((16,), "NC"))
+    fine = m.node("fixed_quant", "x", *_kif(m, 1, 3, 4))
+    ys = [m.node("fixed_quant", fine, *_kif(m, j % 2, 1 + j % 3, 3 - j % 2), rounding=r, overflow=o)
+          for j, (r, o) in enumerate((r, o) for r in ROUNDING for o in OVERFLOW)]
+    out["fixed_quant_modes"] = m.done(*ys)
+    m = M(x=IMG)
+    c = m.conv("x", 4, (1, 1))
+    k, i, f = [1, 1, 0, 0], np.array([0, 1, 2, 3, 1, 2]).reshape(6, 1, 1), [2, -1, 3, 0]
+    out["fixed_quant_per_element_conv"] = m.done(m.node("fixed_quant", c, *_kif(m, k, i, f), rounding="AP_RND",
+                                                        overflow="AP_SAT"))
+    return out
+
+
 GROUPS: dict[str, Callable[[], dict[str, Graph]]] = {
     "conv": conv_cases, "pool": pool_cases, "elementwise": elementwise_cases, "shaping": shaping_cases,
-    "activation": activation_cases, "layout": layout_cases,
+    "activation": activation_cases, "layout": layout_cases, "quant": quant_cases,
 }
 
 

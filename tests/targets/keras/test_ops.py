@@ -6,7 +6,7 @@ import pytest
 
 from tapeout.compiler.ops import ACTIVATION_OPS, SCHEMAS
 
-GROUP_NAMES = ("conv", "pool", "elementwise", "shaping", "activation", "layout")
+GROUP_NAMES = ("conv", "pool", "elementwise", "shaping", "activation", "layout", "quant")
 
 
 @pytest.mark.parametrize("group", GROUP_NAMES)
@@ -19,6 +19,14 @@ def test_group_matches_reference(group: str, cases, check) -> None:
         # Every node's name survives as the name of the layer that computes it.
         layers = {layer.name for layer in emitted.model.layers}
         assert {n.name for n in graph.nodes} <= layers, f"case {name}"
+
+
+def test_fixed_quant_is_bit_exact(cases, check) -> None:
+    for name, graph in cases.quant_cases().items():
+        try:
+            check(graph, batches=(1, 300), tol=0.0)
+        except AssertionError as e:
+            raise AssertionError(f"case {name}: {e}") from None
 
 
 def test_every_op_has_a_builder_and_a_case(cases) -> None:

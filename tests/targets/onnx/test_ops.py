@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import pytest
 
+from tapeout.compiler.fixedpoint.types import OVERFLOW, ROUNDING
 from tapeout.compiler.ir import Activation, Graph
 from tapeout.compiler.ops import ACTIVATION_OPS, SCHEMAS
 from tapeout.targets.onnx.lowerings import LOWERINGS
@@ -158,15 +160,39 @@ def _activation_cases(M) -> dict[str, Graph]:
     return out
 
 
+def _kif(m, k, i, f) -> list[str]:
+    return [m.g.add_constant(n, np.asarray(v, np.int8)) for n, v in (("k", k), ("i", i), ("f", f))]
+
+
+def _quant_cases(M) -> dict[str, Graph]:
+    """fixed_quant in every rounding x overflow mode; the input first goes to a 1/16 grid, so half
+    the values tie on the 1/8 grid after it. Per-element grids on a conv's (channels-first) output."""
+    out: dict[str, Graph] = {}
+    m = M(x=((16,), "NC"))
+    fine = m.node("fixed_quant", "x", *_kif(m, 1, 3, 4))
+    ys = [m.node("fixed_quant", fine, *_kif(m, j % 2, 1 + j % 3, 3 - j % 2), rounding=r, overflow=o)
+          for j, (r, o) in enumerate((r, o) for r in ROUNDING for o in OVERFLOW)]
+    out["fixed_quant_modes"] = m.done(*ys)
+    m = M(x=IMG)
+    c = m.conv("x", 4, (1, 1))
+    k, i, f = [1, 1, 0, 0], np.array([0, 1, 2, 3, 1, 2]).reshape(6, 1, 1), [2, -1, 3, 0]  # a 0-bit element
+    out["fixed_quant_per_element_conv"] = m.done(m.node("fixed_quant", c, *_kif(m, k, i, f), rounding="AP_RND",
+                                                        overflow="AP_SAT"))
+    m = M(x=IMG)
+    w = m.node("fixed_quant", m.const((6, 6, 4)), *_kif(m, 1, 0, 2))  # a quantizer on a constant
+    out["fixed_quant_constant_operand"] = m.done(m.node("mul", "x", w))
+    return out
+
+
 def _all_graphs(M) -> dict[str, Graph]:
     graphs: dict[str, Graph] = {}
-    for make in (_conv_cases, _pool_cases, _elementwise_cases, _shaping_cases, _activation_cases):
+    for make in (_conv_cases, _pool_cases, _elementwise_cases, _shaping_cases, _activation_cases, _quant_cases):
         graphs.update(make(M))
     return graphs
 
 
 GROUPS: dict[str, Callable] = {"conv": _conv_cases, "pool": _pool_cases, "elementwise": _elementwise_cases,
-                               "shaping": _shaping_cases, "activation": _activation_cases}
+                               "shaping": _shaping_cases, "activation": _activation_cases, "quant": _quant_cases}
 
 
 @pytest.mark.parametrize("group", sorted(GROUPS))
@@ -174,6 +200,14 @@ def test_group_matches_reference(group: str, maker, check) -> None:
     for name, graph in GROUPS[group](maker).items():
         try:
             check(graph)
+        except AssertionError as e:
+            raise AssertionError(f"case {name}: {e}") from None
+
+
+def test_fixed_quant_is_bit_exact(maker, check) -> None:
+    for name, graph in _quant_cases(maker).items():
+        try:
+            check(graph, tol=0.0, batches=(1, 300))
         except AssertionError as e:
             raise AssertionError(f"case {name}: {e}") from None
 
