@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterator
 
 from tapeout.runtime.budgets import (BUDGETS, MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, MAX_MODEL_BYTES, MAX_TENSOR_RATIO,
                                      MAX_ZIP_RATIO, RATIO_FLOOR)
+from tapeout.runtime import hgq2_files
 from tapeout.runtime.errors import RuntimeInputError, one_line
 from tapeout.runtime.runners.keras_legacy import LegacyConfigError, load_weights, translate
 
@@ -332,6 +333,12 @@ def check_safe(label: str, cfg: dict) -> None:
                                      f"operations: {', '.join(KERAS_OPERATIONS)}")
             continue
         registered = entry.get("registered_name")
+        if hgq2_files.is_hgq2(entry):  # HGQ2's registered layers: its own allow-list
+            why = hgq2_files.refusal(entry, hgq2_files.HGQ2_LAYERS)
+            if why:
+                raise ModelFileError(f"{label}: layer {name!r} ({cls}, HGQ2) {why}; supported HGQ2 layers: "
+                                     f"{hgq2_files.supported()}")
+            continue
         custom = (module is not None and module != "keras" and not module.startswith("keras.")) \
             or registered not in (None, cls)
         if cls in CODE_CLASSES or custom:
@@ -361,6 +368,12 @@ def _check_objects(label: str, cfg: Any) -> None:
             if value is not None and not isinstance(value, str):
                 raise _malformed(label, f"{where}.{key}" if where else key, value, "a string")
         where = where or "the config"
+        if hgq2_files.is_hgq2(node):
+            why = hgq2_files.refusal(node, hgq2_files.HGQ2_LAYERS + hgq2_files.HGQ2_OBJECTS)
+            if why:
+                raise ModelFileError(f"{label}: {where} (HGQ2 {cls}) {why}: tapeout loads HGQ2's layers "
+                                     f"{hgq2_files.supported()} and their quantizer configs only")
+            continue
         if cls in CODE_CLASSES or (cls or "").startswith("__") and cls not in VALUE_CLASSES:
             raise ModelFileError(f"{label}: {where} is a {cls} object, which holds code: tapeout does not "
                                  "execute code from model files")
@@ -691,6 +704,9 @@ def _tf_keras_model(label: str, cfg: dict, weights: Path, summary: Hdf5Summary) 
 def _keras3_model(label: str, cfg: dict, members: dict[str, bytes], safe_mode: bool, summary: Hdf5Summary) -> Any:
     import keras  # noqa: F401 - the backend is set up before saving_lib
     from keras.src.saving import saving_lib
+
+    if hgq2_files.names_hgq2(layer_entries(cfg)):
+        hgq2_files.register()  # its classes, checked above, must be registered before Keras deserializes
 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:

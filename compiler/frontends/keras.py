@@ -126,8 +126,11 @@ def _node_io(t: Any) -> tuple[Any, list[Any], list[Any]]:
     return layer, _flat(ins), _flat(outs)
 
 
-def _emit_model(model: Any, e: Emitter, feeds: dict[tuple, str]) -> list[str]:
-    """Emit ``model``'s graph with its inputs bound by ``feeds``; returns its output values."""
+def _emit_model(model: Any, e: Emitter, feeds: dict[tuple, str], converters: dict | None = None) -> list[str]:
+    """Emit ``model``'s graph with its inputs bound by ``feeds``; returns its output values.
+
+    ``converters`` adds layer classes (the HGQ2 front end's) to the Keras ones."""
+    table = CONVERTERS if converters is None else {**CONVERTERS, **converters}
     values = dict(feeds)
     outputs = _flat(model.outputs)
     stack = list(outputs)
@@ -153,11 +156,11 @@ def _emit_model(model: Any, e: Emitter, feeds: dict[tuple, str]) -> list[str]:
                 raise FrontendError(f"operation {layer.name!r} ({cls}): {err}") from None
         elif cls in MODEL_CLASSES:
             inner = {_key(x): v for x, v in zip(_flat(layer.inputs), in_values)}
-            produced = _emit_model(layer, e, inner)
-        elif cls in CONVERTERS:
+            produced = _emit_model(layer, e, inner, converters)
+        elif cls in table:
             cfg = layer.get_config()
             try:
-                produced = [CONVERTERS[cls](e, layer, cfg, in_values)]
+                produced = [table[cls](e, layer, cfg, in_values)]
             except IRError as err:
                 raise FrontendError(f"layer {layer.name!r} ({cls}): {err}") from None
             except (TypeError, ValueError, KeyError, IndexError) as err:  # a value the framework took as is
@@ -193,8 +196,8 @@ def _rename(graph: Graph, old: str, new: str) -> None:
     graph.types[new] = graph.types.pop(old)
 
 
-def model_to_graph(model: Any) -> Graph:
-    """Convert a loaded Keras 3 or tf_keras functional/Sequential model."""
+def model_to_graph(model: Any, converters: dict | None = None) -> Graph:
+    """Convert a loaded Keras 3 or tf_keras functional/Sequential model (``converters``: see _emit_model)."""
     try:
         inputs, outputs = _flat(model.inputs), _flat(model.outputs)
     except (AttributeError, ValueError):
@@ -218,7 +221,7 @@ def model_to_graph(model: Any) -> Graph:
             graph.types[name] = TensorType((ttype.shape[0], *ttype.shape[2:], ttype.shape[1]), ttype.dtype)
             feeds[_key(t)] = emitter.node("transpose", f"{name}/to_channels_first", [name],
                                           perm=(0, rank - 1, *range(1, rank - 1)))
-    produced = _emit_model(model, emitter, feeds)
+    produced = _emit_model(model, emitter, feeds, converters)
     if first:
         produced = [emitter.node("transpose", f"{v}/to_channels_last", [v], perm=(0, *range(2, r), 1))
                     if (r := len(emitter.shape(v))) >= 3 else v for v in produced]

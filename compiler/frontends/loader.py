@@ -70,10 +70,23 @@ def load_model(path: str | Path, weights: str | Path | None = None) -> tuple[Gra
             from tapeout.compiler.frontends.onnx import load_onnx
         except ImportError:
             raise FrontendError(f"{path}: the ONNX front end is not available in this version") from None
-        graph = load_onnx(path)
+        from tapeout.compiler.frontends.qonnx import is_qonnx_file, load_qonnx
+
+        graph = load_qonnx(path) if is_qonnx_file(path) else load_onnx(path)
+    elif info.format == "keras" and _names_hgq2(path):
+        from tapeout.compiler.frontends.hgq2 import load_hgq2
+
+        graph = load_hgq2(path)
     else:
         from tapeout.compiler.frontends.keras import load_keras
 
         graph = load_keras(path, weights)
     graph.metadata.setdefault("source_format", info.format)
     return graph, info
+
+
+def _names_hgq2(path: str | Path) -> bool:
+    """A .keras file naming HGQ2 layers goes to the HGQ2 front end (it reads the config only)."""
+    from tapeout.compiler.frontends.hgq2 import names_hgq2
+
+    return names_hgq2(path)
