@@ -159,16 +159,17 @@ def quantize_kif(x: np.ndarray, k: np.ndarray, i: np.ndarray, f: np.ndarray, rou
     return np.ldexp(raw.astype(np.float64), -f.astype(np.int32))
 
 
-def kif_grid(k: np.ndarray, i: np.ndarray, f: np.ndarray) -> dict[str, np.ndarray]:
+def kif_grid(k: np.ndarray, i: np.ndarray, f: np.ndarray, max_width: int = 24) -> dict[str, np.ndarray]:
     """The constants a float implementation of ``quantize_kif`` needs, each of the broadcast shape
     of ``k, i, f`` (float64, every one a power of two or an integer, so exact in float32):
     ``scale`` 2**f, ``step`` 2**-f (0 where the width is <= 0: the element is pruned), raw bounds
     ``lo``/``hi``, ``lo_sym`` (AP_SAT_SYM's lower bound) and ``modulus`` 2**width (AP_WRAP)."""
     k, i, f = np.broadcast_arrays(*(np.asarray(a, dtype=INT) for a in (k, i, f)))
     width = k + i + f
-    if np.any(width > 24) or np.any(np.abs(f) > 100):
+    if np.any(width > max_width) or np.any(np.abs(f) > 100):
         # float32 holds integers exactly up to 2**24: wider grids are not exact in float ops.
-        raise FixedTypeError("fixed_quant: a float lowering is exact up to 24 bits per element and |f| <= 100")
+        raise FixedTypeError(f"fixed_quant: a float lowering is exact up to {max_width} bits per element and "
+                             "|f| <= 100")
     w = np.maximum(width, 1)
     signed = k > 0
     hi = np.where(signed, 2.0 ** (w - 1) - 1, 2.0**w - 1)

@@ -198,6 +198,26 @@ def linear(x: Fx, res: FixedType) -> Fx:
     return cast(x, res)
 
 
+def fixed_quant(x: Fx, k: np.ndarray, i: np.ndarray, f: np.ndarray, rounding: str, overflow_mode: str,
+                res: FixedType) -> Fx:
+    """hls4ml's FixedPointQuantizer (io_parallel): each element cast to its own
+    ``ap_[u]fixed<k+i+f, k+i, rounding, overflow>`` (0 where k+i+f <= 0), then assigned to ``result_t``.
+    ``k, i, f`` broadcast against one sample's shape."""
+    shape = x.raw.shape[1:]
+    k, i, f = (np.broadcast_to(np.asarray(a, INT), shape).reshape(-1) for a in (k, i, f))
+    flat = x.raw.reshape(len(x.raw), -1)
+    out = np.zeros_like(flat)
+    kif = np.stack([k, i, f], axis=1)
+    groups, which = np.unique(kif, axis=0, return_inverse=True)
+    for g, (kk, ii, ff) in enumerate(groups):
+        if kk + ii + ff <= 0:
+            continue  # pruned element: 0
+        cols = np.flatnonzero(which.reshape(-1) == g)
+        t = FixedType(int(kk + ii + ff), int(kk + ii), bool(kk), rounding, overflow_mode)
+        out[:, cols] = requantize(requantize(flat[:, cols], x.type.frac, t), t.frac, res)
+    return Fx(out.reshape(x.raw.shape), res)
+
+
 def add(a: Fx, b: Fx, res: FixedType) -> Fx:
     f = max(a.type.frac, b.type.frac)
     total = (a.raw << INT(f - a.type.frac)) + (b.raw << INT(f - b.type.frac))

@@ -35,7 +35,11 @@ OTHER = ("add", "concat", "clip", "pad")
 # add/mul of one tensor and a per-channel (or scalar) constant: input normalization in exports
 # (x + mean, x * 1/std), which hls4ml computes as a BatchNormalization too (constant_scaling).
 CONSTANT_SCALING = ("add", "mul")
-SUPPORTED = (*WEIGHTED, *ACTIVATIONS, *POOLS, *GLOBAL_POOLS, *SCALED, *OTHER, "mul", "resize", *PASSTHROUGH)
+# The QAT front ends' quantizers (HGQ2, QONNX): hls4ml's FixedPointQuantizer, or a linear activation
+# whose result type is the quantizer's when the grid is one per tensor (compiler.fixedpoint.qat).
+QUANTIZERS = ("fixed_quant",)
+SUPPORTED = (*WEIGHTED, *ACTIVATIONS, *POOLS, *GLOBAL_POOLS, *SCALED, *OTHER, "mul", "resize", *PASSTHROUGH,
+             *QUANTIZERS)
 
 DEFAULT_TABLE = fixed(18, 8)
 DEFAULT_SOFTMAX_TABLE = fixed(18, 8, "AP_RND", "AP_SAT")
@@ -243,6 +247,11 @@ def _check(graph: Graph, n: Node) -> None:
             raise _refuse(n, "of two constants has no hls4ml layer")
         if graph.type_of(n.inputs[0]).shape[1:] != graph.type_of(n.inputs[1]).shape[1:]:
             raise _refuse(n, "with broadcasting has no hls4ml layer (its Add needs two tensors of one shape)")
+    if n.op == "fixed_quant":
+        if n.inputs[0] in graph.constants:
+            raise _refuse(n, "on a constant is folded into the constant before hls4ml (canonicalize's fold-constants)")
+        if not all(c in graph.constants for c in n.inputs[1:]):
+            raise _refuse(n, "with runtime (non-constant) k, i or f has no hls4ml layer")
     if n.inputs and n.inputs[0] not in graph.constants and graph.type_of(n.inputs[0]).rank > 4:
         raise _refuse(n, f"on a rank-{graph.type_of(n.inputs[0]).rank} tensor: hls4ml has 1D and 2D layers only")
 
@@ -406,6 +415,10 @@ def eval_layer(graph: Graph, layer: HlsLayer, lp: LayerPrecision, args: list[Fx]
         return Fx(y.raw.reshape(y.raw.shape[0], *out_shape), y.type)
     if kind == "add":
         return L.add(args[0], args[1], lp.result)
+    if kind == "fixed_quant":
+        k, i, f = (graph.constants[c] for c in n.inputs[1:])
+        return L.fixed_quant(args[0], k, i, f, n.attrs.get("rounding", "AP_TRN"), n.attrs.get("overflow", "AP_WRAP"),
+                             lp.result)
     raise FixedTypeError(f"layer {layer.name!r}: kind {kind!r} is not modelled")  # pragma: no cover
 
 

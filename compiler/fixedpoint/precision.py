@@ -102,6 +102,16 @@ class PrecisionSearch(Pass):
 
         r = self.request
         layers = hls_layers(graph)
+        from tapeout.compiler.fixedpoint.qat import is_qat, qat_plan
+
+        if is_qat(graph):  # the user's trained quantizers fix the types: no search over them
+            plan, qnotes = qat_plan(graph)
+            notes.extend(qnotes)
+            if r.precision is not None or r.layer_precision:
+                notes.append("--precision ignored: the model's fixed_quant quantizers fix every type")
+            quantizers = sum(layer.kind == "fixed_quant" for layer in layers)
+            return plan, {"mode": "quantizers", "quantizers": quantizers,
+                          "budget": {"min_agreement": r.min_agreement, "max_abs_error": r.max_abs_error}}
         names = {layer.name for layer in layers}
         unknown = sorted(set(r.layer_precision) - names)
         if unknown:

@@ -18,13 +18,18 @@ from tapeout.compiler.layout import is_channels_first
 PARALLEL_ONLY = {"relu6": "relu6 (clip(0, 6)) exists only in io_parallel in hls4ml 1.3"}
 
 
-def check_io_type(layers: list[Any], io_type: str) -> None:
+def check_io_type(layers: list[Any], io_type: str, graph: Graph | None = None) -> None:
     """Refuse, before any C++ is written, a layer hls4ml has no implementation of in ``io_type``."""
+    from tapeout.compiler.fixedpoint.qat import per_tensor_type
     from tapeout.compiler.fixedpoint.types import FixedTypeError
 
     if io_type != "stream":
         return
     for layer in layers:
+        if layer.kind == "fixed_quant" and graph is not None and per_tensor_type(graph, layer.node) is None:
+            raise FixedTypeError(f"node {layer.node.name!r}: fixed_quant with a grid per element cannot be compiled "
+                                 "with --io-type stream: hls4ml 1.3's FixedPointQuantizer exists only in io_parallel; "
+                                 "use --io-type parallel")
         if layer.kind in PARALLEL_ONLY:
             raise FixedTypeError(f"node {layer.node.name!r}: op {layer.node.op!r} cannot be compiled with "
                                  f"--io-type stream: {PARALLEL_ONLY[layer.kind]}; use --io-type parallel")
@@ -54,15 +59,62 @@ def keras_model(graph: Graph) -> Any:
     def relu6(ctx: Any, n: Any) -> Any:
         return keras.layers.Activation("relu6", name=ctx.name(n))(ctx.tensor(n, n.inputs[0]))
 
+    def linear(ctx: Any, n: Any) -> Any:  # a per-tensor quantizer: the cast to its result type
+        return keras.layers.Activation("linear", name=ctx.name(n))(ctx.tensor(n, n.inputs[0]))
+
+    def quantizer(ctx: Any, n: Any) -> Any:  # per element: hls4ml's FixedPointQuantizer (register_quantizer)
+        from tapeout.compiler.fixedpoint.arith import kif_grid
+        from tapeout.compiler.keras_model_layers import FixedQuant
+
+        grid = kif_grid(*(graph.constants[c] for c in n.inputs[1:]), max_width=62)
+        layer = FixedQuant(grid["scale"].shape, n.attr("rounding"), n.attr("overflow"), name=ctx.name(n))
+        return apply(layer, ctx.tensor(n, n.inputs[0]), [grid[k] for k in ("scale", "step", "lo", "hi", "modulus")])
+
+    from tapeout.compiler.fixedpoint.qat import per_tensor_type
+
     builders: dict[str, Any] = {}
     for n in graph.nodes:
-        if n.op in SCALED or constant_scaling(graph, n):
+        if n.op == "fixed_quant":
+            builders[n.name] = linear if per_tensor_type(graph, n) is not None else quantizer
+            register_quantizer()
+        elif n.op in SCALED or constant_scaling(graph, n):
             builders[n.name] = batch_norm
         elif n.op == "clip" and _clip_kind(n.attrs.get("min"), n.attrs.get("max")) == "relu6":
             builders[n.name] = relu6
     # hls4ml writes layer names into C++ (types; inputs as variables): '/net/net.0/Gemm' or 'input.1'
     # would not compile, so every name is made a C++ identifier.
     return graph_to_keras(graph, keep_io_layout=False, node_builders=builders, identifiers=True)
+
+
+def register_quantizer() -> None:
+    """Teach hls4ml's Keras 3 reader tapeout's FixedQuant layer: a FixedPointQuantizer whose per-element
+    (k, bits, integer bits) come from the layer's grid constants (2**f, 2**width, the lower bound's sign;
+    a step of 0 marks a pruned element). hls4ml writes one ap_fixed cast per element (io_parallel)."""
+    from hls4ml.converters.keras_v3._base import KerasV3LayerHandler, registry
+
+    from tapeout.compiler.keras_model_layers import FixedQuant
+
+    key = f"{FixedQuant.__module__}.{FixedQuant.__name__}"
+    if key in registry:
+        return
+
+    class FixedQuantHandler(KerasV3LayerHandler):
+        handles = (key,)
+
+        def handle(self, layer: Any, in_tensors: Any, out_tensors: Any) -> dict[str, Any]:
+            shape = tuple(int(d) for d in in_tensors[0].shape[1:])
+            g = {k: np.broadcast_to(np.asarray(w.numpy(), np.float64), shape) for k, w in layer.grid.items()}
+            f = np.rint(np.log2(g["scale"])).astype(np.int64)
+            width = np.rint(np.log2(g["modulus"])).astype(np.int64)
+            k = (g["lo"] < 0).astype(np.int64)
+            live = g["step"] != 0
+            bits, integer = np.where(live, width, 0), np.where(live, width - f, 0)
+            return {"class_name": "FixedPointQuantizer", "mask_kbi": tuple(a[None].astype(np.int16) for a in
+                                                                          (k, bits, integer)),
+                    "RND": layer.rounding.removeprefix("AP_"), "SAT": layer.overflow.removeprefix("AP_"),
+                    "fusible": None, "overrides": {}}
+
+    assert key in registry
 
 
 def lower(keras_model: Any, graph: Graph, plan: PrecisionPlan, outdir: Path, *, variant: str,

@@ -31,7 +31,8 @@ def convert(keras_model: Any, config: dict[str, Any], outdir: Path, *, variant: 
 
         model = hls4ml.converters.convert_from_keras_model(
             keras_model, hls_config=config, output_dir=str(outdir), project_name=PROJECT,
-            backend=BACKENDS[variant], part=part, clock_period=clock_period, io_type=f"io_{io_type}")
+            backend=BACKENDS[variant], part=part, clock_period=clock_period, io_type=f"io_{io_type}",
+            bit_exact=False)  # every type is tapeout's (a FixedPointQuantizer would switch hls4ml's own flow on)
         # Trace hooks are compiled in only when the model-level flag is set (it is not read from
         # hls_config); they sit behind #ifndef __SYNTHESIS__ and cost nothing in hardware.
         model.config.trace_output = trace

@@ -283,7 +283,7 @@ class Hls4mlTarget(Target):
         s = self.settings
         try:
             layers = hls_layers(graph)
-            check_io_type(layers, s.io_type)
+            check_io_type(layers, s.io_type, graph)
         except FixedTypeError as e:
             raise UsageError(f"target hls4ml: {e}") from None
         if graph.fixed is None:
