@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from tapeout.compiler.errors import FrontendError
-from tapeout.compiler.frontends.onnx_context import Context, OnnxNode, Value
+from tapeout.compiler.frontends.onnx_context import Context, Handler, OnnxNode, Value
 from tapeout.compiler.frontends.onnx_layout import (
     Layout, Perm, channels_last, compose_onnx_transposes, identity, to_ir_shape, to_onnx_shape)
 from tapeout.compiler.frontends.onnx_model import Prepared, prepare
@@ -34,7 +34,8 @@ _SPATIAL = {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPoo
             "Resize", "Upsample"}
 _LAYOUT_FREE = {"Relu", "Sigmoid", "Tanh", "HardSwish", "LeakyRelu", "Elu", "HardSigmoid", "Gelu", "Swish",
                 "Clip", "Identity", "Dropout", "Cast", "Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "Mean",
-                "Pad", "Concat", "Slice", "Split"}
+                "Pad", "Concat", "Slice", "Split",
+                "Quant", "IntQuant", "BipolarQuant", "Trunc"}  # QONNX quantizers (frontends.qonnx)
 
 
 def load_onnx(path: str | Path) -> Graph:
@@ -131,9 +132,9 @@ def _bind_inputs(ctx: Context, g: Any, consumers: dict[str, list[OnnxNode]]) -> 
 
 
 # -------------------------------------------------------------------- nodes
-def _convert_node(ctx: Context, node: OnnxNode) -> None:
+def _convert_node(ctx: Context, node: OnnxNode, handlers: dict[str, Handler]) -> None:
     ctx.node = node
-    handler = HANDLERS.get(node.op)
+    handler = handlers.get(node.op)
     if handler is None:
         raise FrontendError(f"{ctx.path}: node {node.label!r} ({node.op}) is not supported; "
                             f"supported ONNX ops: {', '.join(supported_ops())}")
@@ -221,7 +222,8 @@ def _uses(g: Any, nodes: list[OnnxNode]) -> dict[str, int]:
     return uses
 
 
-def convert(prepared: Prepared, path: Path) -> Graph:
+def convert(prepared: Prepared, path: Path, handlers: dict[str, Handler] | None = None) -> Graph:
+    """``handlers``: the op table (the QONNX front end adds its quantizers); default ``HANDLERS``."""
     g = prepared.model.graph
     nodes = [_adapt(n, prepared.node_names) for n in g]
     graph = Graph(name=g.name or path.stem, inputs=[], outputs=[])
@@ -241,7 +243,7 @@ def convert(prepared: Prepared, path: Path) -> Graph:
                 consumers.setdefault(i, []).append(n)
     _bind_inputs(ctx, g, consumers)
     for n in nodes:
-        _convert_node(ctx, n)
+        _convert_node(ctx, n, HANDLERS if handlers is None else handlers)
     perms = _bind_outputs(ctx, g)
     _remove_dead(graph)
     try:

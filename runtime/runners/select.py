@@ -21,6 +21,10 @@ def _keras(path: Path, weights: Path | None) -> Runner:
 
 def _onnx(path: Path, weights: Path | None) -> Runner:
     from tapeout.runtime.runners.onnxrt import OnnxRuntimeRunner
+    from tapeout.runtime.runners.qonnx_exec import QonnxRunner, has_qonnx_nodes
+
+    if has_qonnx_nodes(path):  # QONNX quantizers: onnxruntime has no kernels for them
+        return QonnxRunner(path)
 
     return OnnxRuntimeRunner(path)
 

@@ -1,0 +1,189 @@
+"""The QONNX front end (compiler.frontends.qonnx): Brevitas-style QONNX models read into the IR
+with fixed_quant quantizers, checked bit for bit against QONNX's reference execution
+(qonnx.core.onnx_exec.execute_onnx), and its refusals."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("qonnx")
+
+sys.path.insert(0, str(Path(__file__).parent))
+import qonnx_models as qm  # noqa: E402
+
+from tapeout.compiler.errors import FrontendError  # noqa: E402
+from tapeout.compiler.frontends.loader import load_model  # noqa: E402
+from tapeout.compiler.frontends.qonnx_ops import AP_ROUNDING  # noqa: E402
+from tapeout.compiler.reference_runner import ReferenceRunner  # noqa: E402
+
+SAMPLES = 2400
+
+
+def inputs(shape: tuple[int, ...], n: int = SAMPLES, seed: int = 0, grid: float = 2.0**-5) -> np.ndarray:
+    """Normal values, exact ties of a ``grid`` (half steps), and large values that saturate."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(0, 2, (n // 2, *shape))
+    ties = (rng.integers(-300, 300, (n // 4, *shape)) + 0.5) * grid
+    big = rng.uniform(-40, 40, (n - n // 2 - n // 4, *shape))
+    return np.concatenate([a, ties, big]).astype(np.float32)
+
+
+def ir_run(path: Path, x: np.ndarray):
+    graph, _ = load_model(path)
+    with ReferenceRunner(graph, source_layout=True) as r:
+        return graph, r.infer({graph.inputs[0]: x})[graph.outputs[0]]
+
+
+def assert_exact(path: Path, x: np.ndarray):
+    graph, got = ir_run(path, x)
+    want = qm.qonnx_execute(path, x)
+    assert got.shape == want.shape
+    bad = int(np.sum(got != want))
+    assert bad == 0, f"{bad} of {want.size} values differ from qonnx, e.g. {got[got != want][:4]} vs " \
+                     f"{want[got != want][:4]}"
+    return graph
+
+
+# ------------------------------------------------------------- acceptance models
+@pytest.mark.parametrize("bits", [8, 4])
+def test_mlp_matches_qonnx_exactly(tmp_path: Path, bits: int) -> None:
+    path = qm.save(qm.mlp(bits), tmp_path)
+    graph = assert_exact(path, inputs((16,)))
+    assert [n.op for n in graph.nodes].count("fixed_quant") == 3  # input and two hidden activations
+    assert graph.metadata["source_format"] == "qonnx"
+    q = next(n for n in graph.nodes if n.op == "fixed_quant")
+    k, i, f = (graph.constants[name].reshape(-1) for name in q.inputs[1:])
+    assert (k.tolist(), i.tolist(), f.tolist()) == ([1], [3], [4]) and q.attrs == {"rounding": "AP_RND_CONV", "overflow": "AP_SAT"}
+    # Weights are folded onto their grid: 2**(bits-2) steps, narrow range.
+    w = graph.constants[next(n for n in graph.nodes if n.op == "dense").inputs[1]] * 2.0 ** (bits - 2)
+    assert np.array_equal(w, np.round(w)) and np.abs(w).max() <= 2 ** (bits - 1) - 1
+
+
+@pytest.mark.parametrize("bits,view", [(4, True), (8, False)])
+def test_cnn_matches_qonnx_exactly(tmp_path: Path, bits: int, view: bool) -> None:
+    path = qm.save(qm.cnn(bits, view_reshape=view), tmp_path)
+    graph = assert_exact(path, inputs((1, 8, 8)))
+    assert graph.io_layouts[graph.inputs[0]] == "NCHW"
+    assert graph.nodes[0].op == "fixed_quant"  # the input is stored NHWC before its quantizer
+    assert "transpose" not in [n.op for n in graph.nodes]
+    w1 = graph.constants[next(n for n in graph.nodes if n.op == "conv").inputs[1]]
+    steps = w1 * 2.0 ** np.array([bits - 2 + (c % 2) for c in range(w1.shape[-1])])  # per-channel grids
+    assert np.array_equal(steps, np.round(steps))
+
+
+# ------------------------------------------------------------- quantizer semantics
+@pytest.mark.parametrize("mode", sorted(AP_ROUNDING))
+@pytest.mark.parametrize("signed,narrow", [(1, 0), (1, 1), (0, 0), (0, 1)])
+@pytest.mark.parametrize("bits", [2, 5, 8])
+def test_quant_modes_match_qonnx(tmp_path: Path, mode: str, signed: int, narrow: int, bits: int) -> None:
+    model = qm.single("Quant", [1, 6], {"s": 2.0**-2, "z": 0.0, "b": bits},
+                      {"signed": signed, "narrow": narrow, "rounding_mode": mode})
+    assert_exact(qm.save(model, tmp_path, "q"), inputs((6,), 1200, grid=2.0**-2) / 4)
+
+
+@pytest.mark.parametrize("scale", [
+    np.array([[2.0**-3], [2.0**-1], [2.0**2]], np.float32).reshape(1, 3, 1, 1),  # per channel, NCHW
+    np.float32(0.3),  # not a power of two: divide, fixed_quant, multiply
+    np.array([0.75, 2.0**-4, 1.1], np.float32).reshape(3, 1, 1),
+])
+def test_per_channel_and_non_power_of_two_scales(tmp_path: Path, scale: np.ndarray) -> None:
+    model = qm.single("Quant", [1, 3, 4, 4], {"s": scale, "z": 0.0, "b": 6}, {"signed": 1, "narrow": 0})
+    x = np.concatenate([inputs((3, 4, 4), 600), inputs((3, 4, 4), 600, seed=1) * scale])
+    graph = assert_exact(qm.save(model, tmp_path, "q"), x.astype(np.float32))
+    q = next(n for n in graph.nodes if n.op == "fixed_quant")
+    f = graph.constants[q.inputs[3]]
+    assert f.shape == ((1,) if scale.size == 1 else (3, 1, 1))  # no conv: the input stays NCHW
+    c, e = np.frexp(scale.astype(np.float64))
+    assert np.array_equal(f.reshape(-1), (1 - e).reshape(-1)[:f.size])
+
+
+@pytest.mark.parametrize("scale", [np.float32(1.0), np.float32(0.25), np.array([0.5, 3.0, 1.0], np.float32)])
+def test_bipolar_and_one_bit_signed_quant(tmp_path: Path, scale: np.ndarray) -> None:
+    x = np.concatenate([inputs((3,), 800), np.array([[0.0, -0.0, 1e-30], [-1e-30, 0.0, -2.0]])]).astype(np.float32)
+    assert_exact(qm.save(qm.single("BipolarQuant", [1, 3], {"s": scale}), tmp_path, "bq"), x)
+    quant1 = qm.single("Quant", [1, 3], {"s": scale, "z": 0.0, "b": 1}, {"signed": 1, "narrow": 0})
+    assert_exact(qm.save(quant1, tmp_path, "q1"), x)
+
+
+@pytest.mark.parametrize("mode", ["FLOOR", "ROUND"])
+def test_trunc_v1_and_v2(tmp_path: Path, mode: str) -> None:
+    x = (np.random.default_rng(2).integers(-128, 128, (1500, 5)) * 2.0**-4).astype(np.float32)  # 8-bit values
+    v1 = qm.single("Trunc", [1, 5], {"s": 2.0**-4, "z": 0.0, "ib": 8, "ob": 4}, {"rounding_mode": mode})
+    assert_exact(qm.save(v1, tmp_path, "t1"), x)
+    v2 = qm.single("Trunc", [1, 5], {"s": 2.0**-4, "z": 0.0, "ib": 8, "os": 2.0**-1, "ob": 4},
+                   {"rounding_mode": mode, "signed": 1, "narrow": 0}, domain_version=2)
+    assert_exact(qm.save(v2, tmp_path, "t2"), x)
+
+
+@pytest.mark.parametrize("mode", ["CEIL", "UP", "HALF_UP", "DOWN"])
+def test_weight_quantizers_fold_in_any_mode(tmp_path: Path, mode: str) -> None:
+    """Constants are quantized with QONNX's own arithmetic: every rounding mode, any scale."""
+    b = qm.Builder(5)
+    w = b.quant(b.init("w", b.rng.normal(0, 1, (4, 6))), np.float32(0.37), 4, rounding=mode)
+    y = b.op("Gemm", ["x", w], transB=1)
+    path = qm.save(b.model("x", [None, 6], y, [None, 4], "wq"), tmp_path)
+    assert_exact(path, (np.random.default_rng(0).integers(-8, 8, (500, 6)) / 4).astype(np.float32))
+
+
+def test_older_brevitas_domain_is_read(tmp_path: Path) -> None:
+    model = qm.single("Quant", [1, 4], {"s": 0.125, "z": 0.0, "b": 4}, {"signed": 1, "narrow": 0},
+                      domain="onnx.brevitas")
+    assert_exact(qm.save(model, tmp_path, "old"), inputs((4,), 400))
+
+
+def test_source_runner_is_qonnx_execution(tmp_path: Path) -> None:
+    from tapeout.runtime.runners.qonnx_exec import QonnxRunner
+    from tapeout.runtime.runners.select import runner_for
+
+    path = qm.save(qm.mlp(8), tmp_path)
+    with runner_for(path) as r:
+        assert isinstance(getattr(r, "inner", r), QonnxRunner) or "qonnx" in r.name
+    plain = qm.save(qm.single("Quant", [1, 4], {"s": 1.0, "z": 0.0, "b": 4}), tmp_path, "plain")
+    assert QonnxRunner(plain).open().input_specs()[0].name == "x"
+
+
+# ------------------------------------------------------------------ refusals
+BAD = {
+    "runtime scale": (qm.single, ("Quant", [1, 4], {"s": None, "z": 0.0, "b": 8}),
+                      r"node 'Quant_0' \(Quant\): scale \(input 1, 's'\) is computed at run time"),
+    "fractional bit width": (qm.single, ("Quant", [1, 4], {"s": 0.5, "z": 0.0, "b": 2.5}),
+                             r"node 'Quant_0' \(Quant\): bit width must be one integer, not \[2.5\]"),
+    "per-channel bit width": (qm.single, ("Quant", [1, 2], {"s": 0.5, "z": 0.0, "b": [4, 8]}),
+                              r"bit width must be one integer, not \[4.0, 8.0\]"),
+    "runtime bit width": (qm.single, ("Quant", [1, 4], {"s": 0.5, "z": 0.0, "b": None}),
+                          r"bit width \(input 3, 'b'\) is computed at run time"),
+    "zero point": (qm.single, ("Quant", [1, 4], {"s": 0.5, "z": 3.0, "b": 8}), r"zero point other than 0"),
+    "negative scale": (qm.single, ("Quant", [1, 4], {"s": -0.5, "z": 0.0, "b": 8}), r"scale must be positive"),
+    "ceil": (qm.single, ("Quant", [1, 4], {"s": 0.5, "z": 0.0, "b": 8}, {"rounding_mode": "CEIL"}),
+             r"rounding_mode CEIL has no ap_fixed equivalent"),
+    "unknown op": (qm.single, ("MultiThreshold", [1, 4], {"t": [[0.0]]}),
+                   r"node 'MultiThreshold_0' \(qonnx.custom_op.general::MultiThreshold\) is not supported"),
+    "trunc inputs": (qm.single, ("Trunc", [1, 4], {"s": 0.5, "z": 0.0, "ib": 8, "os": 1.0, "ob": 4}),
+                     r"has 6 inputs; its version in domain 'qonnx.custom_op.general' takes 5"),
+    "trunc scale": (qm.single, ("Trunc", [1, 4], {"s": 0.3, "z": 0.0, "ib": 8, "ob": 4}),
+                    r"scale is not a power of two"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_quantizers_are_refused_in_one_line(tmp_path: Path, case: str) -> None:
+    from tests.cli_run import run_cli
+
+    build, args, pattern = BAD[case]
+    path = qm.save(build(*args), tmp_path, "bad")
+    with pytest.raises(FrontendError, match=pattern):
+        load_model(path)
+    code, out, err = run_cli("compile", path, "-t", "onnx", "-o", tmp_path / "out")
+    assert code == 2, (out, err)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "bad.onnx" in err
+
+
+def test_other_custom_domains_are_still_refused(tmp_path: Path) -> None:
+    model = qm.single("Quant", [1, 4], {"s": 0.5, "z": 0.0, "b": 8}, domain="com.example")
+    with pytest.raises(FrontendError, match="custom domain 'com.example'"):
+        load_model(qm.save(model, tmp_path, "custom"))
