@@ -84,6 +84,13 @@ def _bits(value: np.ndarray, what: str, fail: Fail) -> int:
     return bits
 
 
+def _flag(attrs: dict[str, Any], name: str, fail: Fail) -> bool:
+    """``signed``/``narrow`` of a Quant: required attributes in QONNX (qonnx refuses to run without)."""
+    if name not in attrs:
+        raise fail(f"attribute {name!r} is missing (QONNX's Quant requires signed and narrow)")
+    return bool(attrs[name])
+
+
 def _mode(attrs: dict[str, Any], default: str) -> str:
     mode = attrs.get("rounding_mode", default)
     return (mode.decode() if isinstance(mode, bytes) else str(mode)).upper()
@@ -98,7 +105,7 @@ def evaluate_constant(op: str, arrays: list[np.ndarray], attrs: dict[str, Any], 
         return _trunc_constant(x, params, attrs, fail)
     scale, zp, bw = params
     bits = _bits(bw, "bit width", fail)
-    signed, narrow = bool(attrs.get("signed", 1)), bool(attrs.get("narrow", 0))
+    signed, narrow = _flag(attrs, "signed", fail), _flag(attrs, "narrow", fail)
     y = x / scale + zp
     if bits == 1 and signed:  # qonnx's 1-bit signed Quant is bipolar
         y = np.where(y >= 0, np.float32(1), np.float32(-1))
@@ -195,7 +202,7 @@ def _quant(ctx: Context, n: OnnxNode) -> list[Bound]:
     _positive(ctx, scale)
     _no_zero_point(ctx, zp)
     bits = _bits(bw, "bit width", ctx.fail)
-    signed, narrow = bool(n.attr("signed", 1)), bool(n.attr("narrow", 0))
+    signed, narrow = _flag(n.attrs, "signed", ctx.fail), _flag(n.attrs, "narrow", ctx.fail)
     out = n.outputs[0]
     if bits == 1 and signed:  # qonnx's 1-bit signed Quant is bipolar (x / scale >= 0 is x >= 0)
         return [Value(_sign(ctx, x, scale, out), x.layout)]
@@ -204,7 +211,7 @@ def _quant(ctx: Context, n: OnnxNode) -> list[Bound]:
     rescale = not np.all(c == 1)
     src = x
     if rescale:  # x / scale == (x / c) * 2**f exactly in float32, so divide by the mantissa first
-        src = Value(ctx.emit("div", [x.ir, _const(ctx, f"{n.label}/mantissa", c, x, np.float32)], f"{out}/unscaled"),
+        src = Value(ctx.emit("div", [x.ir, _const(ctx, f"{n.label}/mantissa", c, x, np.float32)], f"{n.label}/unscaled"),
                     x.layout)
     overflow = "AP_SAT_SYM" if signed and narrow else "AP_SAT"
     last = not rescale and not (narrow and not signed)

@@ -144,7 +144,9 @@ def single(op: str, shape: Sequence[int], params: dict[str, Any], attrs: dict[st
            domain: str = DOMAIN, domain_version: int = 1) -> onnx.ModelProto:
     """One quantizer node on the graph input ``x``: ``params`` are its further inputs in order
     (name -> value; None computes that input at run time from ``x``, as dynamic quantization
-    does: ``ReduceMax(Abs(x))``)."""
+    does: ``ReduceMax(Abs(x))``). ``attrs`` None: a Quant gets signed=1, narrow=0."""
+    if attrs is None and op in ("Quant", "IntQuant"):
+        attrs = {"signed": 1, "narrow": 0}
     inits: dict[str, np.ndarray] = {}
     nodes, names = [], ["x"]
     for k, v in params.items():

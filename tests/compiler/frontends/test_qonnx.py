@@ -85,6 +85,18 @@ def test_quant_modes_match_qonnx(tmp_path: Path, mode: str, signed: int, narrow:
     assert_exact(qm.save(model, tmp_path, "q"), inputs((6,), 1200, grid=2.0**-2) / 4)
 
 
+def test_half_up_differs_from_qonnx_only_where_its_float32_addition_rounds(tmp_path: Path) -> None:
+    """qonnx's HALF_UP is sign(y) * floor(|y| + 0.5) in float32: at |y| = 0.5 - 2**-25 the sum
+    rounds to 1.0, where ap_fixed's AP_RND_INF (and exact arithmetic) give 0."""
+    model = qm.single("Quant", [1, 4], {"s": 1.0, "z": 0.0, "b": 8}, {"signed": 1, "narrow": 0,
+                                                                              "rounding_mode": "HALF_UP"})
+    path = qm.save(model, tmp_path, "q")
+    x = np.array([[0.5 - 2**-25, -(0.5 - 2**-25), 0.5, -2.5]], np.float32)
+    _, got = ir_run(path, x)
+    assert got.tolist() == [[0.0, 0.0, 1.0, -3.0]]
+    assert qm.qonnx_execute(path, x).tolist() == [[1.0, -1.0, 1.0, -3.0]]
+
+
 @pytest.mark.parametrize("scale", [
     np.array([[2.0**-3], [2.0**-1], [2.0**2]], np.float32).reshape(1, 3, 1, 1),  # per channel, NCHW
     np.float32(0.3),  # not a power of two: divide, fixed_quant, multiply
@@ -156,9 +168,13 @@ BAD = {
                               r"bit width must be one integer, not \[4.0, 8.0\]"),
     "runtime bit width": (qm.single, ("Quant", [1, 4], {"s": 0.5, "z": 0.0, "b": None}),
                           r"bit width \(input 3, 'b'\) is computed at run time"),
-    "zero point": (qm.single, ("Quant", [1, 4], {"s": 0.5, "z": 3.0, "b": 8}), r"zero point other than 0"),
+    "zero point": (qm.single, ("Quant", [1, 4], {"s": 0.5, "z": 3.0, "b": 8}, {"signed": 1, "narrow": 0}),
+                   r"zero point other than 0"),
+    "no narrow": (qm.single, ("Quant", [1, 4], {"s": 0.5, "z": 0.0, "b": 8}, {"signed": 1}),
+                  r"attribute 'narrow' is missing"),
     "negative scale": (qm.single, ("Quant", [1, 4], {"s": -0.5, "z": 0.0, "b": 8}), r"scale must be positive"),
-    "ceil": (qm.single, ("Quant", [1, 4], {"s": 0.5, "z": 0.0, "b": 8}, {"rounding_mode": "CEIL"}),
+    "ceil": (qm.single, ("Quant", [1, 4], {"s": 0.5, "z": 0.0, "b": 8},
+                                       {"signed": 1, "narrow": 0, "rounding_mode": "CEIL"}),
              r"rounding_mode CEIL has no ap_fixed equivalent"),
     "unknown op": (qm.single, ("MultiThreshold", [1, 4], {"t": [[0.0]]}),
                    r"node 'MultiThreshold_0' \(qonnx.custom_op.general::MultiThreshold\) is not supported"),

@@ -72,3 +72,18 @@ def test_cnn_to_hls4ml_exactly(tmp_path: Path, bits: int) -> None:
 def test_mlp_4bit_to_hls4ml_exactly(tmp_path: Path) -> None:
     report = _compile(tmp_path, qm.mlp(4), (16,), ["hls4ml"])
     _exact(report["targets"][0])
+
+
+def test_non_power_of_two_scale_is_refused_by_hls4ml_naming_the_quantizer(tmp_path: Path) -> None:
+    """Read as divide, fixed_quant, multiply (exact on the ONNX target); hls4ml has no divide."""
+    b = qm.Builder(4)
+    h = b.quant("global_in", np.float32(0.1), 8)
+    y = b.op("Gemm", [h, b.weight((3, 16), 8, 6)], transB=1)
+    src = qm.save(b.model("global_in", [None, 16], y, [None, 3], "npo2"), tmp_path)
+    data = _data(tmp_path / "data.npz", (16,), 1)
+    code, out, err = run_cli("compile", src, "-t", "hls4ml", "-o", tmp_path / "out", "--eval", data)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "'Quant_0/unscaled'" in err, err
+    code, out, err = run_cli("compile", src, "-t", "onnx", "-o", tmp_path / "onnx", "--eval", data)
+    assert code == 0, out + err
+    report = json.loads((tmp_path / "onnx" / "report.json").read_text())
+    _exact(report["targets"][0])
