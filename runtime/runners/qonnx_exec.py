@@ -20,6 +20,8 @@ from tapeout.runtime.errors import RuntimeInputError, RuntimeUnavailable, one_li
 from tapeout.runtime.protocol import FileRunner, IOSpec
 
 QONNX_DOMAINS = ("qonnx.custom_op.general", "onnx.brevitas", "finn.custom_op.general")
+QONNX_QUANTIZERS = ("Quant", "IntQuant", "BipolarQuant", "Trunc")
+_QONNX = "qonnx.custom_op.general"
 _MARKERS = tuple(d.encode() for d in QONNX_DOMAINS)
 
 
@@ -69,6 +71,7 @@ class QonnxRunner(FileRunner):
             self._model = onnx.load_model(str(self.path))
         except Exception as exc:  # noqa: BLE001
             raise RuntimeInputError(f"{self.path}: not a loadable ONNX model ({one_line(exc)})") from None
+        self._own_domains()
         graph = self._model.graph
         inits = {t.name for t in graph.initializer}
         self._specs = []
@@ -83,6 +86,25 @@ class QonnxRunner(FileRunner):
         self._fixed = batch.pop() if len(batch) == 1 and all(isinstance(b, int) for b in batch) else None
         self.notes = ["source runner: QONNX reference execution (qonnx.core.onnx_exec.execute_onnx; "
                       "quantizers in qonnx's NumPy, other nodes in onnxruntime)"]
+
+    def _own_domains(self) -> None:
+        """Standard nodes and QONNX's quantizers only, all in qonnx's own domain: qonnx imports the
+        Python module a node's domain names, which a model file must not choose."""
+        from onnx import helper
+
+        for node in self._model.graph.node:
+            if node.domain in ("", "ai.onnx"):
+                continue
+            if node.domain not in QONNX_DOMAINS or node.op_type not in QONNX_QUANTIZERS:
+                label = node.name or (node.output[0] if node.output else "?")
+                raise RuntimeInputError(f"{self.path}: node {label!r} ({node.domain}::{node.op_type}) is not run; "
+                                        f"the QONNX runner runs standard ONNX and {', '.join(QONNX_QUANTIZERS)}")
+            node.domain = _QONNX  # older exports' domains name the same ops
+        versions = {o.domain: o.version for o in self._model.opset_import}
+        version = max((versions.get(d, 1) for d in QONNX_DOMAINS if d in versions), default=1)
+        keep = [o for o in self._model.opset_import if o.domain not in QONNX_DOMAINS]
+        del self._model.opset_import[:]
+        self._model.opset_import.extend([*keep, helper.make_opsetid(_QONNX, version)])
 
     def _close(self) -> None:
         self._model = None

@@ -203,3 +203,29 @@ def test_other_custom_domains_are_still_refused(tmp_path: Path) -> None:
     model = qm.single("Quant", [1, 4], {"s": 0.5, "z": 0.0, "b": 8}, domain="com.example")
     with pytest.raises(FrontendError, match="custom domain 'com.example'"):
         load_model(qm.save(model, tmp_path, "custom"))
+
+
+# ------------------------------------------------------------------ export forms
+def test_batch_one_export_and_weights_quantized_before_a_transpose(tmp_path: Path) -> None:
+    """Brevitas exports with the example's batch (1), and a weight may reach MatMul through a
+    Transpose after its Quant: the folded weight folds on, the runner runs batched."""
+    b = qm.Builder(6)
+    h = b.quant("global_in", 2.0**-4, 8)
+    w = b.op("Transpose", [b.weight((5, 12), 6, 4)], perm=[1, 0])
+    y = b.op("MatMul", [b.quant(b.op("Relu", [h]), 2.0**-4, 8, signed=False), w])
+    path = qm.save(b.model("global_in", [1, 12], y, [1, 5], "batch1"), tmp_path)
+    graph = assert_exact(path, inputs((12,), 700))
+    assert [n.op for n in graph.nodes] == ["fixed_quant", "relu", "fixed_quant", "dense"]
+    assert any("fixed batch of 1" in n for n in graph.metadata["notes"])
+
+
+def test_finn_domain_runs_and_the_runner_refuses_other_domains(tmp_path: Path) -> None:
+    from tapeout.runtime.errors import RuntimeInputError
+    from tapeout.runtime.runners.qonnx_exec import QonnxRunner
+
+    model = qm.single("Quant", [1, 4], {"s": 0.25, "z": 0.0, "b": 5}, domain="finn.custom_op.general")
+    assert_exact(qm.save(model, tmp_path, "finn"), inputs((4,), 300))
+    other = qm.single("Quant", [1, 4], {"s": 0.25, "z": 0.0, "b": 5})
+    other.graph.node.append(qm.helper.make_node("Im2Col", ["y"], ["z"], domain="qonnx.custom_op.general"))
+    with pytest.raises(RuntimeInputError, match=r"\(qonnx.custom_op.general::Im2Col\) is not run"):
+        QonnxRunner(qm.save(other, tmp_path, "other")).open()
