@@ -11,7 +11,8 @@ rounds only where a quantizer does and hls4ml's C simulation equals the referenc
   Otherwise it truncates to enough fractional bits that the quantizers still round as from the
   float: one more than the finest grid for AP_TRN/AP_RND, 25 more for the other modes (a float32's
   mantissa: the bits that decide a tie survive), and saturates (or wraps, when every quantizer
-  wraps) one integer bit above the widest.
+  wraps) one integer bit above the widest; 16 more when it wraps before a mode that rounds by the
+  sign (AP_TRN_ZERO, AP_RND_ZERO, AP_RND_INF: exact while |x| < 2**16 x the quantizer's range).
 - Weights and biases: the smallest type holding every value (front ends fold weight quantizers into
   the constants). Accumulators keep every product bit; results equal the accumulator.
 - Refused (FixedTypeError, one line naming the node): an input that reaches a layer without a
@@ -34,9 +35,11 @@ from tapeout.compiler.fixedpoint.model import (DEFAULT_SOFTMAX_TABLE, DEFAULT_TA
 from tapeout.compiler.fixedpoint.types import FixedType, FixedTypeError, fixed
 from tapeout.compiler.ir import Graph, Node
 
-MAX_WEIGHT_BITS = 32  # an exact weight type wider than this means the weights were not quantized
+MAX_WEIGHT_BITS = 24  # wider exact weights are float32 mantissas: the weights were not quantized
 MAX_BITS = 62  # the NumPy model's int64 headroom
 EXACT_ROUNDING = ("AP_TRN", "AP_RND")  # re-rounding a truncated input to fewer bits gives the same result
+SIGN_ROUNDING = ("AP_TRN_ZERO", "AP_RND_ZERO", "AP_RND_INF")  # the direction depends on the sign
+WRAP_HEADROOM = 16  # integer bits added to an input that wraps before such a mode: exact below 2**16 x range
 TIE_GUARD_BITS = 25  # a float32 has 24 significant bits: this many more keep a tie's deciding bits
 
 
@@ -95,6 +98,14 @@ def quantizer_grid(graph: Graph, n: Node) -> tuple[np.ndarray, np.ndarray, np.nd
     return k, i, f
 
 
+def live(graph: Graph, n: Node) -> np.ndarray:
+    """The elements a fixed_quant does not set to 0: more than 0 bits, and not a signed 1-bit AP_SAT_SYM
+    grid (its symmetric range is [-0, 0]; ap_types' cast would give the minimum instead)."""
+    k, i, f = quantizer_grid(graph, n)
+    width = k + i + f
+    return (width > 0) & ~((n.attr("overflow") == "AP_SAT_SYM") & (k > 0) & (width == 1))
+
+
 def per_tensor_type(graph: Graph, n: Node) -> FixedType | None:
     """The quantizer's ``ap_[u]fixed<k+i+f, k+i, Q, O>`` when one grid covers the tensor; None when the
     grid differs per element or has no bits."""
@@ -102,7 +113,7 @@ def per_tensor_type(graph: Graph, n: Node) -> FixedType | None:
     if any(np.unique(a).size != 1 for a in (k, i, f)):
         return None
     kk, ii, ff = int(k.flat[0]), int(i.flat[0]), int(f.flat[0])
-    if kk + ii + ff <= 0:
+    if not live(graph, n).flat[0]:
         return None
     return FixedType(kk + ii + ff, kk + ii, bool(kk), n.attr("rounding"), n.attr("overflow"))
 
@@ -110,12 +121,12 @@ def per_tensor_type(graph: Graph, n: Node) -> FixedType | None:
 def union_type(graph: Graph, n: Node) -> FixedType:
     """A type holding every element's quantized values (the per-element quantizer's result_t)."""
     k, i, f = quantizer_grid(graph, n)
-    live = (k + i + f) > 0
-    if not np.any(live):
+    on = live(graph, n)
+    if not np.any(on):
         return FixedType(1, 1, False)
-    signed = bool(np.any(k[live] > 0))
-    frac = int(np.max(f[live]))
-    integer = int(np.max(i[live])) + int(signed)
+    signed = bool(np.any(k[on] > 0))
+    frac = int(np.max(f[on]))
+    integer = int(np.max(i[on])) + int(signed)
     width = integer + frac
     if width > MAX_BITS or width < 1:
         raise FixedTypeError(f"node {n.name!r}: fixed_quant's elements need a {width}-bit result type")
@@ -140,6 +151,8 @@ def input_type(graph: Graph, name: str, users: list[Node]) -> FixedType:
                              "type serves both exactly")
     frac = max(t.frac for t in unions) + (1 if modes <= set(EXACT_ROUNDING) else TIE_GUARD_BITS)
     integer = max(t.integer + (0 if t.signed else 1) for t in unions) + 1
+    if True in wraps and modes & set(SIGN_ROUNDING):
+        integer += WRAP_HEADROOM  # a wrapped input can change sign, and with it these modes' direction
     if integer + frac > MAX_BITS:
         raise FixedTypeError(f"graph input {name!r} needs {integer + frac} bits for its quantizers to round exactly")
     return FixedType(integer + frac, integer, True, "AP_TRN", "AP_WRAP" if True in wraps else "AP_SAT")

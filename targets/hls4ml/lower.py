@@ -107,7 +107,8 @@ def register_quantizer() -> None:
             f = np.rint(np.log2(g["scale"])).astype(np.int64)
             width = np.rint(np.log2(g["modulus"])).astype(np.int64)
             k = (g["lo"] < 0).astype(np.int64)
-            live = g["step"] != 0
+            # 0 bits, or a signed 1-bit AP_SAT_SYM grid ([-0, 0]; ap_types' cast would give its minimum): 0.
+            live = (g["step"] != 0) & ~((layer.overflow == "AP_SAT_SYM") & (k > 0) & (width == 1))
             bits, integer = np.where(live, width, 0), np.where(live, width - f, 0)
             return {"class_name": "FixedPointQuantizer", "mask_kbi": tuple(a[None].astype(np.int16) for a in
                                                                           (k, bits, integer)),
