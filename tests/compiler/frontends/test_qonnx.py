@@ -229,3 +229,13 @@ def test_finn_domain_runs_and_the_runner_refuses_other_domains(tmp_path: Path) -
     other.graph.node.append(qm.helper.make_node("Im2Col", ["y"], ["z"], domain="qonnx.custom_op.general"))
     with pytest.raises(RuntimeInputError, match=r"\(qonnx.custom_op.general::Im2Col\) is not run"):
         QonnxRunner(qm.save(other, tmp_path, "other")).open()
+
+
+def test_the_runner_module_imports_numpy_only() -> None:
+    import subprocess
+
+    code = ("import tapeout.runtime.runners.qonnx_exec, tapeout.runtime.runners.select, sys; "
+            "bad = [m for m in sys.modules if m.startswith(('tapeout.compiler', 'tapeout.targets', 'qonnx', "
+            "'onnx', 'onnxruntime'))]; assert not bad, bad")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
