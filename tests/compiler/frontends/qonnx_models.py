@@ -140,6 +140,20 @@ def cnn(bits: int = 4, *, seed: int = 1, size: int = 8, channels: tuple[int, int
     return b.model(x, [None, 1, size, size], y, [None, classes], f"qonnx_cnn_w{bits}")
 
 
+def binary_mlp(*, seed: int = 7, inputs: int = 16, hidden: int = 8, outputs: int = 3) -> onnx.ModelProto:
+    """8-bit input, a 4-bit QuantLinear, a BipolarQuant activation (scale 1) and a +-1 weight
+    layer (a BNN's last layer, weights already bipolar)."""
+    b = Builder(seed)
+    h = b.quant("global_in", 2.0**-4, 8)
+    h = b.op("Gemm", [h, b.weight((hidden, inputs), 4, 2)], transB=1)
+    out = "BipolarQuant_0_out0"
+    b.nodes.append(helper.make_node("BipolarQuant", [h, b.init("BipolarQuant_0_param0", 1.0)], [out],
+                                    name="BipolarQuant_0", domain=b.domain))
+    w = b.init("wb", np.where(b.rng.normal(size=(outputs, hidden)) >= 0, 1.0, -1.0))
+    y = b.op("Gemm", [out, w], transB=1)
+    return b.model("global_in", [None, inputs], y, [None, outputs], "qonnx_binary_mlp")
+
+
 def single(op: str, shape: Sequence[int], params: dict[str, Any], attrs: dict[str, Any] | None = None,
            domain: str = DOMAIN, domain_version: int = 1) -> onnx.ModelProto:
     """One quantizer node on the graph input ``x``: ``params`` are its further inputs in order

@@ -63,6 +63,11 @@ def test_mlp_matches_qonnx_exactly(tmp_path: Path, bits: int) -> None:
     assert np.array_equal(w, np.round(w)) and np.abs(w).max() <= 2 ** (bits - 1) - 1
 
 
+def test_binary_mlp_matches_qonnx_exactly(tmp_path: Path) -> None:
+    graph = assert_exact(qm.save(qm.binary_mlp(), tmp_path), inputs((16,)))
+    assert [n.op for n in graph.nodes].count("fixed_quant") == 2
+
+
 @pytest.mark.parametrize("bits,view", [(4, True), (8, False)])
 def test_cnn_matches_qonnx_exactly(tmp_path: Path, bits: int, view: bool) -> None:
     path = qm.save(qm.cnn(bits, view_reshape=view), tmp_path)

@@ -74,6 +74,11 @@ def test_mlp_4bit_to_hls4ml_exactly(tmp_path: Path) -> None:
     _exact(report["targets"][0])
 
 
+def test_binary_mlp_to_hls4ml_exactly(tmp_path: Path) -> None:
+    report = _compile(tmp_path, qm.binary_mlp(), (16,), ["hls4ml"])
+    _exact(report["targets"][0])
+
+
 def test_non_power_of_two_scale_is_refused_by_hls4ml_naming_the_quantizer(tmp_path: Path) -> None:
     """Read as divide, fixed_quant, multiply (exact on the ONNX target); hls4ml has no divide."""
     b = qm.Builder(4)
