@@ -154,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("targets", parents=[common], help="list targets, variants and whether their tools are installed")
     t.add_argument("--json", action="store_true")
+
+    from tapeout.compiler.sweep.command import add_parser as add_sweep_parser  # standard library only
+
+    add_sweep_parser(sub, common)
     return p
 
 
@@ -670,8 +674,14 @@ def _cmd_targets(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+def _cmd_sweep(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from tapeout.compiler.sweep.command import run
+
+    return run(args, out, err)
+
+
 COMMANDS = {"compile": _cmd_compile, "build": _cmd_build, "cache": _cmd_cache, "inspect": _cmd_inspect,
-            "verify": _cmd_verify, "targets": _cmd_targets}
+            "verify": _cmd_verify, "targets": _cmd_targets, "sweep": _cmd_sweep}
 
 
 class _Status:
