@@ -23,7 +23,7 @@ from typing import Any
 
 from tapeout.compiler.errors import FrontendError
 from tapeout.compiler.frontends import onnx_model as om
-from tapeout.compiler.frontends.qonnx_ops import QONNX_DOMAINS, QONNX_OPS, evaluate_constant
+from tapeout.compiler.frontends.qonnx_ops import QONNX_DOMAINS, QONNX_OPS, evaluate_constant, input_names
 from tapeout.compiler.gc_pause import gc_paused
 from tapeout.compiler.ir import Graph
 from tapeout.runtime.runners.qonnx_exec import has_qonnx_nodes
@@ -118,9 +118,11 @@ def _fold_quantizers(irm: Any, path: Path) -> int:
             continue
         arrays = [v.const_value.numpy() for v in inputs]
         attrs = {k: a.value for k, a in node.attributes.items()}
-        label = node.name or node.outputs[0].name
-        result = evaluate_constant(node.op_type, arrays, attrs, lambda why, label=label, op=node.op_type: FrontendError(
-                                       f"{path}: node {label!r} ({op}): {why}"))
+        where = f"{path}: node {node.name or node.outputs[0].name!r} ({node.op_type})"
+        try:
+            result = evaluate_constant(node.op_type, arrays, attrs, lambda why: FrontendError(f"{where}: {why}"))
+        except ValueError as e:  # parameters that do not broadcast onto the constant
+            raise FrontendError(f"{where}: {e}") from None
         out = node.outputs[0]
         const = ir.Value(name=f"{out.name}/folded", const_value=ir.Tensor(result))
         const.shape = ir.Shape(result.shape)
@@ -143,7 +145,7 @@ def check_parameters(irm: Any, path: Path, names: dict[str, str]) -> None:
         for i, v in enumerate(node.inputs[1:], start=1):
             if v is not None and v.const_value is None:
                 label = names.get(node.outputs[0].name, node.name or node.outputs[0].name)
-                what = QONNX_OPS[node.op_type][i] if i < len(QONNX_OPS[node.op_type]) else f"input {i}"
+                what = input_names(node.op_type, len(node.inputs))[i]
                 raise FrontendError(f"{path}: node {label!r} ({node.op_type}): {what} (input {i}, {v.name!r}) is "
                                     "computed at run time; tapeout reads quantizers with constant parameters only")
 

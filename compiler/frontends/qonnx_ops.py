@@ -21,7 +21,7 @@ from tapeout.compiler.frontends.onnx_context import Bound, Context, Handler, Onn
 from tapeout.compiler.frontends.onnx_layout import align_constant
 from tapeout.runtime.runners.qonnx_exec import QONNX_DOMAINS
 
-__all__ = ["HANDLERS", "QONNX_DOMAINS", "QONNX_OPS", "evaluate_constant"]
+__all__ = ["HANDLERS", "QONNX_DOMAINS", "QONNX_OPS", "evaluate_constant", "input_names"]
 
 # Op -> its inputs in order (Trunc from version 2 of the domain; version 1 has no output scale).
 QONNX_OPS: dict[str, tuple[str, ...]] = {
@@ -211,8 +211,8 @@ def _quant(ctx: Context, n: OnnxNode) -> list[Bound]:
     rescale = not np.all(c == 1)
     src = x
     if rescale:  # x / scale == (x / c) * 2**f exactly in float32, so divide by the mantissa first
-        src = Value(ctx.emit("div", [x.ir, _const(ctx, f"{n.label}/mantissa", c, x, np.float32)], f"{n.label}/unscaled"),
-                    x.layout)
+        mantissa = _const(ctx, f"{n.label}/mantissa", c, x, np.float32)
+        src = Value(ctx.emit("div", [x.ir, mantissa], f"{n.label}/unscaled"), x.layout)
     overflow = "AP_SAT_SYM" if signed and narrow else "AP_SAT"
     last = not rescale and not (narrow and not signed)
     q = fixed_quant(ctx, src, int(signed), bits - int(signed) - f, f, rounding, overflow,
@@ -222,7 +222,7 @@ def _quant(ctx: Context, n: OnnxNode) -> list[Bound]:
         q = ctx.emit("minimum", [q, _const(ctx, f"{n.label}/top", top, x, np.float32)],
                      out if not rescale else f"{out}/narrow")
     if rescale:
-        q = ctx.emit("mul", [q, _const(ctx, f"{n.label}/mantissa", c, x, np.float32)], out)
+        q = ctx.emit("mul", [q, mantissa], out)
         ctx.note("QONNX quantizers with scales that are not powers of two are read as divide, fixed_quant, "
                  "multiply; fixed-point targets may not express them")
     return [Value(q, x.layout)]

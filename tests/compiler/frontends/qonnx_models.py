@@ -172,7 +172,8 @@ def single(op: str, shape: Sequence[int], params: dict[str, Any], attrs: dict[st
         names.append(k)
     nodes.append(helper.make_node(op, names, ["y"], name=f"{op}_0", domain=domain, **(attrs or {})))
     io = [helper.make_tensor_value_info(k, TensorProto.FLOAT, [None, *shape[1:]]) for k in "xy"]
-    graph = helper.make_graph(nodes, op.lower(), io[:1], io[1:], [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    tensors = [numpy_helper.from_array(v, k) for k, v in inits.items()]
+    graph = helper.make_graph(nodes, op.lower(), io[:1], io[1:], tensors)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
                                                    helper.make_opsetid(domain, domain_version)])
 

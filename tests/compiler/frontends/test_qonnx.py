@@ -57,7 +57,8 @@ def test_mlp_matches_qonnx_exactly(tmp_path: Path, bits: int) -> None:
     assert graph.metadata["source_format"] == "qonnx"
     q = next(n for n in graph.nodes if n.op == "fixed_quant")
     k, i, f = (graph.constants[name].reshape(-1) for name in q.inputs[1:])
-    assert (k.tolist(), i.tolist(), f.tolist()) == ([1], [3], [4]) and q.attrs == {"rounding": "AP_RND_CONV", "overflow": "AP_SAT"}
+    assert (k.tolist(), i.tolist(), f.tolist()) == ([1], [3], [4])
+    assert q.attrs == {"rounding": "AP_RND_CONV", "overflow": "AP_SAT"}
     # Weights are folded onto their grid: 2**(bits-2) steps, narrow range.
     w = graph.constants[next(n for n in graph.nodes if n.op == "dense").inputs[1]] * 2.0 ** (bits - 2)
     assert np.array_equal(w, np.round(w)) and np.abs(w).max() <= 2 ** (bits - 1) - 1
