@@ -245,3 +245,11 @@ def test_the_runner_module_imports_numpy_only() -> None:
             "'onnx', 'onnxruntime'))]; assert not bad, bad")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_weight_quantizer_whose_scale_does_not_broadcast_is_one_line(tmp_path: Path) -> None:
+    b = qm.Builder(9)
+    w = b.quant(b.init("w", b.rng.normal(0, 1, (4, 6))), np.full(3, 0.25, np.float32), 4)
+    path = qm.save(b.model("x", [None, 6], b.op("Gemm", ["x", w], transB=1), [None, 4], "wb"), tmp_path)
+    with pytest.raises(FrontendError, match=r"node 'Quant_0' \(Quant\): operands could not be broadcast"):
+        load_model(path)
