@@ -147,6 +147,13 @@ def test_weight_quantizers_fold_in_any_mode(tmp_path: Path, mode: str) -> None:
     assert_exact(path, (np.random.default_rng(0).integers(-8, 8, (500, 6)) / 4).astype(np.float32))
 
 
+def test_intquant_is_quant(tmp_path: Path) -> None:
+    model = qm.single("IntQuant", [1, 4], {"s": 2.0**-3, "z": 0.0, "b": 6}, {"signed": 0, "narrow": 0,
+                                                                           "rounding_mode": "FLOOR"})
+    graph = assert_exact(qm.save(model, tmp_path, "iq"), inputs((4,), 600, grid=2.0**-3))
+    assert graph.nodes[0].op == "fixed_quant" and graph.nodes[0].attrs["rounding"] == "AP_TRN"
+
+
 def test_older_brevitas_domain_is_read(tmp_path: Path) -> None:
     model = qm.single("Quant", [1, 4], {"s": 0.125, "z": 0.0, "b": 4}, {"signed": 1, "narrow": 0},
                       domain="onnx.brevitas")
