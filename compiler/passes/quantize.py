@@ -247,7 +247,9 @@ class Quantize(Pass):
 
     def run(self, graph: Graph) -> PassResult:
         g = graph.copy()
-        float_nodes = tuple(n.name for n in g.nodes if is_excluded(n.name, self.exclude))
+        # A QAT quantizer (fixed_quant) computes in float between its dequantized input and its output.
+        float_nodes = tuple(n.name for n in g.nodes if is_excluded(n.name, self.exclude)
+                            or (n.op == "fixed_quant" and self.scheme in CALIBRATED_SCHEMES))
         self._warnings = []
         if self.scheme == "fp16":
             tensors = self._fp16(g, set(float_nodes))
@@ -316,6 +318,8 @@ class Quantize(Pass):
                 elif quantized_node(n) and n.op in FIXED_OUTPUTS:
                     tensors[v] = _fixed(n.op, self.scheme)
                     self._check_fixed(n, v, tensors[v], ranges.get(v))
+                elif n.op == "fixed_quant" and (grid := trained_grid(g, n, act_dtype)) is not None:
+                    tensors[v] = grid  # the user trained this grid: its scale, not a calibrated one
                 else:
                     tensors[v] = from_range(v)
         for n in g.nodes:
@@ -363,6 +367,23 @@ class Quantize(Pass):
             return TensorQuant("int8", "weight", (amax / WEIGHT_QMAX if amax > 0 else 1.0,), (0,), None,
                                WEIGHT_QMIN, WEIGHT_QMAX, (lo,), (hi,))
         return asymmetric(lo, hi, dtype, "constant") if dtype == "int8" else symmetric(lo, hi, dtype, "constant")
+
+
+def trained_grid(g: Graph, n: Node, dtype: str) -> TensorQuant | None:
+    """A fixed_quant's grid as the annotation of its output, where ``dtype`` holds it exactly: one
+    grid per tensor, scale 2**-f, zero point 0, at most 8 bits (int8; 16 for int16) with the sign."""
+    k, i, f = (np.asarray(g.constants.get(c, np.nan)) for c in n.inputs[1:])
+    if any(a.dtype.kind not in "iu" or np.unique(a).size != 1 for a in (k, i, f)):
+        return None
+    k, i, f = (int(a.flat[0]) for a in (k, i, f))
+    width = k + i + f
+    qmin, qmax = _INT_RANGE[dtype]
+    top = (1 << (width - k)) - 1 if width > 0 else 0
+    if width <= 0 or top > qmax:
+        return None
+    scale = 2.0**-f
+    lo = -(top + 1) * scale if k else 0.0
+    return TensorQuant(dtype, "activation", (scale,), (0,), None, qmin, qmax, (lo,), (top * scale,))
 
 
 def _role(n: Node, pos: int) -> str:
