@@ -434,5 +434,5 @@ def _plain(v: Any) -> bool:
 
 
 def _did_you_mean(word: str, choices: Any) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
+    close = [c for c in choices if c.startswith(word)][:1] or difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
