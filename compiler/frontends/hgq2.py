@@ -25,17 +25,29 @@ MODE_KEYS = ("iq_conf", "oq_conf", "kq_conf", "bq_conf")
 
 
 def names_hgq2(path: str | Path) -> bool:
-    """Whether a ``.keras`` archive's config names an HGQ2 layer (False for anything unreadable:
-    the Keras front end then reports it)."""
-    from tapeout.runtime.model_files import check_shape, layer_entries, read_archive
+    """Whether a ``.keras`` archive's config names an HGQ2 layer. Reads ``config.json`` only,
+    within the config budget; False for anything unreadable (the Keras front end reports it)."""
+    import zipfile
+
+    from tapeout.runtime.budgets import MAX_CONFIG_BYTES
+    from tapeout.runtime.model_files import ARCHIVE_CONFIG, check_shape, layer_entries, parse_config
 
     p = Path(path)
     if p.suffix.lower() != ".keras":
         return False
+    limit = MAX_CONFIG_BYTES.value()
     try:
-        cfg, _ = read_archive(p)
+        with zipfile.ZipFile(p) as z:
+            info = z.getinfo(ARCHIVE_CONFIG)
+            if info.file_size > limit:
+                return False
+            with z.open(info) as f:
+                raw = f.read(limit + 1)  # the header may understate: never past the budget
+        if len(raw) > limit:
+            return False
+        cfg = parse_config(str(p), raw)
         check_shape(str(p), cfg)
-    except ModelFileError:
+    except (ModelFileError, zipfile.BadZipFile, KeyError, OSError, EOFError, NotImplementedError, RuntimeError):
         return False
     return hgq2_files.names_hgq2(layer_entries(cfg))
 
