@@ -15,8 +15,9 @@ Runtime module: no imports from the compiler.
 from __future__ import annotations
 
 # The HGQ2 layers tapeout converts (tapeout.compiler.frontends.hgq2 keeps the same list).
-HGQ2_LAYERS = ("QBatchNormDense", "QConv1D", "QConv2D", "QDense", "QGlobalMaxPooling1D", "QGlobalMaxPooling2D",
-               "QMaxPooling1D", "QMaxPooling2D", "QUnaryFunctionLUT", "Quantizer")
+HGQ2_LAYERS = ("QAdd", "QBatchNormDense", "QBatchNormalization", "QConv1D", "QConv2D", "QDense",
+               "QGlobalMaxPooling1D", "QGlobalMaxPooling2D", "QMaxPooling1D", "QMaxPooling2D", "QMaximum",
+               "QMinimum", "QMultiply", "QSubtract", "QUnaryFunctionLUT", "Quantizer")
 # Serialized objects inside those layers' configs: the quantizer config and its constraints,
 # regularizers and bit-width mapper (all plain data to HGQ2).
 HGQ2_OBJECTS = ("Constant", "DefaultBitwidthMapper", "Max", "Min", "MinMax", "MonoL1", "QuantizerConfig")

@@ -68,7 +68,10 @@ def _quantizer_configs(entry: dict) -> list[tuple[str, Any]]:
     c = entry.get("config") or {}
     if entry.get("class_name") == "Quantizer":
         return [("", c.get("config"))]
-    return [(key[:2], c.get(key)) for key in MODE_KEYS if c.get(key) is not None]
+    out = [(key[:2], c.get(key)) for key in MODE_KEYS if c.get(key) is not None]
+    confs = c.get("iq_confs")  # merge layers: one config for every input, or one each
+    confs = [confs] if isinstance(confs, dict) else confs if isinstance(confs, list) else []
+    return out + [(f"input {j}" if len(confs) > 1 else "iq", q) for j, q in enumerate(confs)]
 
 
 def check_config(path: Path, cfg: dict) -> None:

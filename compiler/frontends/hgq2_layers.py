@@ -193,6 +193,36 @@ def _unary(e: Emitter, layer, cfg, ins):
     return _output(e, layer, y)
 
 
+def _batch_norm(e: Emitter, layer, cfg, ins):
+    """HGQ2's QBatchNormalization: x * q(scale) + q(offset), its scale and offset quantized."""
+    rank = len(e.shape(ins[0]))
+    axis = cfg.get("axis", -1)
+    axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
+    if not isinstance(axis, int) or axis % rank != rank - 1:
+        raise _fail(layer, f"normalizing over axis {axis} is not supported (the last axis only)")
+    x = _input(e, layer, ins[0])
+    scale, offset = layer.qscaler_and_qoffset
+    s = quantize_weight(e, layer, layer.kq, scale, f"{layer.name}/scale", "scale")
+    b = quantize_weight(e, layer, layer.bq, offset, f"{layer.name}/offset", "offset")
+    return _output(e, layer, e.node("affine", _core_name(layer), [x, s, b]))
+
+
+def _merge(op: str):
+    """QAdd, QSubtract, QMultiply, QMaximum, QMinimum: each input through its own quantizer."""
+    def convert(e: Emitter, layer, cfg, ins):
+        if op == "sub" and len(ins) != 2:
+            raise _fail(layer, f"a subtraction needs exactly 2 inputs, got {len(ins)}")
+        if getattr(layer, "enable_iq", False):
+            ins = [quantize_value(e, layer, q, x, f"{layer.name}/iq{j}", f"input {j}")
+                   for j, (q, x) in enumerate(zip(layer.iq, ins))]
+        y = ins[0]
+        last = len(ins) - 1
+        for j, z in enumerate(ins[1:], start=1):
+            y = e.node(op, _core_name(layer) if j == last else f"{layer.name}/{j}", [y, z])
+        return _output(e, layer, y)
+    return convert
+
+
 def _pooled(convert):
     def wrapped(e: Emitter, layer, cfg, ins):
         y = convert(e, layer, cfg, [_input(e, layer, ins[0])])
@@ -207,6 +237,12 @@ CONVERTERS = {
     "QConv1D": _conv,
     "QConv2D": _conv,
     "QUnaryFunctionLUT": _unary,
+    "QBatchNormalization": _batch_norm,
+    "QAdd": _merge("add"),
+    "QSubtract": _merge("sub"),
+    "QMultiply": _merge("mul"),
+    "QMaximum": _merge("maximum"),
+    "QMinimum": _merge("minimum"),
     "QMaxPooling1D": _pooled(_pool("max_pool")),
     "QMaxPooling2D": _pooled(_pool("max_pool")),
     "QGlobalMaxPooling1D": _pooled(_global_pool("global_max_pool")),

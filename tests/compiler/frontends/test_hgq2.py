@@ -146,6 +146,31 @@ def test_unary_lut_and_batchnorm_dense(tmp_path: Path) -> None:
     assert "q_unary_function_lut/oq" in _quant_nodes(graph)
 
 
+def test_merges_and_batchnorm(tmp_path: Path) -> None:
+    """QAdd, QSubtract, QMultiply, QMaximum (one quantizer per input) and QBatchNormalization
+    (quantized scale and offset, as affine) on a trained branching model."""
+    import keras
+    from hgq.layers import QAdd, QBatchNormalization, QDense, QMaximum, QMultiply, QSubtract
+
+    H._seed(1)
+    inp = keras.Input((16,), name="features")
+    a = QDense(16, activation="relu")(inp)
+    x = QBatchNormalization(name="bn")(QAdd(name="sum")([a, QDense(16)(inp)]))
+    y = QMultiply()([x, QDense(16)(inp)])
+    z = QMaximum()([x, QSubtract()([y, a])])
+    model = keras.Model(inp, QDense(5, name="logits")(z))
+    xs, ys = H.jet_data(3000)
+    assert H.train(model, xs, ys, epochs=3) > 0.8
+    model.save(tmp_path / "m.keras")
+    xt, _ = H.jet_data(N_COMPARE, seed=5)
+    graph, ref, got = _compare(model, tmp_path / "m.keras", xt)
+    np.testing.assert_array_equal(got, ref)
+    assert sorted(n.op for n in graph.nodes if n.op != "fixed_quant") == ["add", "affine", "dense", "dense", "dense",
+                                                                          "dense", "maximum", "mul", "sub"]
+    quants = _quant_nodes(graph)
+    assert {"sum/iq0", "sum/iq1", "bn/iq", "bn/scale/q", "bn/offset/q"} <= set(quants)
+
+
 # ------------------------------------------------------------------ refusals
 def _save(model, path: Path) -> Path:
     model.save(path)

@@ -91,3 +91,18 @@ def test_cost_below_float_auto_precision(trained: Trained, compiled: dict) -> No
     # the same task accuracy on the labelled inputs, within a point
     assert qv["accuracy"]["artifact"] >= fv["accuracy"]["artifact"] - 0.01
     assert q["cost"] < f["cost"], (q, f)
+
+
+def test_layer_hls4ml_cannot_take(tmp_path: Path) -> None:
+    """Acceptance 7, the target's side: an HGQ2 QMultiply of two tensors reads into the IR, but
+    hls4ml has no fixed-point model for it: one line, exit 2, the layer named."""
+    import keras
+    from hgq.layers import QDense, QMultiply
+
+    inp = keras.Input((8,), name="x")
+    y = QMultiply(name="gate")([QDense(4)(inp), QDense(4)(inp)])
+    keras.Model(inp, QDense(2)(y)).save(tmp_path / "m.keras")
+    code, _, err = run_cli("compile", tmp_path / "m.keras", "-t", "hls4ml", "-o", tmp_path / "o")
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "node 'gate': op 'mul' of two runtime tensors has no hls4ml fixed-point model" in err
