@@ -53,7 +53,13 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         say(f"note    {note}")
     say(f"sweep   {len(sweep.points)} points of {sweep.spelled} ({sweep.mode}) on {executor.describe()} "
         f"-> {sweep.output}")
-    result = run_sweep(sweep, executor, resume=args.resume, use_cache=use_cache, progress=lambda s: say(f"point   {s}"))
+    try:
+        result = run_sweep(sweep, executor, resume=args.resume, use_cache=use_cache,
+                           progress=lambda s: say(f"point   {s}"))
+    except KeyboardInterrupt:
+        err.write(f"tapeout: interrupted; the points finished are in {Path(sweep.output) / 'results.csv'}: "
+                  "rerun with --resume to finish the sweep\n")
+        return 130
     if not args.quiet:
         print_fronts(result.fronts, sweep.axis_columns, out.write)
         counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))

@@ -5,8 +5,9 @@ anything itself. A point whose worker dies is run again up to ``max_retries`` ti
 a row with status "crashed".
 
 Local: ``ProcessPoolExecutor`` (fork: the driver never imports a framework, and the children
-need not re-import tapeout), at most N points in flight, so a pool broken by a dying worker
-charges the retry only to the points that were running. Workers leave when the driver dies.
+need not re-import tapeout), at most N points in flight. When a worker dies the pool breaks and
+fails every point in flight; those are rerun one at a time, so a death is charged to the point
+that caused it alone. Workers leave when the driver dies.
 
 Ray: each point is one task declaring its resources (``num_cpus``; a synthesis point also holds
 one unit of a custom resource such as ``vivado``, so a license-limited tool is never
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import socket
 import tempfile
 import threading
@@ -50,7 +50,6 @@ def _init_worker(log: str | None, parent: int) -> None:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.close(fd)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -80,34 +79,49 @@ class LocalPool:
         from concurrent.futures.process import BrokenProcessPool
 
         todo = deque(points)
+        suspects: deque[Point] = deque()  # in flight when a worker died: run alone until it is clear which
         deaths: dict[str, int] = {}
-        while todo:
+        while todo or suspects:
             pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("fork"),
                                        initializer=_init_worker,
                                        initargs=(None if self.log is None else str(self.log), os.getpid()))
             running: dict[Any, Point] = {}
-            broken = False
+            lost: list[Point] = []
             try:
-                while (todo or running) and not broken:
-                    while todo and len(running) < self.jobs:
-                        p = todo.popleft()
-                        running[pool.submit(execute, p.spec, outdir / "points" / p.id, use_cache, point_fn)] = p
+                broken = False
+                while (todo or suspects or running) and not broken:
+                    limit = 1 if suspects else self.jobs
+                    while len(running) < limit and (suspects or todo) and not broken:
+                        queue = suspects if suspects else todo
+                        p = queue.popleft()
+                        try:
+                            running[pool.submit(execute, p.spec, outdir / "points" / p.id, use_cache, point_fn)] = p
+                        except BrokenProcessPool:  # a worker died since the last wait
+                            queue.appendleft(p)
+                            broken = True
                     done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    broken = broken or any(isinstance(f.exception(), BrokenProcessPool) for f in done)
+                    if broken:
+                        done, _ = wait(running)  # a broken pool fails every future it still holds
                     for f in done:
                         p = running.pop(f)
-                        try:
-                            result = f.result()
-                        except BrokenProcessPool:
-                            broken = True
-                            deaths[p.id] = deaths.get(p.id, 0) + 1
-                            if deaths[p.id] > self.max_retries:
-                                yield p, _crashed(f"its worker process died {deaths[p.id]} times")
-                            else:
-                                todo.appendleft(p)
-                            continue
-                        yield p, result
+                        if isinstance(f.exception(), BrokenProcessPool):
+                            lost.append(p)
+                        else:
+                            yield p, f.result()
             finally:
-                pool.shutdown(wait=not broken, cancel_futures=True)
+                pool.shutdown(wait=not lost, cancel_futures=True)
+            if not lost:
+                continue
+            if len(lost) == 1:  # it ran alone (or the others finished): its own death
+                p = lost[0]
+                deaths[p.id] = deaths.get(p.id, 0) + 1
+                if deaths[p.id] > self.max_retries:
+                    yield p, _crashed(f"its worker process died {deaths[p.id]} times")
+                else:
+                    suspects.appendleft(p)
+            else:
+                suspects.extend(lost)
 
 
 # -------------------------------------------------------------------- ray

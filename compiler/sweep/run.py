@@ -39,8 +39,12 @@ class SweepResult:
         return columns(self.sweep.axis_columns)
 
 
-def cache_keys(sweep: Sweep) -> dict[str, str]:
-    """Point id -> the build cache key of its target (checks every point's flags and options)."""
+def cache_keys(sweep: Sweep, *, local_tools: bool = True) -> dict[str, str]:
+    """Point id -> the build cache key of its target (checks every point's flags and options).
+
+    ``local_tools=False`` (Ray): the synthesis tool is the worker nodes' business (those holding the
+    synthesis resource), so a synthesis point is checked and keyed here as the same build without
+    --synth, marked as a synthesis point."""
     from dataclasses import replace
 
     from tapeout.compiler.stages import cached
@@ -48,8 +52,13 @@ def cache_keys(sweep: Sweep) -> dict[str, str]:
 
     keys = {}
     for p in sweep.points:
-        c = check(replace(p.spec, outdir=sweep.output / "points" / p.id))
-        keys[p.id] = cached.keys(c).targets[0]
+        spec = replace(p.spec, outdir=sweep.output / "points" / p.id)
+        synth = p.synthesis and not local_tools
+        if synth:
+            opts = {k: dict(v) for k, v in spec.target_options.items()}
+            opts.setdefault(p.target, {})["synth"] = False
+            spec = replace(spec, target_options=opts)
+        keys[p.id] = cached.keys(check(spec)).targets[0] + (":synth" if synth else "")
     return keys
 
 
@@ -63,7 +72,7 @@ def run_sweep(sweep: Sweep, executor: Any, *, resume: bool = False, use_cache: b
     if results.path.exists() and results.path.stat().st_size and not resume:
         raise UsageError(f"{results.path} exists ({len(done_rows)} points): pass --resume to finish that sweep, "
                          "or choose another --output")
-    keys = cache_keys(sweep)
+    keys = cache_keys(sweep, local_tools=getattr(executor, "name", "local") == "local")
     done = {r["id"]: r for r in done_rows}
     by_key: dict[str, list[Point]] = {}
     for p in sweep.points:

@@ -7,6 +7,7 @@ which may hold TensorFlow's threads). The Ray executor: tests/compiler/test_swee
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import signal
@@ -240,3 +241,33 @@ def test_killed_sweep_resumes_with_every_point_exactly_once(tmp_path):
     assert len({r["id"] for r in rows}) == 4 and all(r["status"] == "ok" for r in rows)
     assert rows[:len(first)] == first  # appended, never rewritten
     assert f"{4 - len(first)} run now, {len(first)} from before" in r.stdout
+
+
+LOCAL_DRIVER = '''
+import json, os, sys
+from tapeout.compiler.sweep.executors import LocalPool
+from tapeout.compiler.sweep.run import run_sweep
+from tapeout.compiler.sweep.spec import load_sweep
+
+def fake(spec, cache):
+    if spec.prune == "magnitude:0.5":
+        os._exit(1)  # kills its pool process on every attempt
+    return {"status": "ok", "accuracy": 0.5, "size_bytes": 100 if spec.prune is None else 60}
+
+result = run_sweep(load_sweep(sys.argv[1], output=sys.argv[2]), LocalPool(2, max_retries=1), use_cache=False,
+                   point_fn=fake)
+print(json.dumps(result.counts))
+'''
+
+
+def test_local_pool_retries_a_dead_worker_then_records_the_point_as_crashed(tmp_path):
+    path = sweep_file(tmp_path, "prune = [0, 0.25, 0.5, 0.75]\n")
+    r = subprocess.run([sys.executable, "-c", LOCAL_DRIVER, str(path), str(tmp_path / "out")], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    # The points that shared a pool with the dying one are run again and complete.
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"ok": 3, "crashed": 1}
+    rows = read_rows(tmp_path / "out" / "results.csv")
+    assert len({row["id"] for row in rows}) == 4
+    (crashed,) = [row for row in rows if row["status"] == "crashed"]
+    assert crashed["prune"] == "0.5" and crashed["error"] == "its worker process died 2 times"
