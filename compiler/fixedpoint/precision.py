@@ -85,8 +85,11 @@ class PrecisionSearch(Pass):
         from tapeout.compiler.calibration import to_ir_layout
         from tapeout.compiler.fixedpoint import FixedTypeError
 
+        from tapeout.compiler.fixedpoint.qat import is_qat
+
         notes: list[str] = []
-        feeds, data = search_data(graph, self.data, notes)
+        # A quantization-aware graph's types come from its quantizers: the data only confirms them.
+        feeds, data = search_data(graph, self.data, [] if is_qat(graph) else notes)
         try:
             plan, info = self._plan(graph, to_ir_layout(graph, feeds), notes)
         except FixedTypeError as e:

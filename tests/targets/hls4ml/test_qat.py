@@ -187,6 +187,7 @@ def test_csim_equals_interpreter_bit_for_bit(compiled, name) -> None:
     assert compared >= SAMPLES * 3
     report = emitted.extra["hls4ml"]
     assert report["precision"]["mode"] == "quantizers" and report["precision"]["quantizers"] >= 3
+    assert not any("synthetic" in note for note in emitted.notes)  # no precision is chosen on data
 
 
 def test_confirm_reports_the_interpreter_comparison(compiled) -> None:
