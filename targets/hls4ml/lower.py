@@ -35,6 +35,24 @@ def check_io_type(layers: list[Any], io_type: str, graph: Graph | None = None) -
                                  f"--io-type stream: {PARALLEL_ONLY[layer.kind]}; use --io-type parallel")
 
 
+QUANTIZER_VARIANTS = ("vitis", "vivado")  # where hls4ml 1.3 writes a FixedPointQuantizer's per-element casts
+
+
+def check_quantizer_variant(layers: list[Any], graph: Graph, variant: str) -> None:
+    """Refuse a per-element quantizer on a back end whose hls4ml writer leaves its code out (Quartus:
+    the C++ does not compile) or refuses it (Catapult); per-tensor quantizers are casts everywhere."""
+    from tapeout.compiler.fixedpoint.qat import per_tensor_type
+    from tapeout.compiler.fixedpoint.types import FixedTypeError
+
+    if variant in QUANTIZER_VARIANTS:
+        return
+    for layer in layers:
+        if layer.kind == "fixed_quant" and per_tensor_type(graph, layer.node) is None:
+            raise FixedTypeError(f"node {layer.node.name!r}: fixed_quant with a grid per element has no hls4ml:{variant} "
+                                 "code in hls4ml 1.3 (its FixedPointQuantizer is written for Vivado/Vitis); use "
+                                 "hls4ml:vitis or hls4ml:vivado")
+
+
 def keras_model(graph: Graph) -> Any:
     """The IR as the Keras 3 model handed to hls4ml (``KerasModel``): the shared emitter, channels-last,
     with the layers hls4ml reads differently from the emitter's defaults:

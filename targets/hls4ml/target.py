@@ -278,12 +278,13 @@ class Hls4mlTarget(Target):
         from tapeout.compiler.quiet import captured_output
         from tapeout.targets.hls4ml.config import Hls4mlOptions
         from tapeout.targets.hls4ml.estimates import estimate
-        from tapeout.targets.hls4ml.lower import check_io_type, keras_model, lower
+        from tapeout.targets.hls4ml.lower import check_io_type, check_quantizer_variant, keras_model, lower
 
         s = self.settings
         try:
             layers = hls_layers(graph)
             check_io_type(layers, s.io_type, graph)
+            check_quantizer_variant(layers, graph, self.variant)
         except FixedTypeError as e:
             raise UsageError(f"target hls4ml: {e}") from None
         if graph.fixed is None:

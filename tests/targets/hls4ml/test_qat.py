@@ -101,6 +101,18 @@ def modes() -> Graph:
     return m.done(*outs)
 
 
+def cnn_per_tensor() -> Graph:
+    """Only per-tensor quantizers (linear activations): io_stream and every back end take them."""
+    m = Maker((8, 8, 2), "NHWC", seed=6)
+    h = m.quant("x", 1, 2, 3, "AP_RND_CONV", "AP_SAT")
+    h = m.node("conv", h, m.weights((3, 3, 2, 4), 4, 3), m.weights((4,), 5, 3), groups=1,
+               pads=((1, 1), (1, 1)), activation=Activation.of("relu"))
+    h = m.quant(h, 0, 3, 2, "AP_RND", "AP_SAT")
+    h = m.node("flatten", m.node("max_pool", h, kernel=(2, 2), strides=(2, 2)))
+    h = m.node("dense", h, m.weights((64, 3), 4, 3), m.weights((3,), 5, 2))
+    return m.done(m.quant(h, 1, 4, 2, "AP_TRN_ZERO", "AP_WRAP"))
+
+
 def feeds(graph: Graph, seed: int = 5) -> dict[str, np.ndarray]:
     shape = tuple(int(d) for d in graph.type_of("x").shape[1:])
     rng = np.random.default_rng(seed)
@@ -113,13 +125,13 @@ def prepared(graph: Graph) -> Graph:
     return default_pipeline().run(graph).graph
 
 
-def compile_hls(graph: Graph, outdir, **options: Any) -> tuple[Graph, Any, Any]:
+def compile_hls(graph: Graph, outdir, variant: str = "vitis", **options: Any) -> tuple[Graph, Any, Any]:
     """Through the target as a build runs it: canonicalize/fuse, the precision pass, emit (C-sim built)."""
     from tapeout.compiler.fixedpoint.precision import PrecisionSearch
     from tapeout.targets.base import EmitContext
     from tapeout.targets.hls4ml.target import Hls4mlTarget
 
-    target = Hls4mlTarget("vitis", **options)
+    target = Hls4mlTarget(variant, **options)
     g = PrecisionSearch(target.precision_request(), None).run(prepared(graph)).graph
     outdir.mkdir(parents=True, exist_ok=True)
     return g, target, target.emit(g, EmitContext(outdir))
@@ -190,6 +202,18 @@ def test_csim_equals_interpreter_bit_for_bit(compiled, name) -> None:
     assert not any("synthetic" in note for note in emitted.notes)  # no precision is chosen on data
 
 
+@pytest.mark.parametrize("variant, io_type", [("vitis", "stream"), ("quartus", "parallel")])
+def test_per_tensor_quantizers_in_io_stream_and_quartus(tmp_path, variant: str, io_type: str) -> None:
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is not on PATH: no hls4ml C simulation")
+    g, target, _ = compile_hls(cnn_per_tensor(), tmp_path / "o", variant, io_type=io_type)
+    x = feeds(g)
+    want = run(g, x)[g.outputs[0]]
+    with target.runner(tmp_path / "o") as r:
+        got = r.infer(x)[g.outputs[0]]
+    np.testing.assert_array_equal(got.reshape(want.shape), want)
+
+
 def test_confirm_reports_the_interpreter_comparison(compiled) -> None:
     _, g, target, emitted, outdir = compiled["mlp"]
     extra = {"hls4ml": dict(emitted.extra["hls4ml"])}
@@ -209,9 +233,9 @@ def test_per_element_quantizer_is_a_fixed_point_quantizer(compiled) -> None:
 
 
 # ------------------------------------------------------------ refusals: one line, exit 2, the node named
-def _refused(graph: Graph, tmp_path, **options: Any) -> str:
+def _refused(graph: Graph, tmp_path, variant: str = "vitis", **options: Any) -> str:
     with pytest.raises(UsageError) as e:
-        compile_hls(graph, tmp_path / "o", **options)
+        compile_hls(graph, tmp_path / "o", variant, **options)
     msg = str(e.value)
     assert "\n" not in msg and e.value.exit_code == 2
     return msg
@@ -220,6 +244,12 @@ def _refused(graph: Graph, tmp_path, **options: Any) -> str:
 def test_per_element_quantizer_refused_in_io_stream(tmp_path) -> None:
     msg = _refused(mlp(), tmp_path, io_type="stream")
     assert "'fixed_quant_2'" in msg and "io_parallel" in msg
+
+
+@pytest.mark.parametrize("variant", ["quartus", "catapult"])
+def test_per_element_quantizer_refused_off_vivado_vitis(tmp_path, variant: str) -> None:
+    msg = _refused(mlp(), tmp_path, variant)
+    assert "'fixed_quant_2'" in msg and f"hls4ml:{variant}" in msg
 
 
 def test_input_without_quantizer_refused(tmp_path) -> None:
