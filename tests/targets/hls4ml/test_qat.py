@@ -214,6 +214,19 @@ def test_per_tensor_quantizers_in_io_stream_and_quartus(tmp_path, variant: str, 
     np.testing.assert_array_equal(got.reshape(want.shape), want)
 
 
+def test_distributed_arithmetic_stays_bit_exact(tmp_path) -> None:
+    """hls4ml's adder graphs sum exactly; the quantizers still round as the interpreter does."""
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is not on PATH: no hls4ml C simulation")
+    g, target, emitted = compile_hls(mlp(), tmp_path / "o", strategy="distributed_arithmetic")
+    x = feeds(g)
+    want = run(g, x)[g.outputs[0]]
+    with target.runner(tmp_path / "o") as r:
+        got = r.infer(x)[g.outputs[0]]
+    np.testing.assert_array_equal(got.reshape(want.shape), want)
+    assert emitted.extra["hls4ml"]["estimates"]["totals"]["dsp"] == 0
+
+
 def test_confirm_reports_the_interpreter_comparison(compiled) -> None:
     _, g, target, emitted, outdir = compiled["mlp"]
     extra = {"hls4ml": dict(emitted.extra["hls4ml"])}
