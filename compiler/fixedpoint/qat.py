@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tapeout.compiler.fixedpoint.model import (DEFAULT_SOFTMAX_TABLE, DEFAULT_TABLE, GLOBAL_POOLS, POOLS,
-                                               TABLE_ACTIVATIONS, HlsLayer, LayerPrecision, PrecisionPlan,
+from tapeout.compiler.fixedpoint.model import (DEFAULT_SOFTMAX_TABLE, DEFAULT_TABLE, GLOBAL_POOLS, PASSTHROUGH,
+                                               POOLS, TABLE_ACTIVATIONS, HlsLayer, LayerPrecision, PrecisionPlan,
                                                _alias_map, hls_layers, scale_shift)
 from tapeout.compiler.fixedpoint.types import FixedType, FixedTypeError, fixed
 from tapeout.compiler.ir import Graph, Node
@@ -133,8 +133,16 @@ def union_type(graph: Graph, n: Node) -> FixedType:
     return FixedType(width, integer, signed)
 
 
+def readers(graph: Graph, value: str, consumers: dict[str, list[Node]]) -> list[Node]:
+    """The nodes that compute on ``value``, looking through flatten/reshape/dropout (no arithmetic)."""
+    out: list[Node] = []
+    for u in consumers.get(value, []):
+        out.extend(readers(graph, u.outputs[0], consumers) if u.op in PASSTHROUGH else [u])
+    return out
+
+
 def input_type(graph: Graph, name: str, users: list[Node]) -> FixedType:
-    if not users or any(u.op != "fixed_quant" or u.inputs[0] != name for u in users):
+    if not users or any(u.op != "fixed_quant" for u in users):
         other = next((u for u in users if u.op != "fixed_quant"), None)
         where = f" (it feeds node {other.name!r}, {other.op})" if other is not None else ""
         raise FixedTypeError(f"graph input {name!r} reaches a layer without a fixed_quant{where}: a "
@@ -175,7 +183,7 @@ def qat_plan(graph: Graph) -> tuple[PrecisionPlan, list[str]]:
     layers = hls_layers(graph)
     users = graph.consumers()
     alias = _alias_map(graph)
-    plan = PrecisionPlan({i: input_type(graph, i, users.get(i, [])) for i in graph.inputs})
+    plan = PrecisionPlan({i: input_type(graph, i, readers(graph, i, users)) for i in graph.inputs})
     spans: dict[str, Span] = {i: Span.of(t) for i, t in plan.inputs.items()}
     notes: list[str] = []
     tables: list[str] = []
