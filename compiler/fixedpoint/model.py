@@ -38,6 +38,9 @@ CONSTANT_SCALING = ("add", "mul")
 # The QAT front ends' quantizers (HGQ2, QONNX): hls4ml's FixedPointQuantizer, or a linear activation
 # whose result type is the quantizer's when the grid is one per tensor (compiler.fixedpoint.qat).
 QUANTIZERS = ("fixed_quant",)
+# Element-wise activations that become an exact lookup table (hls4ml's UnaryLUT, kind "unary_lut")
+# between two per-tensor quantizers (compiler.fixedpoint.qat.lut_pair).
+LUT_OPS = ("sigmoid", "tanh", "swish", "hard_swish", "gelu", "elu", "leaky_relu", "hard_sigmoid", "clip")
 SUPPORTED = (*WEIGHTED, *ACTIVATIONS, *POOLS, *GLOBAL_POOLS, *SCALED, *OTHER, "mul", "resize", *PASSTHROUGH,
              *QUANTIZERS)
 
@@ -183,8 +186,18 @@ def scale_shift(graph: Graph, n: Node) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(s, np.float32), np.asarray(t, np.float32)
 
 
+def _lut(graph: Graph, n: Node) -> bool:
+    if n.op not in LUT_OPS:
+        return False
+    from tapeout.compiler.fixedpoint.qat import lut_pair
+
+    return lut_pair(graph, n) is not None
+
+
 def _check(graph: Graph, n: Node) -> None:
     """Refuse what hls4ml 1.3 cannot compute (or computes wrongly) for this node, in one line."""
+    if _lut(graph, n):
+        return
     if n.op not in SUPPORTED:
         raise FixedTypeError(f"node {n.name!r}: op {n.op!r} has no hls4ml fixed-point model; "
                              f"supported: {', '.join(SUPPORTED)}")
@@ -262,7 +275,9 @@ def hls_layers(graph: Graph) -> list[HlsLayer]:
     for n in graph.nodes:
         _check(graph, n)
         data = tuple(i for i in n.inputs if i and i not in graph.constants)
-        if n.op in WEIGHTED:
+        if _lut(graph, n):
+            out.append(HlsLayer(n.name, "unary_lut", n, data, n.outputs[0]))
+        elif n.op in WEIGHTED:
             padded = False
             if n.op == "conv":
                 nsp = graph.type_of(n.inputs[0]).rank - 2
@@ -415,6 +430,12 @@ def eval_layer(graph: Graph, layer: HlsLayer, lp: LayerPrecision, args: list[Fx]
         return Fx(y.raw.reshape(y.raw.shape[0], *out_shape), y.type)
     if kind == "add":
         return L.add(args[0], args[1], lp.result)
+    if kind == "unary_lut":
+        from tapeout.compiler.fixedpoint.qat import lut_table
+
+        table, in_t, out_t = lut_table(graph, n)
+        x = L.cast(args[0], in_t)
+        return L.cast(Fx(table[x.raw & ((1 << in_t.width) - 1)], out_t), lp.result)
     if kind == "fixed_quant":
         k, i, f = (graph.constants[c] for c in n.inputs[1:])
         return L.fixed_quant(args[0], k, i, f, n.attrs.get("rounding", "AP_TRN"), n.attrs.get("overflow", "AP_WRAP"),

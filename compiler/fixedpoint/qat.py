@@ -118,6 +118,48 @@ def per_tensor_type(graph: Graph, n: Node) -> FixedType | None:
     return FixedType(kk + ii + ff, kk + ii, bool(kk), n.attr("rounding"), n.attr("overflow"))
 
 
+MAX_LUT_BITS = 14  # a lookup table of 2**14 entries at most
+
+
+def lut_pair(graph: Graph, n: Node) -> tuple[Node, Node] | None:
+    """(input quantizer, output quantizer) of an element-wise activation read from one per-tensor
+    quantizer (at most MAX_LUT_BITS bits) and read only by another: the activation is then a table of
+    the output quantizer's values over every input code, exact by construction (hls4ml's UnaryLUT,
+    as HGQ2's QUnaryFunctionLUT lowers)."""
+    producers, consumers = graph.producers(), graph.consumers()
+    src = producers.get(n.inputs[0])
+    users = consumers.get(n.outputs[0], [])
+    if src is None or src.op != "fixed_quant" or len(users) != 1 or users[0].op != "fixed_quant":
+        return None
+    if n.outputs[0] in graph.outputs or users[0].inputs[0] != n.outputs[0]:
+        return None
+    if not all(c in graph.constants for q in (src, users[0]) for c in q.inputs[1:]):
+        return None
+    t_in, t_out = per_tensor_type(graph, src), per_tensor_type(graph, users[0])
+    if t_in is None or t_out is None or t_in.width > MAX_LUT_BITS:
+        return None
+    return src, users[0]
+
+
+def lut_table(graph: Graph, n: Node) -> tuple[np.ndarray, FixedType, FixedType]:
+    """The table of ``lut_pair``'s activation: the output quantizer's raw values, indexed by the input
+    code's bits (two's complement for a signed input), computed with the interpreter's own kernels."""
+    from tapeout.compiler.fixedpoint.arith import from_float
+    from tapeout.compiler.interpreter import eval_node
+
+    pair = lut_pair(graph, n)
+    assert pair is not None
+    src, dst = pair
+    t_in, t_out = per_tensor_type(graph, src), per_tensor_type(graph, dst)
+    assert t_in is not None and t_out is not None
+    idx = np.arange(1 << t_in.width, dtype=np.int64)
+    raw = np.where(idx >= (1 << (t_in.width - 1)), idx - (1 << t_in.width), idx) if t_in.signed else idx
+    x = np.ldexp(raw.astype(np.float64), -t_in.frac).astype(np.float32)[None]
+    y = eval_node(n, [x])[0]
+    q = eval_node(dst, [y, *(graph.constants[c] for c in dst.inputs[1:])])[0]
+    return from_float(np.asarray(q, np.float64)[0], t_out), t_in, t_out
+
+
 def union_type(graph: Graph, n: Node) -> FixedType:
     """A type holding every element's quantized values (the per-element quantizer's result_t)."""
     k, i, f = quantizer_grid(graph, n)
@@ -205,6 +247,9 @@ def _layer(graph: Graph, layer: HlsLayer, x: Span | None, xs: list[Span]) -> tup
     if kind == "fixed_quant":
         t = per_tensor_type(graph, n) or union_type(graph, n)
         return LayerPrecision(result=t), Span.of(t)
+    if kind == "unary_lut":
+        _, t_in, t_out = lut_table(graph, n)
+        return LayerPrecision(result=t_out, table_size=1 << t_in.width), Span.of(t_out)
     assert x is not None
     if kind in ("dense", "conv"):
         w = np.asarray(graph.constants[n.inputs[1]], np.float64)

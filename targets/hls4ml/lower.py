@@ -51,6 +51,10 @@ def check_quantizer_variant(layers: list[Any], graph: Graph, variant: str) -> No
             raise FixedTypeError(f"node {layer.node.name!r}: fixed_quant with a grid per element has no hls4ml:{variant} "
                                  "code in hls4ml 1.3 (its FixedPointQuantizer is written for Vivado/Vitis); use "
                                  "hls4ml:vitis or hls4ml:vivado")
+        if layer.kind == "unary_lut":
+            raise FixedTypeError(f"node {layer.node.name!r}: {layer.node.op} between two quantizers is an exact lookup "
+                                 f"table (hls4ml's UnaryLUT), which tapeout checks on Vivado/Vitis only; use "
+                                 "hls4ml:vitis or hls4ml:vivado")
 
 
 def keras_model(graph: Graph) -> Any:
@@ -80,7 +84,7 @@ def keras_model(graph: Graph) -> Any:
     def linear(ctx: Any, n: Any) -> Any:  # a per-tensor quantizer: the cast to its result type
         return keras.layers.Activation("linear", name=ctx.name(n))(ctx.tensor(n, n.inputs[0]))
 
-    def quantizer(ctx: Any, n: Any) -> Any:  # per element: hls4ml's FixedPointQuantizer (register_quantizer)
+    def quantizer(ctx: Any, n: Any) -> Any:  # per element: hls4ml's FixedPointQuantizer (register_handlers)
         from tapeout.compiler.fixedpoint.arith import kif_grid
         from tapeout.compiler.keras_model_layers import FixedQuant
 
@@ -88,13 +92,28 @@ def keras_model(graph: Graph) -> Any:
         layer = FixedQuant(grid["scale"].shape, n.attr("rounding"), n.attr("overflow"), name=ctx.name(n))
         return apply(layer, ctx.tensor(n, n.inputs[0]), [grid[k] for k in ("scale", "step", "lo", "hi", "modulus")])
 
+    def table(ctx: Any, n: Any) -> Any:  # an activation between two quantizers: hls4ml's UnaryLUT
+        from tapeout.compiler.fixedpoint.arith import to_float
+        from tapeout.compiler.fixedpoint.qat import lut_table
+        from tapeout.targets.hls4ml.layers import UnaryTable
+
+        raw, t_in, t_out = lut_table(graph, n)
+        layer = UnaryTable(t_in.width, t_in.frac, t_in.signed, t_out.width, t_out.integer, t_out.signed,
+                           name=ctx.name(n))
+        return apply(layer, ctx.tensor(n, n.inputs[0]), [to_float(raw, t_out)])
+
+    from tapeout.compiler.fixedpoint.model import hls_layers
     from tapeout.compiler.fixedpoint.qat import per_tensor_type
 
+    luts = {layer.node.name for layer in hls_layers(graph) if layer.kind == "unary_lut"}
     builders: dict[str, Any] = {}
     for n in graph.nodes:
-        if n.op == "fixed_quant":
+        if n.name in luts:
+            builders[n.name] = table
+            register_handlers()
+        elif n.op == "fixed_quant":
             builders[n.name] = linear if per_tensor_type(graph, n) is not None else quantizer
-            register_quantizer()
+            register_handlers()
         elif n.op in SCALED or constant_scaling(graph, n):
             builders[n.name] = batch_norm
         elif n.op == "clip" and _clip_kind(n.attrs.get("min"), n.attrs.get("max")) == "relu6":
@@ -104,17 +123,32 @@ def keras_model(graph: Graph) -> Any:
     return graph_to_keras(graph, keep_io_layout=False, node_builders=builders, identifiers=True)
 
 
-def register_quantizer() -> None:
-    """Teach hls4ml's Keras 3 reader tapeout's FixedQuant layer: a FixedPointQuantizer whose per-element
-    (k, bits, integer bits) come from the layer's grid constants (2**f, 2**width, the lower bound's sign;
-    a step of 0 marks a pruned element). hls4ml writes one ap_fixed cast per element (io_parallel)."""
+def register_handlers() -> None:
+    """Teach hls4ml's Keras 3 reader tapeout's layers for quantization-aware models:
+
+    - FixedQuant -> FixedPointQuantizer, whose per-element (k, bits, integer bits) come from the layer's
+      grid constants (2**f, 2**width, the lower bound's sign; a step of 0 marks a pruned element);
+      hls4ml writes one ap_fixed cast per element (io_parallel);
+    - UnaryTable -> UnaryLUT, the table indexed by the input code's bits, in the output quantizer's type.
+    """
     from hls4ml.converters.keras_v3._base import KerasV3LayerHandler, registry
+    from hls4ml.model.types import FixedPrecisionType
 
     from tapeout.compiler.keras_model_layers import FixedQuant
+    from tapeout.targets.hls4ml.layers import UnaryTable
 
     key = f"{FixedQuant.__module__}.{FixedQuant.__name__}"
-    if key in registry:
+    table_key = f"{UnaryTable.__module__}.{UnaryTable.__name__}"
+    if key in registry and table_key in registry:
         return
+
+    class UnaryTableHandler(KerasV3LayerHandler):
+        handles = (table_key,)
+
+        def handle(self, layer: Any, in_tensors: Any, out_tensors: Any) -> dict[str, Any]:
+            table_t = FixedPrecisionType(layer.out_width, layer.out_integer, layer.out_signed)
+            return {"class_name": "UnaryLUT", "activation": "unary_lut", "table_t": table_t,
+                    "table_data": np.asarray(layer.table.numpy(), np.float64)}
 
     class FixedQuantHandler(KerasV3LayerHandler):
         handles = (key,)
@@ -133,7 +167,7 @@ def register_quantizer() -> None:
                     "RND": layer.rounding.removeprefix("AP_"), "SAT": layer.overflow.removeprefix("AP_"),
                     "fusible": None, "overrides": {}}
 
-    assert key in registry
+    assert key in registry and table_key in registry
 
 
 def lower(keras_model: Any, graph: Graph, plan: PrecisionPlan, outdir: Path, *, variant: str,

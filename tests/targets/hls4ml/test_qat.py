@@ -101,6 +101,17 @@ def modes() -> Graph:
     return m.done(*outs)
 
 
+def activations() -> Graph:
+    """Activations between two per-tensor quantizers: exact lookup tables (hls4ml's UnaryLUT)."""
+    m = Maker((16,), "NC", seed=9)
+    h = m.node("dense", m.quant("x", 1, 2, 5, "AP_RND", "AP_SAT"), m.weights((16, 6), 4, 3), m.weights((6,), 5, 3))
+    h = m.quant(h, 1, 3, 4, "AP_RND_CONV", "AP_SAT")
+    return m.done(m.quant(m.node("sigmoid", h), 0, 0, 8, "AP_RND", "AP_SAT"),
+                  m.quant(m.node("tanh", h), 1, 0, 6, "AP_TRN", "AP_SAT"),
+                  m.quant(m.node("swish", h), 1, 3, 3, "AP_RND", "AP_WRAP"),
+                  m.quant(m.node("gelu", h, approximate=False), 1, 3, 4, "AP_RND_CONV", "AP_SAT"))
+
+
 def flat_input() -> Graph:
     """An image flattened before its per-element quantizer (the input type looks through flatten)."""
     m = Maker((4, 4, 2), "NHWC", seed=8)
@@ -147,7 +158,7 @@ def compile_hls(graph: Graph, outdir, variant: str = "vitis", **options: Any) ->
 
 
 # ------------------------------------------------------------ NumPy model, no C++
-@pytest.mark.parametrize("make", [mlp, cnn, modes, flat_input])
+@pytest.mark.parametrize("make", [mlp, cnn, modes, flat_input, activations])
 def test_numpy_model_equals_interpreter(make) -> None:
     g = prepared(make())
     assert not any(n.op == "fixed_quant" and n.inputs[0] in g.constants for n in g.nodes)
@@ -189,10 +200,10 @@ def compiled(tmp_path_factory) -> dict[str, Any]:
         pytest.skip("g++ is not on PATH: no hls4ml C simulation")
     root = tmp_path_factory.mktemp("qat")
     return {make.__name__: (make, *compile_hls(make(), root / make.__name__), root / make.__name__)
-            for make in (mlp, cnn, modes, flat_input)}
+            for make in (mlp, cnn, modes, flat_input, activations)}
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", "modes", "flat_input"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "modes", "flat_input", "activations"])
 def test_csim_equals_interpreter_bit_for_bit(compiled, name) -> None:
     from tapeout.runtime.runners.hls4ml_csim import Hls4mlCsimRunner
 
@@ -272,6 +283,18 @@ def test_per_element_quantizer_refused_in_io_stream(tmp_path) -> None:
 def test_per_element_quantizer_refused_off_vivado_vitis(tmp_path, variant: str) -> None:
     msg = _refused(mlp(), tmp_path, variant)
     assert "'fixed_quant_2'" in msg and f"hls4ml:{variant}" in msg
+
+
+def test_lookup_table_refused_off_vivado_vitis(tmp_path) -> None:
+    msg = _refused(activations(), tmp_path, "quartus")
+    assert "'sigmoid'" in msg and "UnaryLUT" in msg
+
+
+def test_table_activation_without_quantizers_keeps_hls4ml_tables() -> None:
+    m = Maker((6,), "NC")
+    h = m.node("dense", m.quant("x", 1, 2, 2), m.weights((6, 3), 4, 2), activation=Activation.of("sigmoid"))
+    plan, notes = qat_plan(prepared(m.done(m.quant(h, 1, 2, 4))))
+    assert plan.of("dense_sigmoid").table is not None and "not bit-exact" in notes[0] and "dense_sigmoid" in notes[0]
 
 
 def test_input_without_quantizer_refused(tmp_path) -> None:
