@@ -186,18 +186,17 @@ def scale_shift(graph: Graph, n: Node) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(s, np.float32), np.asarray(t, np.float32)
 
 
-def _lut(graph: Graph, n: Node) -> bool:
-    if n.op not in LUT_OPS:
-        return False
+def _luts(graph: Graph) -> set[str]:
+    """Names of the activations computed as exact tables (only in graphs with quantizers)."""
+    if not any(n.op == "fixed_quant" for n in graph.nodes):
+        return set()
     from tapeout.compiler.fixedpoint.qat import lut_pair
 
-    return lut_pair(graph, n) is not None
+    return {n.name for n in graph.nodes if n.op in LUT_OPS and lut_pair(graph, n) is not None}
 
 
 def _check(graph: Graph, n: Node) -> None:
     """Refuse what hls4ml 1.3 cannot compute (or computes wrongly) for this node, in one line."""
-    if _lut(graph, n):
-        return
     if n.op not in SUPPORTED:
         raise FixedTypeError(f"node {n.name!r}: op {n.op!r} has no hls4ml fixed-point model; "
                              f"supported: {', '.join(SUPPORTED)}")
@@ -272,10 +271,12 @@ def _check(graph: Graph, n: Node) -> None:
 def hls_layers(graph: Graph) -> list[HlsLayer]:
     """The layers hls4ml builds from ``graph``, in order; raises FixedTypeError on an unsupported op."""
     out: list[HlsLayer] = []
+    luts = _luts(graph)
     for n in graph.nodes:
-        _check(graph, n)
+        if n.name not in luts:
+            _check(graph, n)
         data = tuple(i for i in n.inputs if i and i not in graph.constants)
-        if _lut(graph, n):
+        if n.name in luts:
             out.append(HlsLayer(n.name, "unary_lut", n, data, n.outputs[0]))
         elif n.op in WEIGHTED:
             padded = False
