@@ -17,6 +17,7 @@ Quote ratios: this machine is shared and noisy.
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import signal
 import socket
@@ -55,8 +56,9 @@ def grid(work: Path, small: bool) -> None:
         times[jobs] = time.perf_counter() - t0
         if r.returncode != 0:
             raise SystemExit(f"tapeout sweep -j {jobs} exited {r.returncode}: {r.stderr.strip()}")
-        rows = (out / "results.csv").read_text().splitlines()[1:]
-        statuses = sorted({line.split(",")[5] for line in rows})
+        with open(out / "results.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        statuses = sorted({r["status"] for r in rows})
         print(f"-j {jobs}: {len(rows)} points in {times[jobs]:.1f} s (statuses: {', '.join(statuses)})", flush=True)
     print(f"| jet MLP hls4ml grid, {len(rows)} points | -j 1 | -j 2 | ratio |")
     print("|---|---|---|---|")

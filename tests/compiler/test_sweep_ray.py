@@ -73,7 +73,7 @@ def cluster():
         _wait_listening(port, procs[0])
         procs.append(subprocess.Popen([str(BIN / "ray"), "start", "--address", address, *common], env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        yield address
+        yield address, {p.pid for p in procs}
     finally:
         _stop(procs)
         shutil.rmtree(temp, ignore_errors=True)
@@ -103,32 +103,40 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _point_workers() -> dict[int, str]:
-    """pid -> title of the Ray worker processes running a sweep point (Ray titles a worker by its
-    task's name, which the executor sets to tapeout-sweep-ID)."""
-    found = {}
+def _point_workers(roots: set[int]) -> dict[int, str]:
+    """pid -> title of this cluster's Ray worker processes running a sweep point (Ray titles a worker
+    by its task's name, which the executor sets to tapeout-sweep-ID; they descend from ``roots``)."""
+    parent, title = {}, {}
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
-                cmd = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-            except OSError:
+                title[int(d)] = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+                parent[int(d)] = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
                 continue
-            if cmd.startswith(("ray::tapeout-sweep-", "ray::_ray_point")):
-                found[int(d)] = cmd
-    return found
+
+    def ours(pid: int) -> bool:
+        while pid > 1:
+            if pid in roots:
+                return True
+            pid = parent.get(pid, 0)
+        return False
+
+    return {pid: t for pid, t in title.items() if t.startswith("ray::tapeout-sweep-") and ours(pid)}
 
 
 def test_ray_sweep_survives_a_killed_worker_with_every_point_once(cluster, tmp_path):
+    address, roots = cluster
     out = tmp_path / "out"
     env = {**os.environ, "TAPEOUT_NO_CACHE": "1"}
     proc = subprocess.Popen([str(BIN / "tapeout"), "sweep", str(_sweep(tmp_path, "prune = [0, 0.25, 0.5, 0.75]\n")),
-                             "-o", str(out), "--ray", cluster], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             "-o", str(out), "--ray", address], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env, start_new_session=True)
     killed = None
     try:
         deadline = time.monotonic() + 120
         while killed is None and time.monotonic() < deadline and proc.poll() is None:
-            workers = _point_workers()
+            workers = _point_workers(roots)
             if workers:
                 killed = min(workers)
                 os.kill(killed, signal.SIGKILL)  # the worker process running a point, mid-point
@@ -180,7 +188,7 @@ def test_synthesis_points_holding_the_vivado_resource_never_overlap_and_crashes_
     sweep = _sweep(tmp_path, '"hls4ml.reuse_factor" = [1, 2, 4, 8]\n', targets='["hls4ml"]',
                    options="[base.options.hls4ml]\nsynth = true\n")
     log = tmp_path / "synth.jsonl"
-    r = subprocess.run([sys.executable, "-c", DRIVER, str(sweep), str(tmp_path / "out"), str(log), cluster],
+    r = subprocess.run([sys.executable, "-c", DRIVER, str(sweep), str(tmp_path / "out"), str(log), cluster[0]],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     # A point whose worker dies on each of its 1 + max_retries attempts is recorded as crashed.
