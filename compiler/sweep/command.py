@@ -9,7 +9,7 @@ from typing import Any, TextIO
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("sweep", parents=[common], help="sweep a design space (targets, precisions, reuse factors, "
                        "pruning, ...): a full verified compile per point, results CSV and Pareto fronts")
-    s.add_argument("sweep", metavar="SWEEP.toml", help="base build and axes (docs/sweeps.md)")
+    s.add_argument("sweep", metavar="SWEEP.toml", nargs="?", help="base build and axes (docs/sweeps.md)")
     s.add_argument("-o", "--output", metavar="OUTDIR", help="results.csv, pareto.html and points/ go here "
                    "(default: the sweep file's [sweep] output, else build/sweep-STEM beside it)")
     s.add_argument("-j", "--jobs", type=int, metavar="N", help="points at once in the local pool (default: "
@@ -35,6 +35,10 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from tapeout.compiler.sweep.run import run_sweep
     from tapeout.compiler.sweep.spec import load_sweep
 
+    if args.sweep is None:  # `--ray sweep.toml`: argparse gave the file to --ray's optional ADDRESS
+        if not (args.ray and args.ray.endswith(".toml")):
+            raise UsageError("tapeout sweep needs the sweep file: tapeout sweep SWEEP.toml")
+        args.sweep, args.ray = args.ray, ""
     sweep = load_sweep(args.sweep, output=args.output)
     if args.max_retries is not None:
         if args.max_retries < 0:
@@ -45,7 +49,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     use_cache = not (args.no_cache or os.environ.get("TAPEOUT_NO_CACHE", "") not in ("", "0"))
     executor = executor_for(args.ray or None, args.ray is not None, args.jobs, cpus_per_point=sweep.cpus_per_point,
                             synth_resource=sweep.synth_resource, max_retries=sweep.max_retries,
-                            log=None if args.debug else Path(sweep.output) / "workers.log")
+                            log=None if args.debug else Path(sweep.output) / "workers.log", verbose=args.debug)
     if hasattr(executor, "connect"):
         executor.connect()  # an unreachable cluster is exit 3 before any point is counted
     say = (lambda s: None) if args.quiet else (lambda s: (out.write(s + "\n"), out.flush()))

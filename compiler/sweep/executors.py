@@ -178,7 +178,7 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, address: str | None, *, cpus_per_point: float = 1.0, synth_resource: str = "vivado",
-                 max_retries: int = 2, in_flight: int = 1000):
+                 max_retries: int = 2, in_flight: int = 1000, verbose: bool = False):
         try:
             import ray
         except ImportError:
@@ -189,6 +189,7 @@ class RayExecutor:
         self.synth_resource = synth_resource
         self.max_retries = max_retries
         self.in_flight = in_flight
+        self.verbose = verbose
         self._owned = False
 
     def describe(self) -> str:
@@ -209,9 +210,13 @@ class RayExecutor:
             except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
                 box["error"] = e
 
-        t = threading.Thread(target=init, daemon=True)
-        t.start()
-        t.join(RAY_CONNECT_TIMEOUT_S)
+        from tapeout.compiler.quiet import captured_output
+
+        # Ray's C++ client logs each failed connection attempt to fd 2: the user gets one line.
+        with captured_output(enabled=not self.verbose):
+            t = threading.Thread(target=init, daemon=True)
+            t.start()
+            t.join(RAY_CONNECT_TIMEOUT_S)
         if t.is_alive():
             raise MissingToolError(f"no Ray cluster answered at {self.address or 'the local address'} within "
                                    f"{RAY_CONNECT_TIMEOUT_S:.0f} s")
@@ -259,7 +264,7 @@ def executor_for(ray_address: str | None, use_ray: bool, jobs: int | None, **kw:
     if use_ray:
         return RayExecutor(ray_address or os.environ.get("RAY_ADDRESS") or None,
                            cpus_per_point=kw["cpus_per_point"], synth_resource=kw["synth_resource"],
-                           max_retries=kw["max_retries"])
+                           max_retries=kw["max_retries"], verbose=kw.get("verbose", False))
     return LocalPool(jobs or default_jobs(), max_retries=kw["max_retries"], log=kw.get("log"))
 
 

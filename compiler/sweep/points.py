@@ -7,7 +7,6 @@ point's own failure: a build error becomes a row with status "error" and the one
 
 from __future__ import annotations
 
-import json
 import math
 import socket
 import time
@@ -124,6 +123,3 @@ def litert_latency_ms(path: Path, runs: int = LATENCY_RUNS) -> float | None:
         return None
     return round(float(np.median(times)) * 1000.0, 4)
 
-
-def report_summary(text: str | None) -> dict[str, Any] | None:
-    return None if not text else json.loads(text)
