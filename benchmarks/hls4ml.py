@@ -7,8 +7,9 @@ target's emit: IR -> Keras -> hls4ml project, the precision search, g++ of the b
 and one confirming C-sim run on the calibration data). Run: python benchmarks/hls4ml.py [--md]
 
 ``--build-speed`` (issue 18, build speed): the digits CNN's whole ``tapeout compile -t hls4ml`` (CLI,
---no-cache), once with hls4ml's build script as written (TAPEOUT_HLS4ML_BUILD=legacy: -O3, one
-translation unit after the other) and once as tapeout writes it (-O1, both at once), then each
+--no-cache), once as before (TAPEOUT_HLS4ML_BUILD=legacy: hls4ml's build script as written, -O3,
+one translation unit after the other; TAPEOUT_SEARCH_CACHE=off: every search evaluation runs every
+layer) and once as tapeout does it now (-O1, both at once; the search's layer cache), then each
 project's build_lib.sh alone, rerun in the same folders: wall seconds and the ratio, one run.
 """
 
@@ -97,6 +98,7 @@ def build_speed(objective: str | None) -> None:
     import os
     import subprocess
 
+    from tapeout.compiler.fixedpoint.search import CACHE_ENV
     from tapeout.targets.hls4ml.project import LEGACY_BUILD_ENV
 
     d = ROOT / "samples" / "digits_cnn"
@@ -109,7 +111,8 @@ def build_speed(objective: str | None) -> None:
                    str(d / "calibration.npz"), "--eval", str(d / "eval.npz"), "-o", str(out), "--no-cache", "--json"]
             if objective:
                 cmd += ["--target-option", f"hls4ml.precision_objective={objective}"]
-            env = dict(os.environ, **{LEGACY_BUILD_ENV: "legacy" if mode == "legacy" else ""})
+            env = dict(os.environ, **{LEGACY_BUILD_ENV: "legacy" if mode == "legacy" else "",
+                                      CACHE_ENV: "off" if mode == "legacy" else ""})
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             total = time.perf_counter() - t0

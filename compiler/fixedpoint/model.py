@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -452,23 +453,77 @@ def _shaped(x: Fx, graph: Graph, value: str) -> Fx:
     return Fx(x.raw.reshape(x.raw.shape[0], *(int(d) for d in t.shape[1:])), x.type)
 
 
+class LayerCache:
+    """Each layer's latest output in one search, keyed by its types and its inputs' keys: an
+    evaluation that changes one layer's types recomputes only that layer and what it feeds (the
+    search walks the layers in order, so most of a model is a hit). Bound to one set of feeds.
+    Outputs are kept up to ``max_bytes`` in all; past that, layers are recomputed as before."""
+
+    MAX_BYTES = 2 << 30
+
+    def __init__(self, max_bytes: int = MAX_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.ids: dict[tuple, int] = {}  # (name, types, input ids) -> a small int, so keys stay flat
+        self.entries: dict[str, tuple[int, Fx]] = {}  # layer or input name -> (key id, output)
+        self.bytes = 0
+        self.hits = self.misses = 0
+
+    def key(self, *parts: object) -> int:
+        return self.ids.setdefault(parts, len(self.ids))
+
+    def get(self, name: str, key: int) -> Fx | None:
+        entry = self.entries.get(name)
+        if entry is not None and entry[0] == key:
+            self.hits += 1
+            return entry[1]
+        self.misses += 1
+        return None
+
+    def put(self, name: str, key: int, value: Fx) -> None:
+        old = self.entries.pop(name, None)
+        if old is not None:
+            self.bytes -= old[1].raw.nbytes
+        if self.bytes + value.raw.nbytes <= self.max_bytes:
+            self.entries[name] = (key, value)
+            self.bytes += value.raw.nbytes
+
+
+def _cached(cache: LayerCache | None, name: str, key: int, compute: Callable[[], Fx]) -> Fx:
+    if cache is None:
+        return compute()
+    y = cache.get(name, key)
+    if y is None:
+        y = compute()
+        cache.put(name, key, y)
+    return y
+
+
 def run_fixed(graph: Graph, plan: PrecisionPlan, feeds: dict[str, np.ndarray], *,
-              keep_intermediates: bool = False) -> dict[str, Fx]:
+              keep_intermediates: bool = False, cache: LayerCache | None = None) -> dict[str, Fx]:
     """Run ``graph`` as hls4ml's C++ would with ``plan``'s types.
 
     Returns the graph outputs by name, or with ``keep_intermediates`` every layer's output
     keyed by hls layer name (plus the graph inputs, by name) instead: a layer may share its
-    name with an IR value, so the two are never mixed in one dict.
+    name with an IR value, so the two are never mixed in one dict. With ``cache`` (always used
+    with the same ``feeds``), layers whose types and inputs are unchanged since the last run are
+    not recomputed; the kernels never write into their inputs, so a cached output is safe to share.
     """
     alias = _alias_map(graph)
     env: dict[str, Fx] = {}
+    keys: dict[str, int] = {}
     for i in graph.inputs:
-        env[i] = Fx.of(np.asarray(feeds[i], np.float64), plan.inputs[i])
+        keys[i] = cache.key("input", i, plan.inputs[i]) if cache is not None else 0
+        env[i] = _cached(cache, "input:" + i, keys[i],
+                         lambda i=i: Fx.of(np.asarray(feeds[i], np.float64), plan.inputs[i]))
     trace: dict[str, Fx] = dict(env) if keep_intermediates else {}
     for layer in hls_layers(graph):
-        args = [_shaped(env[alias.get(v, v)], graph, v) for v in layer.inputs]
-        y = eval_layer(graph, layer, plan.of(layer.name), args)
+        srcs = [alias.get(v, v) for v in layer.inputs]
+        lp = plan.of(layer.name)
+        key = cache.key(layer.name, lp, *(keys[v] for v in srcs)) if cache is not None else 0
+        y = _cached(cache, layer.name, key, lambda layer=layer, srcs=srcs, lp=lp: eval_layer(
+            graph, layer, lp, [_shaped(env[s], graph, v) for s, v in zip(srcs, layer.inputs)]))
         env[layer.output] = y
+        keys[layer.output] = key
         if keep_intermediates:
             trace[layer.name] = y
     if keep_intermediates:
@@ -481,6 +536,7 @@ def run_fixed(graph: Graph, plan: PrecisionPlan, feeds: dict[str, np.ndarray], *
     return outs
 
 
-def predict_fixed(graph: Graph, plan: PrecisionPlan, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def predict_fixed(graph: Graph, plan: PrecisionPlan, feeds: dict[str, np.ndarray], *,
+                  cache: LayerCache | None = None) -> dict[str, np.ndarray]:
     """Float outputs of the fixed-point model (what hls4ml's C simulation returns)."""
-    return {k: v.to_float() for k, v in run_fixed(graph, plan, feeds).items()}
+    return {k: v.to_float() for k, v in run_fixed(graph, plan, feeds, cache=cache).items()}

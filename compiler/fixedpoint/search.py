@@ -21,18 +21,20 @@ the user's budget allows, judged on the NumPy bit-accurate model (no C++ per can
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from tapeout.compiler import interpreter
 from tapeout.compiler.fixedpoint.model import (COPIES, DEFAULT_SOFTMAX_TABLE, DEFAULT_TABLE, GLOBAL_POOLS, POOLS,
-                                               HlsLayer, LayerPrecision, PrecisionPlan, activation_of, hls_layers,
+                                               HlsLayer, LayerCache, LayerPrecision, PrecisionPlan, activation_of, hls_layers,
                                                pool_cells, predict_fixed, run_fixed, scale_shift)
 from tapeout.compiler.fixedpoint.types import FixedType, FixedTypeError, fixed
 from tapeout.compiler.ir import LINEAR, Graph, Node
 from tapeout.runtime.compare import _cosine
 
+CACHE_ENV = "TAPEOUT_SEARCH_CACHE"
 MARGIN = 1.25  # headroom over the largest calibration value
 START_FRAC = 12
 MIN_FRAC = 0
@@ -153,11 +155,13 @@ class _Evaluator:
         self.graph, self.feeds, self.budget = graph, feeds, budget
         self.reference = interpreter.run(graph, feeds)
         self.count = 0
+        # TAPEOUT_SEARCH_CACHE=off recomputes every layer on every evaluation (the benchmark's "before").
+        self.cache = None if os.environ.get(CACHE_ENV) == "off" else LayerCache()
 
     def score(self, plan: PrecisionPlan) -> tuple[float | None, float, float]:
         """Agreement (None without a classifier output), max |error| and cosine: the worst output's."""
         self.count += 1
-        got = predict_fixed(self.graph, plan, self.feeds)
+        got = predict_fixed(self.graph, plan, self.feeds, cache=self.cache)
         agree, err, cos = [], 0.0, 1.0
         for o in self.graph.outputs:
             ref = np.asarray(self.reference[o], np.float64)
