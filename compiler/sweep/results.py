@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from tapeout.compiler.errors import UsageError
 
-HEAD = ("id", "index", "target")
+HEAD = ("id", "index", "target")  # then the axes, the metrics, and "base" last
 METRICS = ("status", "accuracy", "source_accuracy", "agreement", "cosine", "size_bytes", "litert_ms", "dsp", "luts",
            "bram18", "latency_cycles", "latency_ns", "synth_dsp", "synth_luts", "synth_latency_cycles", "build_s",
            "from", "same_as", "host", "error")
@@ -29,7 +29,8 @@ _ID = re.compile(r"[0-9a-f]{12}")
 
 
 def columns(axis_columns: Sequence[str]) -> list[str]:
-    return [*HEAD, *axis_columns, *METRICS]
+    # base: a digest of the [base] build and its input files' bytes; --resume refuses rows of another.
+    return [*HEAD, *axis_columns, *METRICS, "base"]
 
 
 def _cell(v: Any) -> str:

@@ -62,6 +62,19 @@ def cache_keys(sweep: Sweep, *, local_tools: bool = True) -> dict[str, str]:
     return keys
 
 
+def base_digest(sweep: Sweep) -> str:
+    """12 hex digits naming the base build: its settings, target options and input files' bytes."""
+    import hashlib
+
+    from tapeout.compiler.cache import file_sha256
+
+    b = sweep.base
+    doc = {"settings": b.shared_settings(), "options": b.target_options,
+           "files": {str(i): file_sha256(p) for i, p in enumerate(b.input_files())},
+           "synthetic": b.calibration == "synthetic"}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def run_sweep(sweep: Sweep, executor: Any, *, resume: bool = False, use_cache: bool = True,
               point_fn: PointFn | None = None, progress: Callable[[str], None] = lambda _: None) -> SweepResult:
     out = sweep.output
@@ -72,6 +85,11 @@ def run_sweep(sweep: Sweep, executor: Any, *, resume: bool = False, use_cache: b
     if results.path.exists() and results.path.stat().st_size and not resume:
         raise UsageError(f"{results.path} exists ({len(done_rows)} points): pass --resume to finish that sweep, "
                          "or choose another --output")
+    base = base_digest(sweep)
+    other = next((r for r in done_rows if r["base"] != base), None)
+    if other is not None:
+        raise UsageError(f"{results.path}: its rows were built from another [base] (other settings or input "
+                         f"files than {sweep.spelled} now names): choose another --output")
     keys = cache_keys(sweep, local_tools=getattr(executor, "name", "local") == "local")
     done = {r["id"]: r for r in done_rows}
     by_key: dict[str, list[Point]] = {}
@@ -82,7 +100,8 @@ def run_sweep(sweep: Sweep, executor: Any, *, resume: bool = False, use_cache: b
 
     def write(p: Point, result: dict[str, Any], same_as: str | None = None) -> None:
         row = {"id": p.id, "index": p.index, "target": p.target, **{a: _cell(v) for a, v in p.settings.items()},
-               **{k: v for k, v in result.items() if k not in ("id", "index", "target", "report")}}
+               **{k: v for k, v in result.items() if k not in ("id", "index", "target", "report", "base")},
+               "base": base}
         if same_as is not None:
             row.update({"same_as": same_as, "build_s": 0.0, "from": "same build"})
         results.append(row)

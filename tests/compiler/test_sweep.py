@@ -271,3 +271,18 @@ def test_local_pool_retries_a_dead_worker_then_records_the_point_as_crashed(tmp_
     assert len({row["id"] for row in rows}) == 4
     (crashed,) = [row for row in rows if row["status"] == "crashed"]
     assert crashed["prune"] == "0.5" and crashed["error"] == "its worker process died 2 times"
+
+
+def test_resume_refuses_rows_built_from_another_base(tmp_path):
+    from tapeout.compiler.sweep.results import ResultsFile, columns
+
+    path = sweep_file(tmp_path, "prune = [0, 0.5]\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    f = ResultsFile(out / "results.csv", columns(["prune"]))
+    f.append({"id": "0123456789ab", "index": 0, "target": "onnx:fp32", "prune": 0, "status": "ok",
+              "base": "000000000000"})
+    before = f.path.read_bytes()
+    code, _, err = run_cli("sweep", path, "-o", out, "--resume")
+    assert code == 2 and "its rows were built from another [base]" in err and err.count("\n") == 1
+    assert f.path.read_bytes() == before
