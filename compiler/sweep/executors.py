@@ -4,8 +4,9 @@ Both take the points to run and yield ``(point, result)`` as each finishes; neit
 anything itself. A point whose worker dies is run again up to ``max_retries`` times, then given
 a row with status "crashed".
 
-Local: ``ProcessPoolExecutor`` (fork: the driver never imports a framework, and the children
-need not re-import tapeout), at most N points in flight. When a worker dies the pool breaks and
+Local: ``ProcessPoolExecutor`` (fork: the CLI's driver never imports a framework, and the
+children need not re-import tapeout; spawn for a caller that has loaded TensorFlow), at most N
+points in flight. When a worker dies the pool breaks and
 fails every point in flight; those are rerun one at a time, so a death is charged to the point
 that caused it alone. Workers leave when the driver dies.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -78,11 +80,14 @@ class LocalPool:
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
         from concurrent.futures.process import BrokenProcessPool
 
+        # fork: cheap, and a point function defined in the caller's script works. A caller that has
+        # loaded TensorFlow (its threads do not survive fork) gets fresh interpreters instead.
+        context = multiprocessing.get_context("spawn" if "tensorflow" in sys.modules else "fork")
         todo = deque(points)
         suspects: deque[Point] = deque()  # in flight when a worker died: run alone until it is clear which
         deaths: dict[str, int] = {}
         while todo or suspects:
-            pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("fork"),
+            pool = ProcessPoolExecutor(self.jobs, mp_context=context,
                                        initializer=_init_worker,
                                        initargs=(None if self.log is None else str(self.log), os.getpid()))
             running: dict[Any, Point] = {}
