@@ -488,7 +488,7 @@ def _fixed_quant(ctx: BuildContext, n: Node) -> Any:
     except ValueError as e:
         raise IRError(f"node {n.name!r} (fixed_quant): {e}") from None
     layer = custom.FixedQuant(grid["scale"].shape, n.attr("rounding"), n.attr("overflow"), name=ctx.name(n))
-    return apply(layer, ctx.tensor(n, x), [grid[k] for k in ("scale", "step", "lo", "hi", "modulus")])
+    return apply(layer, ctx.tensor(n, x), [grid[k] for k in custom.FixedQuant.KEYS])
 
 
 Builder = Callable[[BuildContext, Node], Any]

@@ -180,8 +180,10 @@ class Slice(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class FixedQuant(keras.layers.Layer):
     """The IR's ``fixed_quant``: each element on its fixed-point grid (``fixedpoint.arith.kif_grid``'s
-    constants, non-trainable weights), rounded and fitted by ap_types' modes, in float ops that
-    are exact (powers of two, floor, compares, integers below 2**24)."""
+    constants, non-trainable weights), rounded and fitted by ap_types' modes, in float ops that give
+    the kernel's float32 result exactly (kif_grid says why)."""
+
+    KEYS = ("scale", "step", "lo", "hi", "top", "modulus")
 
     def __init__(self, grid_shape: Sequence[int], rounding: str = "AP_TRN", overflow: str = "AP_WRAP",
                  **kwargs: Any) -> None:
@@ -189,7 +191,7 @@ class FixedQuant(keras.layers.Layer):
         self.grid_shape = tuple(int(d) for d in grid_shape)
         self.rounding, self.overflow = str(rounding), str(overflow)
         self.grid = {k: self.add_weight(shape=self.grid_shape, initializer="zeros", trainable=False, name=k)
-                     for k in ("scale", "step", "lo", "hi", "modulus")}
+                     for k in self.KEYS}
 
     def call(self, x: Any) -> Any:
         g = {k: ops.cast(w, x.dtype) for k, w in self.grid.items()}
@@ -203,16 +205,19 @@ class FixedQuant(keras.layers.Layer):
                "AP_RND_CONV": ops.logical_and(qb, ops.logical_or(q - 2.0 * ops.floor(q * 0.5) != 0.0, rest)),
                "AP_TRN_ZERO": ops.logical_and(neg, ops.logical_or(qb, rest))}[self.rounding]
         raw = q if inc is None else q + ops.cast(inc, x.dtype)
-        lo, hi = g["lo"], g["hi"]
+        lo, top = g["lo"], g["top"]
+        out = ops.logical_or(raw < lo, raw >= top)
         if self.overflow == "AP_WRAP":
-            t = raw - lo
-            raw = t - g["modulus"] * ops.floor(t / g["modulus"]) + lo
+            m = g["modulus"]
+            r = raw - m * ops.floor(raw / m)
+            r = ops.where(ops.logical_and(lo < 0, r >= top), r - m, r)  # signed: into [lo, top)
+            raw = ops.where(out, r, raw)
         elif self.overflow == "AP_SAT":
-            raw = ops.minimum(ops.maximum(raw, lo), hi)
+            raw = ops.minimum(ops.maximum(raw, lo), g["hi"])
         elif self.overflow == "AP_SAT_SYM":
-            raw = ops.minimum(ops.maximum(raw, ops.where(lo < 0, -hi, lo)), hi)
+            raw = ops.minimum(ops.maximum(raw, ops.where(lo < 0, -g["hi"], lo)), g["hi"])
         else:  # AP_SAT_ZERO
-            raw = ops.where(ops.logical_or(raw < lo, raw > hi), ops.zeros_like(raw), raw)
+            raw = ops.where(out, ops.zeros_like(raw), raw)
         return raw * g["step"]
 
     def get_config(self) -> dict[str, Any]:

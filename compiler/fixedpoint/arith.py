@@ -159,21 +159,23 @@ def quantize_kif(x: np.ndarray, k: np.ndarray, i: np.ndarray, f: np.ndarray, rou
     return np.ldexp(raw.astype(np.float64), -f.astype(np.int32))
 
 
-def kif_grid(k: np.ndarray, i: np.ndarray, f: np.ndarray, max_width: int = 24) -> dict[str, np.ndarray]:
-    """The constants a float implementation of ``quantize_kif`` needs, each of the broadcast shape
-    of ``k, i, f`` (float64, every one a power of two or an integer, so exact in float32):
-    ``scale`` 2**f, ``step`` 2**-f (0 where the width is <= 0: the element is pruned), raw bounds
-    ``lo``/``hi``, ``lo_sym`` (AP_SAT_SYM's lower bound) and ``modulus`` 2**width (AP_WRAP)."""
+def kif_grid(k: np.ndarray, i: np.ndarray, f: np.ndarray) -> dict[str, np.ndarray]:
+    """The constants a float32 implementation of ``quantize_kif`` needs (the ONNX and Keras lowerings),
+    each of the broadcast shape of ``k, i, f``, float64: ``scale`` 2**f, ``step`` 2**-f (0 where the
+    width is <= 0: the element is pruned), raw bounds ``lo``/``hi``, ``top`` = hi + 1 (a power of
+    two, exact in float32 where hi is not), ``lo_sym`` (AP_SAT_SYM's lower bound) and ``modulus``
+    2**width (AP_WRAP). Every step of the float implementation is exact: x * 2**f and its floor are
+    float32 values, an integer beyond 2**24 has no fraction to round, bounds are compared as powers
+    of two, a saturated bound that float32 rounds rounds as the kernel's float32 output does, and a
+    wrapped value is reduced with ``r = raw - m * floor(raw / m)`` only where it overflows."""
     k, i, f = np.broadcast_arrays(*(np.asarray(a, dtype=INT) for a in (k, i, f)))
     width = k + i + f
-    if np.any(width > max_width) or np.any(np.abs(f) > 100):
-        # float32 holds integers exactly up to 2**24: wider grids are not exact in float ops.
-        raise FixedTypeError(f"fixed_quant: a float lowering is exact up to {max_width} bits per element and "
-                             "|f| <= 100")
+    if np.any(width > _MAX_SHIFT) or np.any(np.abs(f) > 100):
+        raise FixedTypeError("fixed_quant: at most 62 bits per element and |f| <= 100")
     w = np.maximum(width, 1)
     signed = k > 0
-    hi = np.where(signed, 2.0 ** (w - 1) - 1, 2.0**w - 1)
+    top = np.where(signed, 2.0 ** (w - 1), 2.0**w)
     e = f.astype(np.int32)
     return {"scale": np.ldexp(1.0, e), "step": np.where(width > 0, np.ldexp(1.0, -e), 0.0),
-            "lo": np.where(signed, -(2.0 ** (w - 1)), 0.0), "hi": hi, "lo_sym": np.where(signed, -hi, 0.0),
-            "modulus": 2.0**w}
+            "lo": np.where(signed, -(2.0 ** (w - 1)), 0.0), "hi": top - 1, "top": top,
+            "lo_sym": np.where(signed, -(top - 1), 0.0), "modulus": 2.0**w}

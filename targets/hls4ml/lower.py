@@ -48,9 +48,9 @@ def check_quantizer_variant(layers: list[Any], graph: Graph, variant: str) -> No
         return
     for layer in layers:
         if layer.kind == "fixed_quant" and per_tensor_type(graph, layer.node) is None:
-            raise FixedTypeError(f"node {layer.node.name!r}: fixed_quant with a grid per element has no hls4ml:{variant} "
-                                 "code in hls4ml 1.3 (its FixedPointQuantizer is written for Vivado/Vitis); use "
-                                 "hls4ml:vitis or hls4ml:vivado")
+            raise FixedTypeError(f"node {layer.node.name!r}: fixed_quant with a grid per element has no "
+                                 f"hls4ml:{variant} code in hls4ml 1.3 (its FixedPointQuantizer is written for "
+                                 "Vivado/Vitis); use hls4ml:vitis or hls4ml:vivado")
         if layer.kind == "unary_lut":
             raise FixedTypeError(f"node {layer.node.name!r}: {layer.node.op} between two quantizers is an exact lookup "
                                  f"table (hls4ml's UnaryLUT), which tapeout checks on Vivado/Vitis only; use "
@@ -88,9 +88,9 @@ def keras_model(graph: Graph) -> Any:
         from tapeout.compiler.fixedpoint.arith import kif_grid
         from tapeout.compiler.keras_model_layers import FixedQuant
 
-        grid = kif_grid(*(graph.constants[c] for c in n.inputs[1:]), max_width=62)
+        grid = kif_grid(*(graph.constants[c] for c in n.inputs[1:]))
         layer = FixedQuant(grid["scale"].shape, n.attr("rounding"), n.attr("overflow"), name=ctx.name(n))
-        return apply(layer, ctx.tensor(n, n.inputs[0]), [grid[k] for k in ("scale", "step", "lo", "hi", "modulus")])
+        return apply(layer, ctx.tensor(n, n.inputs[0]), [grid[k] for k in FixedQuant.KEYS])
 
     def table(ctx: Any, n: Any) -> Any:  # an activation between two quantizers: hls4ml's UnaryLUT
         from tapeout.compiler.fixedpoint.arith import to_float

@@ -291,8 +291,8 @@ def _resize(b: Builder, n: Node) -> None:
 # --------------------------------------------------------------- quantization
 @_lowers("fixed_quant")
 def _fixed_quant(b: Builder, n: Node) -> None:
-    """The kernel's arithmetic in float ops, exact (``fixedpoint.arith.kif_grid``): scale by 2**f,
-    floor, the rounding mode's +1 from the dropped fraction, wrap or saturate, scale back."""
+    """The kernel's arithmetic in float ops, exact (``fixedpoint.arith.kif_grid`` says why): scale by
+    2**f, floor, the rounding mode's +1 from the dropped fraction, wrap or saturate, scale back."""
     from tapeout.compiler.fixedpoint.arith import kif_grid
     from tapeout.compiler.fixedpoint.types import OVERFLOW, ROUNDING
 
@@ -340,14 +340,18 @@ def _fixed_quant(b: Builder, n: Node) -> None:
     else:  # AP_TRN
         inc = ""
     raw = aux("Add", q, aux("Cast", inc, to=1)) if inc else q  # to=1: FLOAT
-    lo = const("lo", grid["lo_sym" if overflow == "AP_SAT_SYM" else "lo"])
     if overflow == "AP_WRAP":
-        m = const("modulus", grid["modulus"])
-        t = aux("Sub", raw, lo)
-        raw = aux("Add", aux("Sub", t, aux("Mul", m, aux("Floor", aux("Div", t, m)))), lo)
+        lo, top, m = const("lo", grid["lo"]), const("top", grid["top"]), const("modulus", grid["modulus"])
+        r = aux("Sub", raw, aux("Mul", m, aux("Floor", aux("Div", raw, m))))
+        signed_over = aux("And", aux("Less", lo, zero), aux("GreaterOrEqual", r, top))
+        r = aux("Where", signed_over, aux("Sub", r, m), r)  # signed: back into [lo, top)
+        raw = aux("Where", aux("Or", aux("Less", raw, lo), aux("GreaterOrEqual", raw, top)), r, raw)
     elif overflow in ("AP_SAT", "AP_SAT_SYM"):
+        lo = const("lo", grid["lo_sym" if overflow == "AP_SAT_SYM" else "lo"])
         raw = aux("Min", aux("Max", raw, lo), const("hi", grid["hi"]))
     else:  # AP_SAT_ZERO
-        raw = aux("Where", aux("Or", aux("Less", raw, lo), aux("Greater", raw, const("hi", grid["hi"]))), zero, raw)
+        lo, top = const("lo", grid["lo"]), const("top", grid["top"])
+        over = aux("Or", aux("Less", raw, lo), aux("GreaterOrEqual", raw, top))
+        raw = aux("Where", over, zero, raw)
     b.add("Mul", [raw, const("step", grid["step"])], out, name)
     b.define(out, out, cf)

@@ -36,7 +36,8 @@ def _graph(hidden: tuple = (0, 3, 4)) -> Graph:
         return node("fixed_quant", x, *kif, rounding="AP_RND", overflow="AP_SAT")
 
     def w(shape: tuple, bits: int, frac: int) -> str:
-        return g.add_constant("w", (rng.integers(-2 ** (bits - 1), 2 ** (bits - 1), shape) / 2.0**frac).astype(np.float32))
+        v = rng.integers(-2 ** (bits - 1), 2 ** (bits - 1), shape) / 2.0**frac
+        return g.add_constant("w", v.astype(np.float32))
 
     h = node("dense", quant("x", 1, 2, 5), w((16, 8), 4, 3), w((8,), 6, 4), activation=Activation.of("relu"))
     h = node("dense", quant(h, *hidden), w((8, 5), 5, 4), w((5,), 6, 3))

@@ -265,6 +265,11 @@ def quant_cases() -> dict[str, Graph]:
     k, i, f = [1, 1, 0, 0], np.array([0, 1, 2, 3, 1, 2]).reshape(6, 1, 1), [2, -1, 3, 0]
     out["fixed_quant_per_element_conv"] = m.done(m.node("fixed_quant", c, *_kif(m, k, i, f), rounding="AP_RND",
                                                         overflow="AP_SAT"))
+    m = M(x=((8,), "NC"))  # grids wider than float32's 24 bits: overflow compares and wraps stay exact
+    ys = [m.node("fixed_quant", "x", *_kif(m, k, i, f), rounding=r, overflow=o)
+          for o in OVERFLOW for (k, i, f, r) in ((1, 1, 38, "AP_RND_CONV"), (0, 2, 28, "AP_TRN"),
+                                                  ([1, 0] * 4, [3, 10] * 4, [30, 20] * 4, "AP_RND"))]
+    out["fixed_quant_wide"] = m.done(*ys)
     return out
 
 
