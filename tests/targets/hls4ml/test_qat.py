@@ -193,6 +193,16 @@ def test_types_come_from_the_quantizers() -> None:
     assert str(plan.of("fixed_quant_2").result) == "ap_ufixed<8,4>"  # the per-element quantizer's union
 
 
+def test_explicit_precision_is_ignored_with_a_note() -> None:
+    from tapeout.compiler.fixedpoint.precision import PrecisionSearch
+    from tapeout.targets.hls4ml.target import Hls4mlTarget
+
+    request = Hls4mlTarget("vitis", precision=("ap_fixed<16,6>",)).precision_request()
+    fixed = PrecisionSearch(request, None).run(prepared(mlp())).graph.fixed
+    assert fixed.info["mode"] == "quantizers" and str(fixed.plan.inputs["x"]) == "ap_fixed<7,3,AP_RND,AP_SAT>"
+    assert any("--precision ignored" in n for n in fixed.notes)
+
+
 # ------------------------------------------------------------ C simulation
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory) -> dict[str, Any]:
