@@ -183,7 +183,9 @@ class FixedQuant(keras.layers.Layer):
     constants, non-trainable weights), rounded and fitted by ap_types' modes, in float ops that give
     the kernel's float32 result exactly (kif_grid says why)."""
 
-    KEYS = ("scale", "step", "lo", "hi", "top", "modulus")
+    # Powers of two only (hi is top - 1 at run time): a float16 copy of them (tflite:fp16 stores every
+    # constant so) stays exact for |f| <= 15 and widths <= 15 bits.
+    KEYS = ("scale", "step", "lo", "top", "modulus")
 
     def __init__(self, grid_shape: Sequence[int], rounding: str = "AP_TRN", overflow: str = "AP_WRAP",
                  **kwargs: Any) -> None:
@@ -206,6 +208,9 @@ class FixedQuant(keras.layers.Layer):
                "AP_TRN_ZERO": ops.logical_and(neg, ops.logical_or(qb, rest))}[self.rounding]
         raw = q if inc is None else q + ops.cast(inc, x.dtype)
         lo, top = g["lo"], g["top"]
+        # float32 at run time (exact, or rounded as the kernel's float32 output rounds it); built on
+        # the input, a converter cannot fold it into a constant that tflite:fp16 would store in float16.
+        hi = (ops.zeros_like(raw) + top) - 1.0
         out = ops.logical_or(raw < lo, raw >= top)
         if self.overflow == "AP_WRAP":
             m = g["modulus"]
@@ -213,9 +218,9 @@ class FixedQuant(keras.layers.Layer):
             r = ops.where(ops.logical_and(lo < 0, r >= top), r - m, r)  # signed: into [lo, top)
             raw = ops.where(out, r, raw)
         elif self.overflow == "AP_SAT":
-            raw = ops.minimum(ops.maximum(raw, lo), g["hi"])
+            raw = ops.minimum(ops.maximum(raw, lo), hi)
         elif self.overflow == "AP_SAT_SYM":
-            raw = ops.minimum(ops.maximum(raw, ops.where(lo < 0, -g["hi"], lo)), g["hi"])
+            raw = ops.minimum(ops.maximum(raw, ops.where(lo < 0, -hi, lo)), hi)
         else:  # AP_SAT_ZERO
             raw = ops.where(out, ops.zeros_like(raw), raw)
         return raw * g["step"]

@@ -269,10 +269,12 @@ class Quantize(Pass):
         return PassResult(g, True, details, list(self._warnings))
 
     # ----------------------------------------------------------- schemes
-    @staticmethod
-    def _fp16(g: Graph, float_nodes: set[str]) -> dict[str, TensorQuant]:
+    def _fp16(self, g: Graph, float_nodes: set[str]) -> dict[str, TensorQuant]:
         tensors: dict[str, TensorQuant] = {}
         for n in g.nodes:
+            if n.op == "fixed_quant" and not fp16_grid(g, n):
+                self._warnings.append(f"fixed_quant {n.name!r}: its grid (|f| > 15 or more than 15 bits) needs "
+                                      "constants float16 does not hold exactly; the fp16 artifact will not reproduce it")
             if n.name in float_nodes:
                 continue
             for pos, c in enumerate(n.inputs):
@@ -367,6 +369,14 @@ class Quantize(Pass):
             return TensorQuant("int8", "weight", (amax / WEIGHT_QMAX if amax > 0 else 1.0,), (0,), None,
                                WEIGHT_QMIN, WEIGHT_QMAX, (lo,), (hi,))
         return asymmetric(lo, hi, dtype, "constant") if dtype == "int8" else symmetric(lo, hi, dtype, "constant")
+
+
+def fp16_grid(g: Graph, n: Node) -> bool:
+    """Whether a fixed_quant's float lowering (powers of two 2**f, 2**-f, 2**width) survives its
+    constants stored as float16 (exact powers of two from 2**-24 to 2**15)."""
+    k, i, f = np.broadcast_arrays(*(np.asarray(g.constants.get(c, 0), np.int64) for c in n.inputs[1:]))
+    live = (k + i + f) > 0
+    return bool(np.all(~live | ((np.abs(f) <= 15) & (k + i + f <= 15))))
 
 
 def trained_grid(g: Graph, n: Node, dtype: str) -> TensorQuant | None:

@@ -1,7 +1,8 @@
 """The quantize pass on quantization-aware graphs: a fixed_quant whose grid an int8 (int16) tensor
 holds exactly (one grid, scale 2**-f, zero point 0, <= 8 bits with the sign) gives its output that
 scale instead of a calibrated one; the quantizer itself computes in float. ONNX QDQ and TFLite int8
-run such a graph as the quantization simulation does."""
+run such a graph as the quantization simulation does; tflite:fp16 keeps a grid of up to 15 bits
+exact (its constants are float16)."""
 
 from __future__ import annotations
 
@@ -95,3 +96,43 @@ def test_onnx_qdq_and_tflite_int8_match_the_simulation(tmp_path: Path) -> None:
     target.emit(q, EmitContext(tmp_path))
     with target.runner(tmp_path) as runner:
         np.testing.assert_allclose(runner.infer(x)[out], sim, atol=1e-5)
+
+
+def _wide_modes(k: int, i: int, f: int) -> Graph:
+    """Every rounding x overflow mode on one ``(k, i, f)`` grid, read straight from the input."""
+    from tapeout.compiler.fixedpoint.types import OVERFLOW, ROUNDING
+
+    g = Graph("modes", ["x"], [])
+    g.types["x"] = TensorType((BATCH, 16))
+    for j, (r, o) in enumerate((r, o) for r in ROUNDING for o in OVERFLOW):
+        kif = [g.add_constant(n, np.asarray(v, np.int8)) for n, v in (("k", k), ("i", i), ("f", f))]
+        n = Node("fixed_quant", f"q{j}", ["x", *kif], [f"q{j}"], {"rounding": r, "overflow": o})
+        g.nodes.append(n)
+        g.types[n.outputs[0]] = infer_node(n, [g.type_of(v) for v in n.inputs], g)[0]
+    g.outputs = [n.outputs[0] for n in g.nodes]
+    g.check()
+    return g
+
+
+def test_fp16_warns_where_float16_cannot_hold_the_grid() -> None:
+    wide = Pipeline([Quantize("fp16")]).run(_wide_modes(1, 1, 38))
+    assert wide.records[0].warnings and "'q0'" in wide.records[0].warnings[0]
+    assert Pipeline([Quantize("fp16")]).run(_wide_modes(1, 7, 6)).records[0].warnings == []
+
+
+def test_tflite_fp16_reproduces_a_14_bit_grid(tmp_path: Path) -> None:
+    """tflite:fp16 stores every constant in float16: the lowering keeps only powers of two there (the
+    saturation bound 2**13 - 1 is computed at run time), so a 14-bit grid stays exact."""
+    from tapeout.targets.base import EmitContext
+    from tapeout.targets.tflite.target import TfliteTarget
+
+    g = _wide_modes(1, 7, 6)
+    target = TfliteTarget("fp16")
+    target.emit(Pipeline([Quantize("fp16")]).run(g).graph, EmitContext(tmp_path))
+    x = (np.random.default_rng(0).standard_normal((300, 16)) * 200).astype(np.float32)
+    x[:100] = np.round(x[:100] * 64) / 128  # ties on the 1/64 grid
+    want = run(g, {"x": x})
+    with target.runner(tmp_path) as runner:
+        got = runner.infer({"x": x})
+    for o in g.outputs:
+        np.testing.assert_array_equal(got[o].reshape(want[o].shape), want[o], err_msg=o)
