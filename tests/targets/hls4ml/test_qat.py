@@ -326,3 +326,31 @@ def test_average_pooling_refused(tmp_path) -> None:
     h = m.node("avg_pool", m.quant("x", 1, 2, 2), kernel=(2, 2), strides=(2, 2))
     msg = _refused(m.done(m.quant(h, 1, 2, 2)), tmp_path)
     assert "'avg_pool'" in msg and "divides" in msg
+
+
+def _qonnx_per_channel(folder) -> Any:
+    """A QONNX file: one Quant with a scale per channel (2**-c, 6 bits) on the input: a per-element fixed_quant."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in
+             (("scale", 2.0 ** -np.arange(8)), ("zeropt", 0.0), ("bitwidth", 6.0))]
+    node = helper.make_node("Quant", ["x", "scale", "zeropt", "bitwidth"], ["y"], name="Quant_0",
+                            domain="qonnx.custom_op.general", signed=1, narrow=0, rounding_mode="ROUND")
+    io = [helper.make_tensor_value_info(k, TensorProto.FLOAT, [None, 8]) for k in "xy"]
+    graph = helper.make_graph([node], "pc", io[:1], io[1:], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13),
+                                                    helper.make_opsetid("qonnx.custom_op.general", 1)])
+    path = folder / "pc.onnx"
+    onnx.save_model(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("flags", [["-t", "hls4ml", "--io-type", "stream"], ["-t", "hls4ml:quartus"]])
+def test_cli_refuses_a_per_element_quantizer_in_one_line(tmp_path, flags: list[str]) -> None:
+    pytest.importorskip("qonnx")
+    from tests.cli_run import run_cli
+
+    code, _, err = run_cli("compile", _qonnx_per_channel(tmp_path), *flags, "-o", tmp_path / "o", "--no-cache")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "node 'y': fixed_quant with a grid per element" in err
