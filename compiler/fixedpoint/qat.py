@@ -122,10 +122,10 @@ MAX_LUT_BITS = 14  # a lookup table of 2**14 entries at most
 
 
 def lut_pair(graph: Graph, n: Node) -> tuple[Node, Node] | None:
-    """(input quantizer, output quantizer) of an element-wise activation read from one per-tensor
-    quantizer (at most MAX_LUT_BITS bits) and read only by another: the activation is then a table of
-    the output quantizer's values over every input code, exact by construction (hls4ml's UnaryLUT,
-    as HGQ2's QUnaryFunctionLUT lowers)."""
+    """(input quantizer, output quantizer) of an element-wise activation read from one quantizer (its
+    type, or the union of its elements' types, at most MAX_LUT_BITS bits) and read only by a
+    per-tensor one: the activation is then a table of the output quantizer's values over every input
+    code, exact by construction (hls4ml's UnaryLUT, as HGQ2's QUnaryFunctionLUT lowers)."""
     producers, consumers = graph.producers(), graph.consumers()
     src = producers.get(n.inputs[0])
     users = consumers.get(n.outputs[0], [])
@@ -135,10 +135,15 @@ def lut_pair(graph: Graph, n: Node) -> tuple[Node, Node] | None:
         return None
     if not all(c in graph.constants for q in (src, users[0]) for c in q.inputs[1:]):
         return None
-    t_in, t_out = per_tensor_type(graph, src), per_tensor_type(graph, users[0])
-    if t_in is None or t_out is None or t_in.width > MAX_LUT_BITS:
+    t_in, t_out = quantizer_type(graph, src), per_tensor_type(graph, users[0])
+    if t_out is None or t_in.width > MAX_LUT_BITS:
         return None
     return src, users[0]
+
+
+def quantizer_type(graph: Graph, n: Node) -> FixedType:
+    """A fixed_quant's result type: its own per tensor, else the union of its elements' types."""
+    return per_tensor_type(graph, n) or union_type(graph, n)
 
 
 def lut_table(graph: Graph, n: Node) -> tuple[np.ndarray, FixedType, FixedType]:
@@ -150,8 +155,8 @@ def lut_table(graph: Graph, n: Node) -> tuple[np.ndarray, FixedType, FixedType]:
     pair = lut_pair(graph, n)
     assert pair is not None
     src, dst = pair
-    t_in, t_out = per_tensor_type(graph, src), per_tensor_type(graph, dst)
-    assert t_in is not None and t_out is not None
+    t_in, t_out = quantizer_type(graph, src), per_tensor_type(graph, dst)
+    assert t_out is not None
     idx = np.arange(1 << t_in.width, dtype=np.int64)
     raw = np.where(idx >= (1 << (t_in.width - 1)), idx - (1 << t_in.width), idx) if t_in.signed else idx
     x = np.ldexp(raw.astype(np.float64), -t_in.frac).astype(np.float32)[None]
@@ -245,7 +250,7 @@ def qat_plan(graph: Graph) -> tuple[PrecisionPlan, list[str]]:
 def _layer(graph: Graph, layer: HlsLayer, x: Span | None, xs: list[Span]) -> tuple[LayerPrecision, Span]:
     n, kind, what = layer.node, layer.kind, f"layer {layer.name!r}"
     if kind == "fixed_quant":
-        t = per_tensor_type(graph, n) or union_type(graph, n)
+        t = quantizer_type(graph, n)
         return LayerPrecision(result=t), Span.of(t)
     if kind == "unary_lut":
         _, t_in, t_out = lut_table(graph, n)

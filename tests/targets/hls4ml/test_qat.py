@@ -105,8 +105,10 @@ def activations() -> Graph:
     """Activations between two per-tensor quantizers: exact lookup tables (hls4ml's UnaryLUT)."""
     m = Maker((16,), "NC", seed=9)
     h = m.node("dense", m.quant("x", 1, 2, 5, "AP_RND", "AP_SAT"), m.weights((16, 6), 4, 3), m.weights((6,), 5, 3))
+    e = m.quant(h, [1, 0, 1, 1, 0, 1], [2, 3, 1, 0, 2, 3], [3, 2, 4, 5, 1, 2], "AP_RND", "AP_SAT")  # per element
     h = m.quant(h, 1, 3, 4, "AP_RND_CONV", "AP_SAT")
-    return m.done(m.quant(m.node("sigmoid", h), 0, 0, 8, "AP_RND", "AP_SAT"),
+    return m.done(m.quant(m.node("sigmoid", e), 1, 1, 7, "AP_RND", "AP_SAT"),  # a table over the union grid
+                  m.quant(m.node("sigmoid", h), 0, 0, 8, "AP_RND", "AP_SAT"),
                   m.quant(m.node("tanh", h), 1, 0, 6, "AP_TRN", "AP_SAT"),
                   m.quant(m.node("swish", h), 1, 3, 3, "AP_RND", "AP_WRAP"),
                   m.quant(m.node("gelu", h, approximate=False), 1, 3, 4, "AP_RND_CONV", "AP_SAT"))
@@ -296,7 +298,8 @@ def test_per_element_quantizer_refused_off_vivado_vitis(tmp_path, variant: str) 
 
 
 def test_lookup_table_refused_off_vivado_vitis(tmp_path) -> None:
-    msg = _refused(activations(), tmp_path, "quartus")
+    m = Maker((6,), "NC")
+    msg = _refused(m.done(m.quant(m.node("sigmoid", m.quant("x", 1, 2, 3)), 0, 0, 6)), tmp_path, "quartus")
     assert "'sigmoid'" in msg and "UnaryLUT" in msg
 
 
