@@ -18,8 +18,9 @@ rounds only where a quantizer does and hls4ml's C simulation equals the referenc
 - Refused (FixedTypeError, one line naming the node): an input that reaches a layer without a
   quantizer, weights needing more than ``MAX_WEIGHT_BITS`` bits (not quantized), average pooling
   (a division), an exact type wider than the NumPy model's 62 bits.
-- Lookup-table activations (sigmoid, tanh, softmax) keep hls4ml's table types, like the search's
-  starting plan: they are the only layers not bit-exact, and a note says so.
+- An element-wise activation between two quantizers (``lut_pair``) is an exact table over every
+  input code (hls4ml's UnaryLUT). Sigmoid, tanh and softmax elsewhere keep hls4ml's approximating
+  tables with the search's starting types: the only layers not bit-exact, and a note says so.
 """
 
 from __future__ import annotations
