@@ -65,7 +65,10 @@ def keras_model(graph: Graph) -> Any:
       beta=bias, mean 0, variance 1, epsilon 0),
       so hls4ml's scale and bias are exactly ``scale_shift``'s float32 values (its own
       gamma / sqrt(var + eps) would round differently from the NumPy model's);
-    - clip(0, 6) -> Activation("relu6") (hls4ml's Keras 3 reader refuses ReLU(max_value=6)).
+    - clip(0, 6) -> Activation("relu6") (hls4ml's Keras 3 reader refuses ReLU(max_value=6));
+    - fixed_quant -> Activation("linear") (one grid: the cast to its result type) or FixedQuant (a grid
+      per element: hls4ml's FixedPointQuantizer); an activation between two quantizers -> UnaryTable
+      (hls4ml's UnaryLUT); the handlers for both are registered here (``register_handlers``).
     """
     import keras
 
@@ -102,7 +105,6 @@ def keras_model(graph: Graph) -> Any:
                            name=ctx.name(n))
         return apply(layer, ctx.tensor(n, n.inputs[0]), [to_float(raw, t_out)])
 
-    from tapeout.compiler.fixedpoint.model import hls_layers
     from tapeout.compiler.fixedpoint.qat import per_tensor_type
 
     luts = {layer.node.name for layer in hls_layers(graph) if layer.kind == "unary_lut"}
