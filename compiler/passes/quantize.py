@@ -247,9 +247,9 @@ class Quantize(Pass):
 
     def run(self, graph: Graph) -> PassResult:
         g = graph.copy()
-        # A QAT quantizer (fixed_quant) computes in float between its dequantized input and its output.
-        float_nodes = tuple(n.name for n in g.nodes if is_excluded(n.name, self.exclude)
-                            or (n.op == "fixed_quant" and self.scheme in CALIBRATED_SCHEMES))
+        # A QAT quantizer (fixed_quant) computes in float32, between its dequantized input and its output
+        # (int8, int16x8), or pinned to float32 (fp16: float16 holds integers exactly only up to 2**11).
+        float_nodes = tuple(n.name for n in g.nodes if is_excluded(n.name, self.exclude) or n.op == "fixed_quant")
         self._warnings = []
         if self.scheme == "fp16":
             tensors = self._fp16(g, set(float_nodes))
@@ -274,7 +274,8 @@ class Quantize(Pass):
         for n in g.nodes:
             if n.op == "fixed_quant" and not fp16_grid(g, n):
                 self._warnings.append(f"fixed_quant {n.name!r}: its grid (|f| > 15 or more than 15 bits) needs "
-                                      "constants float16 does not hold exactly; the fp16 artifact will not reproduce it")
+                                      "constants float16 does not hold exactly; a back end that stores every constant "
+                                      "in float16 (tflite:fp16) will not reproduce it")
             if n.name in float_nodes:
                 continue
             for pos, c in enumerate(n.inputs):
