@@ -6,11 +6,13 @@ DSPs / LUT multipliers and latency, and the wall time of convert + search + C-si
 target's emit: IR -> Keras -> hls4ml project, the precision search, g++ of the bridge library
 and one confirming C-sim run on the calibration data). Run: python benchmarks/hls4ml.py [--md]
 
-``--build-speed`` (issue 18, build speed): the digits CNN's whole ``tapeout compile -t hls4ml`` (CLI,
---no-cache), once as before (TAPEOUT_HLS4ML_BUILD=legacy: hls4ml's build script as written, -O3,
-one translation unit after the other; TAPEOUT_SEARCH_CACHE=off: every search evaluation runs every
-layer) and once as tapeout does it now (-O1, both at once; the search's layer cache), then each
-project's build_lib.sh alone, rerun in the same folders: wall seconds and the ratio, one run.
+``--build-speed`` (issue 18, build speed): the digits CNN's whole ``tapeout compile -t hls4ml``
+(``python -m tapeout.compiler``, --no-cache), three ways in one run: "before", the tree of
+``--before REV`` (default: the commit before issue 18's work, when the compile took 129 s), unpacked
+with ``git archive`` and imported through a ``tapeout`` shim on PYTHONPATH; "legacy", this tree with
+hls4ml's build script as written (TAPEOUT_HLS4ML_BUILD=legacy: -O3, one translation unit after the
+other) and every search evaluation running every layer (TAPEOUT_SEARCH_CACHE=off); "now", this tree
+as it is. Wall seconds, search evaluations and the ratios to "now".
 """
 
 from __future__ import annotations
@@ -69,9 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--samples", nargs="*", default=list(SAMPLES))
     p.add_argument("--build-speed", action="store_true", help="digits CNN compile: hls4ml's build vs tapeout's")
     p.add_argument("--objective", default=None, help="with --build-speed: hls4ml.precision_objective (resources, ebops, bits)")
+    p.add_argument("--before", default=BEFORE_ISSUE_18, help="with --build-speed: the git revision timed as 'before'")
     args = p.parse_args(argv)
     if args.build_speed:
-        build_speed(args.objective)
+        build_speed(args.objective, args.before)
         return
     from tapeout.compiler.quiet import captured_output, quiet_environment
 
@@ -93,7 +96,29 @@ def main(argv: list[str] | None = None) -> None:
               f"{r['seconds']:.1f} |")
 
 
-def build_speed(objective: str | None) -> None:
+BEFORE_ISSUE_18 = "6e91dfc621670da433cfb98a54afd330055a6c5b"
+
+
+def _unpack(rev: str, dest: Path) -> Path:
+    """``rev``'s source folders under ``dest``/src and a ``tapeout`` shim importing them; the shim dir."""
+    import subprocess
+    import tarfile
+
+    src = dest / "src"
+    src.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "compiler", "targets", "runtime"],
+                             capture_output=True, check=True).stdout
+    import io
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(src, filter="data")
+    shim = dest / "shim" / "tapeout"
+    shim.mkdir(parents=True)
+    for d in ("compiler", "targets", "runtime"):
+        (shim / d).symlink_to(src / d)
+    return shim.parent
+
+
+def build_speed(objective: str | None, before: str) -> None:
     import json
     import os
     import subprocess
@@ -102,39 +127,36 @@ def build_speed(objective: str | None) -> None:
     from tapeout.targets.hls4ml.project import LEGACY_BUILD_ENV
 
     d = ROOT / "samples" / "digits_cnn"
-    exe = Path(sys.executable).parent / "tapeout"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for mode in ("legacy", "tapeout"):
+        shim = _unpack(before, Path(tmp) / "before")
+        modes = {"before": {"PYTHONPATH": str(shim)},
+                 "legacy": {LEGACY_BUILD_ENV: "legacy", CACHE_ENV: "off"},
+                 "now": {}}
+        for mode, extra in modes.items():
             out = Path(tmp) / mode
-            cmd = [str(exe), "compile", str(d / "model.keras"), "-t", "hls4ml", "--calibration",
-                   str(d / "calibration.npz"), "--eval", str(d / "eval.npz"), "-o", str(out), "--no-cache", "--json"]
+            cmd = [sys.executable, "-m", "tapeout.compiler", "compile", str(d / "model.keras"), "-t", "hls4ml",
+                   "--calibration", str(d / "calibration.npz"), "--eval", str(d / "eval.npz"), "-o", str(out),
+                   "--no-cache", "--json"]
             if objective:
                 cmd += ["--target-option", f"hls4ml.precision_objective={objective}"]
-            env = dict(os.environ, **{LEGACY_BUILD_ENV: "legacy" if mode == "legacy" else "",
-                                      CACHE_ENV: "off" if mode == "legacy" else ""})
+            env = {k: v for k, v in os.environ.items() if k not in (LEGACY_BUILD_ENV, CACHE_ENV, "PYTHONPATH")}
             t0 = time.perf_counter()
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            proc = subprocess.run(cmd, env={**env, **extra}, capture_output=True, text=True, cwd=tmp)
             total = time.perf_counter() - t0
             if proc.returncode != 0:
                 sys.exit(f"{mode}: compile failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
             h = json.loads((out / "report.json").read_text())["targets"][0]["hls4ml"]
-            project = out / "hls4ml-vitis"
-            (project / "firmware" / "myproject-tapeout.so").unlink()
-            t0 = time.perf_counter()
-            subprocess.run(["bash", "build_lib.sh"], cwd=project, capture_output=True, check=True)
-            build = time.perf_counter() - t0
-            rows.append({"mode": mode, "compile_s": total, "build_s": build,
-                         "bit_exact": f"{h['csim']['bit_exact_layers']}/{h['csim']['checked_layers']}",
-                         "evaluations": h["precision"].get("evaluations")})
-            print(f"{mode}: compile {total:.1f} s, build_lib.sh {build:.1f} s", file=sys.stderr)
-    print("| build | digits CNN compile (s) | build_lib.sh alone (s) | C-sim bit-exact layers | search evaluations |")
+            csim = h.get("csim", {})
+            rows.append({"mode": mode, "compile_s": total, "evaluations": h["precision"].get("evaluations"),
+                         "bit_exact": f"{csim.get('bit_exact_layers')}/{csim.get('checked_layers')}"})
+            print(f"{mode}: compile {total:.1f} s", file=sys.stderr)
+    now = rows[-1]["compile_s"]
+    print("| tree | digits CNN compile (s) | x faster now | search evaluations | C-sim bit-exact layers |")
     print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['mode']} | {r['compile_s']:.1f} | {r['build_s']:.1f} | {r['bit_exact']} | {r['evaluations']} |")
-    a, b = rows
-    print(f"\ncompile {a['compile_s'] / b['compile_s']:.2f}x faster, build_lib.sh {a['build_s'] / b['build_s']:.2f}x faster")
-
+        label = f"before ({before[:7]})" if r["mode"] == "before" else r["mode"]
+        print(f"| {label} | {r['compile_s']:.1f} | {r['compile_s'] / now:.2f} | {r['evaluations']} | {r['bit_exact']} |")
 
 if __name__ == "__main__":
     main()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-GROUP_NAMES = ("conv", "pool", "elementwise", "shaping", "activation", "layout")
+GROUP_NAMES = ("conv", "pool", "elementwise", "shaping", "activation", "layout", "quant")
 
 
 @pytest.mark.parametrize("group", GROUP_NAMES)
@@ -29,6 +29,8 @@ def test_group_matches_reference(group: str, cases, keras_checks, convert_fn, ru
         for name in graph.outputs:
             np.testing.assert_allclose(keras_checks.from_source_layout(graph, name, got[name]), want[name],
                                        rtol=1e-4, atol=1e-4, err_msg=f"output {name!r}, batch {batch}")
+            if group == "quant":  # fixed_quant lowers to exact float ops: the grid values themselves
+                np.testing.assert_array_equal(keras_checks.from_source_layout(graph, name, got[name]), want[name])
 
 
 def test_only_3d_pooling_is_refused(cases) -> None:
