@@ -198,8 +198,14 @@ class TfliteTarget(Target):
             notes.append(f"{widened} int32 bias(es) the converter wrote widened to int64 (the 16x8 scheme's)")
         if found.float_ops:
             notes.append(f"left in float by the converter: {', '.join(sorted(set(found.float_ops)))}")
-        if q.float_nodes:
-            notes.append(f"kept float by request: {', '.join(q.float_nodes)}")
+        # fixed_quant nodes (QAT quantizers) run as float ops by design; only the rest were the user's --keep-float.
+        quantizers = [n.name for n in graph.nodes if n.op == "fixed_quant" and n.name in q.float_nodes]
+        requested = [n for n in q.float_nodes if n not in set(quantizers)]
+        if requested:
+            notes.append(f"kept float by request: {', '.join(requested)}")
+        if quantizers:
+            notes.append(f"{len(quantizers)} trained quantizer(s) (fixed_quant) run as float ops between the integer "
+                         f"layers, their grids setting the int8 scales where they fit; e.g. {quantizers[0]}")
         notes += traced.keras.notes
         extra["io"] = io
         extra["quantized_tensors"] = {"activations": found.activations, "constants": found.constants,

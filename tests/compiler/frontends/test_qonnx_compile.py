@@ -60,6 +60,9 @@ def test_mlp_8bit_to_hls4ml_exactly_and_to_tflite_int8(tmp_path: Path) -> None:
     by = {t["target"]: t for t in report["targets"]}
     _exact(by["hls4ml"])
     assert by["tflite"]["variant"] == "int8" and by["tflite"]["verification"]["passed"]
+    # The trained quantizers set the int8 scales and run as float ops; no --keep-float was given.
+    assert any("trained quantizer(s) (fixed_quant) run as float ops" in n for n in by["tflite"]["notes"])
+    assert not any("kept float by request" in n for n in by["tflite"]["notes"])
     assert any("QONNX: 3 activation quantizer(s)" in n for n in report["notes"])
 
 
