@@ -151,15 +151,15 @@ def load_project(path: str | os.PathLike[str]) -> Project:
         m = re.search(r"\(at line (\d+), column \d+\)", str(e))
         where = f"{spelled}:{m.group(1)}" if m else spelled
         raise UsageError(f"{where}: invalid TOML: {e}") from None
-    return _Loader(spelled, abspath, text).load(doc)
+    return Loader(spelled, abspath, text).load(doc)
 
 
 # ---------------------------------------------------------------- loading
-class _Loader:
+class Loader:
     def __init__(self, spelled: str, abspath: Path, text: str):
         self.spelled = spelled
         self.abspath = abspath
-        self.lines = _KeyLines(text)
+        self.lines = KeyLines(text)
 
     def fail(self, where: Sequence[str], msg: str) -> UsageError:
         line = self.lines.find(tuple(where))
@@ -354,7 +354,7 @@ def _describe(value: Any) -> str:
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
 
 
-class _KeyLines:
+class KeyLines:
     """Where each key path is first written in the TOML text.
 
     tomllib returns plain dicts with no positions, so errors about a key would have no line; this

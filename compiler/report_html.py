@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping, Sequence
 PACKAGES = ("tapeout", "numpy", "onnx", "onnxruntime", "tensorflow", "tf_keras", "keras", "hls4ml",
             "ai-edge-litert", "tensorrt", "plotly")
 
-_CSS = """
+CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em;color:#1b1b1f;max-width:1400px}
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}h3{font-size:1.05em}
 table{border-collapse:collapse;margin:.5em 0 1em}th,td{border:1px solid #ddd;padding:3px 8px;font-size:.9em}
@@ -35,7 +35,7 @@ code{font-size:.9em}
 """
 
 
-def _e(x: Any) -> str:
+def escape(x: Any) -> str:
     return html.escape("" if x is None else str(x))
 
 
@@ -43,16 +43,16 @@ def _num(x: Any, spec: str = ".3e") -> str:
     if x is None:
         return "-"
     if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return _e(x)
+        return escape(x)
     if isinstance(x, float) and not math.isfinite(x):
-        return _e(x)
+        return escape(x)
     return format(x, spec) if isinstance(x, float) else f"{x:,}"
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[str]], numeric: Iterable[int] = ()) -> str:
+def html_table(header: Sequence[str], rows: Iterable[Sequence[str]], numeric: Iterable[int] = ()) -> str:
     """Rows of already escaped cells; ``numeric`` columns right-aligned."""
     num = set(numeric)
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f'<td{" class=n" if i in num else ""}>{c}</td>' for i, c in enumerate(r))
                    + "</tr>\n" for r in rows)
     return f"<table><tr>{head}</tr>\n{body}</table>\n"
@@ -69,7 +69,7 @@ def _label(t: Mapping[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------ charts
-class _Charts:
+class Charts:
     """plotly figures as divs with fixed ids; plotly.js inlined with the first one."""
 
     def __init__(self) -> None:
@@ -110,17 +110,17 @@ def _summary(report: Mapping[str, Any]) -> str:
         v = t.get("verification")
         acc = (v or {}).get("accuracy")
         rules = sorted({o.get("rule", "-") for o in (v or {}).get("outputs", [])}) if v else []
-        rows.append([_e(_label(t)), "<br>".join(_e(a) for a in t.get("artifacts", [])), _num(t.get("size_bytes")),
-                     _num(t.get("seconds"), ".2f"), _verdict(v), _e(", ".join(rules) or "-"),
+        rows.append([escape(_label(t)), "<br>".join(escape(a) for a in t.get("artifacts", [])), _num(t.get("size_bytes")),
+                     _num(t.get("seconds"), ".2f"), _verdict(v), escape(", ".join(rules) or "-"),
                      _num((v or {}).get("max_abs_err")), _num((v or {}).get("cosine"), ".6f"),
                      _num((v or {}).get("top1_agreement"), ".4f"),
                      "-" if not acc else f"{acc['source']:.4f} / {acc['artifact']:.4f}"])
         for c in t.get("cross_checks", []):  # the same artifact in the target's other runtimes
             cacc = c.get("accuracy")
-            rows.append([f"&nbsp;&nbsp;in {_e(str(c.get('runner')).split(' vs ')[0])}", "", "", "", _verdict(c), "",
+            rows.append([f"&nbsp;&nbsp;in {escape(str(c.get('runner')).split(' vs ')[0])}", "", "", "", _verdict(c), "",
                          _num(c.get("max_abs_err")), _num(c.get("cosine"), ".6f"), _num(c.get("top1_agreement"), ".4f"),
                          "-" if not cacc else f"{cacc['source']:.4f} / {cacc['artifact']:.4f}"])
-    return "<h2>Summary</h2>\n" + _table(
+    return "<h2>Summary</h2>\n" + html_table(
         ["target", "artifacts", "bytes", "seconds", "verified", "rule", "max abs err", "cosine", "top-1 agree",
          "accuracy source / artifact"], rows, numeric=(2, 3, 6, 7, 8))
 
@@ -128,13 +128,13 @@ def _summary(report: Mapping[str, Any]) -> str:
 def _header(report: Mapping[str, Any]) -> str:
     src, g, d = report.get("source", {}), report.get("graph", {}), report.get("data", {})
     verdict = '<span class="pass">PASSED</span>' if report.get("passed") else '<span class="fail">FAILED</span>'
-    lines = [f"<h1>tapeout report: {_e(src.get('path'))}</h1>",
-             f"<p>{verdict} &middot; tapeout {_e(report.get('tapeout_version'))} &middot; source "
-             f"{_e(src.get('format'))}, {_num(g.get('source_nodes'))} nodes &rarr; {_num(g.get('nodes'))} after passes, "
+    lines = [f"<h1>tapeout report: {escape(src.get('path'))}</h1>",
+             f"<p>{verdict} &middot; tapeout {escape(report.get('tapeout_version'))} &middot; source "
+             f"{escape(src.get('format'))}, {_num(g.get('source_nodes'))} nodes &rarr; {_num(g.get('nodes'))} after passes, "
              f"{_num(g.get('params'))} params, {_num(g.get('macs'))} MACs &middot; verification data "
-             f"{_e(d.get('kind'))}, {_num(d.get('samples'))} samples{', labelled' if d.get('labels') else ''}</p>"]
+             f"{escape(d.get('kind'))}, {_num(d.get('samples'))} samples{', labelled' if d.get('labels') else ''}</p>"]
     for n in report.get("notes", []):
-        lines.append(f'<p class="note">note: {_e(n)}</p>')
+        lines.append(f'<p class="note">note: {escape(n)}</p>')
     return "\n".join(lines) + "\n"
 
 
@@ -142,36 +142,36 @@ def _per_target(report: Mapping[str, Any]) -> str:
     out = ["<h2>Accuracy and error against the source, per target</h2>\n"]
     for t in report.get("targets", []):
         v = t.get("verification")
-        out.append(f"<h3>{_e(_label(t))} &middot; {_verdict(v)}</h3>\n")
+        out.append(f"<h3>{escape(_label(t))} &middot; {_verdict(v)}</h3>\n")
         if v is None:
             out.append('<p class="note">not verified (--no-verify)</p>\n')
             continue
-        out.append(f'<p class="note">{_e(v.get("runner"))}, {_num(v.get("samples"))} {_e(v.get("data"))} samples'
+        out.append(f'<p class="note">{escape(v.get("runner"))}, {_num(v.get("samples"))} {escape(v.get("data"))} samples'
                    + (f"; accuracy source {v['accuracy']['source']:.4f}, artifact {v['accuracy']['artifact']:.4f}"
                       if v.get("accuracy") else "")
                    + (f"; --max-accuracy-drop {v['max_accuracy_drop']:g}" if v.get("max_accuracy_drop") is not None
                       else "") + "</p>\n")
         if v.get("error"):
-            out.append(f'<p class="fail">{_e(v["error"])}</p>\n')
+            out.append(f'<p class="fail">{escape(v["error"])}</p>\n')
         rows = []
         for o in v.get("outputs", []):
             em, ex = o.get("error_model") or {}, o.get("expected_error") or {}
-            rows.append([_e(o.get("name")), _e(o.get("rule")), '<span class="pass">pass</span>' if o.get("passed")
+            rows.append([escape(o.get("name")), escape(o.get("rule")), '<span class="pass">pass</span>' if o.get("passed")
                          else '<span class="fail">FAIL</span>', _num(o.get("max_abs_err")), _num(o.get("mean_abs_err")),
                          _num(o.get("p99_abs_err")), _num(o.get("cosine"), ".6f"), _num(o.get("top1_agreement"), ".4f"),
                          _num(em.get("e_art")), _num(em.get("bound")),
-                         _e(ex.get("basis")) if ex else "-", _num(ex.get("bound")), _num(ex.get("max_abs_over_bound"),
+                         escape(ex.get("basis")) if ex else "-", _num(ex.get("bound")), _num(ex.get("max_abs_over_bound"),
                                                                                          ".3g"),
-                         _e(o.get("reason") or "")])
-        out.append(_table(["output", "rule", "verdict", "max abs", "mean abs", "p99 abs", "cosine", "top-1 agree",
+                         escape(o.get("reason") or "")])
+        out.append(html_table(["output", "rule", "verdict", "max abs", "mean abs", "p99 abs", "cosine", "top-1 agree",
                            "RMSE vs float64", "error-model bound", "expected error from", "expected bound",
                            "max abs / expected", "why it failed"], rows, numeric=range(3, 13)))
         for n in t.get("notes", []):
-            out.append(f'<p class="note">{_e(n)}</p>\n')
+            out.append(f'<p class="note">{escape(n)}</p>\n')
     return "".join(out)
 
 
-def _trace(report: Mapping[str, Any], charts: _Charts) -> str:
+def _trace(report: Mapping[str, Any], charts: Charts) -> str:
     traced = [(t, t["trace"]) for t in report.get("targets", []) if isinstance(t.get("trace"), Mapping)]
     if not traced:
         return ""
@@ -192,16 +192,16 @@ def _trace(report: Mapping[str, Any], charts: _Charts) -> str:
     rows = []
     for t, tr in traced:
         jump = tr.get("first_jump")
-        rows.append([_e(_label(t)), _num(len(tr.get("layers", []))),
-                     _e(f"{jump['name']} ({jump.get('metric')}): {jump.get('suggestion')}") if jump else "-",
-                     _e(tr.get("untraced") or "")])
-    out.append(_table(["target", "layers traced", "first jump", "not traced"], rows, numeric=(1,)))
+        rows.append([escape(_label(t)), _num(len(tr.get("layers", []))),
+                     escape(f"{jump['name']} ({jump.get('metric')}): {jump.get('suggestion')}") if jump else "-",
+                     escape(tr.get("untraced") or "")])
+    out.append(html_table(["target", "layers traced", "first jump", "not traced"], rows, numeric=(1,)))
     for t, tr in traced:
-        rows = [[_e(lay.get("index")), _e(lay.get("name")), _e(lay.get("op")), _num(lay.get("max_abs")),
+        rows = [[escape(lay.get("index")), escape(lay.get("name")), escape(lay.get("op")), _num(lay.get("max_abs")),
                  _num(lay.get("mean_abs")), _num(lay.get("sqnr_db"), ".2f"), _num(lay.get("cosine"), ".6f"),
                  _num(lay.get("rmse_over_scale"), ".3f")] for lay in tr.get("layers", [])]
         if rows:
-            out.append(f"<h3>{_e(_label(t))}</h3>\n" + _table(
+            out.append(f"<h3>{escape(_label(t))}</h3>\n" + html_table(
                 ["#", "layer", "op", "max abs", "mean abs", "SQNR dB", "cosine", "RMSE / scale"], rows,
                 numeric=(0, 3, 4, 5, 6, 7)))
     return "".join(out)
@@ -234,16 +234,16 @@ def _quantization(report: Mapping[str, Any]) -> str:
         cal = q.get("calibration")
         how = "no calibration" if not cal else (f"calibration {cal['method']} on {cal['samples']} {cal['data']} "
                                                 "samples")
-        out.append(f"<h3>{_e(_label(t))}: {_e(q.get('scheme'))}, {_e(how)}</h3>\n")
+        out.append(f"<h3>{escape(_label(t))}: {escape(q.get('scheme'))}, {escape(how)}</h3>\n")
         if q.get("float_layers"):
-            out.append(f'<p class="note">kept in float: {_e(", ".join(q["float_layers"]))}</p>\n')
+            out.append(f'<p class="note">kept in float: {escape(", ".join(q["float_layers"]))}</p>\n')
         for w in q.get("warnings", []):
-            out.append(f'<p class="fail">warning: {_e(w)}</p>\n')
+            out.append(f'<p class="fail">warning: {escape(w)}</p>\n')
         ranges = q.get("ranges") or []
         if ranges:
-            out.append(_table(["tensor", "dtype", "min", "max", "scale", "zero point"],
-                              [[_e(r["tensor"]), _e(r["dtype"]), _num(r.get("min"), ".4g"), _num(r.get("max"), ".4g"),
-                                _num(r.get("scale"), ".4g"), _e(r.get("zero_point"))] for r in ranges],
+            out.append(html_table(["tensor", "dtype", "min", "max", "scale", "zero point"],
+                              [[escape(r["tensor"]), escape(r["dtype"]), _num(r.get("min"), ".4g"), _num(r.get("max"), ".4g"),
+                                _num(r.get("scale"), ".4g"), escape(r.get("zero_point"))] for r in ranges],
                               numeric=(2, 3, 4, 5)))
         else:
             out.append('<p class="note">no per-tensor ranges recorded for this scheme</p>\n')
@@ -257,29 +257,29 @@ def _hls4ml(report: Mapping[str, Any]) -> str:
         if not h:
             continue
         p = h.get("precision") or {}
-        out.append(f"<h3>{_e(_label(t))}: {_e(h.get('part'))}, {_e(h.get('clock_period_ns'))} ns, "
-                   f"{_e(h.get('io_type'))}/{_e(h.get('strategy'))}, precision {_e(p.get('mode'))}</h3>\n")
+        out.append(f"<h3>{escape(_label(t))}: {escape(h.get('part'))}, {escape(h.get('clock_period_ns'))} ns, "
+                   f"{escape(h.get('io_type'))}/{escape(h.get('strategy'))}, precision {escape(p.get('mode'))}</h3>\n")
         rows = []
         for lay in h.get("layers", []):
             ty, est = lay.get("types") or {}, lay.get("estimate") or {}
-            rows.append([_e(lay.get("layer")), _e(lay.get("kind")), _e(ty.get("result")), _e(ty.get("weight", "-")),
-                         _e(ty.get("bias", "-")), _e(ty.get("accum", "-")), _num(lay.get("range"), ".4g"),
+            rows.append([escape(lay.get("layer")), escape(lay.get("kind")), escape(ty.get("result")), escape(ty.get("weight", "-")),
+                         escape(ty.get("bias", "-")), escape(ty.get("accum", "-")), _num(lay.get("range"), ".4g"),
                          _num(lay.get("max_abs_error")), _num(lay.get("rel_rms_error")),
                          _num(est.get("reuse_factor")), _num(est.get("multipliers")), _num(est.get("dsp")),
                          _num(est.get("bram18")), _num(est.get("latency_cycles")), _num(est.get("interval_cycles"))])
-        out.append(_table(["layer", "kind", "result", "weight", "bias", "accum", "range", "max abs err",
+        out.append(html_table(["layer", "kind", "result", "weight", "bias", "accum", "range", "max abs err",
                            "rel RMS err", "reuse", "multipliers", "DSP", "BRAM18", "latency (cycles)", "II"],
                           rows, numeric=range(6, 15)))
     return "<h2>hls4ml precision per layer, with estimates</h2>\n" + "".join(out) if out else ""
 
 
-def _pruning(report: Mapping[str, Any], charts: _Charts) -> str:
+def _pruning(report: Mapping[str, Any], charts: Charts) -> str:
     pr = report.get("pruning")
     if not pr:
         return ""
     b, a = pr.get("before", {}), pr.get("after", {})
     out = ["<h2>Pruning</h2>\n",
-           f"<p>{_e(pr.get('spec'))}: params {_num(b.get('params'))} &rarr; {_num(a.get('params'))} "
+           f"<p>{escape(pr.get('spec'))}: params {_num(b.get('params'))} &rarr; {_num(a.get('params'))} "
            f"({_num(a.get('nonzero_params'))} non-zero), MACs {_num(b.get('macs'))} &rarr; {_num(a.get('macs'))}"
            f"{', one-shot (no fine-tuning)' if pr.get('one_shot') else ''}</p>\n"]
     search = pr.get("search")
@@ -301,10 +301,10 @@ def _pruning(report: Mapping[str, Any], charts: _Charts) -> str:
                                              y=[lay.get("sparsity_after") for lay in layers], name="sparsity")],
                                      "sparsity per layer after pruning", "layer", "sparsity",
                                      categories=[lay["name"] for lay in layers]))
-        out.append(_table(["layer", "op", "shape before", "shape after", "sparsity before", "sparsity after",
+        out.append(html_table(["layer", "op", "shape before", "shape after", "sparsity before", "sparsity after",
                            "MACs before", "MACs after"],
-                          [[_e(lay.get("name")), _e(lay.get("op")), _e(lay.get("shape_before")),
-                            _e(lay.get("shape_after")), _num(lay.get("sparsity_before"), ".3f"),
+                          [[escape(lay.get("name")), escape(lay.get("op")), escape(lay.get("shape_before")),
+                            escape(lay.get("shape_after")), _num(lay.get("sparsity_before"), ".3f"),
                             _num(lay.get("sparsity_after"), ".3f"), _num(lay.get("macs_before")),
                             _num(lay.get("macs_after"))] for lay in layers], numeric=range(4, 8)))
     acc = pr.get("accuracy")
@@ -327,17 +327,17 @@ def environment() -> list[tuple[str, str]]:
 
 
 def _environment() -> str:
-    return "<h2>Environment</h2>\n" + _table(["tool", "version"], [[_e(n), _e(v)] for n, v in environment()])
+    return "<h2>Environment</h2>\n" + html_table(["tool", "version"], [[escape(n), escape(v)] for n, v in environment()])
 
 
 def render(report: Mapping[str, Any]) -> str:
     """The page for one report.json dict."""
-    charts = _Charts()
+    charts = Charts()
     parts = [_header(report), _summary(report), _per_target(report), _trace(report, charts),
              _quantization(report), _hls4ml(report), _pruning(report, charts), _environment()]
-    title = _e(f"tapeout report: {report.get('source', {}).get('path', '')}")
+    title = escape(f"tapeout report: {report.get('source', {}).get('path', '')}")
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{title}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n" + "".join(parts)
+            f"<title>{title}</title>\n<style>{CSS}</style>\n</head>\n<body>\n" + "".join(parts)
             + "</body>\n</html>\n")
 
 

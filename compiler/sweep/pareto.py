@@ -68,18 +68,18 @@ def print_fronts(fs: Sequence[Front], axis_columns: Sequence[str], write: Any) -
 
 def render(rows: Sequence[Mapping[str, str]], fs: Sequence[Front], columns: Sequence[str],
            axis_columns: Sequence[str], title: str) -> str:
-    from tapeout.compiler.report_html import _CSS, _Charts, _e, _table
+    from tapeout.compiler.report_html import CSS, Charts, escape, html_table
 
-    charts = _Charts()
-    parts = [f"<h1>{_e(title)}</h1>\n"]
+    charts = Charts()
+    parts = [f"<h1>{escape(title)}</h1>\n"]
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    parts.append("<p>" + ", ".join(f"{n} {_e(s)}" for s, n in sorted(counts.items())) + f" of {len(rows)} points. "
+    parts.append("<p>" + ", ".join(f"{n} {escape(s)}" for s, n in sorted(counts.items())) + f" of {len(rows)} points. "
                  "A front holds the points no other point beats on both objectives (accuracy and agreement "
                  "higher, the rest lower).</p>\n")
     for f in fs:
-        parts.append(f"<h2>{_e(f.x)} ({OBJECTIVES[f.x]}) &times; {_e(f.y)} ({OBJECTIVES[f.y]})</h2>\n")
+        parts.append(f"<h2>{escape(f.x)} ({OBJECTIVES[f.x]}) &times; {escape(f.y)} ({OBJECTIVES[f.y]})</h2>\n")
         if charts.available:
             go = charts.go
             on = {r["id"] for r in f.front}
@@ -94,16 +94,16 @@ def render(rows: Sequence[Mapping[str, str]], fs: Sequence[Front], columns: Sequ
                                         trace(f.front, "Pareto front", mode="lines+markers",
                                               line={"shape": "hv"}, marker={"size": 9})],
                                        f"{f.x} vs {f.y}", f.x, f.y))
-        parts.append(_table(["id", f.x, f.y, "point", "status"],
-                            [[_e(r["id"]), _e(r[f.x]), _e(r[f.y]), _e(_axes_text(r, axis_columns)), _e(r["status"])]
+        parts.append(html_table(["id", f.x, f.y, "point", "status"],
+                            [[escape(r["id"]), escape(r[f.x]), escape(r[f.y]), escape(_axes_text(r, axis_columns)), escape(r["status"])]
                              for r in f.front], numeric=(1, 2)))
     if not fs:
         parts.append('<p class="note">No front: no two objectives were measured on any point.</p>\n')
     parts.append("<h2>Every point</h2>\n")
     shown = [c for c in columns if c not in ("host",)]
-    parts.append(_table(shown, [[_e(r.get(c, "")) for c in shown] for r in sorted(rows, key=lambda r: int(r["index"]))]))
+    parts.append(html_table(shown, [[escape(r.get(c, "")) for c in shown] for r in sorted(rows, key=lambda r: int(r["index"]))]))
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n" + "".join(parts)
+            f"<title>{escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n" + "".join(parts)
             + "</body>\n</html>\n")
 
 

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from tapeout.compiler.errors import UsageError
-from tapeout.compiler.project import _KeyLines, _Loader
+from tapeout.compiler.project import KeyLines, Loader
 from tapeout.compiler.schemes import CALIBRATED_SCHEMES, METHODS
 from tapeout.compiler.stages.spec import BuildSpec
 
@@ -119,7 +119,7 @@ def _show(v: Any) -> str:
     return v if isinstance(v, str) else json.dumps(v)
 
 
-class _BaseLoader(_Loader):
+class _BaseLoader(Loader):
     """The project loader reading [base] as the model table [models.base]: errors name [base] and its lines."""
 
     def fail(self, where, msg):  # type: ignore[override]
@@ -159,7 +159,7 @@ class _SweepReader:
         self.spelled = spelled
         self.abspath = abspath
         self.text = text
-        self.lines = _KeyLines(text)
+        self.lines = KeyLines(text)
 
     def fail(self, where: tuple[str, ...], msg: str) -> UsageError:
         line = self.lines.find(where)
