@@ -133,10 +133,103 @@ def faster_build(outdir: Path, variant: str) -> None:
     text = script.read_text()
     if variant in O1_VARIANTS:
         text = re.sub(r'(?m)^CFLAGS="-O3 ', 'CFLAGS="-O1 ', text, count=1)
-    if len(_COMPILE_LINE.findall(text)) > 1 and len(_LINK_LINE.findall(text)) == 1:
+    compiles = _COMPILE_LINE.findall(text)
+    if len(compiles) > 1 and len(_LINK_LINE.findall(text)) == 1:
         text = _COMPILE_LINE.sub(r"\1 &\npids+=($!)", text)
         text = _LINK_LINE.sub(lambda m: 'for pid in "${pids[@]}"; do wait "$pid"; done\n' + m.group(1), text)
+        if variant in O1_VARIANTS:
+            first = text.index(compiles[0])
+            text = text[:first] + _pch_block(compiles[0]) + text[first:]
     script.write_text(text)
+
+
+# A precompiled header (docs/hls4ml.md#build-time): hls4ml's headers that every project of one
+# hls4ml version and back end shares (ap_types, nnet_utils but the generated nnet_code_gen.h)
+# are parsed once into a .gch, not again in each translation unit. The .gch lives outside the
+# project, in a folder the caller names in TAPEOUT_HLS4ML_PCH (build_csim: under the build
+# cache's root), so build_lib.sh holds no path and run by hand is hls4ml's plain build. The
+# script builds the .gch there on first use with its own compile flags (g++ ignores, with
+# -Winvalid-pch's warning, a .gch built with others), writing a temporary file then renaming it.
+PCH_ENV = "TAPEOUT_HLS4ML_PCH"
+PCH_DIR_ENV = "TAPEOUT_HLS4ML_PCH_DIR"  # where the .gch folders go; "off" turns the PCH off
+PCH_HEADER = "tapeout_pch.h"
+_GENERATED_HEADERS = ("nnet_code_gen.h",)
+_PCH_FORMAT = "1"  # bump when the header list or the script block changes
+
+
+def _pch_block(compile_line: str) -> str:
+    pch = re.sub(r" -c \S+ -o \S+\.o$", f' -x c++-header "$PCH/{PCH_HEADER}" -o "$tmp"', compile_line)
+    return (f'# tapeout: a precompiled header of hls4ml\'s fixed headers when {PCH_ENV} names its folder\n'
+            f'PCH="${{{PCH_ENV}:-}}"\n'
+            f'if [ -n "$PCH" ] && [ -f "$PCH/{PCH_HEADER}" ]; then\n'
+            f'  INCFLAGS="-iquote firmware ${{INCFLAGS}}"\n'
+            f'  if [ ! -f "$PCH/{PCH_HEADER}.gch" ]; then\n'
+            f'    tmp="$PCH/{PCH_HEADER}.gch.$$.$RANDOM"\n'
+            f'    if {pch} 2>/dev/null; then mv -f "$tmp" "$PCH/{PCH_HEADER}.gch"; else rm -f "$tmp"; fi\n'
+            f'  fi\n'
+            f'  if [ -f "$PCH/{PCH_HEADER}.gch" ]; then INCFLAGS="-include $PCH/{PCH_HEADER} -Winvalid-pch ${{INCFLAGS}}"; fi\n'
+            f'fi\n')
+
+
+def _pch_headers(project: Path) -> list[Path]:
+    """The project's headers the PCH stands for, relative to firmware/, sorted."""
+    fw = project / "firmware"
+    found = [p for p in (fw / "ap_types").rglob("*") if p.is_file()]
+    found += [p for p in (fw / "nnet_utils").glob("*.h") if p.name not in _GENERATED_HEADERS]
+    if (fw / WEIGHTS_DIR_HEADER).is_file():
+        found.append(fw / WEIGHTS_DIR_HEADER)
+    return sorted(p.relative_to(fw) for p in found)
+
+
+def pch_folder(project: Path) -> Path | None:
+    """The cache folder of this project's PCH (made if new), or None where it has no PCH block,
+    the PCH is off, or the folder cannot be made. Keyed by g++, hls4ml, the script's flags and
+    every shared header's bytes. Its tapeout_pch.h names the headers as the project's sources
+    do, found through -iquote firmware, so that __FILE__ (assert) spells the same path with the
+    PCH, without it, and where g++ rejects the .gch and parses the text instead."""
+    import hashlib
+    import os
+    import tempfile
+
+    script = project / "build_lib.sh"
+    text = script.read_text() if script.is_file() else ""
+    where = os.environ.get(PCH_DIR_ENV, "")
+    if f"{PCH_ENV}:-" not in text or where.lower() == "off":
+        return None
+    from tapeout.compiler.cache import cache_dir, tool_versions
+
+    root = Path(where).expanduser() if where else cache_dir() / "hls4ml-pch"
+    headers = _pch_headers(project)
+    h = hashlib.sha256()
+    versions = tool_versions(["g++", "hls4ml"])
+    for part in (_PCH_FORMAT, versions.get("g++", ""), versions.get("hls4ml", ""),
+                 text[:text.index(f"# tapeout: a precompiled header")]):
+        h.update(part.encode() + b"\0")
+    fw = project / "firmware"
+    for rel in headers:
+        h.update(str(rel).encode() + b"\0" + (fw / rel).read_bytes() + b"\0")
+    folder = root / h.hexdigest()[:32]
+    if re.search(r"[^\w/.+-]", str(folder)):  # the script splits INCFLAGS on spaces
+        return None
+    if (folder / PCH_HEADER).is_file():
+        return folder
+    # tapeout_weights_dir.h first: nnet_helpers.h's WEIGHTS_DIR calls it
+    lines = [f'#include "{WEIGHTS_DIR_HEADER}"'] if Path(WEIGHTS_DIR_HEADER) in headers else []
+    lines += ['#include "ap_fixed.h"', '#include "ap_int.h"', '#include "hls_stream.h"']
+    lines += [f'#include "{rel.as_posix()}"' for rel in headers if rel.parts[0] == "nnet_utils"]
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+        tmp.chmod(0o755)
+        (tmp / PCH_HEADER).write_text("// Written by tapeout: hls4ml's shared headers, precompiled by build_lib.sh.\n"
+                                      + "\n".join(lines) + "\n")
+        try:
+            tmp.rename(folder)
+        except OSError:  # another compile made it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:
+        return None
+    return folder if (folder / PCH_HEADER).is_file() else None
 
 
 def _fix_keras_archive(path: Path) -> None:
@@ -176,8 +269,22 @@ def build_csim(project: Path) -> Path:
         raise UsageError(f"{project}: no build_lib.sh; this back end has no g++ C simulation")
     if shutil.which("bash") is None or shutil.which(BUILD_COMPILER) is None:
         raise MissingToolError(f"hls4ml's C simulation needs bash and {BUILD_COMPILER} on PATH")
+    import os
+
+    env = dict(os.environ)
+    env.pop(PCH_ENV, None)
+    pch = pch_folder(project)
     try:
-        proc = subprocess.run(["bash", "build_lib.sh"], cwd=project, capture_output=True, text=True)
+        proc = subprocess.run(["bash", "build_lib.sh"], cwd=project, capture_output=True, text=True,
+                              env={**env, PCH_ENV: str(pch)} if pch else env)
+        if pch and proc.returncode != 0:
+            # A .gch g++ cannot read (truncated, say) fails the compile: build plainly, and drop
+            # the .gch if that passes so the next build makes a new one.
+            proc = subprocess.run(["bash", "build_lib.sh"], cwd=project, capture_output=True, text=True, env=env)
+            if proc.returncode == 0:
+                (pch / f"{PCH_HEADER}.gch").unlink(missing_ok=True)
+        elif pch and "[-Winvalid-pch]" in proc.stderr:  # g++ parsed the text instead: rebuild next time
+            (pch / f"{PCH_HEADER}.gch").unlink(missing_ok=True)
     except FileNotFoundError as e:  # pragma: no cover - checked above
         raise MissingToolError(f"cannot run build_lib.sh: {e}") from None
     log = proc.stdout + proc.stderr

@@ -81,3 +81,150 @@ def test_the_link_runs_when_both_compiles_pass(tmp_path, monkeypatch):
     proc = subprocess.run(["bash", "build_lib.sh"], cwd=d, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert (d / "linked").exists()
+
+
+# ---- the precompiled header (project.pch_folder, build_lib.sh's PCH block) ----
+# A small Vitis-style project: hls4ml's own ap_types and nnet_utils, two translation units that
+# use them (nnet_helpers.h's weight loader spells its header's path into the library).
+_SOURCE = """#include "myproject.h"
+#include "parameters.h"
+void myproject(input_t x[4], result_t y[2]) {
+    static input_t w[4];
+    nnet::load_weights_from_txt<input_t, 4>(w, "w.txt");
+    for (int i = 0; i < 2; i++) y[i] = x[i] * w[i] + x[i + 2];
+    nnet::save_layer_output<result_t>(y, "y", 2);  // asserts: __FILE__ names nnet_helpers.h
+}
+"""
+_HEADER = """#ifndef MYPROJECT_H_
+#define MYPROJECT_H_
+#include "ap_fixed.h"
+typedef ap_fixed<16,6> input_t;
+typedef ap_fixed<18,8> result_t;
+void myproject(input_t x[4], result_t y[2]);
+#endif
+"""
+_BRIDGE = """#include "firmware/myproject.h"
+#include "firmware/nnet_utils/nnet_helpers.h"
+extern "C" void run(double *in, double *out) {
+    input_t x[4]; result_t y[2];
+    nnet::convert_data<double, input_t, 4>(in, x);
+    myproject(x, y);
+    for (int i = 0; i < 2; i++) out[i] = y[i].to_double();
+}
+"""
+
+
+def _csim_project(tmp_path: Path, name: str = "p") -> Path:
+    from tapeout.targets.hls4ml.project import STAMP, make_relocatable
+
+    d = _project(tmp_path, "vivado") if name == "vivado" else tmp_path / name
+    if name != "vivado":
+        d.mkdir()
+        shutil.copy(TEMPLATES / "vivado" / "build_lib.sh", d / "build_lib.sh")
+    fw = d / "firmware"
+    shutil.copytree(TEMPLATES / "vivado" / "ap_types", fw / "ap_types")
+    shutil.copytree(TEMPLATES / "vivado" / "nnet_utils", fw / "nnet_utils")
+    (fw / "nnet_utils" / "nnet_code_gen.h").write_text("// generated per project\n")
+    (fw / "parameters.h").write_text('#include "nnet_utils/nnet_helpers.h"\n#include "nnet_utils/nnet_dense.h"\n')
+    (fw / "myproject.h").write_text(_HEADER)
+    (fw / "myproject.cpp").write_text(_SOURCE)
+    (d / "myproject_bridge.cpp").write_text(_BRIDGE)
+    script = d / "build_lib.sh"
+    script.write_text(script.read_text().replace("LIB_STAMP=mystamp", f"LIB_STAMP={STAMP}"))
+    make_relocatable(d)
+    faster_build(d, "vitis")
+    return d
+
+
+def _files(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+needs_gxx = pytest.mark.skipif(shutil.which("g++") is None or shutil.which("bash") is None,
+                               reason="needs bash and g++")
+
+
+@pytest.fixture
+def pch_env(tmp_path, monkeypatch):
+    from tapeout.targets.hls4ml.project import PCH_DIR_ENV, PCH_ENV
+
+    monkeypatch.delenv(LEGACY_BUILD_ENV, raising=False)
+    monkeypatch.delenv(PCH_ENV, raising=False)
+    root = tmp_path / "pch cache".replace(" ", "_")
+    monkeypatch.setenv(PCH_DIR_ENV, str(root))
+    return root
+
+
+def test_the_pch_block_is_vivado_and_vitis_only_and_holds_no_path(tmp_path, monkeypatch):
+    monkeypatch.delenv(LEGACY_BUILD_ENV, raising=False)
+    vitis, quartus = _project(tmp_path, "vivado"), _project(tmp_path, "quartus")
+    faster_build(vitis, "vitis")
+    faster_build(quartus, "quartus")
+    text = (vitis / "build_lib.sh").read_text()
+    assert "TAPEOUT_HLS4ML_PCH" in text and text.index("TAPEOUT_HLS4ML_PCH") < text.index(" -c ")
+    assert str(tmp_path) not in text and "/.cache" not in text
+    assert "TAPEOUT_HLS4ML_PCH" not in (quartus / "build_lib.sh").read_text()
+
+
+@needs_gxx
+def test_the_pch_is_used_and_the_library_is_the_same(tmp_path, monkeypatch, pch_env):
+    """With the PCH: the .gch is in the cache, g++ takes it (-Winvalid-pch says nothing), and the
+    project folder, library included, is byte-identical to a build without it."""
+    from tapeout.targets.hls4ml.project import PCH_DIR_ENV, PCH_ENV, build_csim, library_path, pch_folder
+
+    plain, fast = _csim_project(tmp_path, "plain"), _csim_project(tmp_path, "fast")
+    monkeypatch.setenv(PCH_DIR_ENV, "off")
+    assert pch_folder(plain) is None
+    build_csim(plain)
+    monkeypatch.setenv(PCH_DIR_ENV, str(pch_env))
+    build_csim(fast)
+    folder = pch_folder(fast)
+    assert folder is not None and folder.parent == pch_env
+    assert (folder / "tapeout_pch.h.gch").stat().st_size > 1_000_000
+    assert sorted(p.name for p in folder.iterdir()) == ["tapeout_pch.h", "tapeout_pch.h.gch"]
+    assert "nnet_code_gen.h" not in (folder / "tapeout_pch.h").read_text()
+    assert _files(plain) == _files(fast)
+    lib = library_path(fast).read_bytes()
+    assert b"firmware/nnet_utils/nnet_helpers.h" in lib and str(tmp_path).encode() not in lib
+    proc = subprocess.run(["bash", "build_lib.sh"], cwd=fast, capture_output=True, text=True,
+                          env={**__import__("os").environ, PCH_ENV: str(folder)})
+    assert proc.returncode == 0 and "precompiled header" not in proc.stderr and "invalid-pch" not in proc.stderr
+    assert library_path(fast).read_bytes() == lib
+
+
+@needs_gxx
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_gch_falls_back_to_the_plain_build(tmp_path, monkeypatch, pch_env, damage):
+    from tapeout.targets.hls4ml.project import PCH_DIR_ENV, build_csim, library_path, pch_folder
+
+    plain, fast = _csim_project(tmp_path, "plain"), _csim_project(tmp_path, "fast")
+    monkeypatch.setenv(PCH_DIR_ENV, "off")
+    build_csim(plain)
+    monkeypatch.setenv(PCH_DIR_ENV, str(pch_env))
+    build_csim(fast)
+    gch = pch_folder(fast) / "tapeout_pch.h.gch"
+    good = gch.read_bytes()
+    gch.write_bytes(b"not a precompiled header" if damage == "garbage" else good[:len(good) // 3])
+    library_path(fast).unlink()
+    build_csim(fast)  # garbage: g++ warns and parses the text; truncated: g++ fails, built again plainly
+    assert library_path(fast).read_bytes() == library_path(plain).read_bytes()
+    assert not gch.exists()  # dropped, so the next build makes a good one
+    build_csim(fast)
+    assert gch.read_bytes()[:8] == good[:8] and gch.stat().st_size > 1_000_000
+
+
+@needs_gxx
+def test_concurrent_builds_share_one_gch(tmp_path, pch_env):
+    """Two builds at once with an empty cache: both libraries right, one .gch, no temporary
+    file or folder left (each writes its own and renames it into place)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tapeout.targets.hls4ml.project import build_csim, library_path
+
+    projects = [_csim_project(tmp_path, f"p{i}") for i in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(build_csim, projects))
+    assert library_path(projects[0]).read_bytes() == library_path(projects[1]).read_bytes()
+    entries = list(pch_env.iterdir())
+    assert len(entries) == 1
+    assert sorted(p.name for p in entries[0].iterdir()) == ["tapeout_pch.h", "tapeout_pch.h.gch"]
