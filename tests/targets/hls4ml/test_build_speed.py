@@ -150,7 +150,7 @@ def pch_env(tmp_path, monkeypatch):
 
     monkeypatch.delenv(LEGACY_BUILD_ENV, raising=False)
     monkeypatch.delenv(PCH_ENV, raising=False)
-    root = tmp_path / "pch cache".replace(" ", "_")
+    root = tmp_path / "pch_cache"
     monkeypatch.setenv(PCH_DIR_ENV, str(root))
     return root
 
