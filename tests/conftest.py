@@ -49,3 +49,13 @@ def tiny_eval_path(tmp_path_factory) -> Path:
 # The build cache stays off in tests (a hit would skip the emit a test patches or times); the
 # cache and build tests turn it on with their own TAPEOUT_CACHE_DIR.
 os.environ["TAPEOUT_NO_CACHE"] = "1"
+# hls4ml's precompiled header (about 115 MB) goes to a folder of this run, removed at exit, not to
+# the user's ~/.cache; tests of the PCH itself set their own folder.
+if not os.environ.get("TAPEOUT_HLS4ML_PCH_DIR"):
+    import atexit
+    import shutil
+    import tempfile
+
+    _pch = tempfile.mkdtemp(prefix="tapeout-test-pch-")
+    os.environ["TAPEOUT_HLS4ML_PCH_DIR"] = _pch
+    atexit.register(shutil.rmtree, _pch, True)
