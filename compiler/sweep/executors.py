@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from tapeout.compiler.errors import MissingToolError, UsageError
+from tapeout.compiler.stages.spec import check_jobs
 from tapeout.compiler.sweep.points import PointFn, execute
 from tapeout.compiler.sweep.spec import Point
 
@@ -65,8 +66,7 @@ class LocalPool:
     name = "local"
 
     def __init__(self, jobs: int, *, max_retries: int = 2, log: Path | None = None):
-        if jobs < 1:
-            raise UsageError(f"-j must be at least 1, got {jobs}")
+        check_jobs(jobs)
         self.jobs = jobs
         self.max_retries = max_retries
         self.log = log

@@ -7,7 +7,6 @@ point's own failure: a build error becomes a row with status "error" and the one
 
 from __future__ import annotations
 
-import math
 import socket
 import time
 from dataclasses import replace
@@ -85,10 +84,12 @@ def metrics(report: Any, outdir: Path) -> dict[str, Any]:
 
 def hls4ml_row(h: dict[str, Any]) -> dict[str, Any]:
     """Estimated DSPs, LUTs, BRAMs and latency from the hls4ml report entry (and synthesis, when it ran)."""
+    from tapeout.compiler.fixedpoint.cost import lut_multiplier_luts
+
     totals = (h.get("estimates") or {}).get("totals") or {}
     # LUTs the estimate spends: multipliers built in fabric (a x w bits, two partial-product bits per
     # LUT6, compiler.fixedpoint.cost) plus distributed arithmetic's adder graphs.
-    luts = sum(math.ceil(e["lut_multipliers"] * e["operand_bits"][0] * e["operand_bits"][1] / 2)
+    luts = sum(e["lut_multipliers"] * lut_multiplier_luts(*e["operand_bits"])
                for lay in h.get("layers", []) if (e := lay.get("estimate")) and e.get("lut_multipliers")
                and len(e.get("operand_bits") or []) == 2) + int(totals.get("da_luts") or 0)
     row = {"dsp": totals.get("dsp"), "luts": luts, "bram18": totals.get("bram18"),
@@ -106,20 +107,14 @@ def litert_latency_ms(path: Path, runs: int = LATENCY_RUNS) -> float | None:
     the kernels' time does not depend on the values)."""
     import numpy as np
 
-    from tapeout.runtime.runners.litert import LiteRTRunner
+    from tapeout.runtime.runners.litert import LiteRTRunner, median_latency_ms
 
     try:
         with LiteRTRunner(path, num_threads=1) as r:
             feeds = {s.name: np.zeros([1 if not isinstance(d, int) else d for d in s.shape], np.float32)
                      for s in r.input_specs()}
-            for _ in range(5):
-                r.infer(feeds)
-            times = []
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                r.infer(feeds)
-                times.append(time.perf_counter() - t0)
+            ms = median_latency_ms(r, feeds, runs, warmup=5)
     except Exception:  # noqa: BLE001 - a latency we cannot measure is an empty cell, not a failed point
         return None
-    return round(float(np.median(times)) * 1000.0, 4)
+    return round(ms, 4)
 

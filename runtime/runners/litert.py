@@ -186,3 +186,18 @@ class LiteRTRunner(FileRunner):
         except (ValueError, RuntimeError) as exc:
             raise RuntimeInputError(f"{self.path}: the TFLite interpreter could not run these inputs "
                                     f"({one_line(exc)})") from None
+
+
+def median_latency_ms(runner: LiteRTRunner, feeds: dict[str, np.ndarray], runs: int, warmup: int) -> float:
+    """Median wall time of one ``runner.infer(feeds)`` in ms, after ``warmup`` untimed calls (the
+    sweep's and the benchmarks' one way to time a .tflite on the host)."""
+    import time
+
+    for _ in range(warmup):
+        runner.infer(feeds)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        runner.infer(feeds)
+        times.append(time.perf_counter() - t0)
+    return 1000.0 * float(np.median(times))
