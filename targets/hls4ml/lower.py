@@ -87,14 +87,6 @@ def keras_model(graph: Graph) -> Any:
     def linear(ctx: Any, n: Any) -> Any:  # a per-tensor quantizer: the cast to its result type
         return keras.layers.Activation("linear", name=ctx.name(n))(ctx.tensor(n, n.inputs[0]))
 
-    def quantizer(ctx: Any, n: Any) -> Any:  # per element: hls4ml's FixedPointQuantizer (register_handlers)
-        from tapeout.compiler.fixedpoint.arith import kif_grid
-        from tapeout.compiler.keras_model_layers import FixedQuant
-
-        grid = kif_grid(*(graph.constants[c] for c in n.inputs[1:]))
-        layer = FixedQuant(grid["scale"].shape, n.attr("rounding"), n.attr("overflow"), name=ctx.name(n))
-        return apply(layer, ctx.tensor(n, n.inputs[0]), [grid[k] for k in FixedQuant.KEYS])
-
     def table(ctx: Any, n: Any) -> Any:  # an activation between two quantizers: hls4ml's UnaryLUT
         from tapeout.compiler.fixedpoint.arith import to_float
         from tapeout.compiler.fixedpoint.qat import lut_table
@@ -114,7 +106,10 @@ def keras_model(graph: Graph) -> Any:
             builders[n.name] = table
             register_handlers()
         elif n.op == "fixed_quant":
-            builders[n.name] = linear if per_tensor_type(graph, n) is not None else quantizer
+            # Per element: the shared emitter's FixedQuant layer, which register_handlers makes
+            # hls4ml read as its FixedPointQuantizer.
+            if per_tensor_type(graph, n) is not None:
+                builders[n.name] = linear
             register_handlers()
         elif n.op in SCALED or constant_scaling(graph, n):
             builders[n.name] = batch_norm
