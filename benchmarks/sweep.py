@@ -4,8 +4,9 @@
 
 1. The grid of issue 19: 3 precisions x 3 reuse factors x 2 strategies x 2 prune levels (36
    points, each a full hls4ml compile with C-simulation verification), run by `tapeout sweep
-   --no-cache` with -j 1 and then -j 2, each a separate process with its own output folder: the
-   wall time of each and the ratio. --small: 2 x 2 x 2 x 1 (8 points).
+   --no-cache` with -j 1 and then -j 2, each a separate process with its own output folder and
+   its own empty hls4ml compile caches (precompiled header, objects): the wall time of each and
+   the ratio. --small: 2 x 2 x 2 x 1 (8 points).
 2. --ray-overhead N: a local Ray cluster started here (a head and one worker node, one CPU each,
    80 MB object stores, as the tests start it; stopped at the end), N points whose point function
    returns at once, through the same executor and results file as real points: wall time per
@@ -51,8 +52,11 @@ def grid(work: Path, small: bool) -> None:
     for jobs in (1, 2):
         out = work / f"j{jobs}"
         t0 = time.perf_counter()
+        # Each run starts with an empty hls4ml PCH and object cache of its own (the build cache is
+        # off): neither inherits the other's compiles.
+        env = {**os.environ, "TAPEOUT_HLS4ML_PCH_DIR": str(work / f"pch-j{jobs}")}
         r = subprocess.run([str(BIN / "tapeout"), "sweep", str(path), "-o", str(out), "-j", str(jobs), "--no-cache",
-                            "--quiet"], capture_output=True, text=True)
+                            "--quiet"], capture_output=True, text=True, env=env)
         times[jobs] = time.perf_counter() - t0
         if r.returncode != 0:
             raise SystemExit(f"tapeout sweep -j {jobs} exited {r.returncode}: {r.stderr.strip()}")

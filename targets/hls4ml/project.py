@@ -135,11 +135,12 @@ def faster_build(outdir: Path, variant: str) -> None:
         text = re.sub(r'(?m)^CFLAGS="-O3 ', 'CFLAGS="-O1 ', text, count=1)
     compiles = _COMPILE_LINE.findall(text)
     if len(compiles) > 1 and len(_LINK_LINE.findall(text)) == 1:
-        text = _COMPILE_LINE.sub(r"\1 &\npids+=($!)", text)
+        cached = variant in O1_VARIANTS  # the PCH and object-cache blocks
+        text = _COMPILE_LINE.sub(r"tapeout_obj \1 &\npids+=($!)" if cached else r"\1 &\npids+=($!)", text)
         text = _LINK_LINE.sub(lambda m: 'for pid in "${pids[@]}"; do wait "$pid"; done\n' + m.group(1), text)
-        if variant in O1_VARIANTS:
-            first = text.index(compiles[0])
-            text = text[:first] + _pch_block(compiles[0]) + text[first:]
+        if cached:
+            first = text.index("tapeout_obj " + compiles[0])
+            text = text[:first] + _pch_block(compiles[0]) + _OBJ_BLOCK + text[first:]
     script.write_text(text)
 
 
@@ -169,6 +170,41 @@ def _pch_block(compile_line: str) -> str:
             f'  fi\n'
             f'  if [ -f "$PCH/{PCH_HEADER}.gch" ]; then INCFLAGS="-include $PCH/{PCH_HEADER} -Winvalid-pch ${{INCFLAGS}}"; fi\n'
             f'fi\n')
+
+
+# An object cache, ccache's preprocessor mode in a dozen lines of the script (written here, not
+# ccache or sccache: ccache is no PyPI package, and sccache runs a server daemon per user). When
+# TAPEOUT_HLS4ML_OBJ names a folder (build_csim: <PCH folder>/objects), each translation unit's
+# object is kept there under the hash of its compile command and its preprocessed text (-E -P: no
+# line markers, so no project path), and a unit whose hash is there is copied, not compiled. In
+# a sweep the bridge is the same for every point with the same I/O types (32 of 36 jet points);
+# myproject.cpp, which holds the layers' configurations, differs per point. The preprocessing
+# costs ~0.12 s a unit. Without the variable the function just runs the compile.
+OBJ_ENV = "TAPEOUT_HLS4ML_OBJ"
+OBJ_FOLDER = "objects"
+OBJ_CACHE_BYTES = 256 * 2**20  # build_csim drops the least recently used objects past this
+_OBJ_BLOCK = f"""# tapeout: compiled objects reused from the folder {OBJ_ENV} names (see tapeout's project.py)
+tapeout_obj() {{
+  local dir="${{{OBJ_ENV}:-}}" out="" prev="" a key tmp
+  local pre=()
+  if [ -z "$dir" ]; then "$@"; return; fi
+  for a in "$@"; do
+    if [ "$prev" = "-o" ]; then out="$a"
+    elif [ "$a" = "-c" ]; then pre+=(-E -P)
+    elif [ "$a" != "-o" ]; then pre+=("$a"); fi
+    prev="$a"
+  done
+  key=$( {{ printf '%s\\n' "$@"; "${{pre[@]}}" 2>/dev/null || echo "unhashed $$ $RANDOM"; }} | sha256sum )
+  key="${{key%% *}}"
+  if [ -n "$out" ] && [ -f "$dir/$key.o" ] && cp "$dir/$key.o" "$out" 2>/dev/null; then
+    touch "$dir/$key.o" 2>/dev/null || true
+    return 0
+  fi
+  "$@" || return
+  tmp="$dir/.$key.$$.$RANDOM"
+  {{ cp "$out" "$tmp" && mv -f "$tmp" "$dir/$key.o"; }} 2>/dev/null || rm -f "$tmp"
+}}
+"""
 
 
 def _pch_headers(project: Path) -> list[Path]:
@@ -271,18 +307,20 @@ def build_csim(project: Path) -> Path:
         raise MissingToolError(f"hls4ml's C simulation needs bash and {BUILD_COMPILER} on PATH")
     import os
 
-    env = dict(os.environ)
-    env.pop(PCH_ENV, None)
+    env = {k: v for k, v in os.environ.items() if k not in (PCH_ENV, OBJ_ENV)}
     pch = pch_folder(project)
+    objects = _object_folder(pch) if pch else None
     try:
-        proc = subprocess.run(["bash", "build_lib.sh"], cwd=project, capture_output=True, text=True,
-                              env={**env, PCH_ENV: str(pch)} if pch else env)
+        fast = {**env, PCH_ENV: str(pch), **({OBJ_ENV: str(objects)} if objects else {})} if pch else env
+        proc = subprocess.run(["bash", "build_lib.sh"], cwd=project, capture_output=True, text=True, env=fast)
         if pch and proc.returncode != 0:
-            # A .gch g++ cannot read (truncated, say) fails the compile: build plainly, and drop
-            # the .gch if that passes so the next build makes a new one.
+            # A .gch g++ cannot read (truncated, say) or a damaged object fails the build: build
+            # plainly, and if that passes drop both so the next build makes them anew.
             proc = subprocess.run(["bash", "build_lib.sh"], cwd=project, capture_output=True, text=True, env=env)
             if proc.returncode == 0:
                 (pch / f"{PCH_HEADER}.gch").unlink(missing_ok=True)
+                if objects:
+                    shutil.rmtree(objects, ignore_errors=True)
         elif pch and "[-Winvalid-pch]" in proc.stderr:  # g++ parsed the text instead: rebuild next time
             (pch / f"{PCH_HEADER}.gch").unlink(missing_ok=True)
     except FileNotFoundError as e:  # pragma: no cover - checked above
@@ -297,7 +335,34 @@ def build_csim(project: Path) -> Path:
     lib = library_path(project)
     if not lib.is_file():
         raise InternalError(f"the hls4ml C-simulation build wrote no {lib.name} (a bug in tapeout)")
+    if objects:
+        prune_objects(objects)
     return lib
+
+
+def _object_folder(pch: Path) -> Path | None:
+    folder = pch / OBJ_FOLDER
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError:
+        return None
+    return folder
+
+
+def prune_objects(folder: Path, limit: int = OBJ_CACHE_BYTES) -> None:
+    """Drop the least recently used objects (a hit touches its file) past ``limit`` bytes."""
+    import os
+
+    try:
+        entries = sorted(((e.stat().st_mtime, e.stat().st_size, e.path) for e in os.scandir(folder)
+                          if e.name.endswith(".o")), reverse=True)
+    except OSError:
+        return
+    total = 0
+    for _, size, path in entries:
+        total += size
+        if total > limit:
+            Path(path).unlink(missing_ok=True)
 
 
 BUILD_COMPILER = "g++"  # what hls4ml's build_lib.sh calls (CC=g++)

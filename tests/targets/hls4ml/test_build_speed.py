@@ -181,7 +181,7 @@ def test_the_pch_is_used_and_the_library_is_the_same(tmp_path, monkeypatch, pch_
     folder = pch_folder(fast)
     assert folder is not None and folder.parent == pch_env
     assert (folder / "tapeout_pch.h.gch").stat().st_size > 1_000_000
-    assert sorted(p.name for p in folder.iterdir()) == ["tapeout_pch.h", "tapeout_pch.h.gch"]
+    assert sorted(p.name for p in folder.iterdir()) == ["objects", "tapeout_pch.h", "tapeout_pch.h.gch"]
     assert "nnet_code_gen.h" not in (folder / "tapeout_pch.h").read_text()
     assert _files(plain) == _files(fast)
     lib = library_path(fast).read_bytes()
@@ -206,6 +206,7 @@ def test_a_damaged_gch_falls_back_to_the_plain_build(tmp_path, monkeypatch, pch_
     good = gch.read_bytes()
     gch.write_bytes(b"not a precompiled header" if damage == "garbage" else good[:len(good) // 3])
     library_path(fast).unlink()
+    shutil.rmtree(gch.parent / "objects")  # else both units are copied from the object cache, no .gch read
     build_csim(fast)  # garbage: g++ warns and parses the text; truncated: g++ fails, built again plainly
     assert library_path(fast).read_bytes() == library_path(plain).read_bytes()
     assert not gch.exists()  # dropped, so the next build makes a good one
@@ -227,4 +228,103 @@ def test_concurrent_builds_share_one_gch(tmp_path, pch_env):
     assert library_path(projects[0]).read_bytes() == library_path(projects[1]).read_bytes()
     entries = list(pch_env.iterdir())
     assert len(entries) == 1
-    assert sorted(p.name for p in entries[0].iterdir()) == ["tapeout_pch.h", "tapeout_pch.h.gch"]
+    assert sorted(p.name for p in entries[0].iterdir()) == ["objects", "tapeout_pch.h", "tapeout_pch.h.gch"]
+    assert all(p.suffix == ".o" for p in (entries[0] / "objects").iterdir())  # no temporary file left
+
+
+# ---- the object cache (build_lib.sh's tapeout_obj, project.prune_objects) ----
+@pytest.fixture
+def gxx_log(tmp_path, monkeypatch):
+    """g++ on PATH logs each command line, then runs the real compiler."""
+    real = shutil.which("g++")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    log = tmp_path / "gxx.log"
+    wrapper = bindir / "g++"
+    wrapper.write_text(f'#!/bin/bash\necho "$*" >> "{log}"\nexec "{real}" "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{__import__('os').environ['PATH']}")
+    return log
+
+
+def _compiled(log: Path) -> list[str]:
+    """The translation units g++ compiled (-c), not the preprocessing (-E) or the link."""
+    lines = log.read_text().splitlines() if log.exists() else []
+    return sorted(line.split(" -c ")[1].split()[0] for line in lines if " -c " in f" {line} ")
+
+
+@needs_gxx
+def test_an_identical_unit_is_copied_not_compiled(tmp_path, monkeypatch, pch_env, gxx_log):
+    """The second project is the first with another folder: g++ compiles nothing, only preprocesses
+    and links, and the library is byte-identical. A changed type in myproject.h changes both
+    units' preprocessed text, so both compile again."""
+    from tapeout.targets.hls4ml.project import build_csim, library_path, pch_folder
+
+    first, second, third = (_csim_project(tmp_path, n) for n in ("first", "second", "third"))
+    build_csim(first)
+    assert _compiled(gxx_log) == ["firmware/myproject.cpp", "myproject_bridge.cpp"]
+    objects = pch_folder(first) / "objects"
+    assert len(list(objects.glob("*.o"))) == 2
+    gxx_log.unlink()
+    build_csim(second)
+    assert _compiled(gxx_log) == []
+    assert any(" -E " in f" {line} " for line in gxx_log.read_text().splitlines())
+    assert library_path(second).read_bytes() == library_path(first).read_bytes()
+    gxx_log.unlink()
+    header = third / "firmware" / "myproject.h"
+    header.write_text(header.read_text().replace("ap_fixed<18,8> result_t", "ap_fixed<20,8> result_t"))
+    build_csim(third)
+    assert _compiled(gxx_log) == ["firmware/myproject.cpp", "myproject_bridge.cpp"]
+    assert len(list(objects.glob("*.o"))) == 4
+
+
+@needs_gxx
+def test_a_damaged_object_falls_back_and_is_dropped(tmp_path, pch_env):
+    from tapeout.targets.hls4ml.project import build_csim, library_path, pch_folder
+
+    good, again = _csim_project(tmp_path, "good"), _csim_project(tmp_path, "again")
+    build_csim(good)
+    objects = pch_folder(good) / "objects"
+    for o in objects.glob("*.o"):
+        o.write_bytes(b"not an object")
+    build_csim(again)  # the link fails on the cached objects; built again without the caches
+    assert library_path(again).read_bytes() == library_path(good).read_bytes()
+    assert not objects.exists() or not list(objects.glob("*.o"))
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_a_failing_compile_fails_the_build_with_the_object_cache_on(tmp_path, monkeypatch):
+    """The failing unit's status comes back through tapeout_obj, and nothing is kept for it."""
+    from tapeout.targets.hls4ml.project import OBJ_ENV
+
+    monkeypatch.delenv(LEGACY_BUILD_ENV, raising=False)
+    d = _project(tmp_path, "vivado")
+    faster_build(d, "vitis")
+    fake = d / "fakecc"
+    fake.write_text('#!/bin/bash\nfor a in "$@"; do [ "$a" = "myproject.o" ] && exit 3; done\n'
+                    'for a in "$@"; do [ "$a" = "-E" ] && echo preprocessed && exit 0; done\n'
+                    'for a in "$@"; do [ "$a" = "-shared" ] && touch linked; done\n'
+                    'prev=; for a in "$@"; do [ "$prev" = "-o" ] && touch "$a"; prev="$a"; done\nexit 0\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    script = d / "build_lib.sh"
+    script.write_text(script.read_text().replace("CC=g++", "CC=./fakecc", 1))
+    objects = tmp_path / "objects"
+    objects.mkdir()
+    proc = subprocess.run(["bash", "build_lib.sh"], cwd=d, capture_output=True, text=True,
+                          env={**__import__("os").environ, OBJ_ENV: str(objects)})
+    assert proc.returncode != 0 and not (d / "linked").exists()
+    assert len(list(objects.iterdir())) == 1  # the bridge's object only
+
+
+def test_prune_objects_drops_the_least_recently_used(tmp_path):
+    import os
+
+    from tapeout.targets.hls4ml.project import prune_objects
+
+    for i in range(5):
+        f = tmp_path / f"{i}.o"
+        f.write_bytes(b"x" * 100)
+        os.utime(f, (1000 + i, 1000 + i))
+    (tmp_path / "keep.txt").write_bytes(b"x" * 1000)  # not an object: never touched
+    prune_objects(tmp_path, limit=250)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["3.o", "4.o", "keep.txt"]
