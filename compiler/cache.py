@@ -54,6 +54,10 @@ _KEY = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1 << 20
 _MANIFEST_VERSION = 2  # 2: folders recorded too (an hls4ml project's empty tb_data/)
 _STALE_TMP_S = 3600.0  # staging folders older than this belonged to a process that died
+# Caches that tools keep in the root beside the entries (targets/hls4ml/project.py: precompiled
+# headers and compiled objects). `info` counts them and `clear` removes them; their writers bound
+# them (one folder per g++/hls4ml version, objects pruned at 256 MB), so `prune` leaves them.
+TOOL_CACHES = ("hls4ml-pch",)
 
 
 # ---------------------------------------------------------------- where and what
@@ -292,18 +296,22 @@ class Cache:
             return entry
 
     def info(self) -> dict[str, Any]:
-        """{"root": str, "entries": N, "bytes": total size of the entries' files on disk}."""
+        """{"root": str, "entries": N, "bytes": total size of the entries' files on disk,
+        "tool_bytes": the size of the tools' caches (TOOL_CACHES)}."""
         entries = list(self._entries())
-        return {"root": str(self.root), "entries": len(entries), "bytes": sum(b for _, b, _ in entries)}
+        tools = sum(_tree_bytes(self.root / name) for name in TOOL_CACHES)
+        return {"root": str(self.root), "entries": len(entries), "bytes": sum(b for _, b, _ in entries),
+                "tool_bytes": tools}
 
     def clear(self) -> int:
-        """Remove every entry and staging folder; return how many entries went."""
+        """Remove every entry, staging folder and tool cache; return how many entries went."""
         n = 0
         for key, _, _ in list(self._entries()):
             with self._lock(key):
                 self._discard(key)
             n += 1
-        shutil.rmtree(self.root / "tmp", ignore_errors=True)
+        for name in ("tmp", *TOOL_CACHES):
+            shutil.rmtree(self.root / name, ignore_errors=True)
         return n
 
     def prune(self, max_bytes: int) -> int:
@@ -415,6 +423,15 @@ class Cache:
 
 
 # ---------------------------------------------------------------- file helpers
+def _tree_bytes(folder: Path) -> int:
+    total = 0
+    for dirpath, _, names in os.walk(folder):  # no symlinks followed; a missing folder walks nothing
+        for n in names:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, n)).st_size
+    return total
+
+
 def _check_key(key: str) -> None:
     if not isinstance(key, str) or not _KEY.fullmatch(key):
         raise ValueError(f"cache key {key!r}: expected 64 lowercase hex characters")

@@ -232,9 +232,9 @@ def pch_folder(project: Path) -> Path | None:
     where = os.environ.get(PCH_DIR_ENV, "")
     if f"{PCH_ENV}:-" not in text or where.lower() == "off":
         return None
-    from tapeout.compiler.cache import cache_dir, tool_versions
+    from tapeout.compiler.cache import TOOL_CACHES, cache_dir, tool_versions
 
-    root = Path(where).expanduser() if where else cache_dir() / "hls4ml-pch"
+    root = Path(where).expanduser() if where else cache_dir() / TOOL_CACHES[0]
     headers = _pch_headers(project)
     h = hashlib.sha256()
     versions = tool_versions(["g++", "hls4ml"])

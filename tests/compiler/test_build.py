@@ -153,8 +153,17 @@ def test_cache_info_prune_and_clear(cache_env):
     code, out, _ = run("cache", "prune", "--max-size", "0", "--json")
     assert code == 0 and json.loads(out)["entries"] == 0
     assert run("build")[0] == 0
+    pch = cache_env / "cache" / "hls4ml-pch" / "k" / "objects"  # as targets/hls4ml/project.py writes it
+    pch.mkdir(parents=True)
+    (pch / "a.o").write_bytes(b"x" * 1000)
+    code, out, _ = run("cache", "info", "--json")
+    assert json.loads(out)["tool_bytes"] == 1000
+    code, out, _ = run("cache", "prune", "--max-size", "0", "--json")
+    assert json.loads(out)["tool_bytes"] == 1000  # bounded by its writer; prune leaves it
+    assert run("build")[0] == 0
     code, out, _ = run("cache", "clear", "--json")
     assert json.loads(out)["removed"] == 3
+    assert not (cache_env / "cache" / "hls4ml-pch").exists()
 
 
 def test_no_cache_writes_no_cache(cache_env):
