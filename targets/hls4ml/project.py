@@ -239,7 +239,7 @@ def pch_folder(project: Path) -> Path | None:
     h = hashlib.sha256()
     versions = tool_versions(["g++", "hls4ml"])
     for part in (_PCH_FORMAT, versions.get("g++", ""), versions.get("hls4ml", ""),
-                 text[:text.index(f"# tapeout: a precompiled header")]):
+                 text[:text.index("# tapeout: a precompiled header")]):
         h.update(part.encode() + b"\0")
     fw = project / "firmware"
     for rel in headers:
