@@ -55,10 +55,8 @@ from __future__ import annotations
 
 import copy
 import datetime
-import difflib
 import os
 import re
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +65,7 @@ from typing import Any
 from tapeout.compiler.errors import UsageError
 from tapeout.compiler.schemes import IO_LAYOUTS, METHODS
 from tapeout.compiler.stages.spec import BuildSpec
+from tapeout.compiler.tomlfile import LineErrors, did_you_mean, read_toml
 
 __all__ = ["ModelSpec", "Project", "load_project"]
 
@@ -124,46 +123,22 @@ class Project:
             return list(self.models.values())
         for n in names:
             if n not in self.models:
-                raise UsageError(f"{self.spelled}: no model named {n!r}{_did_you_mean(n, self.models)} "
+                raise UsageError(f"{self.spelled}: no model named {n!r}{did_you_mean(n, self.models)} "
                                  f"(models: {', '.join(self.models)})")
         return [self.models[n] for n in names]
 
 
 def load_project(path: str | os.PathLike[str]) -> Project:
     """Read and check a project file; UsageError (one line, with the line number where known) on any problem."""
-    spelled = os.fspath(path)
-    abspath = Path(os.path.abspath(spelled))
-    try:
-        raw = abspath.read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"{spelled}: no such project file") from None
-    except IsADirectoryError:
-        raise UsageError(f"{spelled}: is a folder, not a project file") from None
-    except OSError as e:
-        raise UsageError(f"{spelled}: cannot read: {e.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{spelled}: not UTF-8 text (byte {e.start})") from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        m = re.search(r"\(at line (\d+), column \d+\)", str(e))
-        where = f"{spelled}:{m.group(1)}" if m else spelled
-        raise UsageError(f"{where}: invalid TOML: {e}") from None
-    return Loader(spelled, abspath, text).load(doc)
+    f = read_toml(path, "project file")
+    return Loader(f.spelled, f.abspath, f.text).load(f.doc)
 
 
 # ---------------------------------------------------------------- loading
-class Loader:
+class Loader(LineErrors):
     def __init__(self, spelled: str, abspath: Path, text: str):
-        self.spelled = spelled
+        super().__init__(spelled, text)
         self.abspath = abspath
-        self.lines = KeyLines(text)
-
-    def fail(self, where: Sequence[str], msg: str) -> UsageError:
-        line = self.lines.find(tuple(where))
-        return UsageError(f"{self.spelled}:{line}: {msg}" if line else f"{self.spelled}: {msg}")
 
     def load(self, doc: dict[str, Any]) -> Project:
         self._check_keys(doc, (), _TOP_KEYS, "at the top level")
@@ -191,7 +166,7 @@ class Loader:
     def _check_keys(self, table: Mapping[str, Any], where: tuple[str, ...], allowed: Sequence[str], what: str) -> None:
         for key in table:
             if key not in allowed:
-                raise self.fail(where + (key,), f"unknown key {key!r} {what}{_did_you_mean(key, allowed)}")
+                raise self.fail(where + (key,), f"unknown key {key!r} {what}{did_you_mean(key, allowed)}")
 
     def _check_table(self, table: Mapping[str, Any], where: tuple[str, ...], allowed: Sequence[str]) -> None:
         # [models.digits] or [defaults], as the user would write the header.
@@ -256,7 +231,7 @@ class Loader:
             if parent not in models:
                 raise self.fail(("models", chain[-1], "extends"),
                                 f"models.{_quote(chain[-1])}.extends: no model named {parent!r}"
-                                f"{_did_you_mean(parent, models)} (models: {', '.join(models)})")
+                                f"{did_you_mean(parent, models)} (models: {', '.join(models)})")
             if parent in chain:
                 cycle = chain[chain.index(parent):] + [parent]
                 raise self.fail(("models", cycle[0], "extends"),
@@ -334,11 +309,6 @@ def _plain(v: Any) -> bool:
     return not (isinstance(v, float) and v != v)
 
 
-def _did_you_mean(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _quote(part: str) -> str:
     return part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else '"' + part.replace('"', '\\"') + '"'
 
@@ -348,93 +318,3 @@ def _describe(value: Any) -> str:
         return "a table"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-# ---------------------------------------------------------------- line numbers
-_BARE = re.compile(r"[A-Za-z0-9_-]+")
-
-
-class KeyLines:
-    """Where each key path is first written in the TOML text.
-
-    tomllib returns plain dicts with no positions, so errors about a key would have no line; this
-    scans the text for table headers and `key = value` lines (dotted and quoted keys, one level of
-    inline table), which is enough to point at a user's mistake. Not a TOML parser: a miss only
-    costs the line number (the longest known prefix of the path is used instead).
-    """
-
-    def __init__(self, text: str):
-        self.first: dict[tuple[str, ...], int] = {}
-        table: tuple[str, ...] = ()
-        open_string: str | None = None
-        for no, line in enumerate(text.splitlines(), 1):
-            if open_string:  # inside a multi-line string: only look for its end
-                if line.count(open_string) % 2 == 1:
-                    open_string = None
-                continue
-            s = line.strip()
-            if not s or s.startswith("#"):
-                continue
-            if s.startswith("["):
-                inner = 2 if s.startswith("[[") else 1
-                parts, _ = _read_key(s, inner)
-                if parts:
-                    table = tuple(parts)
-                    self._note(table, no)
-                continue
-            parts, end = _read_key(s, 0)
-            if not parts or not s[end:].lstrip().startswith("="):
-                continue
-            full = table + tuple(parts)
-            self._note(full, no)
-            rest = s[end:].lstrip()[1:]
-            for delim in ('"""', "'''"):
-                if rest.count(delim) % 2 == 1:
-                    open_string = delim
-            if rest.lstrip().startswith("{"):  # inline table: its keys are on this line
-                for m in re.finditer(r'[{,]\s*([A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\')\s*=', rest):
-                    self._note(full + (m.group(1).strip("\"'"),), no)
-
-    def _note(self, path: tuple[str, ...], no: int) -> None:
-        for i in range(1, len(path) + 1):
-            self.first.setdefault(path[:i], no)
-
-    def find(self, path: tuple[str, ...]) -> int | None:
-        for i in range(len(path), 0, -1):
-            if path[:i] in self.first:
-                return self.first[path[:i]]
-        return None
-
-
-def _read_key(s: str, i: int) -> tuple[list[str], int]:
-    """A dotted key starting at s[i] (whitespace allowed around dots): (parts, index after it); ([], i) if none."""
-    parts: list[str] = []
-    while True:
-        while i < len(s) and s[i] in " \t":
-            i += 1
-        if i < len(s) and s[i] in "\"'":
-            q = s[i]
-            j = i + 1
-            buf = []
-            while j < len(s) and s[j] != q:
-                if q == '"' and s[j] == "\\" and j + 1 < len(s):
-                    j += 1
-                buf.append(s[j])
-                j += 1
-            if j >= len(s):
-                return [], i
-            parts.append("".join(buf))
-            i = j + 1
-        else:
-            m = _BARE.match(s, i)
-            if not m:
-                return ([], i) if not parts else (parts, i)
-            parts.append(m.group(0))
-            i = m.end()
-        k = i
-        while k < len(s) and s[k] in " \t":
-            k += 1
-        if k < len(s) and s[k] == ".":
-            i = k + 1
-            continue
-        return parts, i

@@ -41,21 +41,20 @@ Every error is a one-line UsageError "FILE[:LINE]: message".
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import itertools
 import json
 import os
 import random
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from tapeout.compiler.errors import UsageError
-from tapeout.compiler.project import KeyLines, Loader
+from tapeout.compiler.project import Loader
 from tapeout.compiler.schemes import CALIBRATED_SCHEMES, METHODS
 from tapeout.compiler.stages.spec import BuildSpec
+from tapeout.compiler.tomlfile import LineErrors, did_you_mean, read_toml
 
 __all__ = ["Point", "Sweep", "load_sweep", "OBJECTIVES", "MAX_GRID"]
 
@@ -135,46 +134,27 @@ def load_sweep(path: str | os.PathLike[str], *, output: str | os.PathLike[str] |
 
     ``output``: the results folder as given on the command line (else [sweep] output, relative to the
     sweep file, else build/sweep-STEM beside it)."""
-    spelled = os.fspath(path)
-    abspath = Path(os.path.abspath(spelled))
-    try:
-        text = abspath.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{spelled}: no such sweep file") from None
-    except IsADirectoryError:
-        raise UsageError(f"{spelled}: is a folder, not a sweep file") from None
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{spelled}: not UTF-8 text (byte {e.start})") from None
-    except OSError as e:
-        raise UsageError(f"{spelled}: cannot read: {e.strerror}") from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"{spelled}: invalid TOML: {e}") from None
-    return _SweepReader(spelled, abspath, text).read(doc, output)
+    f = read_toml(path, "sweep file", line_in_syntax_error=False)
+    return _SweepReader(f.spelled, f.abspath, f.text).read(f.doc, output)
 
 
-class _SweepReader:
+class _SweepReader(LineErrors):
     def __init__(self, spelled: str, abspath: Path, text: str):
-        self.spelled = spelled
+        super().__init__(spelled, text)
         self.abspath = abspath
         self.text = text
-        self.lines = KeyLines(text)
-
-    def fail(self, where: tuple[str, ...], msg: str) -> UsageError:
-        line = self.lines.find(where)
-        return UsageError(f"{self.spelled}:{line}: {msg}" if line else f"{self.spelled}: {msg}")
 
     # ------------------------------------------------------------ reading
     def read(self, doc: dict[str, Any], output: str | os.PathLike[str] | None) -> Sweep:
         for key in doc:
             if key not in _TOP_KEYS:
-                raise self.fail((key,), f"unknown table {key!r}{_did_you_mean(key, _TOP_KEYS)}; "
+                raise self.fail((key,), f"unknown table {key!r}{did_you_mean(key, _TOP_KEYS, prefix=True)}; "
                                         f"a sweep file has {', '.join(_TOP_KEYS)}")
         conf = self._table(doc, "sweep")
         for key in conf:
             if key not in _SWEEP_KEYS:
-                raise self.fail(("sweep", key), f"unknown key {key!r} in [sweep]{_did_you_mean(key, _SWEEP_KEYS)}")
+                raise self.fail(("sweep", key), f"unknown key {key!r} in [sweep]"
+                                                f"{did_you_mean(key, _SWEEP_KEYS, prefix=True)}")
         raw_axes = self._table(doc, "axes")
         raw_points = doc.get("points")
         mode = conf.get("mode", "list" if raw_points is not None else "grid")
@@ -224,7 +204,7 @@ class _SweepReader:
         for o in objectives:
             if o not in OBJECTIVES:
                 raise self.fail(("sweep", "objectives"), f"sweep.objectives: unknown objective {o!r}"
-                                f"{_did_you_mean(o, OBJECTIVES)}; known: {', '.join(OBJECTIVES)}")
+                                f"{did_you_mean(o, OBJECTIVES, prefix=True)}; known: {', '.join(OBJECTIVES)}")
         if len(objectives) < 2:
             raise self.fail(("sweep", "objectives"), "sweep.objectives: name at least two (a front is a pair)")
         cpus = self._number(conf, "cpus_per_point", 1.0, minimum=0.0)
@@ -297,10 +277,10 @@ class _SweepReader:
             if option in fields:
                 return name
             raise self.fail(where, f"unknown axis {name!r}: target {target} has no option {option!r}"
-                                   f"{_did_you_mean(option, fields)}; its options: {', '.join(fields)}")
+                                   f"{did_you_mean(option, fields, prefix=True)}; its options: {', '.join(fields)}")
         known = list(BUILD_AXES) + [f"{t}.{f.name}" for t, cls in sorted(TARGETS.items())
                                     for f in dataclasses.fields(cls.Options)]
-        raise self.fail(where, f"unknown axis {name!r}{_did_you_mean(name, known)}; axes: "
+        raise self.fail(where, f"unknown axis {name!r}{did_you_mean(name, known, prefix=True)}; axes: "
                                f"{', '.join(BUILD_AXES)} and TARGET.OPTION (e.g. hls4ml.reuse_factor)")
 
     def _axes(self, raw: dict[str, Any]) -> dict[str, list[Any]]:
@@ -431,8 +411,3 @@ def _unique(points: list[Point]) -> list[Point]:
 
 def _plain(v: Any) -> bool:
     return isinstance(v, (str, int, float, bool)) and not (isinstance(v, float) and v != v)
-
-
-def _did_you_mean(word: str, choices: Any) -> str:
-    close = [c for c in choices if c.startswith(word)][:1] or difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""

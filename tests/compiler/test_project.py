@@ -285,3 +285,32 @@ def test_select_unknown_name(proj):
     with pytest.raises(UsageError) as e:
         p.select(["digts"])
     assert str(e.value) == "tapeout.toml: no model named 'digts' (did you mean 'digits'?) (models: digits, resnet)"
+
+
+def test_project_and_sweep_files_share_the_read_and_keep_their_own_texts(tmp_path, monkeypatch):
+    """compiler/tomlfile.py reads both files and words both kinds of error; each file keeps its texts:
+    the sweep file's TOML syntax error names no line, and only its hints take a prefix ('obj')."""
+    from tapeout.compiler.sweep.spec import load_sweep
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dir.toml").mkdir()
+    (tmp_path / "bin.toml").write_bytes(b"\xff[models]")
+    (tmp_path / "bad.toml").write_text("[base]\n\nx = = 1\n")
+    for load, what in ((load_project, "project file"), (load_sweep, "sweep file")):
+        msgs = []
+        for name in ("none.toml", "dir.toml", "bin.toml", "bad.toml"):
+            with pytest.raises(UsageError) as e:
+                load(name)
+            msgs.append(str(e.value))
+        assert msgs[:3] == [f"none.toml: no such {what}", f"dir.toml: is a folder, not a {what}",
+                            "bin.toml: not UTF-8 text (byte 0)"]
+        bad = "bad.toml:3: invalid TOML: " if load is load_project else "bad.toml: invalid TOML: "
+        assert msgs[3].startswith(bad) and "line 3" in msgs[3], msgs[3]
+    (tmp_path / "p.toml").write_text('[models.a]\npath = "p.toml"\ntargets = ["onnx"]\n\ncal = 1\n')
+    with pytest.raises(UsageError) as e:
+        load_project("p.toml")
+    assert str(e.value) == "p.toml:5: unknown key 'cal' in [models.a]"  # no prefix hint here
+    (tmp_path / "s.toml").write_text("[sweep]\nmode = \"grid\"\nobj = 1\n")
+    with pytest.raises(UsageError) as e:
+        load_sweep("s.toml")
+    assert str(e.value) == "s.toml:3: unknown key 'obj' in [sweep] (did you mean 'objectives'?)"
