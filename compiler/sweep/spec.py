@@ -215,14 +215,13 @@ class _SweepReader(LineErrors):
 
         notes: list[str] = []
         if mode == "list":
-            chosen = [self._combo_point(c, base) for c in points_in]
-            points = _unique([c for c in chosen if c is not None])
+            points = _unique([self._combo_point(c, base) for c in points_in])
         elif mode == "grid":
             total = _product(axes)
             if total > MAX_GRID:
                 raise self.fail(("axes",), f"the grid has {total:,} points (more than {MAX_GRID:,}): "
                                            'use mode = "random" with samples = N')
-            points = _unique([p for c in _combos(axes) if (p := self._combo_point(c, base)) is not None])
+            points = _unique([self._combo_point(c, base) for c in _combos(axes)])
         else:
             samples = int(self._number(conf, "samples", None, integer=True, minimum=1))
             seed = int(self._number(conf, "seed", 0, integer=True))
@@ -325,7 +324,7 @@ class _SweepReader(LineErrors):
             raise self.fail(where, f"axis {axis!r} lists a value twice")
 
     # ------------------------------------------------------------- points
-    def _combo_point(self, combo: dict[str, Any], base: BuildSpec) -> Point | None:
+    def _combo_point(self, combo: dict[str, Any], base: BuildSpec) -> Point:
         """The point of one combination of axis values, the axes that do not apply left out."""
         from tapeout.targets.registry import parse_target
 
@@ -368,7 +367,7 @@ class _SweepReader(LineErrors):
         rng = random.Random(seed)
         total = _product(axes)
         if total <= MAX_GRID:
-            grid = _unique([p for c in _combos(axes) if (p := self._combo_point(c, base)) is not None])
+            grid = _unique([self._combo_point(c, base) for c in _combos(axes)])
             if n >= len(grid):
                 notes.append(f"samples = {n}: the grid has {len(grid)} distinct points; all are run")
                 return grid
@@ -382,7 +381,7 @@ class _SweepReader(LineErrors):
                 k, r = divmod(k, len(axes[name]))
                 combo[name] = axes[name][r]
             p = self._combo_point({name: combo[name] for name in names}, base)
-            if p is not None and p.id not in found:
+            if p.id not in found:
                 found[p.id] = (len(found), p)
             if len(found) == n:
                 break

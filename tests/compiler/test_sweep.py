@@ -88,6 +88,24 @@ def test_random_sample_is_seeded_and_list_mode_takes_explicit_points(tmp_path):
     assert s.mode == "list" and [q.settings for q in s.points] == [{"prune": 0.5}, {"onnx.opset": 15}]
 
 
+def test_list_point_without_a_target_needs_a_single_base_target(tmp_path):
+    """_combo_point's one error: a [[points]] table naming no target while [base] lists several."""
+    from tapeout.compiler.errors import UsageError
+    from tapeout.compiler.sweep.spec import load_sweep
+
+    p = tmp_path / "list.toml"
+    base = f'[base]\npath = "{JET / "model.keras"}"\n'
+    p.write_text(base + 'targets = ["onnx", "tflite"]\n[[points]]\nprune = 0.5\n')
+    with pytest.raises(UsageError) as e:
+        load_sweep(p)
+    assert str(e.value) == (f"{p}:4: a point names no target and [base] lists several: set targets = "
+                            '"TARGET" in each [[points]]')
+    # One target among the points' own: a point naming none builds that one.
+    p.write_text(base + '[[points]]\ntargets = "onnx"\n[[points]]\nprune = 0.5\n')
+    assert [(q.target, q.settings) for q in load_sweep(p).points] == [("onnx:fp32", {}),
+                                                                       ("onnx:fp32", {"prune": 0.5})]
+
+
 @pytest.mark.parametrize("axes, message", [
     ('"hls4ml.reuse" = [1, 2]\n', "unknown axis 'hls4ml.reuse': target hls4ml has no option 'reuse' "
                                   "(did you mean 'reuse_factor'?)"),
