@@ -119,6 +119,11 @@ def tie_bits(graph: Graph, plan: Any) -> int:
     return total
 
 
+def plan_key(plan: Any) -> tuple:
+    """A hashable key of a plan's types: equal plans, equal keys (what the searches memoize on)."""
+    return (tuple(sorted(plan.inputs.items())), tuple(sorted(plan.layers.items())))
+
+
 def objective(graph: Graph, kind: str, resources: Callable[[Graph, Any], dict] | None) -> Callable[[Any], dict]:
     """plan -> {"cost", "tie", "dsp", "luts", "ebops"} (what the target's estimate says, when it gives one),
     cached by the plan's types."""
@@ -126,11 +131,8 @@ def objective(graph: Graph, kind: str, resources: Callable[[Graph, Any], dict] |
         raise ValueError(f"unknown precision objective {kind!r}; known: {', '.join(OBJECTIVES)}")
     cache: dict[Any, dict] = {}
 
-    def key(plan: Any) -> Any:
-        return (tuple(sorted(plan.inputs.items())), tuple(sorted(plan.layers.items())))
-
     def cost(plan: Any) -> dict:
-        k = key(plan)
+        k = plan_key(plan)
         if k not in cache:
             out: dict = {"ebops": ebops(graph, plan)}
             if resources is not None:

@@ -31,7 +31,7 @@ from typing import Callable
 
 import numpy as np
 
-from tapeout.compiler.fixedpoint.cost import CONFIDENCE, clopper_pearson_upper, max_disagreements
+from tapeout.compiler.fixedpoint.cost import CONFIDENCE, clopper_pearson_upper, max_disagreements, plan_key
 from tapeout.compiler.fixedpoint.model import COPIES, HlsLayer, PrecisionPlan, hls_layers
 from tapeout.compiler.fixedpoint.search import (MIN_FRAC, MIN_SEARCH_SAMPLES, START_FRAC, Budget, SearchResult,
                                                 _Evaluator, _finish, _rows, _set_frac, extend_feeds, initial_plan,
@@ -82,17 +82,26 @@ class Knob:
 
 
 class _Judge:
-    """Scores plans on one data set: disagreements, cosine, max |error|, and whether they meet a limit."""
+    """Scores plans on one data set: disagreements, cosine, max |error|, and whether they meet a limit.
+    Each distinct plan runs the model once (``count``: distinct plans run): the search asks again for
+    the start and for the plan each descent starts from."""
 
     def __init__(self, graph: Graph, feeds: dict[str, np.ndarray]) -> None:
         self.ev = _Evaluator(graph, feeds, Budget())
         self.n = len(next(iter(feeds.values()))) if feeds else 0
+        self.scores: dict[tuple, dict | None] = {}
 
     @property
     def count(self) -> int:
         return self.ev.count
 
     def score(self, plan: PrecisionPlan) -> dict | None:
+        k = plan_key(plan)
+        if k not in self.scores:
+            self.scores[k] = self._score(plan)
+        return self.scores[k]
+
+    def _score(self, plan: PrecisionPlan) -> dict | None:
         try:
             agree, err, cos = self.ev.score(plan)
         except FixedTypeError:

@@ -156,3 +156,24 @@ def test_precision_request_objectives():
     with pytest.raises(UsageError, match="precision objective 'area'"):
         PrecisionSearch(PrecisionRequest(base, min_agreement=0.99, objective="area"), Data()).run(g)
     assert math.isfinite(ebops(g, ebo.fixed.plan))
+
+
+def test_the_cost_search_runs_the_model_once_per_distinct_plan(monkeypatch):
+    """The search asks again for the start and for each descent's first plan: the judge answers those
+    from its memo, so the evaluations reported are distinct plans run."""
+    from tapeout.compiler.fixedpoint.cost import plan_key
+    from tapeout.compiler.fixedpoint.search import _Evaluator
+
+    g, x = _mlp(1, 1500)
+    runs: list[tuple[int, tuple]] = []
+    real = _Evaluator.score
+
+    def score(self, plan):
+        runs.append((id(self), plan_key(plan)))
+        return real(self, plan)
+
+    monkeypatch.setattr(_Evaluator, "score", score)
+    res = search_cost(g, {"x": x}, Budget(0.995), objective(g, "ebops", None))
+    assert len(runs) == res.evaluations > 0
+    assert len(set(runs)) == len(runs)  # no plan scored twice on the same data
+    assert len({judge for judge, _ in runs}) == 2  # the search data's judge and the held-out one
