@@ -67,14 +67,12 @@ def print_fronts(fs: Sequence[Front], axis_columns: Sequence[str], write: Any) -
 
 
 def render(rows: Sequence[Mapping[str, str]], fs: Sequence[Front], columns: Sequence[str],
-           axis_columns: Sequence[str], title: str) -> str:
+           axis_columns: Sequence[str], title: str, counts: Mapping[str, int]) -> str:
+    """The page; ``counts``: rows per status (the sweep's result, counted once)."""
     from tapeout.compiler.report_html import CSS, Charts, escape, html_table
 
     charts = Charts()
     parts = [f"<h1>{escape(title)}</h1>\n"]
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
     parts.append("<p>" + ", ".join(f"{n} {escape(s)}" for s, n in sorted(counts.items())) + f" of {len(rows)} points. "
                  "A front holds the points no other point beats on both objectives (accuracy and agreement "
                  "higher, the rest lower).</p>\n")

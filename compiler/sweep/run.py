@@ -141,11 +141,11 @@ def run_sweep(sweep: Sweep, executor: Any, *, resume: bool = False, use_cache: b
             close()
     rows = results.read()
     fs = pareto.fronts(rows, sweep.objectives)
-    page = pareto.write_html(out / PAGE, rows, fs, columns(sweep.axis_columns), sweep.axis_columns,
-                             f"tapeout sweep: {sweep.spelled}")
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
+    page = pareto.write_html(out / PAGE, rows, fs, columns(sweep.axis_columns), sweep.axis_columns,
+                             f"tapeout sweep: {sweep.spelled}", counts)
     return SweepResult(sweep, results.path, page, rows, fs, ran, skipped, counts)
 
 

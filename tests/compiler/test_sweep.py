@@ -223,6 +223,7 @@ def test_local_sweep_with_two_processes_writes_results_and_pareto_page(tmp_path)
     assert {(out / "points" / r["id"] / "report.json").is_file() for r in built} == {True}
     page = (out / "pareto.html").read_text()
     assert "accuracy (max) &times; size_bytes (min)" in page and "Plotly" in page
+    assert "<p>6 ok of 6 points. " in page  # the page's counts are the run's (counted once, in run_sweep)
     assert not re.search(r"<script[^>]+src=", page)  # plotly inlined: opens offline
     assert "pareto  accuracy (max) x size_bytes (min):" in run.stdout
     assert "done    6 points (6 ok); 4 run now" in run.stdout
