@@ -1,12 +1,13 @@
 """HGQ2 front end: quantization-aware Keras 3 ``.keras`` models trained with HGQ2 into the IR.
 
-A ``.keras`` file whose config names HGQ2 layers (module ``hgq.*``, registered ``hgq>*``)
-comes here (compiler.frontends.loader). It passes the same gate as every Keras file
+A ``.keras`` file whose config names HGQ2 layers (module ``hgq.*``, registered ``hgq>*``) is
+loaded by the Keras front end (``keras.load_keras``) through the same gate as every Keras file
 (runtime.model_files: budgets, config shape, no code, Keras safe mode), where HGQ2's classes
-are allowed by name (runtime.hgq2_files); :func:`check_config` then refuses, before Keras
-builds anything, every quantizer mode or layer setting the IR cannot state. The live model
-converts as the Keras front end converts it, with the HGQ2 layers of
-``compiler.frontends.hgq2_layers`` added: each trained quantizer becomes a ``fixed_quant``.
+are allowed by name (runtime.hgq2_files). The gate reads the config once; the Keras front
+end's check sends an HGQ2 config to :func:`check_file`, which refuses, before Keras builds
+anything, every quantizer mode or layer setting the IR cannot state. The live model converts
+as the Keras front end converts it, with the HGQ2 layers of ``compiler.frontends.hgq2_layers``
+added: each trained quantizer becomes a ``fixed_quant``.
 
 HGQ2 is imported only once a file names it (``hgq`` submodules, never the ``qkeras``
 package the same wheel installs).
@@ -19,37 +20,8 @@ from typing import Any
 
 from tapeout.compiler.errors import FrontendError, MissingToolError
 from tapeout.runtime import hgq2_files
-from tapeout.runtime.model_files import ModelFileError
 
 MODE_KEYS = ("iq_conf", "oq_conf", "kq_conf", "bq_conf")
-
-
-def names_hgq2(path: str | Path) -> bool:
-    """Whether a ``.keras`` archive's config names an HGQ2 layer. Reads ``config.json`` only,
-    within the config budget; False for anything unreadable (the Keras front end reports it)."""
-    import zipfile
-
-    from tapeout.runtime.budgets import MAX_CONFIG_BYTES
-    from tapeout.runtime.model_files import ARCHIVE_CONFIG, check_shape, layer_entries, parse_config
-
-    p = Path(path)
-    if p.suffix.lower() != ".keras":
-        return False
-    limit = MAX_CONFIG_BYTES.value()
-    try:
-        with zipfile.ZipFile(p) as z:
-            info = z.getinfo(ARCHIVE_CONFIG)
-            if info.file_size > limit:
-                return False
-            with z.open(info) as f:
-                raw = f.read(limit + 1)  # the header may understate: never past the budget
-        if len(raw) > limit:
-            return False
-        cfg = parse_config(str(p), raw)
-        check_shape(str(p), cfg)
-    except (ModelFileError, zipfile.BadZipFile, KeyError, OSError, EOFError, NotImplementedError, RuntimeError):
-        return False
-    return hgq2_files.names_hgq2(layer_entries(cfg))
 
 
 def _without_hgq2(cfg: dict) -> dict:
@@ -115,27 +87,13 @@ def check_config(path: Path, cfg: dict) -> None:
     check_keras(path, _without_hgq2(cfg))
 
 
-def load_hgq2(path: str | Path) -> Any:
-    """Load an HGQ2 ``.keras`` file into a shape-checked IR graph."""
-    from tapeout.compiler.quiet import quiet_environment
+def check_file(path: Path, cfg: dict) -> None:
+    """The Keras front end's check (``keras.load_keras``) for a ``.keras`` config that names HGQ2
+    layers: hgq2 must be installed, then :func:`check_config`."""
+    import importlib
 
-    quiet_environment()
-    p = Path(path)
-    if not p.is_file():
-        raise FrontendError(f"{p}: no such model file")
     try:
-        import hgq  # noqa: F401 - only to report a missing install as such
+        importlib.import_module("hgq")  # only to report a missing install as such
     except ImportError:
-        raise MissingToolError(f"{p} is an HGQ2 model: reading it needs hgq2 (pip install 'tapeout[qat]')") from None
-    from tapeout.compiler.frontends.hgq2_layers import CONVERTERS
-    from tapeout.compiler.frontends.keras import model_to_graph
-    from tapeout.runtime.model_files import load_keras_model
-
-    try:
-        loaded = load_keras_model(p, safe_mode=True, check=lambda cfg: check_config(p, cfg))
-    except ModelFileError as e:
-        raise FrontendError(str(e)) from None
-    graph = model_to_graph(loaded.model, converters=CONVERTERS)
-    graph.metadata["source_format"] = loaded.format
-    graph.metadata["quantization_aware"] = "hgq2"
-    return graph
+        raise MissingToolError(f"{path} is an HGQ2 model: reading it needs hgq2 (pip install 'tapeout[qat]')") from None
+    check_config(path, cfg)

@@ -4,7 +4,9 @@ Safety: every file goes through ``tapeout.runtime.model_files.load_keras_model``
 for Keras files that the source runner uses too (budgets, config shape, no code or custom
 classes, no HDF5 links or external storage; legacy Keras 1 forms rewritten as data first).
 :func:`check_config` adds what only the compiler knows, the activations the IR converts, and
-runs inside that gate, before any Keras loader sees the file.
+runs inside that gate, before any Keras loader sees the file. A ``.keras`` config naming HGQ2
+layers gets the HGQ2 front end's check there instead (``frontends.hgq2``) and converts with its
+layers added: the gate's one read of the config serves both.
 
 Conversion walks the live functional graph from the model outputs back through
 each tensor's ``_keras_history`` (layer, node index, tensor index) and that
@@ -23,8 +25,9 @@ from tapeout.compiler.errors import FrontendError
 from tapeout.compiler.frontends.keras_layers import (CONVERTERS, MODEL_CLASSES, OP_MODULE, OPERATIONS,
                                                      SUPPORTED_CLASSES, Emitter, convert_operation, is_operation)
 from tapeout.compiler.ir import BATCH, Graph, IRError, TensorType
+from tapeout.runtime import hgq2_files
 from tapeout.runtime.errors import one_line
-from tapeout.runtime.model_files import ModelFileError, load_keras_model
+from tapeout.runtime.model_files import ModelFileError, layer_entries, load_keras_model
 
 _LAYOUTS = {2: "NC", 3: "NWC", 4: "NHWC", 5: "NDHWC"}
 _LAYOUTS_FIRST = {2: "NC", 3: "NCW", 4: "NCHW", 5: "NCDHW"}  # models with channels_first layers ('th')
@@ -87,14 +90,34 @@ def load_keras(path: str | Path, weights: str | Path | None = None, *, safe_mode
         raise FrontendError(f"{p}: an architecture JSON needs its weights .h5 (--weights)")
     if weights is not None and not Path(weights).is_file():
         raise FrontendError(f"{weights}: no such weights file")
+    hgq2: list[bool] = []  # set by the check: the config names HGQ2 layers
+
+    def check(cfg: dict) -> None:
+        # The gate's one read of the config decides HGQ2 too (a .keras file only, as before).
+        hgq2.clear()
+        if p.suffix.lower() == ".keras" and hgq2_files.names_hgq2(layer_entries(cfg)):
+            from tapeout.compiler.frontends.hgq2 import check_file
+
+            check_file(p, cfg)
+            hgq2.append(True)
+        else:
+            check_config(p, cfg)
+
     try:
-        loaded = load_keras_model(p, weights, safe_mode=safe_mode, check=lambda cfg: check_config(p, cfg))
+        loaded = load_keras_model(p, weights, safe_mode=safe_mode, check=check)
     except ModelFileError as e:
         raise FrontendError(str(e)) from None
-    graph = model_to_graph(loaded.model)
+    converters: dict | None = None
+    if hgq2:
+        from tapeout.compiler.frontends.hgq2_layers import CONVERTERS as HGQ2_CONVERTERS
+
+        converters = HGQ2_CONVERTERS
+    graph = model_to_graph(loaded.model, converters)
     graph.metadata["source_format"] = loaded.format
     if loaded.notes:
         graph.metadata["notes"] = loaded.notes  # type: ignore[assignment]  # the report copies the list
+    if hgq2:
+        graph.metadata["quantization_aware"] = "hgq2"
     return graph
 
 

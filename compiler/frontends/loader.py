@@ -73,20 +73,10 @@ def load_model(path: str | Path, weights: str | Path | None = None) -> tuple[Gra
         from tapeout.compiler.frontends.qonnx import is_qonnx_file, load_qonnx
 
         graph = load_qonnx(path) if is_qonnx_file(path) else load_onnx(path)
-    elif info.format == "keras" and _names_hgq2(path):
-        from tapeout.compiler.frontends.hgq2 import load_hgq2
-
-        graph = load_hgq2(path)
-    else:
+    else:  # HGQ2 .keras files too: the Keras front end's check tells them apart
         from tapeout.compiler.frontends.keras import load_keras
 
         graph = load_keras(path, weights)
     graph.metadata.setdefault("source_format", info.format)
     return graph, info
 
-
-def _names_hgq2(path: str | Path) -> bool:
-    """A .keras file naming HGQ2 layers goes to the HGQ2 front end (it reads the config only)."""
-    from tapeout.compiler.frontends.hgq2 import names_hgq2
-
-    return names_hgq2(path)

@@ -266,6 +266,55 @@ def test_layer_lists_agree() -> None:
     assert tuple(sorted(GATE)) == HGQ2_LAYERS
 
 
+def _count_config_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every open of config.json in a .keras file from now on (not Keras's reads of the gate's
+    rebuilt in-memory archive, which has no file name)."""
+    opened: list[str] = []
+    original = zipfile.ZipFile.open
+
+    def counting(self, name, *args, **kwargs):
+        if getattr(name, "filename", name) == "config.json" and self.filename:
+            opened.append(str(self.filename))
+        return original(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", counting)
+    return opened
+
+
+def test_config_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each .keras file's config.json is read once per load, HGQ2 or plain: the gate's read
+    also decides which front end's check applies (the HGQ2 test used to read it first)."""
+    import keras
+    from hgq.layers import QDense
+
+    inp = keras.Input((4,))
+    hgq_path = _save(keras.Model(inp, QDense(3, name="d")(inp)), tmp_path / "h.keras")
+    inp = keras.Input((4,))
+    plain = _save(keras.Model(inp, keras.layers.Dense(3, name="d")(inp)), tmp_path / "p.keras")
+    opened = _count_config_reads(monkeypatch)
+    graph, _ = load_model(hgq_path)
+    assert opened == [str(hgq_path)]
+    assert graph.metadata["quantization_aware"] == "hgq2" and graph.metadata["source_format"] == "keras"
+    assert [n.op for n in graph.nodes if n.op == "fixed_quant"]
+    graph, _ = load_model(plain)
+    assert opened == [str(hgq_path), str(plain)]
+    assert "quantization_aware" not in graph.metadata and [n.op for n in graph.nodes] == ["dense"]
+
+
+def test_missing_hgq2_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An HGQ2 file without hgq2 installed: MissingToolError (exit 3) naming the extra."""
+    import keras
+    from hgq.layers import QDense
+
+    from tapeout.compiler.errors import MissingToolError
+
+    inp = keras.Input((4,))
+    path = _save(keras.Model(inp, QDense(3, name="d")(inp)), tmp_path / "m.keras")
+    monkeypatch.setitem(sys.modules, "hgq", None)  # import hgq raises ImportError
+    with pytest.raises(MissingToolError, match=r"m.keras is an HGQ2 model: reading it needs hgq2 \(pip install"):
+        load_model(path)
+
+
 # ------------------------------------------------------------------- qkeras
 _ISOLATION = r"""
 import sys
