@@ -180,17 +180,17 @@ def finetune(graph: Graph, feeds: dict[str, np.ndarray], y: np.ndarray, *, epoch
                 var.assign(var * keras_masks[name])
 
     loss_name, loss = _loss_for(graph, y)
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss)
     x = [feeds[i] for i in graph.inputs]
     callbacks: list[Any] = [HoldZeros()] if masked else []
     if not auto:
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss)
         hist = model.fit(_pack(x), y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0,
                          callbacks=callbacks)
         info = FineTuneInfo(int(epochs), n, seed, batch_size, lr, loss_name,
                             [float(v) for v in hist.history.get("loss", [])], len(masked))
     else:
-        info = _until_done(model, x, y, graph, baseline, layers, callbacks, seed, batch_size, lr, max_drop,
-                           max_epochs, loss_name, len(masked))
+        info = _until_done(model, x, y, baseline, layers, callbacks, seed, batch_size, lr, max_drop,
+                           max_epochs, loss, loss_name, len(masked))
     out = graph.copy()
     for name, layer in layers.items():
         node = out.node(name)
@@ -217,9 +217,9 @@ def _shuffled(x: list[np.ndarray], y: np.ndarray, seed: int, batch_size: int) ->
     return data.shuffle(len(y), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
 
 
-def _until_done(model: Any, x: list[np.ndarray], y: np.ndarray, graph: Graph, baseline: Graph | None,
+def _until_done(model: Any, x: list[np.ndarray], y: np.ndarray, baseline: Graph | None,
                 layers: dict[str, Any], callbacks: list[Any], seed: int, batch_size: int, lr: float,
-                max_drop: float, max_epochs: int, loss_name: str, masked: int) -> FineTuneInfo:
+                max_drop: float, max_epochs: int, loss_fn: Any, loss_name: str, masked: int) -> FineTuneInfo:
     """Train on a held-out split until the budget, a plateau or the cap picks the epoch count E,
     then train again from the pruned weights on all the data for E epochs at the same rates (on
     the digits CNN the held-out fifth, trained on too, is worth about half a point)."""
@@ -235,7 +235,6 @@ def _until_done(model: Any, x: list[np.ndarray], y: np.ndarray, graph: Graph, ba
     yt, yv = y[train_idx], y[val_idx]
     nv = len(val_idx)
     classes = _labels(y) and int(model.outputs[0].shape[-1] or 0) > 1
-    loss_fn = model.loss
     base_acc = None
     if classes and baseline is not None:
         pred = graph_to_keras(baseline, keep_io_layout=True).model.predict(_pack(xv), batch_size=256, verbose=0)
