@@ -29,11 +29,9 @@ class TomlFile:
     doc: dict[str, Any]
 
 
-def read_toml(path: str | os.PathLike[str], what: str, *, line_in_syntax_error: bool = True) -> TomlFile:
-    """Read and parse a TOML file; UsageError "FILE: message" when it cannot be (``what``: "project file").
-
-    ``line_in_syntax_error``: a TOML syntax error is "FILE:LINE: invalid TOML: ..." (the sweep file's
-    has been "FILE: invalid TOML: ...", tomllib's text still ending in the line)."""
+def read_toml(path: str | os.PathLike[str], what: str) -> TomlFile:
+    """Read and parse a TOML file; UsageError "FILE: message" when it cannot be (``what``: "project file"),
+    "FILE:LINE: invalid TOML: ..." for a syntax error."""
     spelled = os.fspath(path)
     abspath = Path(os.path.abspath(spelled))
     try:
@@ -51,7 +49,7 @@ def read_toml(path: str | os.PathLike[str], what: str, *, line_in_syntax_error: 
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        m = re.search(r"\(at line (\d+), column \d+\)", str(e)) if line_in_syntax_error else None
+        m = re.search(r"\(at line (\d+), column \d+\)", str(e))
         where = f"{spelled}:{m.group(1)}" if m else spelled
         raise UsageError(f"{where}: invalid TOML: {e}") from None
     return TomlFile(spelled, abspath, text, doc)

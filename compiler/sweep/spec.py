@@ -134,7 +134,7 @@ def load_sweep(path: str | os.PathLike[str], *, output: str | os.PathLike[str] |
 
     ``output``: the results folder as given on the command line (else [sweep] output, relative to the
     sweep file, else build/sweep-STEM beside it)."""
-    f = read_toml(path, "sweep file", line_in_syntax_error=False)
+    f = read_toml(path, "sweep file")
     return _SweepReader(f.spelled, f.abspath, f.text).read(f.doc, output)
 
 
