@@ -70,9 +70,12 @@ def load_model(path: str | Path, weights: str | Path | None = None) -> tuple[Gra
             from tapeout.compiler.frontends.onnx import load_onnx
         except ImportError:
             raise FrontendError(f"{path}: the ONNX front end is not available in this version") from None
-        from tapeout.compiler.frontends.qonnx import is_qonnx_file, load_qonnx
+        from tapeout.compiler.frontends.onnx_model import read_model
+        from tapeout.compiler.frontends.qonnx import load_qonnx
+        from tapeout.runtime.runners.qonnx_exec import names_qonnx
 
-        graph = load_qonnx(path) if is_qonnx_file(path) else load_onnx(path)
+        model = read_model(Path(path))  # parsed once: the QONNX test and the front end share it
+        graph = load_qonnx(path, model) if names_qonnx(model) else load_onnx(path, model)
     else:  # HGQ2 .keras files too: the Keras front end's check tells them apart
         from tapeout.compiler.frontends.keras import load_keras
 

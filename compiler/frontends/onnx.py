@@ -38,13 +38,14 @@ _LAYOUT_FREE = {"Relu", "Sigmoid", "Tanh", "HardSwish", "LeakyRelu", "Elu", "Har
                 "Quant", "IntQuant", "BipolarQuant", "Trunc"}  # QONNX quantizers (frontends.qonnx)
 
 
-def load_onnx(path: str | Path) -> Graph:
-    """Load an ONNX model file into a shape-checked IR graph."""
+def load_onnx(path: str | Path, model: Any = None) -> Graph:
+    """Load an ONNX model file into a shape-checked IR graph (``model``: the file as
+    ``onnx_model.read_model`` parsed it, else it is parsed here)."""
     p = Path(path)
     if not p.is_file():
         raise FrontendError(f"{p}: no such model file")
     with gc_paused():
-        prepared = prepare(p)
+        prepared = prepare(p, model)
         graph = convert(prepared, p)
     graph.metadata["source_format"] = "onnx"
     graph.metadata["source_opset"] = str(prepared.opset)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from tapeout.compiler.errors import FrontendError
 from tapeout.runtime.runners.onnxrt import LIFT_OPSET as MIN_OPSET  # one lift for import and source run
@@ -254,11 +254,26 @@ def fold(model: Any, path: Path) -> Any:
     return irm
 
 
-def prepare(path: Path) -> Prepared:
-    model = read_model(path)
+@dataclass(frozen=True)
+class Hooks:
+    """What a dialect of ONNX (QONNX: ``frontends.qonnx``) changes in :func:`prepare`."""
+
+    # Refuse nodes outside the dialect's domains (and anything else refused from the raw file).
+    check_domains: Callable[[Any, Path], None] = check_domains
+    # On the checked, batch-pinned ModelProto, before folding.
+    before_fold: Callable[[Any], None] | None = None
+    # On the folded onnx_ir model, with Prepared.node_names; returns the model to convert.
+    after_fold: Callable[[Any, dict[str, str]], Any] | None = None
+
+
+def prepare(path: Path, model: Any = None, hooks: Hooks = Hooks()) -> Prepared:
+    """Check and fold ``model`` (the ModelProto read_model parsed from ``path``; parsed here when
+    None) for conversion."""
+    if model is None:
+        model = read_model(path)
     notes: list[str] = []
     external = check_external_data(model, path)
-    check_domains(model, path)
+    hooks.check_domains(model, path)
     if default_opset(model) < MIN_OPSET:
         # Checked once lifted: today's checker rejects forms old exporters wrote (BatchNormalization-6
         # with consumed_inputs), and the lifted model is the one both tapeout and onnxruntime use.
@@ -272,6 +287,10 @@ def prepare(path: Path) -> Prepared:
         if external:
             load_external_data(model, path)
     batch, fixed = pin_batch(model, path)
+    if hooks.before_fold is not None:
+        hooks.before_fold(model)
     names = {out: node.name for node in model.graph.node for out in node.output if out}
     irm = fold(model, path)
+    if hooks.after_fold is not None:
+        irm = hooks.after_fold(irm, names)
     return Prepared(irm, default_opset(model), batch, fixed, notes, names)

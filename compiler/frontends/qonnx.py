@@ -35,8 +35,9 @@ def is_qonnx_file(path: str | Path) -> bool:
     return has_qonnx_nodes(path)
 
 
-def load_qonnx(path: str | Path) -> Graph:
-    """Load a QONNX model file into a shape-checked IR graph with ``fixed_quant`` quantizers."""
+def load_qonnx(path: str | Path, model: Any = None) -> Graph:
+    """Load a QONNX model file into a shape-checked IR graph with ``fixed_quant`` quantizers
+    (``model``: the file as ``onnx_model.read_model`` parsed it, else it is parsed here)."""
     from tapeout.compiler.frontends.onnx import convert
     from tapeout.compiler.frontends.onnx_ops import HANDLERS
     from tapeout.compiler.frontends.qonnx_ops import HANDLERS as QUANT_HANDLERS
@@ -45,7 +46,7 @@ def load_qonnx(path: str | Path) -> Graph:
     if not p.is_file():
         raise FrontendError(f"{p}: no such model file")
     with gc_paused():
-        prepared, folded = prepare(p)
+        prepared, folded = prepare(p, model)
         graph = convert(prepared, p, {**HANDLERS, **QUANT_HANDLERS})
     quantizers = sum(n.op == "fixed_quant" for n in graph.nodes)
     graph.metadata["source_format"] = "qonnx"
@@ -150,28 +151,28 @@ def check_parameters(irm: Any, path: Path, names: dict[str, str]) -> None:
                                     "computed at run time; tapeout reads quantizers with constant parameters only")
 
 
-def prepare(path: Path) -> tuple[om.Prepared, int]:
-    """``onnx_model.prepare`` for QONNX models (see the module docstring); also returns how many
-    quantizers were folded into constants."""
-    model = om.read_model(path)
-    notes: list[str] = []
-    external = om.check_external_data(model, path)
+def check_file(model: Any, path: Path) -> None:
+    """The QONNX domain check, then opsets too old to take QONNX nodes (``onnx_model`` would lift them)."""
     check_domains(model, path)
     if om.default_opset(model) < om.MIN_OPSET:
         raise FrontendError(f"{path}: opset {om.default_opset(model)} with QONNX nodes is not supported "
                             f"(opset {om.MIN_OPSET} or newer)")
-    model = om.lift_opset(model, path, notes)  # refuses opsets newer than onnx knows
-    om.check_model(model, path, external)
-    if external:
-        om.load_external_data(model, path)
-    batch, fixed = om.pin_batch(model, path)
-    annotate_shapes(model)
-    names = {out: node.name for node in model.graph.node for out in node.output if out}
-    irm = om.fold(model, path)
-    folded = _fold_quantizers(irm, path)
-    if folded:  # what read the folded weights (a Transpose, say) folds now
-        import onnx_ir as ir
 
-        irm = om.fold(ir.serde.serialize_model(irm), path)
-    check_parameters(irm, path, names)
-    return om.Prepared(irm, om.default_opset(model), batch, fixed, notes, names), folded
+
+def prepare(path: Path, model: Any = None) -> tuple[om.Prepared, int]:
+    """``onnx_model.prepare`` for QONNX models (see the module docstring) with this module's
+    hooks; also returns how many quantizers were folded into constants."""
+    folded = 0
+
+    def after_fold(irm: Any, names: dict[str, str]) -> Any:
+        nonlocal folded
+        folded = _fold_quantizers(irm, path)
+        if folded:  # what read the folded weights (a Transpose, say) folds now
+            import onnx_ir as ir
+
+            irm = om.fold(ir.serde.serialize_model(irm), path)
+        check_parameters(irm, path, names)
+        return irm
+
+    hooks = om.Hooks(check_domains=check_file, before_fold=annotate_shapes, after_fold=after_fold)
+    return om.prepare(path, model, hooks), folded

@@ -10,6 +10,7 @@ same first sample as a batch-1 run, else one sample at a time.
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,20 +26,32 @@ _QONNX = "qonnx.custom_op.general"
 _MARKERS = tuple(d.encode() for d in QONNX_DOMAINS)
 
 
-def has_qonnx_nodes(path: str | Path) -> bool:
-    """Whether an ``.onnx`` file holds QONNX nodes (a byte scan, then a parse only on a hit)."""
+def names_qonnx(model: Any) -> bool:
+    """Whether a parsed ModelProto has a node in a QONNX domain."""
+    return any(n.domain in QONNX_DOMAINS for n in model.graph.node)
+
+
+def qonnx_model(path: str | Path) -> Any:
+    """The ``.onnx`` file parsed (without its external data) when it holds QONNX nodes, else None
+    (a byte scan first: a plain ONNX file is not parsed). Give it to :class:`QonnxRunner`,
+    which then does not parse the file again."""
     import mmap
 
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
             if not any(m.find(marker) >= 0 for marker in _MARKERS):
-                return False
+                return None
         import onnx
 
         model = onnx.load_model(str(path), load_external_data=False)
     except Exception:  # noqa: BLE001 - unreadable or empty: the runner that opens it says why
-        return False
-    return any(n.domain in QONNX_DOMAINS for n in model.graph.node)
+        return None
+    return model if names_qonnx(model) else None
+
+
+def has_qonnx_nodes(path: str | Path) -> bool:
+    """Whether an ``.onnx`` file holds QONNX nodes (a byte scan, then a parse only on a hit)."""
+    return qonnx_model(path) is not None
 
 
 def _dtype(elem_type: int) -> str:
@@ -50,9 +63,12 @@ def _dtype(elem_type: int) -> str:
 class QonnxRunner(FileRunner):
     name = "qonnx (qonnx.core.onnx_exec.execute_onnx)"
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, model: Any = None) -> None:
+        """``model``: the file as :func:`qonnx_model` parsed it (used by the first open, which
+        adds the external data), else the open parses the file."""
         super().__init__()
         self.path = Path(path)
+        self._parsed: Any = model
         self._model: Any = None
         self._wrappers: dict[int, Any] = {}
         self._fixed: int | None = None
@@ -67,8 +83,15 @@ class QonnxRunner(FileRunner):
             raise RuntimeUnavailable("qonnx is not installed: pip install 'tapeout[qat]'") from None
         if not self.path.is_file():
             raise RuntimeInputError(f"{self.path}: no such ONNX model file")
+        parsed, self._parsed = self._parsed, None  # once: a reopen reads the file as it is then
         try:
-            self._model = onnx.load_model(str(self.path))
+            if parsed is None:
+                self._model = onnx.load_model(str(self.path))
+            else:  # what onnx.load_model adds to its parse, from the same folder
+                from onnx.external_data_helper import load_external_data_for_model
+
+                load_external_data_for_model(parsed, os.path.dirname(os.path.abspath(self.path)))
+                self._model = parsed
         except Exception as exc:  # noqa: BLE001
             raise RuntimeInputError(f"{self.path}: not a loadable ONNX model ({one_line(exc)})") from None
         self._own_domains()

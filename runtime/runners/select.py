@@ -21,10 +21,11 @@ def _keras(path: Path, weights: Path | None) -> Runner:
 
 def _onnx(path: Path, weights: Path | None) -> Runner:
     from tapeout.runtime.runners.onnxrt import OnnxRuntimeRunner
-    from tapeout.runtime.runners.qonnx_exec import QonnxRunner, has_qonnx_nodes
+    from tapeout.runtime.runners.qonnx_exec import QonnxRunner, qonnx_model
 
-    if has_qonnx_nodes(path):  # QONNX quantizers: onnxruntime has no kernels for them
-        return QonnxRunner(path)
+    model = qonnx_model(path)  # parsed only when the bytes name a QONNX domain
+    if model is not None:  # QONNX quantizers: onnxruntime has no kernels for them
+        return QonnxRunner(path, model)  # the runner takes this parse, not a second one
 
     return OnnxRuntimeRunner(path)
 

@@ -260,3 +260,55 @@ def test_weight_quantizer_whose_scale_does_not_broadcast_is_one_line(tmp_path: P
     path = qm.save(b.model("x", [None, 6], b.op("Gemm", ["x", w], transB=1), [None, 4], "wb"), tmp_path)
     with pytest.raises(FrontendError, match=r"node 'Quant_0' \(Quant\): operands could not be broadcast"):
         load_model(path)
+
+
+def test_compile_parses_the_source_once_in_the_compiler_and_once_in_its_runner(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compiling and verifying a QONNX model parses its file twice: the compiler's parse serves the
+    QONNX test and the front end, the source runner's serves runner selection and the run (it loads
+    the external data). It was four: detection, prepare, runner selection, runner."""
+    import json
+
+    import onnx
+
+    from tests.cli_run import run_cli
+
+    path = qm.save(qm.mlp(8), tmp_path)
+    data = tmp_path / "data.npz"
+    np.savez(data, global_in=inputs((16,), 64))
+    parses: list[bool] = []  # whether each parse of the source loaded its external data
+    original = onnx.load_model
+
+    def counting(f, *args, **kwargs):
+        if isinstance(f, (str, Path)) and Path(f).resolve() == path.resolve():
+            parses.append(kwargs.get("load_external_data", True))
+        return original(f, *args, **kwargs)
+
+    monkeypatch.setattr(onnx, "load_model", counting)
+    monkeypatch.setattr(onnx, "load", counting)
+    code, out, err = run_cli("compile", path, "-t", "onnx", "-o", tmp_path / "out", "--eval", data)
+    assert code == 0, out + err
+    v = json.loads((tmp_path / "out" / "report.json").read_text())["targets"][0]["verification"]
+    assert v["passed"] and "qonnx.core.onnx_exec.execute_onnx" in v["runner"]
+    assert parses == [False, False]  # the compiler's, then runner_for's (taken by the runner's open)
+
+
+def test_runner_reopened_reads_the_file_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner uses the selection's parse on its first open only; a reopen reads the file."""
+    import onnx
+
+    from tapeout.runtime.runners.qonnx_exec import QonnxRunner, qonnx_model
+
+    path = qm.save(qm.single("Quant", [1, 4], {"s": 0.25, "z": 0.0, "b": 5}), tmp_path)
+    runner = QonnxRunner(path, qonnx_model(path))
+    calls: list[object] = []
+    original = onnx.load_model
+    monkeypatch.setattr(onnx, "load_model", lambda f, *a, **k: calls.append(f) or original(f, *a, **k))
+    x = {"x": np.array([[0.3, -1.0, 2.0, 9.0]], np.float32)}
+    with runner:
+        first = runner.infer(x)
+    assert calls == []
+    with runner:
+        again = runner.infer(x)
+    assert calls == [str(path)]
+    np.testing.assert_array_equal(first["y"], again["y"])
