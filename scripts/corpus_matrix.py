@@ -296,6 +296,17 @@ def select(models: list[dict], args) -> list[dict]:
     return out
 
 
+def merge_results(old: list[dict], newer: list[dict]) -> list[dict]:
+    """``old`` with ``newer``'s cells in place of the same model's and target's (a re-run of one
+    target leaves the model's other cells as they were), sorted by model."""
+    by_model = {r["model"]: r for r in old}
+    for r in newer:
+        prior = by_model.get(r["model"])
+        by_model[r["model"]] = r if prior is None else {**prior, **{k: v for k, v in r.items() if k != "cells"},
+                                                        "cells": {**prior["cells"], **r["cells"]}}
+    return sorted(by_model.values(), key=lambda r: r["model"])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", action="append", help="model name (repeatable)")
@@ -329,19 +340,20 @@ def main(argv=None) -> int:
         return 0
     if args.report_only:  # rewrite the table (and failures) from the results file
         data = json.loads(RESULTS.read_text())
+        reran = []
         for extra in args.merge_from or []:  # results of partial runs written elsewhere
             newer = json.loads(Path(extra).read_text())["results"]
-            ran = {r["model"] for r in newer}
-            data["results"] = sorted([r for r in data["results"] if r["model"] not in ran] + newer,
-                                     key=lambda r: r["model"])
+            data["results"] = merge_results(data["results"], newer)
+            reran += [f"{r['model']} ({', '.join(sorted(r['cells']))})" for r in newer]
         known = {e["name"] for e in manifest["models"]}
         data["results"] = [r for r in data["results"] if r["model"] in known]
         reclassify(data["results"])
         data["totals"] = totals(data["results"])
         data["models"] = len(data["results"])
-        if args.merge_from:
-            data["header"] = (f"Full run (`make corpus`) with re-runs of some models merged: "
-                              f"{len(data['results'])} models, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.")
+        if reran:
+            data["header"] = (f"{data.get('header', '').rstrip()} Re-run "
+                              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} and merged cell by cell: "
+                              f"{'; '.join(reran)}.").strip()
         RESULTS.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
         write_doc(data["results"], data.get("header", f"{data['models']} models."))
         if args.failures:
@@ -371,10 +383,8 @@ def main(argv=None) -> int:
     if out_path is not None:
         if args.merge and out_path.is_file():
             old = json.loads(out_path.read_text())
-            ran = {r["model"] for r in results}
             known = {e["name"] for e in manifest["models"]}  # drop models no longer in the corpus
-            merged = [r for r in old["results"] if r["model"] not in ran and r["model"] in known] + results
-            results_all = sorted(merged, key=lambda r: r["model"])
+            results_all = [r for r in merge_results(old["results"], results) if r["model"] in known]
             reclassify(results_all)
         else:
             results_all = results

@@ -277,3 +277,17 @@ def test_fast_subset_has_no_failed_cell(name, tmp_path):
         assert c["exit"] != 4, (t, c)
         if c["status"] == "refused":
             assert M._NAMES_OP.search(c["error"]), (t, c)
+
+
+def test_merging_a_rerun_of_one_target_keeps_the_other_cells():
+    """`--merge` / `--merge-from` of a run with `-t tflite:int8` replaces that cell only: merging
+    whole models used to drop the model's other cells from the table."""
+    old = [{"model": "a", "seconds": 9, "cells": {"onnx": {"status": "pass"}, "tflite:int8": {"status": "fail"}}},
+           {"model": "b", "seconds": 1, "cells": {"onnx": {"status": "pass"}}}]
+    newer = [{"model": "a", "seconds": 3, "cells": {"tflite:int8": {"status": "pass"}}},
+             {"model": "c", "seconds": 2, "cells": {"onnx": {"status": "refused"}}}]
+    merged = M.merge_results(old, newer)
+    assert [r["model"] for r in merged] == ["a", "b", "c"]
+    assert merged[0]["cells"] == {"onnx": {"status": "pass"}, "tflite:int8": {"status": "pass"}}
+    assert merged[0]["seconds"] == 3 and merged[1] == old[1]
+    assert old[0]["cells"]["tflite:int8"] == {"status": "fail"}  # the inputs are not changed
