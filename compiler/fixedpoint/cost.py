@@ -78,14 +78,15 @@ def max_disagreements(n: int, min_agreement: float, confidence: float = CONFIDEN
     return k
 
 
-def ebops(graph: Graph, plan: Any) -> int:
+def ebops(graph: Graph, plan: Any, layers: list | None = None) -> int:
     """Sum over dense/conv multiplies (nonzero quantized weights x output positions) of activation
-    bits x weight bits, and over batch-norm scales per element."""
+    bits x weight bits, and over batch-norm scales per element (``layers``: the graph's hls_layers,
+    when the caller has them)."""
     from tapeout.compiler.fixedpoint.arith import from_float
     from tapeout.compiler.fixedpoint.model import hls_layers
     from tapeout.compiler.fixedpoint.search import _resolve_input_types
 
-    layers = hls_layers(graph)
+    layers = hls_layers(graph) if layers is None else layers
     src = _resolve_input_types(graph, plan, layers)
     total = 0
     for layer in layers:
@@ -105,13 +106,14 @@ def ebops(graph: Graph, plan: Any) -> int:
     return total
 
 
-def tie_bits(graph: Graph, plan: Any) -> int:
+def tie_bits(graph: Graph, plan: Any, layers: list | None = None) -> int:
     """Weight-memory bits plus every layer's result width x its elements per sample."""
     from tapeout.compiler.fixedpoint.model import hls_layers
     from tapeout.compiler.fixedpoint.search import weight_bits
 
-    total = weight_bits(graph, plan)[0]
-    for layer in hls_layers(graph):
+    layers = hls_layers(graph) if layers is None else layers
+    total = weight_bits(graph, plan, layers)[0]
+    for layer in layers:
         t = graph.types.get(layer.output)
         dims = t.shape[1:] if t is not None else ()
         elems = int(np.prod(dims)) if all(isinstance(d, int) for d in dims) else 1
@@ -124,22 +126,28 @@ def plan_key(plan: Any) -> tuple:
     return (tuple(sorted(plan.inputs.items())), tuple(sorted(plan.layers.items())))
 
 
-def objective(graph: Graph, kind: str, resources: Callable[[Graph, Any], dict] | None) -> Callable[[Any], dict]:
+def objective(graph: Graph, kind: str,
+              resources: Callable[[Graph], Callable[[Any], dict]] | None) -> Callable[[Any], dict]:
     """plan -> {"cost", "tie", "dsp", "luts", "ebops"} (what the target's estimate says, when it gives one),
-    cached by the plan's types."""
+    cached by the plan's types. ``resources(graph)`` gives the target's plan -> {"dsp", "luts"}: called
+    here, once per search, as the graph's layers are found once, since no plan changes them."""
+    from tapeout.compiler.fixedpoint.model import hls_layers
+
     if kind not in OBJECTIVES:
         raise ValueError(f"unknown precision objective {kind!r}; known: {', '.join(OBJECTIVES)}")
     cache: dict[Any, dict] = {}
+    layers = hls_layers(graph)
+    estimate = resources(graph) if resources is not None else None
 
     def cost(plan: Any) -> dict:
         k = plan_key(plan)
         if k not in cache:
-            out: dict = {"ebops": ebops(graph, plan)}
-            if resources is not None:
-                r = resources(graph, plan)
+            out: dict = {"ebops": ebops(graph, plan, layers)}
+            if estimate is not None:
+                r = estimate(plan)
                 out.update(dsp=int(r["dsp"]), luts=int(r["luts"]))
-            tie = out["tie"] = TIE_PER_BIT * tie_bits(graph, plan)
-            if kind == "resources" and resources is not None:
+            tie = out["tie"] = TIE_PER_BIT * tie_bits(graph, plan, layers)
+            if kind == "resources" and estimate is not None:
                 out["cost"] = resource_cost(out["dsp"], out["luts"]) + tie
             else:
                 out["cost"] = float(out["ebops"]) + tie

@@ -333,7 +333,7 @@ def search_cost(graph: Graph, feeds: dict[str, np.ndarray], budget: Budget, cost
                                                                      for p, _ in extra])):
         c = cost(p)
         curve.append({"cost": round(c["cost"], 1), **{k: c[k] for k in ("dsp", "luts", "ebops") if k in c},
-                      "weight_bits": _weight_bits(graph, p),
+                      "weight_bits": _weight_bits(graph, p, layers),
                       "agreement": None if s is None else s["agreement"],
                       "cosine": None if s is None else round(s["cosine"], 6),
                       "held_out_agreement": None if hs is None else hs["agreement"],
@@ -351,8 +351,8 @@ def search_cost(graph: Graph, feeds: dict[str, np.ndarray], budget: Budget, cost
                         required_cosine=limit.cosine, extra=extra_info)
 
 
-def _weight_bits(graph: Graph, plan: PrecisionPlan) -> int:
+def _weight_bits(graph: Graph, plan: PrecisionPlan, layers: list[HlsLayer]) -> int:
     from tapeout.compiler.fixedpoint.search import weight_bits
 
-    return weight_bits(graph, plan)[0]
+    return weight_bits(graph, plan, layers)[0]
 

@@ -38,8 +38,9 @@ class PrecisionRequest:
     # What "auto" minimizes (compiler.fixedpoint.cost): "resources" (the back end's DSP/LUT estimate,
     # ``resources``; EBOPs without it), "ebops", or "bits" (the first search: fewest bits, 10x guard).
     objective: str = "resources"
-    # (graph, plan) -> {"dsp": int, "luts": int}: the back end's estimate of a plan.
-    resources: Callable[[Graph, Any], Mapping[str, int]] | None = None
+    # graph -> (plan -> {"dsp": int, "luts": int}): the back end's estimate of a plan, bound to the graph
+    # once per search (compiler.fixedpoint.cost.objective).
+    resources: Callable[[Graph], Callable[[Any], Mapping[str, int]]] | None = None
 
 
 @dataclass

@@ -451,10 +451,11 @@ def uniform_plan(graph: Graph, t: FixedType) -> PrecisionPlan:
     return _finish(graph, plan, layers, ranges)
 
 
-def weight_bits(graph: Graph, plan: PrecisionPlan) -> tuple[int, float]:
-    """Total weight-memory bits (weights and biases) and the mean bits per weight."""
+def weight_bits(graph: Graph, plan: PrecisionPlan, layers: list[HlsLayer] | None = None) -> tuple[int, float]:
+    """Total weight-memory bits (weights and biases) and the mean bits per weight (``layers``: the
+    graph's hls_layers, when the caller has them)."""
     total, count = 0, 0
-    for layer in hls_layers(graph):
+    for layer in hls_layers(graph) if layers is None else layers:
         lp = plan.layers[layer.name]
         n = layer.node
         if layer.kind in ("dense", "conv") and lp.weight is not None:

@@ -92,10 +92,12 @@ def _dims(graph: Graph, layer: HlsLayer) -> tuple[int, int, int]:
 
 def estimate(graph: Graph, plan: PrecisionPlan, reuse: dict[str, int], *, variant: str, io_type: str,
              strategy: str, clock_period: float,
-             da_costs: dict[str, tuple[float, int]] | None = None) -> tuple[list[LayerEstimate], dict]:
+             da_costs: dict[str, tuple[float, int]] | None = None,
+             layers: list[HlsLayer] | None = None) -> tuple[list[LayerEstimate], dict]:
     """Per-layer estimates and their totals for ``plan`` with ``reuse`` (layer -> reuse factor);
-    ``da_costs`` (layer -> (da4ml cost, parallel kernels)) for a distributed-arithmetic build."""
-    layers = hls_layers(graph)
+    ``da_costs`` (layer -> (da4ml cost, parallel kernels)) for a distributed-arithmetic build;
+    ``layers``: the graph's hls_layers, when the caller has them (the precision search, per plan)."""
+    layers = hls_layers(graph) if layers is None else layers
     src = _resolve_input_types(graph, plan, layers)
     shape = DSP_SHAPES[variant]
     in_bram = strategy == "resource" or io_type == "stream"

@@ -14,7 +14,7 @@ import shutil
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 
 import numpy as np
 
@@ -228,26 +228,40 @@ class Hls4mlTarget(Target):
             own_tables_note=None if self.variant in AMD_TABLES else own,
             # Distributed arithmetic has no multipliers to count: EBOPs stand in for its adder graphs.
             objective="ebops" if s.strategy == "distributed_arithmetic" and s.precision_objective == "resources"
-            else s.precision_objective, resources=self._resources)
+            else s.precision_objective, resources=self._resource_estimate)
 
-    def _resources(self, graph: Graph, plan: Any) -> dict[str, int]:
-        """The estimate's DSPs and LUTs of a plan (the precision search's objective)."""
+    def _resource_estimate(self, graph: Graph) -> Callable[[Any], dict[str, int]]:
+        """plan -> the estimate's DSPs and LUTs (the precision search's objective); the graph's layers and
+        reuse factors, which no plan changes, are found here once per search."""
+        from tapeout.compiler.fixedpoint import hls_layers
         from tapeout.compiler.fixedpoint.cost import lut_multiplier_luts
         from tapeout.targets.hls4ml.estimates import estimate
 
         s = self.settings
-        rows, totals = estimate(graph, plan, self._reuse(graph, [])[0], variant=self.variant, io_type=s.io_type,
-                                strategy=s.strategy, clock_period=s.clock_period)
-        return {"dsp": totals["dsp"],
-                "luts": sum(r.lut_multipliers * lut_multiplier_luts(*r.operand_bits) for r in rows if r.lut_multipliers)}
+        layers = hls_layers(graph)
+        reuse = self._reuse(graph, [], layers)[0]
+
+        def resources(plan: Any) -> dict[str, int]:
+            rows, totals = estimate(graph, plan, reuse, variant=self.variant, io_type=s.io_type, strategy=s.strategy,
+                                    clock_period=s.clock_period, layers=layers)
+            return {"dsp": totals["dsp"], "luts": sum(r.lut_multipliers * lut_multiplier_luts(*r.operand_bits)
+                                                      for r in rows if r.lut_multipliers)}
+
+        return resources
+
+    def _resources(self, graph: Graph, plan: Any) -> dict[str, int]:
+        """The estimate's DSPs and LUTs of one plan."""
+        return self._resource_estimate(graph)(plan)
 
     # ----------------------------------------------------------------- reuse
-    def _reuse(self, graph: Graph, notes: list[str]) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    def _reuse(self, graph: Graph, notes: list[str],
+               layers: list[Any] | None = None) -> tuple[dict[str, int], list[dict[str, Any]]]:
         from tapeout.compiler.fixedpoint import hls_layers
         from tapeout.compiler.fixedpoint.reuse import MAX_UNROLLED_MULTS, auto_reuse, valid_reuse_factor
 
         s = self.settings
-        layers = [layer for layer in hls_layers(graph) if layer.kind in ("dense", "conv")]
+        layers = [layer for layer in (hls_layers(graph) if layers is None else layers)
+                  if layer.kind in ("dense", "conv")]
         unknown = sorted(set(s.layer_reuse) - {layer.name for layer in layers})
         if unknown:
             raise UsageError(f"--reuse-factor: no dense/conv layer named {', '.join(map(repr, unknown))}")

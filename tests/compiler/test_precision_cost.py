@@ -33,24 +33,28 @@ def _mlp(seed: int = 0, n: int = 2500) -> tuple[Graph, np.ndarray]:
     return g, rng.normal(0, 1.5, (n, 16)).astype(np.float32)
 
 
-def _toy_resources(graph: Graph, plan) -> dict:
+def _toy_resources(graph: Graph):
     """A stand-in for the hls4ml estimate: every product on a DSP when both operands have >= 10 bits."""
     from tapeout.compiler.fixedpoint.model import hls_layers
     from tapeout.compiler.fixedpoint.search import _resolve_input_types
 
     layers = hls_layers(graph)
-    src = _resolve_input_types(graph, plan, layers)
-    dsp = luts = 0
-    for layer in layers:
-        lp = plan.layers[layer.name]
-        if layer.kind == "dense":
-            a, w = src[layer.inputs[0]].width, lp.weight.width
-            mults = int(graph.constants[layer.node.inputs[1]].size)
-            if min(a, w) >= 10:
-                dsp += mults
-            else:
-                luts += mults * lut_multiplier_luts(a, w)
-    return {"dsp": dsp, "luts": luts}
+
+    def resources(plan) -> dict:
+        src = _resolve_input_types(graph, plan, layers)
+        dsp = luts = 0
+        for layer in layers:
+            lp = plan.layers[layer.name]
+            if layer.kind == "dense":
+                a, w = src[layer.inputs[0]].width, lp.weight.width
+                mults = int(graph.constants[layer.node.inputs[1]].size)
+                if min(a, w) >= 10:
+                    dsp += mults
+                else:
+                    luts += mults * lut_multiplier_luts(a, w)
+        return {"dsp": dsp, "luts": luts}
+
+    return resources
 
 
 def test_clopper_pearson_bound_and_the_disagreements_it_allows():
@@ -177,3 +181,24 @@ def test_the_cost_search_runs_the_model_once_per_distinct_plan(monkeypatch):
     assert len(runs) == res.evaluations > 0
     assert len(set(runs)) == len(runs)  # no plan scored twice on the same data
     assert len({judge for judge, _ in runs}) == 2  # the search data's judge and the held-out one
+
+
+def test_the_objective_finds_the_layers_once_per_search(monkeypatch):
+    """hls_layers (and the target's reuse factors) do not change with the plan: found when the objective is made."""
+    import tapeout.compiler.fixedpoint.model as model
+
+    g, _ = _mlp()
+    plans = [uniform_plan(g, fixed(bits, 4)) for bits in (8, 10, 12, 14)]
+    calls = {"n": 0}
+    real = model.hls_layers
+
+    def counted(graph):
+        calls["n"] += 1
+        return real(graph)
+
+    monkeypatch.setattr(model, "hls_layers", counted)
+    cost = objective(g, "resources", _toy_resources)
+    made = calls["n"]
+    assert made >= 1
+    costs = [cost(p)["cost"] for p in plans]
+    assert costs == sorted(costs) and calls["n"] == made  # four plans priced, no layers found again

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tapeout.compiler.fixedpoint import fixed
 from tapeout.compiler.fixedpoint.search import uniform_plan
@@ -44,3 +45,29 @@ def test_counts_follow_nonzero_weights_reuse_and_widths():
     _, stream = estimate(g, uniform_plan(g, fixed(8, 3)), {"fc": 2}, variant="vitis", io_type="stream",
                          strategy="latency", clock_period=5.0)
     assert stream["bram18"] >= 1
+
+
+def test_the_search_objective_binds_layers_and_reuse_once(monkeypatch):
+    """precision_request().resources(graph) finds the reuse factors once; each plan is then priced
+    from the estimate alone (LUT multipliers at ceil(a x w / 2) LUTs)."""
+    from tapeout.compiler.errors import UsageError
+    from tapeout.targets.hls4ml.target import Hls4mlTarget
+
+    g = _graph(zeros=8)
+    target = Hls4mlTarget("vitis", precision_objective="resources", reuse_factor="2")
+    calls = {"n": 0}
+    real = Hls4mlTarget._reuse
+
+    def counted(self, *a, **k):
+        calls["n"] += 1
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Hls4mlTarget, "_reuse", counted)
+    price = target.precision_request().resources(g)
+    narrow, wide = price(uniform_plan(g, fixed(8, 3))), price(uniform_plan(g, fixed(16, 6)))
+    assert calls["n"] == 1
+    assert narrow == {"dsp": 0, "luts": 20 * 32} and wide == {"dsp": 20, "luts": 0}  # 40 products, reuse 2
+    assert target._resources(g, uniform_plan(g, fixed(8, 3))) == narrow
+    bad = Hls4mlTarget("vitis", reuse_factor="nope=2")
+    with pytest.raises(UsageError, match="no dense/conv layer named 'nope'"):
+        bad.precision_request().resources(g)
