@@ -107,15 +107,21 @@ def live(graph: Graph, n: Node) -> np.ndarray:
     return (width > 0) & ~((n.attr("overflow") == "AP_SAT_SYM") & (k > 0) & (width == 1))
 
 
-def per_tensor_type(graph: Graph, n: Node) -> FixedType | None:
-    """The quantizer's ``ap_[u]fixed<k+i+f, k+i, Q, O>`` when one grid covers the tensor; None when the
-    grid differs per element or has no bits."""
+def tensor_kif(graph: Graph, n: Node) -> tuple[int, int, int] | None:
+    """k, i, f of a fixed_quant whose grid is one for the whole tensor; None when it differs per element."""
     k, i, f = quantizer_grid(graph, n)
     if any(np.unique(a).size != 1 for a in (k, i, f)):
         return None
-    kk, ii, ff = int(k.flat[0]), int(i.flat[0]), int(f.flat[0])
-    if not live(graph, n).flat[0]:
+    return int(k.flat[0]), int(i.flat[0]), int(f.flat[0])
+
+
+def per_tensor_type(graph: Graph, n: Node) -> FixedType | None:
+    """The quantizer's ``ap_[u]fixed<k+i+f, k+i, Q, O>`` when one grid covers the tensor; None when the
+    grid differs per element or has no bits."""
+    kif = tensor_kif(graph, n)
+    if kif is None or not live(graph, n).flat[0]:
         return None
+    kk, ii, ff = kif
     return FixedType(kk + ii + ff, kk + ii, bool(kk), n.attr("rounding"), n.attr("overflow"))
 
 

@@ -383,10 +383,15 @@ def fp16_grid(g: Graph, n: Node) -> bool:
 def trained_grid(g: Graph, n: Node, dtype: str) -> TensorQuant | None:
     """A fixed_quant's grid as the annotation of its output, where ``dtype`` holds it exactly: one
     grid per tensor, scale 2**-f, zero point 0, at most 8 bits (int8; 16 for int16) with the sign."""
-    k, i, f = (np.asarray(g.constants.get(c, np.nan)) for c in n.inputs[1:])
-    if any(a.dtype.kind not in "iu" or np.unique(a).size != 1 for a in (k, i, f)):
+    from tapeout.compiler.fixedpoint.qat import tensor_kif
+
+    # A runtime (or non-integer) k, i or f has no one trained grid: calibrated.
+    if not all(c in g.constants and np.asarray(g.constants[c]).dtype.kind in "iu" for c in n.inputs[1:]):
         return None
-    k, i, f = (int(a.flat[0]) for a in (k, i, f))
+    kif = tensor_kif(g, n)
+    if kif is None:
+        return None
+    k, i, f = kif
     width = k + i + f
     qmin, qmax = _INT_RANGE[dtype]
     top = (1 << (width - k)) - 1 if width > 0 else 0
