@@ -476,18 +476,15 @@ def _resize(ctx: BuildContext, n: Node) -> Any:
 
 def _fixed_quant(ctx: BuildContext, n: Node) -> Any:
     from tapeout.compiler.fixedpoint.arith import kif_grid
-    from tapeout.compiler.fixedpoint.types import OVERFLOW, ROUNDING
+    from tapeout.compiler.ops import fixed_quant_modes
 
     x, *kif = n.inputs
-    if not all(ctx.is_const(c) for c in kif):
-        raise IRError(f"node {n.name!r} (fixed_quant): the Keras emitter needs constant k, i and f")
-    if n.attr("rounding") not in ROUNDING or n.attr("overflow") not in OVERFLOW:
-        raise IRError(f"node {n.name!r} (fixed_quant): unknown mode {n.attr('rounding')}/{n.attr('overflow')}")
+    rounding, overflow = fixed_quant_modes(n, ctx.graph.constants, "the Keras emitter")
     try:
         grid = kif_grid(*(ctx.graph.constants[c] for c in kif))
     except ValueError as e:
         raise IRError(f"node {n.name!r} (fixed_quant): {e}") from None
-    layer = custom.FixedQuant(grid["scale"].shape, n.attr("rounding"), n.attr("overflow"), name=ctx.name(n))
+    layer = custom.FixedQuant(grid["scale"].shape, rounding, overflow, name=ctx.name(n))
     return apply(layer, ctx.tensor(n, x), [grid[k] for k in custom.FixedQuant.KEYS])
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from tapeout.compiler.ir import LINEAR, Activation, Graph, IRError, Node, TensorType
 
@@ -450,6 +450,19 @@ _register("slice", _infer_slice, defaults={"steps": None}, required=("axes", "st
 
 
 _register("fixed_quant", _same, inputs=(4, 4), defaults={"rounding": "AP_TRN", "overflow": "AP_WRAP"})
+
+
+def fixed_quant_modes(n: Node, constants: Mapping[str, Any], who: str) -> tuple[str, str]:
+    """A fixed_quant an emitter lowers to float ops: constant k, i and f (``who``, the emitter, says it
+    needs them) and ap_fixed rounding/overflow modes; its (rounding, overflow), else IRError."""
+    from tapeout.compiler.fixedpoint.types import OVERFLOW, ROUNDING
+
+    if not all(c in constants for c in n.inputs[1:]):
+        raise _fail(n, f"{who} needs constant k, i and f")
+    rounding, overflow = n.attr("rounding"), n.attr("overflow")
+    if rounding not in ROUNDING or overflow not in OVERFLOW:
+        raise _fail(n, f"unknown mode {rounding}/{overflow}")
+    return rounding, overflow
 
 
 def graph_macs(graph: Graph) -> int:

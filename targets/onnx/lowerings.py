@@ -294,15 +294,15 @@ def _fixed_quant(b: Builder, n: Node) -> None:
     """The kernel's arithmetic in float ops, exact (``fixedpoint.arith.kif_grid`` says why): scale by
     2**f, floor, the rounding mode's +1 from the dropped fraction, wrap or saturate, scale back."""
     from tapeout.compiler.fixedpoint.arith import kif_grid
-    from tapeout.compiler.fixedpoint.types import OVERFLOW, ROUNDING
+    from tapeout.compiler.ir import IRError
+    from tapeout.compiler.ops import fixed_quant_modes
 
     x, *kif = n.inputs
     out, name = n.outputs[0], n.name
-    rounding, overflow = n.attr("rounding"), n.attr("overflow")
-    if not all(c in b.graph.constants for c in kif):
-        raise UsageError(f"node {name!r} (fixed_quant): the onnx target needs constant k, i and f")
-    if rounding not in ROUNDING or overflow not in OVERFLOW:
-        raise UsageError(f"node {name!r} (fixed_quant): unknown mode {rounding}/{overflow}")
+    try:
+        rounding, overflow = fixed_quant_modes(n, b.graph.constants, "the onnx target")
+    except IRError as e:
+        raise UsageError(str(e)) from None  # the onnx target's bad input: exit 2
     try:
         grid = kif_grid(*(b.graph.constants[c] for c in kif))
     except ValueError as e:

@@ -38,3 +38,21 @@ def test_every_op_has_a_builder_and_a_case(cases) -> None:
     exercised |= {n.attr("activation").op for g in graphs for n in g.nodes if n.op in ("dense", "conv")}
     assert set(SCHEMAS) - exercised == set()
     assert set(ACTIVATION_OPS) <= {a.op for a in cases.ACTIVATIONS}
+
+
+@pytest.mark.parametrize("rounding, overflow, runtime_f, why", [
+    ("AP_BOGUS", "AP_WRAP", False, "unknown mode AP_BOGUS/AP_WRAP"),
+    ("AP_RND", "AP_NOPE", False, "unknown mode AP_RND/AP_NOPE"),
+    ("AP_RND", "AP_SAT", True, "the Keras emitter needs constant k, i and f")])
+def test_fixed_quant_checks_come_from_the_op(cases, rounding, overflow, runtime_f, why) -> None:
+    """The op's own check (compiler.ops.fixed_quant_modes), as the ONNX lowering calls it too."""
+    from tapeout.compiler.ir import IRError
+    from tapeout.targets.keras.emit import graph_to_keras
+
+    m = cases.GraphMaker(x=((4,), "NC"))
+    k, i, f = cases._kif(m, 1, 2, 3)
+    if runtime_f:
+        f = m.node("relu", "x")  # a runtime value, not a constant
+    y = m.node("fixed_quant", "x", k, i, f, rounding=rounding, overflow=overflow)
+    with pytest.raises(IRError, match=rf"^node 'fixed_quant' \(fixed_quant\): {why}$"):
+        graph_to_keras(m.done(y))

@@ -233,3 +233,23 @@ def test_every_op_has_a_lowering_and_a_case(maker) -> None:
                   if n.op in ("dense", "conv")}
     assert set(SCHEMAS) - exercised == set()
     assert set(ACTIVATION_OPS) <= {a.op for a in ACTIVATIONS}
+
+
+@pytest.mark.parametrize("rounding, overflow, runtime_f, why", [
+    ("AP_BOGUS", "AP_WRAP", False, "unknown mode AP_BOGUS/AP_WRAP"),
+    ("AP_RND", "AP_NOPE", False, "unknown mode AP_RND/AP_NOPE"),
+    ("AP_RND", "AP_SAT", True, "the onnx target needs constant k, i and f")])
+def test_fixed_quant_checks_come_from_the_op(maker, rounding, overflow, runtime_f, why) -> None:
+    """The op's own check (compiler.ops.fixed_quant_modes), as the Keras emitter calls it too; here a
+    bad input (exit 2)."""
+    from tapeout.compiler.errors import UsageError
+    from tapeout.targets.onnx.emit import graph_to_onnx
+
+    m = maker(x=((4,), "NC"))
+    k, i, f = _kif(m, 1, 2, 3)
+    if runtime_f:
+        f = m.node("relu", "x")  # a runtime value, not a constant
+    y = m.node("fixed_quant", "x", k, i, f, rounding=rounding, overflow=overflow)
+    with pytest.raises(UsageError, match=rf"^node 'fixed_quant' \(fixed_quant\): {why}$") as e:
+        graph_to_onnx(m.done(y))
+    assert e.value.exit_code == 2
