@@ -62,19 +62,35 @@ class FakeQuant(keras.layers.Layer):
                 "num_bits": self.num_bits}
 
 
+def float_barrier(x: Any) -> Any:
+    """``sign(x) * abs(x)``: exactly x, but SIGN has no integer kernel, so TensorFlow's quantizer
+    dequantizes there and what reads the result runs on a float input, in float."""
+    return tf.sign(x) * tf.abs(x)
+
+
+class FloatBarrier(keras.layers.Layer):
+    """Each quantized input and the quantized output of a node kept float (--keep-float,
+    --fallback). Without them TensorFlow's quantizer quantizes the node anyway when a neighbour's
+    FakeQuant range reaches it: a concat takes one quantized input's or its output's scale for
+    every input and its output ("same scale"), and a conv reading a quantized value is quantized
+    with it (zoo SqueezeNet with 8 layers kept float came out all int8, its kept convs at a
+    concat's scale: cosine 0.51 where the simulation read 0.99)."""
+
+    def call(self, x: Any) -> Any:
+        return float_barrier(x)
+
+
 class FloatOnly(keras.layers.Layer):
     """softmax / sigmoid / tanh kept in float. TensorFlow's quantizer gives SOFTMAX, LOGISTIC
     and TANH a fixed integer output range whenever their input is quantized (even rebuilt from
-    exp and sum, which it fuses back), so the input first goes through ``sign(x) * abs(x)``:
-    exactly x, but SIGN has no integer kernel, so the quantizer dequantizes there and the
-    activation runs on a float input, in float."""
+    exp and sum, which it fuses back), so the input first goes through ``float_barrier``."""
 
     def __init__(self, op: str, axis: int = -1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.op, self.axis = op, int(axis)
 
     def call(self, x: Any) -> Any:
-        x = tf.sign(x) * tf.abs(x)
+        x = float_barrier(x)
         if self.op == "softmax":
             return tf.nn.softmax(x, axis=self.axis)
         return tf.sigmoid(x) if self.op == "sigmoid" else tf.tanh(x)
@@ -87,15 +103,39 @@ FLOAT_ONLY_OPS = ("softmax", "sigmoid", "tanh")
 
 
 def float_builders(graph: Graph) -> dict[str, Any]:
-    """Builders for the kept-float nodes TensorFlow's quantizer would otherwise quantize."""
-    assert graph.quant is not None
+    """Builders for the kept-float nodes TensorFlow's quantizer would otherwise quantize: softmax,
+    sigmoid and tanh as FloatOnly; every other op its own builder, each quantized input through a
+    FloatBarrier first (fixed_quant excepted: a QAT quantizer is float by design and sets the
+    scales of what it feeds)."""
+    from tapeout.compiler.keras_model import BUILDERS
 
-    def build(ctx: Any, node: Any) -> Any:
+    assert graph.quant is not None
+    tensors = graph.quant.tensors
+
+    def activation(ctx: Any, node: Any) -> Any:
         axis = int(node.attrs.get("axis", -1)) if node.op == "softmax" else -1
         return FloatOnly(node.op, axis, name=ctx.name(node))(ctx.tensor(node, node.inputs[0]))
 
+    def barred(ctx: Any, node: Any) -> Any:
+        saved = {}
+        for v in dict.fromkeys(node.inputs):
+            tq = tensors.get(v)
+            if v in ctx.values and tq is not None and tq.role == "activation" and tq.is_integer:
+                saved[v] = ctx.values[v]
+                ctx.values[v] = FloatBarrier(name=ctx.unique(f"{v}_float"))(saved[v])
+        try:
+            out = BUILDERS[node.op](ctx, node)
+        finally:
+            ctx.values.update(saved)
+        tq = tensors.get(node.outputs[0])
+        if tq is not None and tq.role == "activation" and tq.is_integer:
+            # Its reader is integer (a FakeQuant follows): bar the scale coming back too.
+            out = FloatBarrier(name=ctx.unique(f"{node.outputs[0]}_from_float"))(out)
+        return out
+
     kept = set(graph.quant.float_nodes)
-    return {n.name: build for n in graph.nodes if n.name in kept and n.op in FLOAT_ONLY_OPS}
+    return {n.name: activation if n.op in FLOAT_ONLY_OPS else barred for n in graph.nodes
+            if n.name in kept and n.op != "fixed_quant" and (n.op in FLOAT_ONLY_OPS or n.op in BUILDERS)}
 
 
 def grid_range(tq: TensorQuant) -> tuple[float, float]:
