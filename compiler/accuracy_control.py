@@ -209,16 +209,25 @@ def _measure(graph: Graph, feeds: Mapping[str, np.ndarray], reference: Mapping[s
     return Step(added, bool(passed), accuracy, drop, cos, min(agree) if agree else None)
 
 
+Requantize = Callable[[list[str]], Graph]  # nodes kept float -> the graph annotated with them float
+
+
 def control(graph: Graph, scheme: str, feeds: Mapping[str, np.ndarray], labels: np.ndarray | None,
-            criterion: Criterion, *, progress: Callable[[str], None] = lambda _: None) -> Result:
+            criterion: Criterion, *, progress: Callable[[str], None] = lambda _: None,
+            requantize: Requantize | None = None, float_graph: Graph | None = None) -> Result:
     """Keep units of ``graph`` (annotated with ``scheme``, calibrated) in float, most sensitive
-    first, until ``criterion`` holds on ``feeds`` (IR layout) or no unit is left."""
+    first, until ``criterion`` holds on ``feeds`` (IR layout) or no unit is left.
+
+    ``requantize`` annotates again with more nodes float (default: ``Quantize`` on ``graph``);
+    ``float_graph`` is the float model the steps are judged against (default: ``graph`` run in
+    float). The quantize stage passes both when bias correction changed the annotated graph's
+    biases: a node kept float gets its trained bias back, and the reference is the model's own."""
     if graph.quant is None:
         raise ValueError("accuracy control needs a graph annotated by the quantize pass")
     if criterion.max_drop_pt is not None and labels is None:
         raise ValueError("an accuracy budget needs labels")
     base = list(graph.quant.float_nodes)
-    reference = {o: np.concatenate(parts) for o, parts in _collect(graph, feeds).items()}
+    reference = {o: np.concatenate(parts) for o, parts in _collect(float_graph or graph, feeds).items()}
     float_acc = None
     if labels is not None:
         acc = compare(reference, reference, Tolerance(), labels=labels).accuracy
@@ -235,7 +244,8 @@ def control(graph: Graph, scheme: str, feeds: Mapping[str, np.ndarray], labels: 
             continue
         added += new
         progress(f"accuracy control {scheme}: step {len(steps)} keeps {', '.join(new)} float")
-        current = Pipeline([Quantize(scheme, base + added)]).run(graph).graph
+        current = (requantize(base + added) if requantize is not None
+                   else Pipeline([Quantize(scheme, base + added)]).run(graph).graph)
         steps.append(_measure(current, feeds, reference, labels, float_acc, criterion, new))
     return Result(current, steps, added, steps[-1].passed, float_acc, ranking)
 
@@ -256,15 +266,19 @@ def drop_pt(accuracy: Mapping[str, float] | None) -> float | None:
 
 
 def apply(quantized: dict[str, tuple[Graph, dict]], feeds: Mapping[str, np.ndarray], labels: np.ndarray | None,
-          criterion: Criterion, progress: Callable[[str], None] = lambda _: None) -> dict[str, tuple[Graph, dict]]:
-    """``--fallback`` over every scheme of a compile (``api._quantize``'s result); ``feeds`` in the
-    source layout. Each scheme's report entry gets ``float_layers`` updated and ``accuracy_control``."""
+          criterion: Criterion, progress: Callable[[str], None] = lambda _: None,
+          requantizers: Mapping[str, tuple[Requantize, Graph]] | None = None) -> dict[str, tuple[Graph, dict]]:
+    """``--fallback`` over every scheme of a compile (the quantize stage's result); ``feeds`` in the
+    source layout; ``requantizers``: scheme -> (requantize, float graph), see ``control``. Each
+    scheme's report entry gets ``float_layers`` updated and ``accuracy_control``."""
     from tapeout.compiler.calibration import to_ir_layout
 
     out = {}
     for scheme, (graph, info) in quantized.items():
         ir_feeds = to_ir_layout(graph, {i: np.asarray(feeds[i]) for i in graph.inputs})
-        result = control(graph, scheme, ir_feeds, labels, criterion, progress=progress)
+        requantize, float_graph = (requantizers or {}).get(scheme, (None, None))
+        result = control(graph, scheme, ir_feeds, labels, criterion, progress=progress, requantize=requantize,
+                         float_graph=float_graph)
         assert result.graph.quant is not None
         entry = dict(info, float_layers=list(result.graph.quant.float_nodes),
                      accuracy_control=result.to_json(criterion))

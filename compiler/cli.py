@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --calibration-method percentile: keep the (100-P)..P percentiles (default 99.99)")
     c.add_argument("--keep-float", action="append", default=[], metavar="LAYER",
                    help="leave this layer in float in quantized targets (repeatable)")
+    c.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
+                   help="int8/int16x8: leave the conv/dense biases as trained (by default they absorb the mean "
+                        "offset that rounding the weights causes, measured on the calibration data)")
     c.add_argument("--io", choices=("float", "int8", "uint8", "int16"),
                    help="input/output type of the integer tflite variants: float (default), int8 or uint8 "
                         "(tflite:int8), int16 (tflite:int16x8); the runner still takes and gives floats")
@@ -413,7 +416,8 @@ def _cmd_compile(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         report = compile_model(args.model, args.targets, args.outdir, weights=args.weights,
                                calibration=args.calibration, eval_data=args.eval_data, atol=args.atol,
                                rtol=args.rtol, calibration_method=args.calibration_method,
-                               percentile=args.percentile, keep_float=args.keep_float, prune=args.prune,
+                               percentile=args.percentile, keep_float=args.keep_float,
+                               bias_correction=args.bias_correction, prune=args.prune,
                                prune_exclude=args.prune_exclude,
                                train=args.train, epochs=args.epochs, learning_rate=args.learning_rate,
                                target_options=_target_options(args), max_accuracy_drop=args.max_accuracy_drop,

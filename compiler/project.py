@@ -35,7 +35,7 @@ Keys of a model table (all but path/weights/outdir/extends may go in [defaults] 
     io_layout                                    "source" | "channels-last"
     keep_float, prune_exclude                    lists of strings
     prune                                        string (the --prune SPEC)
-    fallback, verify                             booleans (verify defaults to true)
+    fallback, verify, bias_correction            booleans (verify and bias_correction default to true)
     options                                      table: TARGET[:VARIANT] -> table of option values
 
 They mirror `tapeout compile`'s flags (``eval`` is --eval, ``verify = false`` is --no-verify,
@@ -75,7 +75,7 @@ _NUMBERS = ("atol", "rtol", "percentile", "learning_rate", "max_accuracy_drop")
 _STR_LISTS = ("keep_float", "prune_exclude")
 _MODEL_KEYS = ("path", "weights", "outdir", "extends", "targets", "calibration", "eval", "train", "atol", "rtol",
                "calibration_method", "percentile", "io_layout", "keep_float", "prune", "prune_exclude", "epochs",
-               "learning_rate", "max_accuracy_drop", "fallback", "verify", "options")
+               "learning_rate", "max_accuracy_drop", "fallback", "verify", "bias_correction", "options")
 _MODEL_ONLY = ("path", "weights", "outdir", "extends")
 _DEFAULT_KEYS = tuple(k for k in _MODEL_KEYS if k not in _MODEL_ONLY)
 _TOP_KEYS = ("defaults", "models")
@@ -206,7 +206,7 @@ class Loader(LineErrors):
         elif key in _STR_LISTS:
             if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
                 raise bad("a list of strings")
-        elif key in ("fallback", "verify"):
+        elif key in ("fallback", "verify", "bias_correction"):
             if not isinstance(value, bool):
                 raise bad("true or false")
         elif key == "options":
@@ -290,6 +290,7 @@ class Loader(LineErrors):
             io_layout=get("io_layout"), keep_float=tuple(get("keep_float", ())), prune=get("prune"),
             prune_exclude=tuple(get("prune_exclude", ())), epochs=get("epochs"), learning_rate=num("learning_rate"),
             max_accuracy_drop=num("max_accuracy_drop"), fallback=get("fallback", False), verify=get("verify", True),
+            bias_correction=get("bias_correction", True),
             target_options=copy.deepcopy(options), options_base=self.abspath.parent)
         return ModelSpec(name, build, extends=models[name].get("extends"), spelled=spelled,
                          line=self.lines.find(here))

@@ -81,6 +81,24 @@ def test_fallback_keeps_the_outlier_layer_float_and_meets_the_budget(outlier_mod
     assert "fallback tflite:int8 step 0: as calibrated" in stdout and "float outlier" in stdout
 
 
+def test_a_layer_fallback_keeps_float_has_its_trained_bias(outlier_model, tmp_path):
+    """Bias correction moves the biases of the layers it quantizes; the one --fallback keeps float
+    computes in float with the bias it was trained with (float32, bit for bit in the artifact),
+    and the steps are judged against the model's own float outputs."""
+    import keras
+    from ai_edge_litert.interpreter import Interpreter
+
+    code, stdout, err, report = compile_outlier(outlier_model, tmp_path, "--fallback")
+    assert code == 0, err + stdout
+    q = report["targets"][0]["quantization"]
+    assert "outlier" in q["float_layers"] and any("bias(es) corrected" in d for d in q["details"])
+    trained = keras.models.load_model(outlier_model[0]).get_layer("outlier").get_weights()[1]
+    it = Interpreter(model_path=str(tmp_path / "tflite-int8" / "model.tflite"))
+    floats = [it.get_tensor(d["index"]) for d in it.get_tensor_details()
+              if d["dtype"] == np.float32 and tuple(d["shape"]) == (16,)]
+    assert any(np.array_equal(f, trained) for f in floats), floats
+
+
 def test_fallback_without_labels_finds_a_softmax_that_quantizes_to_zero(tmp_path):
     """The untrained-MobileNetV2 problem in small: 1000 probabilities of ~0.001 are all below
     int8's fixed 1/256 softmax step, so the int8 output is all zeros (cosine 0)."""

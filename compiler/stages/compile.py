@@ -143,11 +143,9 @@ def load(c: Checked, data: BuildData, progress: Progress) -> Prepared:
 def quantize(c: Checked, p: Prepared, progress: Progress) -> None:
     """Every chosen target's scheme, not only the ones to build: --fallback judges them together."""
     spec = c.spec
-    quantized = quantize_stage.quantize(p.graph, c.chosen, p.data, spec.calibration_method, spec.percentile,
-                                        spec.keep_float, progress)
-    if spec.fallback:
-        quantized = quantize_stage.fallback(quantized, p.data, spec.max_accuracy_drop, progress)
-    p.quantized = quantized
+    p.quantized = quantize_stage.quantize(p.graph, c.chosen, p.data, spec.calibration_method, spec.percentile,
+                                          spec.keep_float, progress, spec.bias_correction, spec.fallback,
+                                          spec.max_accuracy_drop)
 
 
 def source_run(c: Checked, p: Prepared, targets: list[int], progress: Progress) -> None:

@@ -29,8 +29,8 @@ def check_accuracy_args(chosen: Sequence[tuple[type[Target], str]], eval_data: s
         raise UsageError("--fallback applies to quantized targets only (e.g. tflite:int8)")
 
 
-def fallback(quantized: dict[str, tuple[Graph, dict]], data: BuildData, max_drop: float | None,
-             progress: Progress) -> dict[str, tuple[Graph, dict]]:
+def _fallback(quantized: dict[str, tuple[Graph, dict]], data: BuildData, max_drop: float | None,
+              progress: Progress, requantizers: dict[str, Any]) -> dict[str, tuple[Graph, dict]]:
     from tapeout.compiler.accuracy_control import Criterion, apply
     from tapeout.compiler.calibration import source_specs
     from tapeout.targets.base import QUANTIZED_TOLERANCE
@@ -39,7 +39,7 @@ def fallback(quantized: dict[str, tuple[Graph, dict]], data: BuildData, max_drop
     ds = data.verification(source_specs(graph))
     if max_drop is not None and ds.labels is None:
         raise UsageError(f"--max-accuracy-drop needs labels: {data.eval_file} has no array 'y'")
-    return apply(quantized, ds.feeds, ds.labels, Criterion(max_drop, QUANTIZED_TOLERANCE), progress)
+    return apply(quantized, ds.feeds, ds.labels, Criterion(max_drop, QUANTIZED_TOLERANCE), progress, requantizers)
 
 
 # ----------------------------------------------------------- quantization
@@ -65,12 +65,16 @@ def check_quantization_args(chosen: Sequence[tuple[type[Target], str]], calibrat
 
 def quantize(graph: Graph, chosen: Sequence[tuple[type[Target], str]], data: BuildData,
              method: str, percentile: float | None, keep_float: Sequence[str],
-             progress: Progress) -> dict[str, tuple[Graph, dict]]:
+             progress: Progress, bias_correction: bool = True, fallback: bool = False,
+             max_drop: float | None = None) -> dict[str, tuple[Graph, dict]]:
     """scheme -> (annotated graph, report entry) for every scheme the chosen targets consume.
 
-    One calibration serves every scheme, so all quantized artifacts share the same ranges.
+    One calibration serves every scheme, so all quantized artifacts share the same ranges. With
+    ``bias_correction`` the integer schemes' conv/dense biases absorb the mean offset that rounding
+    the weights causes (compiler.passes.bias_correction), measured on the calibration data; a node
+    ``fallback`` keeps float gets its trained bias back.
     """
-    from tapeout.compiler.calibration import DEFAULT_PERCENTILE, calibrate, source_specs
+    from tapeout.compiler.calibration import DEFAULT_PERCENTILE, calibrate, source_specs, to_ir_layout
     from tapeout.compiler.passes.pipeline import Pipeline
     from tapeout.compiler.passes.quantize import CALIBRATED_SCHEMES, Quantize, SplitActivations, is_excluded
 
@@ -87,33 +91,56 @@ def quantize(graph: Graph, chosen: Sequence[tuple[type[Target], str]], data: Bui
         raise UsageError(f"--keep-float: no layer named {', '.join(map(repr, unknown))}; "
                          f"`tapeout inspect MODEL` lists them")
     calibrated: Graph | None = None
+    means = None
     if split is not graph:
         progress("calibration")
         ds = data.calibration(source_specs(split))
         assert ds is not None  # check_quantization_args refused a missing --calibration
         p = percentile if percentile is not None else DEFAULT_PERCENTILE
         calibrated = calibrate(split, ds.feeds, method=method, percentile=p, data_kind=ds.kind)
+        if bias_correction:
+            from tapeout.compiler.passes.bias_correction import InputMeans
+
+            means = InputMeans(to_ir_layout(split, ds.feeds))
+
+    def annotate(scheme: str, exclude: Sequence[str]) -> tuple[Graph, list[str], list[str]]:
+        """(annotated graph, detail lines, warnings) with ``exclude`` kept float."""
+        integer = calibrated is not None and scheme in CALIBRATED_SCHEMES
+        passes: list[Any] = [Quantize(scheme, exclude)]
+        if integer and means is not None:
+            from tapeout.compiler.passes.bias_correction import CorrectBias
+
+            passes.insert(0, CorrectBias(means.feeds, exclude, means))
+        res = Pipeline(passes).run(calibrated if integer else graph)
+        return (res.graph, [d for r in res.records for d in r.details],
+                [w for r in res.records for w in r.warnings])
+
     out: dict[str, tuple[Graph, dict]] = {}
     for scheme in schemes:
         progress(f"quantize {scheme}")
         base = calibrated if calibrated is not None and scheme in CALIBRATED_SCHEMES else graph
         # A split-off activation named for the unsplit (fp16) graph is fused there and float anyway.
         here = [k for k in keep_float if any(is_excluded(n.name, [k]) for n in base.nodes)]
-        res = Pipeline([Quantize(scheme, here)]).run(base)
-        q = res.graph.quant
+        annotated, details, warnings = annotate(scheme, here)
+        q = annotated.quant
         assert q is not None
-        cal = res.graph.calibration if scheme in CALIBRATED_SCHEMES else None
+        cal = annotated.calibration if scheme in CALIBRATED_SCHEMES else None
         info = {
             "scheme": scheme,
             "calibration": None if cal is None else {
                 "method": cal.method, "percentile": cal.percentile, "data": cal.data, "samples": cal.samples,
                 "file": None if cal.data == SYNTHETIC else str(data.calibration_file)},
             "float_layers": list(q.float_nodes),
-            "ranges": quant_ranges(res.graph),
-            "details": [d for r in res.records for d in r.details],
-            "warnings": [w for r in res.records for w in r.warnings],
+            "ranges": quant_ranges(annotated),
+            "details": details,
+            "warnings": warnings,
         }
-        out[scheme] = (res.graph, info)
+        out[scheme] = (annotated, info)
+    if fallback:
+        requantizers = {s: ((lambda ex, s=s: annotate(s, ex)[0]),
+                            calibrated if calibrated is not None and s in CALIBRATED_SCHEMES else graph)
+                        for s in schemes}
+        out = _fallback(out, data, max_drop, progress, requantizers)
     return out
 
 

@@ -34,6 +34,7 @@ class BuildSpec:
     calibration_method: str = "minmax"
     percentile: float | None = None
     keep_float: tuple[str, ...] = ()
+    bias_correction: bool = True  # int8/int16x8: biases absorb the mean offset of rounded weights
     prune: str | None = None
     prune_exclude: tuple[str, ...] = ()
     train: Path | None = None

@@ -87,8 +87,12 @@ def test_issue_table_figures_are_what_tflite_micro_needs(digits) -> None:
 
 
 def test_litert_reference_kernels_agree_with_tflite_micro(digits) -> None:
-    """The int8 difference between LiteRT and TFLite Micro is LiteRT's default XNNPACK delegate:
-    with the builtin reference resolver the two agree bit for bit on fp32 and int8."""
+    """The int8 difference between LiteRT and TFLite Micro is mostly LiteRT's default XNNPACK
+    delegate: with the builtin reference resolver the two agree bit for bit on fp32. On int8 they
+    agreed bit for bit on this model until bias correction moved its biases; since then 4 of 640
+    logits (the same model cut before its softmax) differ by one step between the two reference
+    kernels, so a few probabilities differ by up to two 1/256 steps: a rounding tie each resolves
+    its own way (single against double rounding of the requantization, suspected, not traced)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     from tapeout.runtime.runners.tflm import TflmRunner
@@ -107,7 +111,12 @@ def test_litert_reference_kernels_agree_with_tflite_micro(digits) -> None:
             ref.set_tensor(i["index"], sample[None])
             ref.invoke()
             rows.append(ref.get_tensor(o["index"]).copy())
-        assert np.array_equal(np.concatenate(rows), got), variant
+        want = np.concatenate(rows)
+        if variant == "fp32":
+            assert np.array_equal(want, got)
+        else:
+            differ = want != got
+            assert np.abs(want - got).max() <= 2 / 256 and differ.mean() < 0.01, (np.argwhere(differ), variant)
 
 
 def test_arena_search_survives_tflite_micros_crash_on_small_arenas(tmp_path) -> None:
