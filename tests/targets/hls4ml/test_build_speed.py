@@ -22,6 +22,18 @@ def _project(tmp_path: Path, template: str) -> Path:
     return d
 
 
+def _fake_compiler_project(tmp_path: Path, script: str) -> Path:
+    """A Vitis build_lib.sh as tapeout writes it, with CC a bash script standing in for g++."""
+    d = _project(tmp_path, "vivado")
+    faster_build(d, "vitis")
+    fake = d / "fakecc"
+    fake.write_text("#!/bin/bash\n" + script)
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    build = d / "build_lib.sh"
+    build.write_text(build.read_text().replace("CC=g++", "CC=./fakecc", 1))
+    return d
+
+
 def test_vitis_script_is_o1_and_parallel(tmp_path, monkeypatch):
     monkeypatch.delenv(LEGACY_BUILD_ENV, raising=False)
     d = _project(tmp_path, "vivado")
@@ -55,14 +67,8 @@ def test_a_failing_background_compile_fails_the_build(tmp_path, monkeypatch, fai
     """Each background compile's exit status is waited for: either one failing stops the script
     before the link (a fake compiler stands in for g++)."""
     monkeypatch.delenv(LEGACY_BUILD_ENV, raising=False)
-    d = _project(tmp_path, "vivado")
-    faster_build(d, "vitis")
-    fake = d / "fakecc"
-    fake.write_text(f'#!/bin/bash\nfor a in "$@"; do [ "$a" = "{failing}" ] && exit 3; done\n'
-                    'for a in "$@"; do [ "$a" = "-shared" ] && touch linked; done\nexit 0\n')
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    script = d / "build_lib.sh"
-    script.write_text(script.read_text().replace("CC=g++", "CC=./fakecc", 1))
+    d = _fake_compiler_project(tmp_path, f'for a in "$@"; do [ "$a" = "{failing}" ] && exit 3; done\n'
+                                         'for a in "$@"; do [ "$a" = "-shared" ] && touch linked; done\nexit 0\n')
     proc = subprocess.run(["bash", "build_lib.sh"], cwd=d, capture_output=True, text=True)
     assert proc.returncode != 0
     assert not (d / "linked").exists()
@@ -71,13 +77,7 @@ def test_a_failing_background_compile_fails_the_build(tmp_path, monkeypatch, fai
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_the_link_runs_when_both_compiles_pass(tmp_path, monkeypatch):
     monkeypatch.delenv(LEGACY_BUILD_ENV, raising=False)
-    d = _project(tmp_path, "vivado")
-    faster_build(d, "vitis")
-    fake = d / "fakecc"
-    fake.write_text('#!/bin/bash\nfor a in "$@"; do [ "$a" = "-shared" ] && touch linked; done\nexit 0\n')
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    script = d / "build_lib.sh"
-    script.write_text(script.read_text().replace("CC=g++", "CC=./fakecc", 1))
+    d = _fake_compiler_project(tmp_path, 'for a in "$@"; do [ "$a" = "-shared" ] && touch linked; done\nexit 0\n')
     proc = subprocess.run(["bash", "build_lib.sh"], cwd=d, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert (d / "linked").exists()
@@ -298,16 +298,11 @@ def test_a_failing_compile_fails_the_build_with_the_object_cache_on(tmp_path, mo
     from tapeout.targets.hls4ml.project import OBJ_ENV
 
     monkeypatch.delenv(LEGACY_BUILD_ENV, raising=False)
-    d = _project(tmp_path, "vivado")
-    faster_build(d, "vitis")
-    fake = d / "fakecc"
-    fake.write_text('#!/bin/bash\nfor a in "$@"; do [ "$a" = "myproject.o" ] && exit 3; done\n'
-                    'for a in "$@"; do [ "$a" = "-E" ] && echo preprocessed && exit 0; done\n'
-                    'for a in "$@"; do [ "$a" = "-shared" ] && touch linked; done\n'
-                    'prev=; for a in "$@"; do [ "$prev" = "-o" ] && touch "$a"; prev="$a"; done\nexit 0\n')
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    script = d / "build_lib.sh"
-    script.write_text(script.read_text().replace("CC=g++", "CC=./fakecc", 1))
+    d = _fake_compiler_project(tmp_path, 'for a in "$@"; do [ "$a" = "myproject.o" ] && exit 3; done\n'
+                                         'for a in "$@"; do [ "$a" = "-E" ] && echo preprocessed && exit 0; done\n'
+                                         'for a in "$@"; do [ "$a" = "-shared" ] && touch linked; done\n'
+                                         'prev=; for a in "$@"; do [ "$prev" = "-o" ] && touch "$a"; prev="$a"; '
+                                         'done\nexit 0\n')
     objects = tmp_path / "objects"
     objects.mkdir()
     proc = subprocess.run(["bash", "build_lib.sh"], cwd=d, capture_output=True, text=True,
