@@ -580,7 +580,8 @@ def _cmd_cache(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.json:
         out.write(json.dumps(info, indent=2, default=str) + "\n")
     else:
-        out.write("".join(f"{k:8s} {v}\n" for k, v in info.items()))
+        width = max(map(len, info))
+        out.write("".join(f"{k:{width}s} {v}\n" for k, v in info.items()))
     return EXIT_OK
 
 

@@ -26,13 +26,8 @@ from tapeout.compiler.frontends import onnx_model as om
 from tapeout.compiler.frontends.qonnx_ops import QONNX_DOMAINS, QONNX_OPS, evaluate_constant, input_names
 from tapeout.compiler.gc_pause import gc_paused
 from tapeout.compiler.ir import Graph
-from tapeout.runtime.runners.qonnx_exec import has_qonnx_nodes
 
-__all__ = ["is_qonnx_file", "load_qonnx"]
-
-def is_qonnx_file(path: str | Path) -> bool:
-    """Whether an ``.onnx`` file has a node in a QONNX domain (the source runner's test)."""
-    return has_qonnx_nodes(path)
+__all__ = ["load_qonnx"]
 
 
 def load_qonnx(path: str | Path, model: Any = None) -> Graph:

@@ -34,20 +34,23 @@ BATCH = 32
 class CorrectBias(Pass):
     name = "correct-bias"
 
-    def __init__(self, feeds: Mapping[str, np.ndarray], exclude: Sequence[str] = (),
-                 means: "InputMeans | None" = None):
-        """``feeds``: the calibration inputs in the IR's layout; ``exclude``: the nodes kept float;
-        ``means``: computed once for several runs (--fallback annotates again per step)."""
-        self.feeds = dict(feeds)
+    def __init__(self, feeds: Mapping[str, np.ndarray] | None = None, exclude: Sequence[str] = (),
+                 means: Mapping[str, np.ndarray] | None = None):
+        """``feeds``: the calibration inputs in the IR's layout, or ``means``: ``layer_input_means``
+        of the graph, measured once for several runs (--fallback annotates again per step);
+        ``exclude``: the nodes kept float."""
+        if (feeds is None) == (means is None):
+            raise ValueError("CorrectBias takes calibration feeds or precomputed means, one of them")
+        self.feeds = None if feeds is None else dict(feeds)
         self.exclude = tuple(exclude)
-        self.means = means or InputMeans(self.feeds)
+        self.means = None if means is None else dict(means)
 
     def run(self, graph: Graph) -> PassResult:
         if not any(correctable(graph, n) and not is_excluded(n.name, self.exclude) for n in graph.nodes):
             return PassResult(graph, False)
         g = graph.copy()
         layers = [n for n in g.nodes if correctable(g, n) and not is_excluded(n.name, self.exclude)]
-        means = self.means.of(graph, {n.inputs[0] for n in layers})
+        means = self.means if self.means is not None else layer_input_means(graph, self.feeds or {})
         ed = Editor(g)
         shifts = []
         for n in layers:
@@ -64,9 +67,8 @@ class CorrectBias(Pass):
             shifts.append((float(np.max(np.abs(offset))) / scale, n.name))
         g.remove_unused_constants()
         worst, where = max(shifts)
-        samples = int(next(iter(self.feeds.values())).shape[0])
-        return PassResult(g, True, [f"{len(layers)} conv/dense bias(es) corrected for weight rounding from {samples} "
-                                    f"calibration samples; largest shift {worst:.3g} of the bias's range ({where})"])
+        return PassResult(g, True, [f"{len(layers)} conv/dense bias(es) corrected for weight rounding (calibration "
+                                    f"data's mean inputs); largest shift {worst:.3g} of the bias's range ({where})"])
 
 
 def correctable(g: Graph, n: Node) -> bool:
@@ -83,22 +85,9 @@ def _has_bias(n: Node) -> bool:
     return len(n.inputs) > 2 and bool(n.inputs[2])
 
 
-class InputMeans:
-    """``input_means`` of one graph, kept: a later call for the same graph (by identity) and values
-    it already measured runs nothing."""
-
-    def __init__(self, feeds: Mapping[str, np.ndarray]):
-        self.feeds = feeds
-        self._graph: Graph | None = None
-        self._means: dict[str, np.ndarray] = {}
-
-    def of(self, graph: Graph, values: set[str]) -> dict[str, np.ndarray]:
-        if graph is not self._graph:
-            self._graph, self._means = graph, {}
-        missing = values - set(self._means)
-        if missing:
-            self._means.update(input_means(graph, self.feeds, missing))
-        return {v: self._means[v] for v in values}
+def layer_input_means(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``input_means`` of every value a correctable layer of ``graph`` reads: one float pass."""
+    return input_means(graph, feeds, {n.inputs[0] for n in graph.nodes if correctable(graph, n)})
 
 
 def input_means(graph: Graph, feeds: Mapping[str, np.ndarray], values: set[str]) -> dict[str, np.ndarray]:

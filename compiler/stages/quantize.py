@@ -98,10 +98,11 @@ def quantize(graph: Graph, chosen: Sequence[tuple[type[Target], str]], data: Bui
         assert ds is not None  # check_quantization_args refused a missing --calibration
         p = percentile if percentile is not None else DEFAULT_PERCENTILE
         calibrated = calibrate(split, ds.feeds, method=method, percentile=p, data_kind=ds.kind)
-        if bias_correction:
-            from tapeout.compiler.passes.bias_correction import InputMeans
+        if bias_correction and not data.synthetic_calibration:  # offsets measured on noise would ship everywhere
+            from tapeout.compiler.passes.bias_correction import layer_input_means
 
-            means = InputMeans(to_ir_layout(split, ds.feeds))
+            progress("bias correction")
+            means = layer_input_means(calibrated, to_ir_layout(split, ds.feeds))
 
     def annotate(scheme: str, exclude: Sequence[str]) -> tuple[Graph, list[str], list[str]]:
         """(annotated graph, detail lines, warnings) with ``exclude`` kept float."""
@@ -110,7 +111,7 @@ def quantize(graph: Graph, chosen: Sequence[tuple[type[Target], str]], data: Bui
         if integer and means is not None:
             from tapeout.compiler.passes.bias_correction import CorrectBias
 
-            passes.insert(0, CorrectBias(means.feeds, exclude, means))
+            passes.insert(0, CorrectBias(exclude=exclude, means=means))
         res = Pipeline(passes).run(calibrated if integer else graph)
         return (res.graph, [d for r in res.records for d in r.details],
                 [w for r in res.records for w in r.warnings])

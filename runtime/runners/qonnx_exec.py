@@ -49,11 +49,6 @@ def qonnx_model(path: str | Path) -> Any:
     return model if names_qonnx(model) else None
 
 
-def has_qonnx_nodes(path: str | Path) -> bool:
-    """Whether an ``.onnx`` file holds QONNX nodes (a byte scan, then a parse only on a hit)."""
-    return qonnx_model(path) is not None
-
-
 def _dtype(elem_type: int) -> str:
     from onnx import helper
 

@@ -194,9 +194,12 @@ tapeout_obj() {{
     elif [ "$a" != "-o" ]; then pre+=("$a"); fi
     prev="$a"
   done
-  key=$( {{ printf '%s\\n' "$@"; "${{pre[@]}}" 2>/dev/null || echo "unhashed $$ $RANDOM"; }} | sha256sum )
+  # A unit that does not preprocess is compiled as written, neither looked up nor kept.
+  if [ -z "$out" ] || ! "${{pre[@]}}" -o "$out.i" 2>/dev/null; then rm -f "$out.i"; "$@"; return; fi
+  key=$( {{ printf '%s\\n' "$@"; cat "$out.i"; }} | sha256sum )
+  rm -f "$out.i"
   key="${{key%% *}}"
-  if [ -n "$out" ] && [ -f "$dir/$key.o" ] && cp "$dir/$key.o" "$out" 2>/dev/null; then
+  if [ -f "$dir/$key.o" ] && cp "$dir/$key.o" "$out" 2>/dev/null; then
     touch "$dir/$key.o" 2>/dev/null || true
     return 0
   fi
@@ -350,14 +353,20 @@ def _object_folder(pch: Path) -> Path | None:
 
 
 def prune_objects(folder: Path, limit: int = OBJ_CACHE_BYTES) -> None:
-    """Drop the least recently used objects (a hit touches its file) past ``limit`` bytes."""
+    """Drop the least recently used objects (a hit touches its file) past ``limit`` bytes, and
+    temporary copies an hour old (a build killed between its copy and its rename)."""
     import os
+    import time
 
     try:
-        entries = sorted(((e.stat().st_mtime, e.stat().st_size, e.path) for e in os.scandir(folder)
-                          if e.name.endswith(".o")), reverse=True)
+        found = [(e.stat().st_mtime, e.stat().st_size, e.path, e.name) for e in os.scandir(folder)]
     except OSError:
         return
+    stale = time.time() - 3600
+    for mtime, _, path, name in found:
+        if name.startswith(".") and mtime < stale:
+            Path(path).unlink(missing_ok=True)
+    entries = sorted(((m, size, path) for m, size, path, name in found if name.endswith(".o")), reverse=True)
     total = 0
     for _, size, path in entries:
         total += size

@@ -288,8 +288,8 @@ def test_select_unknown_name(proj):
 
 
 def test_project_and_sweep_files_share_the_read_and_keep_their_own_texts(tmp_path, monkeypatch):
-    """compiler/tomlfile.py reads both files and words both kinds of error; each file keeps its texts:
-    the sweep file's TOML syntax error names no line, and only its hints take a prefix ('obj')."""
+    """compiler/tomlfile.py reads both files and words both kinds of error; both name the line of a
+    TOML syntax error, and only the sweep file's hints take a prefix ('obj')."""
     from tapeout.compiler.sweep.spec import load_sweep
 
     monkeypatch.chdir(tmp_path)

@@ -313,6 +313,7 @@ def test_a_failing_compile_fails_the_build_with_the_object_cache_on(tmp_path, mo
 
 def test_prune_objects_drops_the_least_recently_used(tmp_path):
     import os
+    import time
 
     from tapeout.targets.hls4ml.project import prune_objects
 
@@ -321,5 +322,8 @@ def test_prune_objects_drops_the_least_recently_used(tmp_path):
         f.write_bytes(b"x" * 100)
         os.utime(f, (1000 + i, 1000 + i))
     (tmp_path / "keep.txt").write_bytes(b"x" * 1000)  # not an object: never touched
+    for name, age in ((".k1.12.34", 7200), (".k2.56.78", 60)):  # temporary copies: a dead build's, a live one's
+        (tmp_path / name).write_bytes(b"x")
+        os.utime(tmp_path / name, (time.time() - age, time.time() - age))
     prune_objects(tmp_path, limit=250)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["3.o", "4.o", "keep.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".k2.56.78", "3.o", "4.o", "keep.txt"]

@@ -37,12 +37,15 @@ def _annotated(graph: Graph, keep: list[str]) -> Graph:
 
 
 def _float_outputs(path) -> set[str]:
-    """Names of the float32 tensors written by CONV_2D / CONCATENATION ops of a .tflite file."""
+    """Names of the tensors written by CONV_2D / CONCATENATION ops of a .tflite file that compute in
+    float: every input float32, weights included (a hybrid op, int8 weights and float activations,
+    also writes float32)."""
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_path=str(path))
     tensors = {d["index"]: d for d in it.get_tensor_details()}
     return {tensors[o]["name"] for op in it._get_ops_details() if op["op_name"] in ("CONV_2D", "CONCATENATION")
+            and all(tensors[i]["dtype"] == np.float32 for i in op["inputs"] if i >= 0)
             for o in op["outputs"] if tensors[o]["dtype"] == np.float32}
 
 
