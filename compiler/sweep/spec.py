@@ -15,6 +15,7 @@ Schema::
     prune = [0, 0.5]                # a fraction (magnitude:F; 0 = unpruned) or a --prune SPEC string
     calibration_method = ["minmax", "percentile"]   # also spelled calibration-method
     percentile = [99.9, 99.99]
+    bias_correction = [true, false] # int8/int16x8 only (--no-bias-correction)
     "hls4ml.precision" = ["auto", "ap_fixed<16,6>"] # TARGET.OPTION: any option of that target
     "hls4ml.reuse_factor" = [1, 2, 4]
 
@@ -32,7 +33,7 @@ Schema::
     max_retries = 2                 # a point whose worker dies is retried this many times
 
 Every point builds exactly one target. An axis that does not apply to a point's target (another
-target's option; the calibration method of an unquantized target; the percentile of a
+target's option; the calibration method or bias correction of an unquantized target; the percentile of a
 non-percentile calibration) is left out of that point, and points that come out equal are one point.
 Each point's id hashes its target and settings, so it survives edits that reorder or extend the file.
 Every error is a one-line UsageError "FILE[:LINE]: message".
@@ -59,7 +60,7 @@ from tapeout.compiler.tomlfile import LineErrors, did_you_mean, read_toml
 __all__ = ["Point", "Sweep", "load_sweep", "OBJECTIVES", "MAX_GRID"]
 
 MODES = ("grid", "random", "list")
-BUILD_AXES = ("targets", "prune", "calibration_method", "percentile")
+BUILD_AXES = ("targets", "prune", "calibration_method", "percentile", "bias_correction")
 _ALIASES = {"calibration-method": "calibration_method"}
 # Pareto objectives: result column -> direction. Accuracy and agreement are maximized, costs minimized.
 OBJECTIVES = {"accuracy": "max", "agreement": "max", "size_bytes": "min", "litert_ms": "min", "dsp": "min",
@@ -320,6 +321,9 @@ class _SweepReader(LineErrors):
             elif axis == "percentile":
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 100:
                     raise self.fail(where, f"axis percentile: {v!r} is not a number in (0, 100]")
+            elif axis == "bias_correction":
+                if not isinstance(v, bool):
+                    raise self.fail(where, f"axis bias_correction: {v!r} is not true or false")
         if len({json.dumps(v) for v in values}) != len(values):
             raise self.fail(where, f"axis {axis!r} lists a value twice")
 
@@ -339,7 +343,8 @@ class _SweepReader(LineErrors):
         for axis, value in combo.items():
             if axis == "targets":
                 continue
-            if axis in ("calibration_method", "percentile") and cls.quant_scheme(variant) not in CALIBRATED_SCHEMES:
+            if (axis in ("calibration_method", "percentile", "bias_correction")
+                    and cls.quant_scheme(variant) not in CALIBRATED_SCHEMES):
                 continue
             if axis == "percentile" and method != "percentile":
                 continue
@@ -352,7 +357,7 @@ class _SweepReader(LineErrors):
         for axis, value in settings.items():
             if axis == "prune":
                 changes["prune"] = value if isinstance(value, str) else (None if value == 0 else f"magnitude:{value:g}")
-            elif axis in ("calibration_method", "percentile"):
+            elif axis in ("calibration_method", "percentile", "bias_correction"):
                 changes[axis] = float(value) if axis == "percentile" else value
             else:  # the variant's key wins over the target's in the build: the axis sets it there
                 options.setdefault(full, {})[axis.partition(".")[2]] = value

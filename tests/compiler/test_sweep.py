@@ -59,6 +59,16 @@ def test_grid_skips_axes_that_do_not_apply_and_merges_equal_points(tmp_path):
     assert s.axis_columns == ["prune", "calibration_method", "hls4ml.reuse_factor"]
 
 
+def test_bias_correction_axis_applies_to_integer_targets_only(tmp_path):
+    from tapeout.compiler.sweep.spec import load_sweep
+
+    s = load_sweep(sweep_file(tmp_path, 'targets = ["onnx", "tflite:int8"]\nbias_correction = [true, false]\n',
+                              targets=None))
+    assert [(p.target, p.settings) for p in s.points] == [
+        ("onnx:fp32", {}), ("tflite:int8", {"bias_correction": True}), ("tflite:int8", {"bias_correction": False})]
+    assert [p.spec.bias_correction for p in s.points] == [True, True, False]
+
+
 def test_target_option_axis_sets_the_variant_options(tmp_path):
     from tapeout.compiler.sweep.spec import load_sweep
 
@@ -113,6 +123,7 @@ def test_list_point_without_a_target_needs_a_single_base_target(tmp_path):
     ('prune = []\n', "axis 'prune' has no values: the grid is empty"),
     ('targets = ["onnx"]\n', "targets are given in [base] and as an axis"),
     ('prune = [1.5]\n', "axis prune: 1.5: give a fraction"),
+    ('bias_correction = ["no"]\n', "axis bias_correction: 'no' is not true or false"),
 ])
 def test_bad_sweep_files_are_one_line_and_exit_2(tmp_path, axes, message):
     path = sweep_file(tmp_path, axes)
