@@ -91,7 +91,7 @@ def quantize(graph: Graph, chosen: Sequence[tuple[type[Target], str]], data: Bui
         raise UsageError(f"--keep-float: no layer named {', '.join(map(repr, unknown))}; "
                          f"`tapeout inspect MODEL` lists them")
     calibrated: Graph | None = None
-    correction_feeds = None
+    means = None
     if split is not graph:
         progress("calibration")
         ds = data.calibration(source_specs(split))
@@ -99,16 +99,19 @@ def quantize(graph: Graph, chosen: Sequence[tuple[type[Target], str]], data: Bui
         p = percentile if percentile is not None else DEFAULT_PERCENTILE
         calibrated = calibrate(split, ds.feeds, method=method, percentile=p, data_kind=ds.kind)
         if bias_correction and not data.synthetic_calibration:  # offsets measured on noise would ship everywhere
-            correction_feeds = to_ir_layout(split, ds.feeds)
+            from tapeout.compiler.passes.bias_correction import layer_input_means
+
+            progress("bias correction")
+            means = layer_input_means(calibrated, to_ir_layout(split, ds.feeds))
 
     def annotate(scheme: str, exclude: Sequence[str]) -> tuple[Graph, list[str], list[str]]:
         """(annotated graph, detail lines, warnings) with ``exclude`` kept float."""
         integer = calibrated is not None and scheme in CALIBRATED_SCHEMES
         passes: list[Any] = [Quantize(scheme, exclude)]
-        if integer and correction_feeds is not None:
+        if integer and means is not None:
             from tapeout.compiler.passes.bias_correction import CorrectBias
 
-            passes.insert(0, CorrectBias(scheme, correction_feeds, exclude))
+            passes.insert(0, CorrectBias(exclude=exclude, means=means))
         res = Pipeline(passes).run(calibrated if integer else graph)
         return (res.graph, [d for r in res.records for d in r.details],
                 [w for r in res.records for w in r.warnings])
