@@ -108,20 +108,25 @@ def live(graph: Graph, n: Node) -> np.ndarray:
 
 
 def tensor_kif(graph: Graph, n: Node) -> tuple[int, int, int] | None:
-    """k, i, f of a fixed_quant whose grid is one for the whole tensor; None when it differs per element."""
-    k, i, f = quantizer_grid(graph, n)
-    if any(np.unique(a).size != 1 for a in (k, i, f)):
+    """k, i, f of a fixed_quant whose grid is one for the whole tensor; None when it differs per element.
+    Read from the constants as stored (a constant of one value broadcasts to one value), so a tensor
+    with a dynamic dimension beyond the batch needs no shape."""
+    raw = [np.asarray(graph.constants[c], np.int64) for c in n.inputs[1:]]
+    if any(np.unique(a).size != 1 for a in raw):
         return None
-    return int(k.flat[0]), int(i.flat[0]), int(f.flat[0])
+    k, i, f = (int(a.flat[0]) for a in raw)
+    return k, i, f
 
 
 def per_tensor_type(graph: Graph, n: Node) -> FixedType | None:
     """The quantizer's ``ap_[u]fixed<k+i+f, k+i, Q, O>`` when one grid covers the tensor; None when the
-    grid differs per element or has no bits."""
+    grid differs per element or has no bits (see ``live``)."""
     kif = tensor_kif(graph, n)
-    if kif is None or not live(graph, n).flat[0]:
+    if kif is None:
         return None
     kk, ii, ff = kif
+    if kk + ii + ff <= 0 or (n.attr("overflow") == "AP_SAT_SYM" and kk > 0 and kk + ii + ff == 1):
+        return None
     return FixedType(kk + ii + ff, kk + ii, bool(kk), n.attr("rounding"), n.attr("overflow"))
 
 

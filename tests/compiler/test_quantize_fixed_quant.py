@@ -139,3 +139,17 @@ def test_tflite_fp16_reproduces_a_14_bit_grid(tmp_path: Path) -> None:
         got = runner.infer({"x": x})
     for o in g.outputs:
         np.testing.assert_array_equal(got[o].reshape(want[o].shape), want[o], err_msg=o)
+
+
+def test_a_dynamic_dimension_beyond_the_batch_reads_the_grid_from_the_constants() -> None:
+    """tensor_kif needs no sample shape: a per-tensor quantizer on [N, T, 4] (T unknown) is one grid."""
+    from tapeout.compiler.fixedpoint.qat import per_tensor_type, tensor_kif
+    from tapeout.compiler.passes.quantize import trained_grid
+
+    g = Graph("dyn", ["x"], [])
+    g.types["x"] = TensorType((BATCH, "T", 4))
+    kif = [g.add_constant(n, np.asarray(v, np.int8)) for n, v in (("k", 1), ("i", 2), ("f", 5))]
+    n = Node("fixed_quant", "q", ["x", *kif], ["q"], {"rounding": "AP_RND", "overflow": "AP_SAT"})
+    assert tensor_kif(g, n) == (1, 2, 5)
+    assert per_tensor_type(g, n).width == 8
+    assert trained_grid(g, n, "int8").scale == (2.0**-5,)
