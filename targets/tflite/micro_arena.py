@@ -74,8 +74,10 @@ def measure(data: bytes, variant: str, opts: Any, estimate: int | None) -> Micro
 
         missing = unsupported_ops(data)
         if missing:
+            why = ("; SIGN is how the layers kept float (--keep-float, --fallback) stay float, which TFLite "
+                   "Micro cannot run" if any(m.split()[0] == "SIGN" for m in missing) else "")
             raise UsageError(f"tflite:{variant} with tflite.mcu: TFLite Micro ({TFLM_VERSION}) has no kernel for "
-                             f"{', '.join(missing)}")
+                             f"{', '.join(missing)}{why}")
     from tapeout.targets.tflite.mcu import known_aborts
 
     aborts = known_aborts(data)  # checks TFLite Micro makes by stopping the process, named beforehand

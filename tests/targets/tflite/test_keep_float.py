@@ -76,3 +76,16 @@ def test_nothing_kept_float_adds_no_barrier(cases, tmp_path) -> None:
     g = _annotated(_fire(cases), [])
     TfliteTarget("int8").emit(g, EmitContext(tmp_path))
     assert not _float_outputs(tmp_path / "model.tflite")
+
+
+def test_kept_float_layers_with_the_mcu_option_are_refused_saying_why(cases, tmp_path) -> None:
+    """TFLite Micro has no SIGN kernel, so it cannot run the barrier that keeps a layer float: one line, exit 2."""
+    import pytest
+
+    from tapeout.compiler.errors import UsageError
+    from tapeout.targets.tflite.target import TfliteTarget
+
+    graph = _fire(cases)
+    g = _annotated(graph, [graph.nodes[2].name])
+    with pytest.raises(UsageError, match=r"no kernel for SIGN.*kept float \(--keep-float, --fallback\)"):
+        TfliteTarget("int8", mcu=True).emit(g, EmitContext(tmp_path))
