@@ -105,6 +105,7 @@ class Prepared:
     ir32: dict[str, np.ndarray] = field(default_factory=dict)  # and in float32
     source_name: str = ""
     traced: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+    split: Graph | None = None  # the float graph with activations split off (an integer trace's reference)
     lock: threading.Lock = field(default_factory=threading.Lock)
     pruning: PruningOutcome | None = None
 
@@ -242,8 +243,26 @@ def verify_emitted(c: Checked, p: Prepared, i: int, e: Emitted, progress: Progre
     if spec.trace:  # --trace: per-layer error against the reference interpreter (compiler.trace)
         progress(f"trace {cls.name}:{variant}")
         with p.lock:  # one reference run per graph, shared by the targets emitted from it
-            tr.extra["trace"] = verify_stage.trace_target(cls.name, e.graph, e.folder, p.dataset, p.traced)
+            tr.extra["trace"] = verify_stage.trace_target(cls.name, e.graph, e.folder, p.dataset, p.traced,
+                                                          _trace_reference(p, cls.quant_scheme(variant), e.graph))
     return tr
+
+
+def _trace_reference(p: Prepared, scheme: str | None, emitted: Graph) -> Graph:
+    """The float graph a trace compares an artifact's layers with: the model's own. An integer scheme's
+    graph has its activations split off and its biases corrected (compiler.passes.bias_correction),
+    so its float run is not the model's; the split float graph has the same value names and the
+    trained biases. Made once (the caller holds p.lock)."""
+    from tapeout.compiler.schemes import CALIBRATED_SCHEMES
+
+    if scheme not in CALIBRATED_SCHEMES:
+        return emitted
+    if p.split is None:
+        from tapeout.compiler.passes.pipeline import Pipeline
+        from tapeout.compiler.passes.quantize import SplitActivations
+
+        p.split = Pipeline([SplitActivations()]).run(p.graph).graph
+    return p.split
 
 
 def build_target(c: Checked, p: Prepared, i: int, staging: Path, progress: Progress) -> TargetReport:

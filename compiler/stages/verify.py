@@ -70,14 +70,15 @@ def judge_accuracy(tr: TargetReport, max_drop: float) -> None:
 
 
 def trace_target(target: str, graph: Graph, tdir: Path, dataset: Dataset,
-                  refs: dict[int, dict[str, np.ndarray]]) -> dict[str, Any]:
-    """The "trace" entry of one target (docs/report.md); the reference run is shared by the targets
-    emitted from the same graph."""
+                  refs: dict[int, dict[str, np.ndarray]], reference: Graph | None = None) -> dict[str, Any]:
+    """The "trace" entry of one target (docs/report.md), its layers compared with ``reference``'s
+    float run (default: ``graph``'s); a reference run is shared by the targets that use it."""
     from tapeout.compiler.trace import UNTRACEABLE, reference_values, trace_folder
 
-    if target not in UNTRACEABLE and id(graph) not in refs:
-        refs[id(graph)] = reference_values(graph, dataset)
-    return trace_folder(tdir, graph, dataset, target, refs.get(id(graph)))
+    reference = graph if reference is None else reference
+    if target not in UNTRACEABLE and id(reference) not in refs:
+        refs[id(reference)] = reference_values(reference, dataset)
+    return trace_folder(tdir, graph, dataset, target, refs.get(id(reference)))
 
 
 

@@ -301,7 +301,7 @@ def test_info_clear_and_prune_lru(tmp_path):
     assert c.get(keys[3]) is not None and c.get(keys[1]) is not None
     assert c.info()["entries"] == 2
     assert c.clear() == 2
-    assert c.info() == {"root": str(tmp_path / "cache"), "entries": 0, "bytes": 0}
+    assert c.info() == {"root": str(tmp_path / "cache"), "entries": 0, "bytes": 0, "tool_bytes": 0}
     assert c.clear() == 0
 
 
