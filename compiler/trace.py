@@ -70,10 +70,9 @@ def graph_for_map(graph: Graph, tmap: TraceMap | None) -> Graph:
     artifact was emitted from the graph with activations split off (``dense/softmax``)."""
     if tmap is None or all(t.name in graph.types for t in tmap.tensors):
         return graph
-    from tapeout.compiler.passes.pipeline import Pipeline
-    from tapeout.compiler.passes.quantize import SplitActivations
+    from tapeout.compiler.passes.quantize import integer_graph
 
-    return Pipeline([SplitActivations()]).run(graph).graph
+    return integer_graph(graph)
 
 
 def trace_artifact(artifact: str | Path, graph: Graph, dataset: Dataset) -> dict[str, Any]:

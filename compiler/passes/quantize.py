@@ -155,6 +155,16 @@ def _split_candidates(graph: Graph) -> list[Node]:
             and n.attr("activation").op not in CLAMP_ACTIVATIONS]
 
 
+def integer_graph(graph: Graph) -> Graph:
+    """The graph the integer schemes calibrate and annotate: activations split off their conv/dense
+    (SplitActivations) and per-channel norms distributed over the concats they read
+    (compiler.passes.distribute). Compile, trace and ``tapeout verify`` all build it here."""
+    from tapeout.compiler.passes.distribute import DistributeNorms
+    from tapeout.compiler.passes.pipeline import Pipeline
+
+    return Pipeline([SplitActivations(), DistributeNorms()]).run(graph).graph
+
+
 class SplitActivations(RewritePass):
     """Move fused activations other than clamps (relu, clip) out of conv/dense into their own node.
 

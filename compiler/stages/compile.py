@@ -258,10 +258,9 @@ def _trace_reference(p: Prepared, scheme: str | None, emitted: Graph) -> Graph:
     if scheme not in CALIBRATED_SCHEMES:
         return emitted
     if p.split is None:
-        from tapeout.compiler.passes.pipeline import Pipeline
-        from tapeout.compiler.passes.quantize import SplitActivations
+        from tapeout.compiler.passes.quantize import integer_graph
 
-        p.split = Pipeline([SplitActivations()]).run(p.graph).graph
+        p.split = integer_graph(p.graph)
     return p.split
 
 

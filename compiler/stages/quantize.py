@@ -76,14 +76,14 @@ def quantize(graph: Graph, chosen: Sequence[tuple[type[Target], str]], data: Bui
     """
     from tapeout.compiler.calibration import DEFAULT_PERCENTILE, calibrate, source_specs, to_ir_layout
     from tapeout.compiler.passes.pipeline import Pipeline
-    from tapeout.compiler.passes.quantize import CALIBRATED_SCHEMES, Quantize, SplitActivations, is_excluded
+    from tapeout.compiler.passes.quantize import CALIBRATED_SCHEMES, Quantize, integer_graph, is_excluded
 
     schemes = list(dict.fromkeys(s for cls, v in chosen if (s := cls.quant_scheme(v))))
     if not schemes:
         if keep_float:
             raise UsageError("--keep-float applies to quantized targets only (e.g. onnx:int8)")
         return {}
-    split = Pipeline([SplitActivations()]).run(graph).graph if set(schemes) & set(CALIBRATED_SCHEMES) else graph
+    split = integer_graph(graph) if set(schemes) & set(CALIBRATED_SCHEMES) else graph
     # Names of layers and of the activation nodes split off them ("dense/softmax").
     names = {n.name for n in [*graph.nodes, *split.nodes]}
     unknown = [k for k in keep_float if not any(is_excluded(n, [k]) for n in names)]

@@ -27,27 +27,10 @@ import numpy as np
 
 from tapeout.compiler.ir import Activation, Graph, Node, TensorQuant, TensorType, fresh_name
 from tapeout.compiler.keras_model import keras_activation
+from tapeout.compiler.passes.distribute import channel_scale_shift
 from tapeout.compiler.passes.quantize import per_channel_weights
 
 _BIAS = {"int8": ("int32", -2**31, 2**31 - 1), "int16x8": ("int64", -2**63, 2**63 - 1)}
-
-
-def _scale_shift(graph: Graph, n: Node, channels: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """The node as y = x * s + t with s, t of shape [C] (float64), or None when it is not per channel."""
-    params = n.inputs[1:]
-    if not all(p in graph.constants for p in params):
-        return None
-    if n.op == "batch_norm":
-        gamma, beta, mean, var = (np.asarray(graph.constants[p], np.float64).reshape(-1) for p in params)
-        s = gamma / np.sqrt(var + float(n.attr("epsilon")))
-        return s, beta - mean * s
-    out = []
-    for p in params:
-        a = np.asarray(graph.constants[p], np.float64)
-        if a.size not in (1, channels) or (a.ndim and a.size != a.shape[-1]):
-            return None  # varies along an axis other than the channels
-        out.append(np.broadcast_to(a.reshape(-1), (channels,)).copy())
-    return out[0], out[1]
 
 
 def _plan(graph: Graph, n: Node) -> tuple[np.ndarray, np.ndarray] | None:
@@ -66,7 +49,7 @@ def _plan(graph: Graph, n: Node) -> tuple[np.ndarray, np.ndarray] | None:
     # Ranks 2 and 3 go through [N, 1, L, C]; a 3D (rank 5) norm has no TFLite use without 3D pooling.
     if not (t.rank == 4 or (t.rank in (2, 3) and all(isinstance(d, int) and d > 0 for d in t.shape[1:]))):
         return None
-    return _scale_shift(graph, n, int(t.shape[-1]))
+    return channel_scale_shift(graph, n, int(t.shape[-1]))
 
 
 def _fusable_clamp(graph: Graph, value: str, consumers: dict[str, list[Node]]) -> Node | None:
