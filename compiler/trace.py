@@ -72,7 +72,7 @@ def graph_for_map(graph: Graph, tmap: TraceMap | None) -> Graph:
         return graph
     from tapeout.compiler.passes.quantize import integer_graph
 
-    return integer_graph(graph)
+    return integer_graph(graph)[0]
 
 
 def trace_artifact(artifact: str | Path, graph: Graph, dataset: Dataset) -> dict[str, Any]:

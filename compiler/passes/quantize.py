@@ -155,14 +155,16 @@ def _split_candidates(graph: Graph) -> list[Node]:
             and n.attr("activation").op not in CLAMP_ACTIVATIONS]
 
 
-def integer_graph(graph: Graph) -> Graph:
-    """The graph the integer schemes calibrate and annotate: activations split off their conv/dense
-    (SplitActivations) and per-channel norms distributed over the concats they read
-    (compiler.passes.distribute). Compile, trace and ``tapeout verify`` all build it here."""
+def integer_graph(graph: Graph) -> tuple[Graph, list[str]]:
+    """The graph the integer schemes calibrate and annotate, and what made it: activations split
+    off their conv/dense (SplitActivations) and per-channel norms distributed over the concats
+    they read (compiler.passes.distribute). Compile, trace and ``tapeout verify`` all build it here."""
     from tapeout.compiler.passes.distribute import DistributeNorms
     from tapeout.compiler.passes.pipeline import Pipeline
 
-    return Pipeline([SplitActivations(), DistributeNorms()]).run(graph).graph
+    res = Pipeline([SplitActivations(), DistributeNorms()]).run(graph)
+    summary = [f"{r.name}: {len(r.details)} rewrite(s), e.g. {r.details[0]}" for r in res.records if r.details]
+    return res.graph, summary
 
 
 class SplitActivations(RewritePass):

@@ -260,7 +260,7 @@ def _trace_reference(p: Prepared, scheme: str | None, emitted: Graph) -> Graph:
     if p.split is None:
         from tapeout.compiler.passes.quantize import integer_graph
 
-        p.split = integer_graph(p.graph)
+        p.split = integer_graph(p.graph)[0]
     return p.split
 
 

@@ -83,7 +83,7 @@ def quantize(graph: Graph, chosen: Sequence[tuple[type[Target], str]], data: Bui
         if keep_float:
             raise UsageError("--keep-float applies to quantized targets only (e.g. onnx:int8)")
         return {}
-    split = integer_graph(graph) if set(schemes) & set(CALIBRATED_SCHEMES) else graph
+    split, rewrites = integer_graph(graph) if set(schemes) & set(CALIBRATED_SCHEMES) else (graph, [])
     # Names of layers and of the activation nodes split off them ("dense/softmax").
     names = {n.name for n in [*graph.nodes, *split.nodes]}
     unknown = [k for k in keep_float if not any(is_excluded(n, [k]) for n in names)]
@@ -133,7 +133,7 @@ def quantize(graph: Graph, chosen: Sequence[tuple[type[Target], str]], data: Bui
                 "file": None if cal.data == SYNTHETIC else str(data.calibration_file)},
             "float_layers": list(q.float_nodes),
             "ranges": quant_ranges(annotated),
-            "details": details,
+            "details": (rewrites if scheme in CALIBRATED_SCHEMES else []) + details,
             "warnings": warnings,
         }
         out[scheme] = (annotated, info)
