@@ -2,7 +2,8 @@
 
 The key of one target build (``cache_key``) is a sha256 over everything that decides its bytes:
 the input files' bytes (model, weights, data; by content and name, not folder), the normalized
-options, the versions of the tools that write the bytes, and tapeout's version.
+options, the versions of the tools that write the bytes, and tapeout's version (``build_fingerprint``:
+in a source checkout, with a hash of its code).
 
 Layout under the cache root (``cache_dir()``)::
 
@@ -42,8 +43,8 @@ from typing import Any
 from tapeout.compiler.errors import UsageError
 from tapeout.compiler.staging import write_if_changed
 
-__all__ = ["DEFAULT_TOOLS", "Cache", "CorruptEntry", "Entry", "cache_dir", "cache_key", "file_sha256",
-           "parse_size", "tool_versions"]
+__all__ = ["DEFAULT_TOOLS", "Cache", "CorruptEntry", "Entry", "build_fingerprint", "cache_dir", "cache_key",
+           "file_sha256", "parse_size", "source_fingerprint", "tool_versions"]
 
 # The tools whose versions decide the bytes a target writes (g++ builds the hls4ml C-sim library).
 DEFAULT_TOOLS = ("tensorflow", "keras", "ai-edge-litert", "onnx", "onnxruntime", "hls4ml", "numpy", "g++",
@@ -106,6 +107,39 @@ def _gxx_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return "absent"
     return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "absent"
+
+
+# The folders tapeout's package-dir maps (pyproject.toml): compiler/, targets/, runtime/.
+_PACKAGE_DIRS = ("compiler", "targets", "runtime")
+_FINGERPRINT: list[str] = []
+
+
+def source_fingerprint(root: Path) -> str:
+    """sha256 over the files of tapeout's package folders under ``root`` (path and bytes, sorted;
+    __pycache__ left out): ~150 files, a few ms."""
+    files = []
+    for sub in _PACKAGE_DIRS:
+        for dirpath, dirnames, filenames in os.walk(root / sub):
+            dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+            files += [(Path(dirpath) / name).relative_to(root).as_posix() for name in filenames]
+    h = hashlib.sha256()
+    for rel in sorted(files):
+        h.update(rel.encode() + b"\0")
+        h.update((root / rel).read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def build_fingerprint() -> str:
+    """tapeout's part of every cache key: its version, and for a source checkout (an editable
+    install, as `make` makes) a hash of its code too. The version alone let a checkout restore
+    artifacts that an older commit of the same version had built. Memoized per process."""
+    if not _FINGERPRINT:
+        from tapeout.compiler.version import __version__
+
+        root = Path(__file__).resolve().parent.parent
+        source = (root / "pyproject.toml").is_file() and all((root / d).is_dir() for d in _PACKAGE_DIRS)
+        _FINGERPRINT.append(f"{__version__}+src.{source_fingerprint(root)[:16]}" if source else __version__)
+    return _FINGERPRINT[0]
 
 
 _FILE_HASHES: dict[tuple[str, int, int, int], str] = {}

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tapeout.compiler.cache import Cache, CorruptEntry, Entry, cache_key, file_sha256, tool_versions
+from tapeout.compiler.cache import Cache, CorruptEntry, Entry, build_fingerprint, cache_key, file_sha256, tool_versions
 from tapeout.compiler.report import CompileReport, TargetReport
 from tapeout.compiler.version import __version__
 
@@ -42,7 +42,7 @@ def keys(c: Any) -> Keys:
     tools = tool_versions()
 
     def key(extra: dict[str, Any]) -> str:
-        return cache_key(inputs=inputs, options={**shared, **extra}, tools=tools, tapeout_version=__version__)
+        return cache_key(inputs=inputs, options={**shared, **extra}, tools=tools, tapeout_version=build_fingerprint())
 
     return Keys(key({"entry": "model"}), [
         key({"entry": "target", "target": f"{cls.name}:{variant}", "io_layout": target.io_layout,

@@ -113,6 +113,26 @@ def test_tool_versions_read_metadata_without_imports():
     assert out.strip() == "[]"
 
 
+def test_a_source_checkout_keys_on_its_code(tmp_path):
+    """An editable install (what `make` makes) keys on its code, not only on the version string:
+    a checkout pulled to a newer commit of the same version must not restore the older one's builds."""
+    for d in ("compiler", "targets/tflite", "runtime"):
+        (tmp_path / d).mkdir(parents=True)
+    (tmp_path / "compiler" / "a.py").write_text("x = 1\n")
+    (tmp_path / "targets" / "tflite" / "b.py").write_text("y = 2\n")
+    first = cache_mod.source_fingerprint(tmp_path)
+    (tmp_path / "compiler" / "__pycache__").mkdir()
+    (tmp_path / "compiler" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")
+    assert cache_mod.source_fingerprint(tmp_path) == first  # bytecode is not code
+    (tmp_path / "targets" / "tflite" / "b.py").write_text("y = 3\n")
+    assert cache_mod.source_fingerprint(tmp_path) != first
+    # This checkout is one, so its builds carry the version and the code's hash.
+    from tapeout.compiler.version import __version__
+
+    assert (REPO / "pyproject.toml").is_file()
+    assert cache_mod.build_fingerprint() == f"{__version__}+src.{cache_mod.source_fingerprint(REPO)[:16]}"
+
+
 def test_cache_dir_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("TAPEOUT_CACHE_DIR", raising=False)
