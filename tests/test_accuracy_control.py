@@ -92,6 +92,9 @@ def test_a_layer_fallback_keeps_float_has_its_trained_bias(outlier_model, tmp_pa
     assert code == 0, err + stdout
     q = report["targets"][0]["quantization"]
     assert "outlier" in q["float_layers"] and any("bias(es) corrected" in d for d in q["details"])
+    # The details count what the fallback left quantized: the kept layers' biases are trained ones.
+    kept = next(d for d in q["details"] if d.startswith("kept float:"))
+    assert "outlier" in kept and any(d.startswith("1 conv/dense bias(es) corrected") for d in q["details"]), q
     trained = keras.models.load_model(outlier_model[0]).get_layer("outlier").get_weights()[1]
     it = Interpreter(model_path=str(tmp_path / "tflite-int8" / "model.tflite"))
     floats = [it.get_tensor(d["index"]) for d in it.get_tensor_details()

@@ -137,11 +137,17 @@ def quantize(graph: Graph, chosen: Sequence[tuple[type[Target], str]], data: Bui
             "warnings": warnings,
         }
         out[scheme] = (annotated, info)
+    quantized_layers = {scheme: entry["float_layers"] for scheme, (_, entry) in out.items()}
     if fallback:
         requantizers = {s: ((lambda ex, s=s: annotate(s, ex)[0]),
                             calibrated if calibrated is not None and s in CALIBRATED_SCHEMES else graph)
                         for s in schemes}
         out = _fallback(out, data, max_drop, progress, requantizers)
+        for scheme, (annotated, entry) in out.items():
+            if entry["float_layers"] != quantized_layers[scheme]:  # the details count what fallback left
+                _, details, warnings = annotate(scheme, entry["float_layers"])
+                entry["details"] = (rewrites if scheme in CALIBRATED_SCHEMES else []) + details
+                entry["warnings"] = warnings
     return out
 
 
