@@ -116,6 +116,10 @@ def quantize(graph: Graph, chosen: Sequence[tuple[type[Target], str]], data: Bui
         return (res.graph, [d for r in res.records for d in r.details],
                 [w for r in res.records for w in r.warnings])
 
+    def prefixed(scheme: str, details: list[str]) -> list[str]:
+        """An integer scheme's details start with what built its graph (split, distributed)."""
+        return (rewrites if scheme in CALIBRATED_SCHEMES else []) + details
+
     out: dict[str, tuple[Graph, dict]] = {}
     for scheme in schemes:
         progress(f"quantize {scheme}")
@@ -133,7 +137,7 @@ def quantize(graph: Graph, chosen: Sequence[tuple[type[Target], str]], data: Bui
                 "file": None if cal.data == SYNTHETIC else str(data.calibration_file)},
             "float_layers": list(q.float_nodes),
             "ranges": quant_ranges(annotated),
-            "details": (rewrites if scheme in CALIBRATED_SCHEMES else []) + details,
+            "details": prefixed(scheme, details),
             "warnings": warnings,
         }
         out[scheme] = (annotated, info)
@@ -143,10 +147,10 @@ def quantize(graph: Graph, chosen: Sequence[tuple[type[Target], str]], data: Bui
                             calibrated if calibrated is not None and s in CALIBRATED_SCHEMES else graph)
                         for s in schemes}
         out = _fallback(out, data, max_drop, progress, requantizers)
-        for scheme, (annotated, entry) in out.items():
+        for scheme, (_, entry) in out.items():
             if entry["float_layers"] != quantized_layers[scheme]:  # the details count what fallback left
                 _, details, warnings = annotate(scheme, entry["float_layers"])
-                entry["details"] = (rewrites if scheme in CALIBRATED_SCHEMES else []) + details
+                entry["details"] = prefixed(scheme, details)
                 entry["warnings"] = warnings
     return out
 
