@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -111,7 +112,6 @@ def _gxx_version() -> str:
 
 # The folders tapeout's package-dir maps (pyproject.toml): compiler/, targets/, runtime/.
 _PACKAGE_DIRS = ("compiler", "targets", "runtime")
-_FINGERPRINT: list[str] = []
 
 
 def source_fingerprint(root: Path) -> str:
@@ -129,17 +129,16 @@ def source_fingerprint(root: Path) -> str:
     return h.hexdigest()
 
 
+@functools.cache
 def build_fingerprint() -> str:
     """tapeout's part of every cache key: its version, and for a source checkout (an editable
     install, as `make` makes) a hash of its code too. The version alone let a checkout restore
     artifacts that an older commit of the same version had built. Memoized per process."""
-    if not _FINGERPRINT:
-        from tapeout.compiler.version import __version__
+    from tapeout.compiler.version import __version__
 
-        root = Path(__file__).resolve().parent.parent
-        source = (root / "pyproject.toml").is_file() and all((root / d).is_dir() for d in _PACKAGE_DIRS)
-        _FINGERPRINT.append(f"{__version__}+src.{source_fingerprint(root)[:16]}" if source else __version__)
-    return _FINGERPRINT[0]
+    root = Path(__file__).resolve().parent.parent
+    source = (root / "pyproject.toml").is_file() and all((root / d).is_dir() for d in _PACKAGE_DIRS)
+    return f"{__version__}+src.{source_fingerprint(root)[:16]}" if source else __version__
 
 
 _FILE_HASHES: dict[tuple[str, int, int, int], str] = {}

@@ -105,7 +105,7 @@ class Prepared:
     ir32: dict[str, np.ndarray] = field(default_factory=dict)  # and in float32
     source_name: str = ""
     traced: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
-    split: Graph | None = None  # the float graph with activations split off (an integer trace's reference)
+    split: Graph | None = None  # integer_graph's float graph (the integer schemes'; their trace's reference)
     lock: threading.Lock = field(default_factory=threading.Lock)
     pruning: PruningOutcome | None = None
 
@@ -143,10 +143,17 @@ def load(c: Checked, data: BuildData, progress: Progress) -> Prepared:
 
 def quantize(c: Checked, p: Prepared, progress: Progress) -> None:
     """Every chosen target's scheme, not only the ones to build: --fallback judges them together."""
+    from tapeout.compiler.passes.quantize import integer_graph
+    from tapeout.compiler.schemes import CALIBRATED_SCHEMES
+
     spec = c.spec
+    integer = None
+    if any(cls.quant_scheme(v) in CALIBRATED_SCHEMES for cls, v in c.chosen):
+        integer = integer_graph(p.graph)
+        p.split = integer[0]
     p.quantized = quantize_stage.quantize(p.graph, c.chosen, p.data, spec.calibration_method, spec.percentile,
                                           spec.keep_float, progress, spec.bias_correction, spec.fallback,
-                                          spec.max_accuracy_drop)
+                                          spec.max_accuracy_drop, integer)
 
 
 def source_run(c: Checked, p: Prepared, targets: list[int], progress: Progress) -> None:
@@ -251,16 +258,13 @@ def verify_emitted(c: Checked, p: Prepared, i: int, e: Emitted, progress: Progre
 def _trace_reference(p: Prepared, scheme: str | None, emitted: Graph) -> Graph:
     """The float graph a trace compares an artifact's layers with: the model's own. An integer scheme's
     graph has its activations split off and its biases corrected (compiler.passes.bias_correction),
-    so its float run is not the model's; the split float graph has the same value names and the
-    trained biases. Made once (the caller holds p.lock)."""
+    so its float run is not the model's; the split float graph (made by the quantize stage) has
+    the same value names and the trained biases."""
     from tapeout.compiler.schemes import CALIBRATED_SCHEMES
 
     if scheme not in CALIBRATED_SCHEMES:
         return emitted
-    if p.split is None:
-        from tapeout.compiler.passes.quantize import integer_graph
-
-        p.split = integer_graph(p.graph)[0]
+    assert p.split is not None  # the quantize stage ran before this target's emit
     return p.split
 
 

@@ -66,8 +66,12 @@ def check_quantization_args(chosen: Sequence[tuple[type[Target], str]], calibrat
 def quantize(graph: Graph, chosen: Sequence[tuple[type[Target], str]], data: BuildData,
              method: str, percentile: float | None, keep_float: Sequence[str],
              progress: Progress, bias_correction: bool = True, fallback: bool = False,
-             max_drop: float | None = None) -> dict[str, tuple[Graph, dict]]:
+             max_drop: float | None = None, integer: tuple[Graph, list[str]] | None = None
+             ) -> dict[str, tuple[Graph, dict]]:
     """scheme -> (annotated graph, report entry) for every scheme the chosen targets consume.
+
+    ``integer``: ``integer_graph(graph)`` when the caller made it already (it keeps the float graph
+    as --trace's reference), else made here when a scheme calibrates.
 
     One calibration serves every scheme, so all quantized artifacts share the same ranges. With
     ``bias_correction`` the integer schemes' conv/dense biases absorb the mean offset that rounding
@@ -83,7 +87,9 @@ def quantize(graph: Graph, chosen: Sequence[tuple[type[Target], str]], data: Bui
         if keep_float:
             raise UsageError("--keep-float applies to quantized targets only (e.g. onnx:int8)")
         return {}
-    split, rewrites = integer_graph(graph) if set(schemes) & set(CALIBRATED_SCHEMES) else (graph, [])
+    if not set(schemes) & set(CALIBRATED_SCHEMES):
+        integer = (graph, [])
+    split, rewrites = integer if integer is not None else integer_graph(graph)
     # Names of layers and of the activation nodes split off them ("dense/softmax").
     names = {n.name for n in [*graph.nodes, *split.nodes]}
     unknown = [k for k in keep_float if not any(is_excluded(n, [k]) for n in names)]
