@@ -9,6 +9,7 @@ options) before the model loads. Targets whose cache entry is valid are restored
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -273,13 +274,23 @@ def build_target(c: Checked, p: Prepared, i: int, staging: Path, progress: Progr
     return verify_emitted(c, p, i, emit_target(c, p, i, staging, progress), progress)
 
 
+def _blas_threads(jobs: int) -> Any:
+    """OpenBLAS's threads shared out among the jobs (the cores over ``jobs``, at least one) while
+    they run. OpenBLAS spins its idle threads: at -j 2 on two cores each job's two threads
+    fought the other job's for 2 CPU-seconds more, and a slower build than -j 1 (benchmarks/build_cache.py)."""
+    from threadpoolctl import threadpool_limits
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return threadpool_limits(limits=max(1, cores // jobs), user_api="blas")
+
+
 def _build_parallel(c: Checked, todo: list[int], data: BuildData, staging: Path, progress: Progress,
                     jobs: int) -> tuple[Prepared, dict[int, TargetReport]]:
     """-j: calibration, the source run, the emits and the verifications overlap, each task waiting
     for what it reads. Tasks are queued in dependency order (quantize, source run, emits, then
     verifications), so a waiting task never holds up one it waits for."""
     p = load(c, data, progress)
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    with _blas_threads(jobs), ThreadPoolExecutor(max_workers=jobs) as pool:
         fq = pool.submit(quantize, c, p, progress)
         fs = pool.submit(source_run, c, p, todo, progress)
         emits = {i: pool.submit(emit_target, c, p, i, staging, progress, fq.result) for i in todo}
