@@ -33,20 +33,28 @@ class Keys:
 def keys(c: Any) -> Keys:
     """The model's key and each chosen target's (``c``: stages.compile.Checked)."""
     spec = c.spec
+    from tapeout.compiler.schemes import CALIBRATED_SCHEMES
+
     inputs = {"model": spec.model, "weights": spec.weights, "eval": spec.eval_data, "train": spec.train,
               "calibration": None if spec.calibration in (None, "synthetic") else Path(spec.calibration)}
-    shared = {**spec.shared_settings(),
-              # The report records these as spelled; the same bytes under another name are another report.
+    schemes = sorted({s for cls, v in c.chosen if (s := cls.quant_scheme(v))})
+    shared = {# The report records these as spelled; the same bytes under another name are another report.
               "spelled": {k: None if v is None else str(v) for k, v in inputs.items()},
-              "schemes": sorted({s for cls, v in c.chosen if (s := cls.quant_scheme(v))}) if spec.fallback else None}
+              # --fallback judges every scheme together: each one's layers depend on the others.
+              "schemes": schemes if spec.fallback else None}
     tools = tool_versions()
 
-    def key(extra: dict[str, Any]) -> str:
-        return cache_key(inputs=inputs, options={**shared, **extra}, tools=tools, tapeout_version=build_fingerprint())
+    def key(scheme: str | None, extra: dict[str, Any]) -> str:
+        # Under --fallback any target's scheme may read the others' settings: all of them count.
+        settings = spec.shared_settings() if spec.fallback and scheme is not None else \
+            spec.settings_for(scheme, scheme in CALIBRATED_SCHEMES)
+        return cache_key(inputs=inputs, options={**settings, **shared, **extra}, tools=tools,
+                         tapeout_version=build_fingerprint())
 
-    return Keys(key({"entry": "model"}), [
-        key({"entry": "target", "target": f"{cls.name}:{variant}", "io_layout": target.io_layout,
-             "options": target.opts.normalized(), "option_files": option_files(target)})
+    return Keys(key(None, {"entry": "model"}), [
+        key(cls.quant_scheme(variant), {"entry": "target", "target": f"{cls.name}:{variant}",
+                                        "io_layout": target.io_layout, "options": target.opts.normalized(),
+                                        "option_files": option_files(target)})
         for (cls, variant), target in zip(c.chosen, c.built)])
 
 

@@ -95,6 +95,20 @@ class BuildSpec:
         out["train"] = self.train is not None
         return {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(out.items())}
 
+    def settings_for(self, scheme: str | None, calibrated: bool) -> dict[str, Any]:
+        """``shared_settings`` less those a target of quantization ``scheme`` never reads (None: a
+        float target or the report's shared part; ``calibrated``: the scheme calibrates, int8 and
+        int16x8): --no-bias-correction must not rebuild a float target."""
+        drop = set() if calibrated else set(CALIBRATION_SETTINGS)
+        if scheme is None:
+            drop |= set(QUANTIZE_SETTINGS)
+        return {k: v for k, v in self.shared_settings().items() if k not in drop}
+
+
+# Settings only the quantize stage reads: of every quantized scheme, and of the calibrated ones alone.
+QUANTIZE_SETTINGS = ("keep_float",)
+CALIBRATION_SETTINGS = ("calibration_method", "percentile", "bias_correction")
+
 
 def check_jobs(jobs: int) -> None:
     if jobs < 1:

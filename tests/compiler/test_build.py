@@ -77,6 +77,19 @@ def test_one_option_changed_rebuilds_that_target_alone(cache_env):
     assert targets["tflite:int8"]["io"] == "int8"
 
 
+def test_a_calibration_setting_rebuilds_the_calibrated_target_alone(cache_env):
+    """--no-bias-correction and --calibration-method change int8 bytes only: the float target and the
+    report's shared part come from the cache."""
+    args = ["compile", SAMPLE / "model.keras", "-t", "onnx", "-t", "tflite:int8", "--calibration",
+            SAMPLE / "calibration.npz", "-o", cache_env / "out", "--json"]
+    assert run(*args)[0] == 0
+    for extra in (["--no-bias-correction"], ["--calibration-method", "percentile"]):
+        code, out, err = run(*args, *extra)
+        assert code == 0, err
+        got = {f"{t['target']}:{t['variant']}": t["from"] for t in json.loads(out)["targets"]}
+        assert got == {"onnx:fp32": "cache", "tflite:int8": "built"}, (extra, got)
+
+
 def test_changed_data_is_named_by_dry_run(cache_env):
     data = cache_env / "cal.npz"
     data.write_bytes((SAMPLE / "calibration.npz").read_bytes())
