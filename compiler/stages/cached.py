@@ -44,18 +44,28 @@ def keys(c: Any) -> Keys:
               "schemes": schemes if spec.fallback else None}
     tools = tool_versions()
 
-    def key(scheme: str | None, extra: dict[str, Any]) -> str:
+    def key(scheme: str | None, extra: dict[str, Any], reads_calibration: bool = True) -> str:
         # Under --fallback any target's scheme may read the others' settings: all of them count.
         settings = spec.shared_settings() if spec.fallback and scheme is not None else \
             spec.settings_for(scheme, scheme in CALIBRATED_SCHEMES)
-        return cache_key(inputs=inputs, options={**settings, **shared, **extra}, tools=tools,
+        files, spelled = inputs, shared
+        if not reads_calibration:
+            files = {**inputs, "calibration": None}
+            spelled = {**shared, "spelled": {**shared["spelled"], "calibration": None}}
+        return cache_key(inputs=files, options={**settings, **spelled, **extra}, tools=tools,
                          tapeout_version=build_fingerprint())
 
-    return Keys(key(None, {"entry": "model"}), [
-        key(cls.quant_scheme(variant), {"entry": "target", "target": f"{cls.name}:{variant}",
-                                        "io_layout": target.io_layout, "options": target.opts.normalized(),
-                                        "option_files": option_files(target)})
-        for (cls, variant), target in zip(c.chosen, c.built)])
+    def target_key(cls: Any, variant: str, target: Any) -> str:
+        scheme = cls.quant_scheme(variant)
+        # The calibration file doubles as the verification data unless --eval is given; then only
+        # the calibrated schemes and a precision search (hls4ml) read it.
+        reads = spec.eval_data is None or spec.fallback or scheme in CALIBRATED_SCHEMES or \
+            target.precision_request() is not None
+        return key(scheme, {"entry": "target", "target": f"{cls.name}:{variant}", "io_layout": target.io_layout,
+                            "options": target.opts.normalized(), "option_files": option_files(target)}, reads)
+
+    return Keys(key(None, {"entry": "model"}), [target_key(cls, variant, target)
+                                                for (cls, variant), target in zip(c.chosen, c.built)])
 
 
 def option_files(target: Any) -> dict[str, str]:

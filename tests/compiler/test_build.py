@@ -90,6 +90,27 @@ def test_a_calibration_setting_rebuilds_the_calibrated_target_alone(cache_env):
         assert got == {"onnx:fp32": "cache", "tflite:int8": "built"}, (extra, got)
 
 
+def test_with_eval_data_new_calibration_data_rebuilds_the_calibrated_target_alone(cache_env):
+    """With --eval the calibration file is not the float target's verification data: new calibration
+    bytes rebuild tflite:int8, and the onnx entry restored is what a fresh build writes."""
+    import numpy as np
+
+    cal = cache_env / "cal.npz"
+    arrays = dict(np.load(SAMPLE / "calibration.npz"))
+    np.savez(cal, **arrays)
+    args = ["compile", SAMPLE / "model.keras", "-t", "onnx", "-t", "tflite:int8", "--calibration", cal,
+            "--eval", SAMPLE / "eval.npz"]
+    assert run(*args, "-o", cache_env / "out")[0] == 0
+    np.savez(cal, x=arrays["x"][: len(arrays["x"]) // 2])
+    code, out, err = run(*args, "-o", cache_env / "out", "--json")
+    assert code == 0, err
+    assert {f"{t['target']}:{t['variant']}": t["from"] for t in json.loads(out)["targets"]} == \
+        {"onnx:fp32": "cache", "tflite:int8": "built"}
+    assert run(*args, "-o", cache_env / "out", "--no-timings")[0] == 0
+    assert run(*args, "-o", cache_env / "fresh", "--no-cache", "--no-timings")[0] == 0
+    assert digest(cache_env / "out") == digest(cache_env / "fresh")
+
+
 def test_changed_data_is_named_by_dry_run(cache_env):
     data = cache_env / "cal.npz"
     data.write_bytes((SAMPLE / "calibration.npz").read_bytes())
