@@ -158,11 +158,11 @@ def dry_run(project_file: str | Path, names: Sequence[str] = (), *, cache: Any =
                 continue
             if name not in before.get("targets", {}):
                 why = "never built"
+            elif before["targets"][name] == key:  # a changed file this target does not read is no reason
+                why = "not in the cache (cleared, pruned or --no-cache)"
             elif changed:
                 why = f"changed: {', '.join(changed)}"
-            elif before["targets"][name] != key:
-                why = "options, settings or tool versions changed"
             else:
-                why = "not in the cache (cleared, pruned or --no-cache)"
+                why = "options, settings or tool versions changed"
             plan.append(Planned(m.name, name, "rebuild", why))
     return plan
