@@ -56,10 +56,38 @@ _KEY = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1 << 20
 _MANIFEST_VERSION = 2  # 2: folders recorded too (an hls4ml project's empty tb_data/)
 _STALE_TMP_S = 3600.0  # staging folders older than this belonged to a process that died
-# Caches that tools keep in the root beside the entries (targets/hls4ml/project.py: precompiled
-# headers and compiled objects). `info` counts them and `clear` removes them; their writers bound
-# them (one folder per g++/hls4ml version, objects pruned at 256 MB), so `prune` leaves them.
-TOOL_CACHES = ("hls4ml-pch",)
+
+
+@dataclass(frozen=True)
+class ToolCache:
+    """A cache a tool keeps beside the entries: the folder ``name`` under the cache root, or the one
+    the variable ``env`` names ("off": none). Each subfolder whose name matches ``unit`` is one
+    unit the writer touches on every use; `info` counts the units, `clear` removes them, and
+    `prune` evicts them with the entries, least recently used first. Nothing else in a folder the
+    user named is tapeout's to remove."""
+
+    name: str
+    env: str
+    unit: str  # a regular expression for a unit folder's name
+
+    def folder(self, root: Path) -> Path | None:
+        where = os.environ.get(self.env, "")
+        if where.lower() == "off":
+            return None
+        return Path(where).expanduser() if where else root / self.name
+
+    def units(self, root: Path) -> list[Path]:
+        """The unit folders (and the writer's temporary ``.tmp-*`` ones) present, sorted."""
+        folder = self.folder(root)
+        if folder is None or not folder.is_dir() or folder.is_symlink():
+            return []
+        return sorted(d for d in folder.iterdir() if d.is_dir() and not d.is_symlink()
+                      and (re.fullmatch(self.unit, d.name) or d.name.startswith(".tmp-")))
+
+
+# targets/hls4ml/project.py: one precompiled header and its compiled objects per key folder.
+HLS4ML_PCH = ToolCache("hls4ml-pch", "TAPEOUT_HLS4ML_PCH_DIR", r"[0-9a-f]{32}")
+TOOL_CACHES = (HLS4ML_PCH,)
 
 
 # ---------------------------------------------------------------- where and what
@@ -332,7 +360,7 @@ class Cache:
         """{"root": str, "entries": N, "bytes": total size of the entries' files on disk,
         "tool_bytes": the size of the tools' caches (TOOL_CACHES)}."""
         entries = list(self._entries())
-        tools = sum(_tree_bytes(self.root / name) for name in TOOL_CACHES)
+        tools = sum(_tree_bytes(d) for tool in TOOL_CACHES for d in tool.units(self.root))
         return {"root": str(self.root), "entries": len(entries), "bytes": sum(b for _, b, _ in entries),
                 "tool_bytes": tools}
 
@@ -343,24 +371,40 @@ class Cache:
             with self._lock(key):
                 self._discard(key)
             n += 1
-        for name in ("tmp", *TOOL_CACHES):
-            shutil.rmtree(self.root / name, ignore_errors=True)
+        shutil.rmtree(self.root / "tmp", ignore_errors=True)
+        for tool in TOOL_CACHES:
+            for d in tool.units(self.root):
+                _remove_tree(d)
+            if tool.folder(self.root) == self.root / tool.name:  # its own folder, not one the user named
+                with contextlib.suppress(OSError):
+                    (self.root / tool.name).rmdir()
         return n
 
     def prune(self, max_bytes: int) -> int:
-        """Evict least recently used entries (by their last-used stamp) until the entries take at most
-        ``max_bytes``; also drop staging folders left by dead processes. Return how many entries went."""
+        """Evict the least recently used entries and tool-cache units (entries by their last-used
+        stamp, units by their folder's time, which the writer touches on use) until together they
+        take at most ``max_bytes``; also drop staging folders left by dead processes. Return how
+        many entries and units went."""
         if max_bytes < 0:
             raise UsageError(f"cache size {max_bytes}: must not be negative")
         self._drop_stale_staging()
-        entries = sorted(self._entries(), key=lambda e: (e[2], e[0]))
-        total = sum(b for _, b, _ in entries)
+        found: list[tuple[int, str, int, Path | None]] = [(used, key, size, None)
+                                                          for key, size, used in self._entries()]
+        for tool in TOOL_CACHES:
+            for d in tool.units(self.root):
+                with contextlib.suppress(OSError):
+                    found.append((os.lstat(d).st_mtime_ns, str(d), _tree_bytes(d), d))
+        found.sort(key=lambda e: (e[0], e[1]))
+        total = sum(size for _, _, size, _ in found)
         n = 0
-        for key, size, _ in entries:
+        for _, key, size, unit in found:
             if total <= max_bytes:
                 break
-            with self._lock(key):
-                self._discard(key)
+            if unit is not None:
+                _remove_tree(unit)
+            else:
+                with self._lock(key):
+                    self._discard(key)
             total -= size
             n += 1
         return n
@@ -456,6 +500,16 @@ class Cache:
 
 
 # ---------------------------------------------------------------- file helpers
+def _remove_tree(folder: Path) -> None:
+    """Rename ``folder`` aside, then delete it: a writer never sees it half deleted under its name."""
+    gone = folder.with_name(f".tmp-gone-{folder.name}-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        os.rename(folder, gone)
+    except OSError:
+        gone = folder
+    shutil.rmtree(gone, ignore_errors=True)
+
+
 def _tree_bytes(folder: Path) -> int:
     total = 0
     for dirpath, _, names in os.walk(folder):  # no symlinks followed; a missing folder walks nothing

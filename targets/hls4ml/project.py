@@ -8,6 +8,7 @@ moved. ``tapeout_csim.json`` tells the C-simulation runner what the library comp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -15,6 +16,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from tapeout.compiler.cache import HLS4ML_PCH
 from tapeout.compiler.errors import InternalError, MissingToolError, UsageError
 from tapeout.compiler.quiet import captured_output
 from tapeout.targets.hls4ml.config import BACKENDS, PROJECT
@@ -152,7 +154,7 @@ def faster_build(outdir: Path, variant: str) -> None:
 # script builds the .gch there on first use with its own compile flags (g++ ignores, with
 # -Winvalid-pch's warning, a .gch built with others), writing a temporary file then renaming it.
 PCH_ENV = "TAPEOUT_HLS4ML_PCH"
-PCH_DIR_ENV = "TAPEOUT_HLS4ML_PCH_DIR"  # where the .gch folders go; "off" turns the PCH off
+PCH_DIR_ENV = HLS4ML_PCH.env  # where the .gch folders go; "off" turns the PCH off
 PCH_HEADER = "tapeout_pch.h"
 _GENERATED_HEADERS = ("nnet_code_gen.h",)
 _PCH_FORMAT = "1"  # bump when the header list or the script block changes
@@ -232,12 +234,11 @@ def pch_folder(project: Path) -> Path | None:
 
     script = project / "build_lib.sh"
     text = script.read_text() if script.is_file() else ""
-    where = os.environ.get(PCH_DIR_ENV, "")
-    if f"{PCH_ENV}:-" not in text or where.lower() == "off":
-        return None
-    from tapeout.compiler.cache import TOOL_CACHES, cache_dir, tool_versions
+    from tapeout.compiler.cache import cache_dir, tool_versions
 
-    root = Path(where).expanduser() if where else cache_dir() / TOOL_CACHES[0]
+    root = HLS4ML_PCH.folder(cache_dir())
+    if f"{PCH_ENV}:-" not in text or root is None:
+        return None
     headers = _pch_headers(project)
     h = hashlib.sha256()
     versions = tool_versions(["g++", "hls4ml"])
@@ -251,6 +252,8 @@ def pch_folder(project: Path) -> Path | None:
     if re.search(r"[^\w/.+-]", str(folder)):  # the script splits INCFLAGS on spaces
         return None
     if (folder / PCH_HEADER).is_file():
+        with contextlib.suppress(OSError):  # its last use: `tapeout cache prune` evicts the oldest first
+            os.utime(folder)
         return folder
     # tapeout_weights_dir.h first: nnet_helpers.h's WEIGHTS_DIR calls it
     lines = [f'#include "{WEIGHTS_DIR_HEADER}"'] if Path(WEIGHTS_DIR_HEADER) in headers else []

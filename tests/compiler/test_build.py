@@ -176,7 +176,9 @@ def test_bad_input_is_one_line_and_exit_2(cache_env, case, expect):
     assert not (cache_env / "build").exists()
 
 
-def test_cache_info_prune_and_clear(cache_env):
+def test_cache_info_prune_and_clear(cache_env, monkeypatch):
+    # The PCH folder under this cache's root (tests/conftest.py names a shared one the hls4ml tests use).
+    monkeypatch.delenv("TAPEOUT_HLS4ML_PCH_DIR", raising=False)
     project(cache_env)
     assert run("build")[0] == 0
     code, out, _ = run("cache", "info", "--json")
@@ -187,14 +189,18 @@ def test_cache_info_prune_and_clear(cache_env):
     code, out, _ = run("cache", "prune", "--max-size", "0", "--json")
     assert code == 0 and json.loads(out)["entries"] == 0
     assert run("build")[0] == 0
-    pch = cache_env / "cache" / "hls4ml-pch" / "k" / "objects"  # as targets/hls4ml/project.py writes it
+    pch = cache_env / "cache" / "hls4ml-pch" / ("k" * 32) / "objects"  # as targets/hls4ml/project.py writes it
     pch.mkdir(parents=True)
     (pch / "a.o").write_bytes(b"x" * 1000)
     code, out, _ = run("cache", "info", "--json")
+    assert json.loads(out)["tool_bytes"] == 0  # not a key folder's name: not tapeout's
+    pch.parent.rename(pch.parent.with_name("0" * 32))
+    code, out, _ = run("cache", "info", "--json")
     assert json.loads(out)["tool_bytes"] == 1000
     code, out, _ = run("cache", "prune", "--max-size", "0", "--json")
-    assert json.loads(out)["tool_bytes"] == 1000  # bounded by its writer; prune leaves it
+    assert json.loads(out)["tool_bytes"] == 0  # evicted with the entries
     assert run("build")[0] == 0
+    (cache_env / "cache" / "hls4ml-pch" / ("0" * 32)).mkdir(parents=True)
     code, out, _ = run("cache", "clear", "--json")
     assert json.loads(out)["removed"] == 3
     assert not (cache_env / "cache" / "hls4ml-pch").exists()

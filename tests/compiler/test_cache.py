@@ -298,6 +298,13 @@ def test_put_keeps_an_existing_valid_entry(tmp_path):
     assert second.path == first.path and second.meta == {"n": 1}
 
 
+@pytest.fixture(autouse=True)
+def _own_tool_caches(monkeypatch):
+    """Tool caches under each test's cache root: tests/conftest.py names a PCH folder the hls4ml
+    tests share, which clear() and prune() here would otherwise empty."""
+    monkeypatch.delenv("TAPEOUT_HLS4ML_PCH_DIR", raising=False)
+
+
 def test_info_clear_and_prune_lru(tmp_path):
     c = Cache(tmp_path / "cache")
     keys = [f"{i:x}" * 64 for i in range(6, 10)]
@@ -323,6 +330,47 @@ def test_info_clear_and_prune_lru(tmp_path):
     assert c.clear() == 2
     assert c.info() == {"root": str(tmp_path / "cache"), "entries": 0, "bytes": 0, "tool_bytes": 0}
     assert c.clear() == 0
+
+
+def _pch_unit(folder, name: str, size: int, used_s: int):
+    """A unit as targets/hls4ml/project.py writes one: a key folder holding a header and objects."""
+    unit = folder / name
+    (unit / "objects").mkdir(parents=True)
+    (unit / "objects" / "a.o").write_bytes(b"o" * size)
+    os.utime(unit, ns=(used_s * 10**9, used_s * 10**9))
+    return unit
+
+
+def test_tool_cache_units_are_evicted_with_the_entries_least_recently_used_first(tmp_path):
+    c = Cache(tmp_path / "cache")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "blob").write_bytes(b"e" * 1000)
+    key = "a" * 64
+    c.put(key, src, {})
+    os.utime(c._entry_dir(key) / "last-used", ns=(2 * 10**9, 2 * 10**9))
+    old = _pch_unit(tmp_path / "cache" / "hls4ml-pch", "1" * 32, 5000, 1)
+    new = _pch_unit(tmp_path / "cache" / "hls4ml-pch", "2" * 32, 5000, 3)
+    info = c.info()
+    assert info["tool_bytes"] == 10000 and info["entries"] == 1
+    assert c.prune(5000) == 2  # the old unit (used first), then the entry
+    assert not old.exists() and new.is_dir() and c.get(key) is None
+    assert c.info()["tool_bytes"] == 5000
+
+
+def test_a_pch_folder_the_user_named_is_counted_and_cleared_of_units_alone(tmp_path, monkeypatch):
+    named = tmp_path / "my-pch"
+    monkeypatch.setenv("TAPEOUT_HLS4ML_PCH_DIR", str(named))
+    unit = _pch_unit(named, "3" * 32, 700, 5)
+    (named / "notes.txt").write_text("the user's, not tapeout's")
+    (named / "other").mkdir()
+    c = Cache(tmp_path / "cache")
+    assert c.info()["tool_bytes"] == 700
+    c.clear()
+    assert not unit.exists() and (named / "notes.txt").is_file() and (named / "other").is_dir()
+    monkeypatch.setenv("TAPEOUT_HLS4ML_PCH_DIR", "off")
+    _pch_unit(tmp_path / "cache" / "hls4ml-pch", "4" * 32, 100, 5)
+    assert c.info()["tool_bytes"] == 0  # off: no tool folder is tapeout's
 
 
 def _put_worker(root: str, key: str, src: str, barrier, results) -> None:

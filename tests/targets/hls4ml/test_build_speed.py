@@ -166,6 +166,21 @@ def test_the_pch_block_is_vivado_and_vitis_only_and_holds_no_path(tmp_path, monk
     assert "TAPEOUT_HLS4ML_PCH" not in (quartus / "build_lib.sh").read_text()
 
 
+def test_a_pch_folder_in_use_is_touched_so_prune_keeps_it(tmp_path, pch_env):
+    """`tapeout cache prune` evicts tool-cache units by their folder's time: each use renews it."""
+    import os
+
+    from tapeout.compiler.cache import HLS4ML_PCH
+    from tapeout.targets.hls4ml.project import pch_folder
+
+    project = _project(tmp_path, "vivado")
+    faster_build(project, "vitis")
+    folder = pch_folder(project)
+    assert folder is not None and HLS4ML_PCH.units(tmp_path) == [folder]  # a unit of the folder the env names
+    os.utime(folder, (1, 1))
+    assert pch_folder(project) == folder and folder.stat().st_mtime > 1
+
+
 @needs_gxx
 def test_the_pch_is_used_and_the_library_is_the_same(tmp_path, monkeypatch, pch_env):
     """With the PCH: the .gch is in the cache, g++ takes it (-Winvalid-pch says nothing), and the
