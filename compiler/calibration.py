@@ -36,7 +36,7 @@ min/max pass (so batches merge exactly), the first minimum on ties.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Collection, Mapping
 
 import numpy as np
 
@@ -107,12 +107,32 @@ def _calibrated_values(graph: Graph) -> list[str]:
     return [v for v in values if np.issubdtype(np.dtype(graph.type_of(v).dtype), np.floating)]
 
 
-def _sweep(graph: Graph, feeds: dict[str, np.ndarray], batch_size: int, observe) -> None:
-    """Run the interpreter batch by batch, calling ``observe(name, finite_values)`` on every value."""
+class Means:
+    """Running float64 sums of some values over the samples (the batch axis kept, size 1): bias
+    correction's mean layer inputs, gathered in the calibration's own sweep."""
+
+    def __init__(self, values: Collection[str]) -> None:
+        self.values = set(values)
+        self.sums: dict[str, np.ndarray] = {}
+
+    def observe(self, name: str, a: np.ndarray) -> None:
+        if name in self.values:
+            s = a.astype(np.float64).sum(axis=0, keepdims=True)
+            self.sums[name] = s if name not in self.sums else self.sums[name] + s
+
+    def means(self, samples: int) -> dict[str, np.ndarray]:
+        return {k: (v / samples).astype(np.float32) for k, v in self.sums.items()}
+
+
+def sweep(graph: Graph, feeds: Mapping[str, np.ndarray], batch_size: int, observe=None, raw=None) -> None:
+    """Run the interpreter batch by batch (``feeds`` in the IR's layout), calling
+    ``observe(name, finite_values)`` on every float value and ``raw(name, values)`` on every value."""
     wanted = set(_calibrated_values(graph))
 
     def hook(name: str, a: np.ndarray) -> np.ndarray:
-        if name in wanted:
+        if raw is not None:
+            raw(name, a)
+        if observe is not None and name in wanted:
             observe(name, _finite(a))
         return a
 
@@ -177,6 +197,16 @@ def calibrate(graph: Graph, feeds: Mapping[str, np.ndarray], *, method: str = DE
               percentile: float = DEFAULT_PERCENTILE, data_kind: str = "calibration",
               batch_size: int = BATCH_SIZE) -> Graph:
     """A copy of ``graph`` with ``calibration`` set from ``feeds`` (source-layout arrays by input name)."""
+    return calibrate_with_means(graph, feeds, (), method=method, percentile=percentile, data_kind=data_kind,
+                                batch_size=batch_size)[0]
+
+
+def calibrate_with_means(graph: Graph, feeds: Mapping[str, np.ndarray], means_of: Collection[str], *,
+                         method: str = DEFAULT_METHOD, percentile: float = DEFAULT_PERCENTILE,
+                         data_kind: str = "calibration", batch_size: int = BATCH_SIZE
+                         ) -> tuple[Graph, dict[str, np.ndarray]]:
+    """``calibrate``, and the mean over the samples of each of ``means_of`` (``Means``) from the same
+    sweep: bias correction's inputs without a second pass of the float graph."""
     if method not in METHODS:
         raise UsageError(f"unknown calibration method {method!r}; one of {', '.join(METHODS)}")
     if not 50.0 < percentile <= 100.0:
@@ -190,7 +220,8 @@ def calibrate(graph: Graph, feeds: Mapping[str, np.ndarray], *, method: str = DE
         raise DataError("calibration data holds no samples")
 
     stats = {v: _Observed() for v in _calibrated_values(graph)}
-    _sweep(graph, ir_feeds, batch_size, lambda name, a: stats[name].update(a))
+    means = Means(means_of)
+    sweep(graph, ir_feeds, batch_size, lambda name, a: stats[name].update(a), means.observe if means_of else None)
     if method != "minmax":
         # Second sweep: histograms over the now-known ranges, so every batch bins identically.
         def histogram(name: str, a: np.ndarray) -> None:
@@ -204,7 +235,7 @@ def calibrate(graph: Graph, feeds: Mapping[str, np.ndarray], *, method: str = DE
                 h, _ = np.histogram(nonzero, bins=HISTOGRAM_BINS, range=(0.0, max(-s.lo, s.hi)))
             s.hist = h if s.hist is None else s.hist + h
 
-        _sweep(graph, ir_feeds, batch_size, histogram)
+        sweep(graph, ir_feeds, batch_size, histogram)
 
     ranges: dict[str, tuple[float, float]] = {}
     for name, s in stats.items():
@@ -221,4 +252,4 @@ def calibrate(graph: Graph, feeds: Mapping[str, np.ndarray], *, method: str = DE
     out = graph.copy()
     out.calibration = Calibration(method, data_kind, samples, ranges,
                                   percentile if method == "percentile" else None)
-    return out
+    return out, means.means(samples)

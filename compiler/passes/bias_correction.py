@@ -30,12 +30,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from tapeout.compiler.interpreter import eval_node, run
+from tapeout.compiler.interpreter import eval_node
 from tapeout.compiler.ir import Graph, Node
 from tapeout.compiler.passes.base import Editor, Pass, PassResult
 from tapeout.compiler.passes.quantize import LINEAR_OPS, fake_quantize, is_excluded, per_channel_weights
 
-BATCH = 32
 
 
 class CorrectBias(Pass):
@@ -92,22 +91,17 @@ def _has_bias(n: Node) -> bool:
     return len(n.inputs) > 2 and bool(n.inputs[2])
 
 
+def correctable_inputs(graph: Graph) -> set[str]:
+    """The values the correctable layers of ``graph`` read: the means bias correction needs."""
+    return {n.inputs[0] for n in graph.nodes if correctable(graph, n)}
+
+
 def layer_input_means(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``input_means`` of every value a correctable layer of ``graph`` reads: one float pass."""
-    return input_means(graph, feeds, {n.inputs[0] for n in graph.nodes if correctable(graph, n)})
+    """The mean over the samples of every value a correctable layer of ``graph`` reads, in one float
+    pass (``feeds`` in the IR's layout); the build takes them from its calibration sweep instead
+    (calibration.calibrate_with_means)."""
+    from tapeout.compiler.calibration import BATCH_SIZE, Means, sweep
 
-
-def input_means(graph: Graph, feeds: Mapping[str, np.ndarray], values: set[str]) -> dict[str, np.ndarray]:
-    """The mean over the samples of each of ``values`` in the float graph, keeping the batch axis (size 1)."""
-    sums: dict[str, np.ndarray] = {}
-
-    def observe(name: str, a: np.ndarray) -> np.ndarray:
-        if name in values:
-            s = a.astype(np.float64).sum(axis=0, keepdims=True)
-            sums[name] = s if name not in sums else sums[name] + s
-        return a
-
-    n = int(next(iter(feeds.values())).shape[0])
-    for start in range(0, n, BATCH):
-        run(graph, {k: v[start:start + BATCH] for k, v in feeds.items()}, value_hook=observe)
-    return {k: (v / n).astype(np.float32) for k, v in sums.items()}
+    means = Means(correctable_inputs(graph))
+    sweep(graph, feeds, BATCH_SIZE, raw=means.observe)
+    return means.means(int(next(iter(feeds.values())).shape[0]))

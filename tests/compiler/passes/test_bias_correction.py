@@ -96,3 +96,22 @@ def test_the_cli_flag_and_the_project_key_turn_it_off(tmp_path):
     (tmp_path / "tapeout.toml").write_text(f'[models.jet]\npath = "{jet / "model.keras"}"\ntargets = ["onnx"]\n'
                                            'bias_correction = false\n')
     assert load_project(tmp_path / "tapeout.toml").models["jet"].build.bias_correction is False
+
+
+def test_the_calibration_sweep_gives_the_same_means_and_ranges_as_two_passes(builder):
+    """The build takes the mean layer inputs from the calibration's own sweep (one float pass, not
+    two): the same means as the standalone pass, the same ranges as calibrate alone."""
+    from tapeout.compiler.calibration import calibrate_with_means
+    from tapeout.compiler.passes.bias_correction import correctable_inputs, layer_input_means
+
+    split = Pipeline([SplitActivations()]).run(net(builder)).graph
+    feeds = data(70, 3)  # not a multiple of the batch: the last batch is short
+    wanted = correctable_inputs(split)
+    assert len(wanted) == 2
+    for method in ("minmax", "percentile"):
+        calibrated, means = calibrate_with_means(split, feeds, wanted, method=method)
+        assert calibrated.calibration == calibrate(split, feeds, method=method).calibration
+        alone = layer_input_means(split, feeds)
+        assert sorted(means) == sorted(alone) == sorted(wanted)
+        for name in wanted:
+            assert means[name].shape[0] == 1 and np.array_equal(means[name], alone[name])
