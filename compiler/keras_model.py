@@ -343,6 +343,14 @@ def _affine(ctx: BuildContext, n: Node) -> Any:
     return _binary_tensors(ctx, n, "add", y, shift, ctx.name(n))
 
 
+def _lrn(ctx: BuildContext, n: Node) -> Any:
+    size = int(n.attr("size"))
+    if size % 2 == 0:  # targets refuse it first (tflite.target.unsupported_nodes); this guards the rest
+        raise IRError(f"node {n.name!r} (lrn): size {size} is even; TensorFlow's LRN window is symmetric")
+    layer = custom.LocalResponseNorm(size, n.attr("alpha"), n.attr("beta"), n.attr("bias"), name=ctx.name(n))
+    return layer(ctx.tensor(n, n.inputs[0]))
+
+
 # -------------------------------------------------------------- activations
 def _activation(ctx: BuildContext, n: Node) -> Any:
     x = n.inputs[0]
@@ -491,7 +499,7 @@ def _fixed_quant(ctx: BuildContext, n: Node) -> Any:
 Builder = Callable[[BuildContext, Node], Any]
 BUILDERS: dict[str, Builder] = {
     "dense": _dense, "conv": _conv, "matmul": _matmul,
-    "batch_norm": _batch_norm, "affine": _affine,
+    "batch_norm": _batch_norm, "affine": _affine, "lrn": _lrn,
     **{op: _activation for op in ("identity", "relu", "clip", "leaky_relu", "elu", "sigmoid", "hard_sigmoid",
                                   "tanh", "softmax", "swish", "hard_swish", "gelu", "dropout")},
     "max_pool": _pool, "avg_pool": _pool,

@@ -2,7 +2,7 @@
 
 Everything the emitter can express with a built-in layer uses one (hls4ml and TFLite
 recognise those); these cover constant operands, division, general clipping, padding
-with a value or on any axis, and activation variants Keras fixes a parameter of. Each
+with a value or on any axis, activation variants Keras fixes a parameter of, and LRN. Each
 is registered under the ``tapeout`` package so an emitted model can be saved and loaded
 again (``keras.saving.load_model``) once this module has been imported. Constants are
 non-trainable weights, so they travel in the weights file, not in the config.
@@ -10,6 +10,7 @@ non-trainable weights, so they travel in the weights file, not in the config.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import keras
@@ -230,4 +231,29 @@ class FixedQuant(keras.layers.Layer):
                 "overflow": self.overflow}
 
 
-CUSTOM_LAYERS = (Binary, ConstantBinary, Affine, Clip, HardSigmoid, Gelu, Pad, Slice, FixedQuant)
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class LocalResponseNorm(keras.layers.Layer):
+    """ONNX LRN of an odd ``size`` over the last axis, as ``tf.nn.local_response_normalization``
+    (TFLite's LOCAL_RESPONSE_NORMALIZATION): radius (size - 1) / 2, and alpha per element, so
+    ONNX's alpha / size. That op takes 4D input alone: other ranks run as [N, S, 1, C]."""
+
+    def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, bias: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if int(size) % 2 == 0:
+            raise ValueError(f"LRN size {size} is even; TensorFlow's window is symmetric (odd sizes only)")
+        self.size, self.alpha, self.beta, self.bias = int(size), float(alpha), float(beta), float(bias)
+
+    def call(self, x: Any) -> Any:
+        import tensorflow as tf
+
+        shape = tuple(x.shape)
+        y = x if len(shape) == 4 else ops.reshape(x, (-1, math.prod(shape[1:-1]), 1, shape[-1]))
+        y = tf.nn.local_response_normalization(y, depth_radius=(self.size - 1) // 2, bias=self.bias,
+                                               alpha=self.alpha / self.size, beta=self.beta)
+        return y if len(shape) == 4 else ops.reshape(y, (-1, *shape[1:]))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "size": self.size, "alpha": self.alpha, "beta": self.beta, "bias": self.bias}
+
+
+CUSTOM_LAYERS = (Binary, ConstantBinary, Affine, Clip, HardSigmoid, Gelu, Pad, Slice, FixedQuant, LocalResponseNorm)

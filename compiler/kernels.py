@@ -21,7 +21,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from tapeout.compiler.ir import Activation, Node
-from tapeout.compiler.ops import slice_bounds, slice_spec
+from tapeout.compiler.ops import lrn_window, slice_bounds, slice_spec
 
 Kernel = Callable[[Node, list], list]
 KERNELS: dict[str, Kernel] = {}
@@ -242,6 +242,19 @@ def batch_norm(node: Node, inputs: list) -> list:
 def affine(node: Node, inputs: list) -> list:
     x, scale, shift = (_f32(a) for a in inputs)
     return [_f32(x * scale + shift)]
+
+
+@_kernel("lrn")
+def lrn(node: Node, inputs: list) -> list:
+    x = _f32(inputs[0])
+    size = int(node.attrs["size"])
+    before, after = lrn_window(size)
+    # Zero channels beyond both ends: the window is clipped there, as in the ONNX spec.
+    sq = np.pad(x * x, [(0, 0)] * (x.ndim - 1) + [(before, after)])
+    square_sum = sliding_window_view(sq, size, axis=-1).sum(axis=-1)
+    t = x.dtype.type
+    alpha, beta, bias = (float(node.attrs.get(k, d)) for k, d in (("alpha", 1e-4), ("beta", 0.75), ("bias", 1.0)))
+    return [_f32(x / (t(bias) + t(alpha / size) * square_sum) ** t(beta))]
 
 
 # -------------------------------------------------------------------- pooling

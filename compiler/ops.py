@@ -8,6 +8,8 @@ conv(x[N, *S, C], w[*K, C/groups, F], b[F]?) grouped, strided, dilated conv, exp
                                              then act; depthwise is groups == C
 batch_norm(x, scale, bias, mean, var)        over the last (channel) axis
 affine(x, scale, shift)                      y = x * scale + shift (broadcast)
+lrn(x)                                       ONNX LRN over the last (channel) axis: x / (bias + alpha / size *
+                                             sum of x**2 over channels [c - (size-1)//2, c + size//2]) ** beta
 relu clip leaky_relu elu sigmoid hard_sigmoid tanh softmax swish hard_swish gelu identity dropout
 max_pool / avg_pool(x)                       kernel, strides, explicit pads; avg counts padding
                                              only when count_include_pad
@@ -259,6 +261,25 @@ def _infer_affine(n: Node, ins):
 
 
 _register("affine", _infer_affine, inputs=(3, 3), macs=lambda n, i, o: _static_prod(o[0].shape[1:]))
+
+
+def lrn_window(size: int) -> tuple[int, int]:
+    """The channels (before, after) channel c that ONNX LRN sums over: an even ``size`` reaches
+    one further after than before."""
+    return (size - 1) // 2, size // 2
+
+
+def _infer_lrn(n: Node, ins):
+    x = ins[0]
+    if x.rank < 2:
+        raise _fail(n, f"needs [N, ..., C], got {x}")
+    if int(n.attrs["size"]) < 1:
+        raise _fail(n, f"size {n.attrs['size']} must be at least 1")
+    return [x]
+
+
+_register("lrn", _infer_lrn, defaults={"alpha": 1e-4, "beta": 0.75, "bias": 1.0}, required=("size",),
+          macs=lambda n, i, o: _static_prod(o[0].shape[1:]) * int(n.attrs["size"]))
 
 # ---------------------------------------------------------------- activations
 _ACT_DEFAULTS: dict[str, dict[str, Any]] = {

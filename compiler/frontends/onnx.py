@@ -31,7 +31,7 @@ __all__ = ["load_onnx", "supported_ops"]
 # Ops that want a channels-last input; a graph input that reaches one (through the ops
 # below) is stored channels-last from the start.
 _SPATIAL = {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "BatchNormalization",
-            "Resize", "Upsample"}
+            "LRN", "Resize", "Upsample"}
 _LAYOUT_FREE = {"Relu", "Sigmoid", "Tanh", "HardSwish", "LeakyRelu", "Elu", "HardSigmoid", "Gelu", "Swish",
                 "Clip", "Identity", "Dropout", "Cast", "Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "Mean",
                 "Pad", "Concat", "Slice", "Split",

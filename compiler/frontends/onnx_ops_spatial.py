@@ -1,4 +1,4 @@
-"""Handlers for ops over spatial axes: Conv, BatchNormalization, pooling, reductions, Pad, Resize.
+"""Handlers for ops over spatial axes: Conv, BatchNormalization, LRN, pooling, reductions, Pad, Resize.
 
 These run channels-last in the IR: their input is asked for in ``channels_last`` storage
 (free for the output of another such op) and their output stays channels-last.
@@ -109,6 +109,21 @@ def _batch_norm(ctx: Context, n: OnnxNode) -> list[Bound]:
         raise ctx.fail(f"needs a [N, C, ...] input, got rank {x.layout.rank}")
     names = [ctx.add_const(f"{n.label}/{k}", p) for k, p in zip(("scale", "bias", "mean", "var"), params)]
     out = ctx.emit("batch_norm", [x.ir, *names], n.outputs[0], epsilon=float(n.attr("epsilon", 1e-5)))
+    return [Value(out, x.layout)]
+
+
+@handles("LRN")
+def _lrn(ctx: Context, n: OnnxNode) -> list[Bound]:
+    size = n.attr("size")
+    if size is None or int(size) < 1:
+        raise ctx.fail(f"size {size!r} must be a positive integer")
+    x = ctx.value(0)
+    # The window runs along the channels: they must be the IR's last axis, in ONNX order.
+    x = ctx.channels_last(x) if x.layout.rank >= 3 else ctx.unflat(x)
+    if x.layout.rank < 2:
+        raise ctx.fail(f"needs a [N, C, ...] input, got rank {x.layout.rank}")
+    out = ctx.emit("lrn", [x.ir], n.outputs[0], size=int(size), alpha=float(n.attr("alpha", 1e-4)),
+                   beta=float(n.attr("beta", 0.75)), bias=float(n.attr("bias", 1.0)))
     return [Value(out, x.layout)]
 
 

@@ -46,6 +46,11 @@ FIXED_OUTPUTS: dict[str, dict[str, tuple[float, int, tuple[float, float]]]] = {
     "tanh": {"int8": (1 / 128, 0, (-1.0, 1.0)), "int16x8": (1 / 32768, 0, (-1.0, 1.0))},
 }
 
+# Ops kept float32 in every scheme. LRN: no integer kernel in TFLite or onnxruntime (it runs between a
+# dequantize and a quantize anyway, so the simulation should too), and its sum of squares overflows
+# float16 (65504) once |x| nears 256, inside the op where fp16 emulation cannot see it (tensorrt pins it).
+ALWAYS_FLOAT_OPS = ("lrn",)
+
 FEW_STEPS = 16  # a fixed-scale output using fewer quantization steps than this is warned about
 
 _INT_RANGE = {"int8": (-128, 127), "int16": (-32768, 32767), "int32": (-2**31, 2**31 - 1),
@@ -261,7 +266,8 @@ class Quantize(Pass):
         g = graph.copy()
         # A QAT quantizer (fixed_quant) computes in float32, between its dequantized input and its output
         # (int8, int16x8), or pinned to float32 (fp16: float16 holds integers exactly only up to 2**11).
-        float_nodes = tuple(n.name for n in g.nodes if is_excluded(n.name, self.exclude) or n.op == "fixed_quant")
+        float_nodes = tuple(n.name for n in g.nodes if is_excluded(n.name, self.exclude) or n.op == "fixed_quant"
+                            or n.op in ALWAYS_FLOAT_OPS)
         self._warnings = []
         if self.scheme == "fp16":
             tensors = self._fp16(g, set(float_nodes))

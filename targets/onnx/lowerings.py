@@ -116,6 +116,25 @@ def _affine(b: Builder, n: Node) -> None:
     b.define(out, out, cf)
 
 
+@_lowers("lrn")
+def _lrn(b: Builder, n: Node) -> None:
+    x, out = n.inputs[0], n.outputs[0]
+    rank = b.rank(x)
+    attrs = {"size": int(n.attr("size")), "alpha": float(n.attr("alpha")), "beta": float(n.attr("beta")),
+             "bias": float(n.attr("bias"))}
+    if rank == 4:
+        b.add("LRN", [b.get(x, True)], out, n.name, **attrs)
+        b.define(out, out, True)
+        return
+    # onnxruntime runs 4D LRN only: channels-first [N, C, *S] viewed as [N, C, S, 1] and back.
+    phys = physical_shape(b.graph.type_of(x).shape, True)
+    as_4d = b.int64s(f"{n.name}/shape_4d", [0, int(phys[1]), -1, 1])
+    y = b.add("LRN", [b.add_aux("Reshape", [b.get(x, True), as_4d], f"{out}/4d")], b.fresh(f"{out}/lrn"), n.name,
+              **attrs)
+    b.add("Reshape", [y, b.int64s(f"{n.name}/shape", [0, *(int(d) for d in phys[1:])])], out, b.fresh(f"{out}/back"))
+    b.define(out, out, True)
+
+
 # ---------------------------------------------------------------- activations
 def _activation(b: Builder, n: Node) -> None:
     x = n.inputs[0]

@@ -22,11 +22,15 @@ _SCHEMES = {"fp16": "fp16", "int8": "int8", "int16x8": "int16x8"}
 
 
 def unsupported_nodes(graph: Graph, variant: str) -> list[str]:
-    """Nodes this variant cannot express: 3D pooling (TFLite has no MAX/AVERAGE_POOL_3D builtin);
+    """Nodes this variant cannot express: 3D pooling (TFLite has no MAX/AVERAGE_POOL_3D builtin),
+    LRN of an even size (TFLite's window has a radius);
     in int16x8, concat: TensorFlow's converter builds int16 CONCATENATION only in its own
     calibrating flow (with requantizing QUANTIZE ops), and refuses one from annotations."""
     out = [f"{n.name!r} ({n.op}, 3D): TFLite has no builtin 3D pooling op" for n in graph.nodes
            if n.op in ("max_pool", "avg_pool") and len(n.attrs["kernel"]) == 3]
+    out += [f"{n.name!r} (lrn, size {n.attrs['size']}): LOCAL_RESPONSE_NORMALIZATION's window is symmetric, so "
+            "an even ONNX size has no exact form" for n in graph.nodes
+            if n.op == "lrn" and int(n.attrs["size"]) % 2 == 0]
     if variant == "int16x8":
         out += [f"{n.name!r} (concat): TensorFlow's converter has no int16 CONCATENATION from quantization "
                 "annotations; tflite:int8 has one" for n in graph.nodes if n.op == "concat"]
@@ -167,6 +171,7 @@ class TfliteTarget(Target):
 
     def _integer(self, graph: Graph, notes: list[str], extra: dict[str, Any]) -> tuple[bytes, Any]:
         """int8 / int16x8 from the quantize pass's annotations (see quantized.py)."""
+        from tapeout.compiler.passes.quantize import ALWAYS_FLOAT_OPS
         from tapeout.targets.tflite import convert
         from tapeout.targets.tflite.quantized import align, widen_int16_biases
 
@@ -200,9 +205,13 @@ class TfliteTarget(Target):
             notes.append(f"left in float by the converter: {', '.join(sorted(set(found.float_ops)))}")
         # fixed_quant nodes (QAT quantizers) run as float ops by design; only the rest were the user's --keep-float.
         quantizers = [n.name for n in graph.nodes if n.op == "fixed_quant" and n.name in q.float_nodes]
-        requested = [n for n in q.float_nodes if n not in set(quantizers)]
+        lrns = [n.name for n in graph.nodes if n.op in ALWAYS_FLOAT_OPS and n.name in q.float_nodes]
+        requested = [n for n in q.float_nodes if n not in set(quantizers) | set(lrns)]
         if requested:
             notes.append(f"kept float by request: {', '.join(requested)}")
+        if lrns:
+            notes.append(f"{len(lrns)} LRN node(s) run in float between dequantize and quantize (TFLite has no "
+                         f"integer LOCAL_RESPONSE_NORMALIZATION): {', '.join(lrns)}")
         if quantizers:
             notes.append(f"{len(quantizers)} trained quantizer(s) (fixed_quant) run as float ops between the integer "
                          f"layers, their grids setting the int8 scales where they fit; e.g. {quantizers[0]}")

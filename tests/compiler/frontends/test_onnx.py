@@ -315,6 +315,8 @@ OP_CASES: dict[str, tuple] = {
     "batch_norm_rank2": ("BatchNormalization", ["N", 5], ["s", "b", "m", "v"], {},
                          {"s": _f(5), "b": _f(5), "m": _f(5), "v": _R.uniform(0.5, 2, 5).astype(np.float32)}, 9,
                          False),
+    "lrn": ("LRN", X4, [], {"size": 3, "alpha": 0.5, "beta": 0.6, "bias": 2.0}, {}, 13, True),
+    "lrn_defaults_input": ("LRN", X4, [], {"size": 5}, {}, 13, False),
     "gemm_plain": ("Gemm", ["N", 6], ["w", "c"], {}, {"w": _f(6, 3), "c": _f(3)}, 13, False),
     "gemm_transB_alpha_beta": ("Gemm", ["N", 6], ["w", "c"], {"transB": 1, "alpha": 0.5, "beta": 2.0},
                                {"w": _f(3, 6), "c": _f(1, 3)}, 13, False),
@@ -619,16 +621,16 @@ def _with(node: onnx.NodeProto, x: list, inits: dict | None = None, opset: int =
 
 
 def test_unsupported_ops_name_node_op_and_the_supported_list(tmp_path: Path) -> None:
-    msg = refused(_with(B.node("LRN", ["x"], "y", name="norm1", size=3), X4), tmp_path)
-    assert "'norm1' (LRN) is not supported" in msg and "supported ONNX ops: Add, AveragePool" in msg
+    msg = refused(_with(B.node("Softplus", ["x"], "y", name="soft1"), X4), tmp_path)
+    assert "'soft1' (Softplus) is not supported" in msg and "supported ONNX ops: Add, AveragePool" in msg
 
 
 def test_unnamed_node_is_named_by_its_output(tmp_path: Path) -> None:
     """Folding touches the graph (the Constant); the refusal still names what is in the file."""
     nodes = [helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.ones(6, np.float32))),
-             helper.make_node("Add", ["x", "c"], ["a"]), helper.make_node("LRN", ["a"], ["y"], size=3)]
+             helper.make_node("Add", ["x", "c"], ["a"]), helper.make_node("Softplus", ["a"], ["y"])]
     msg = refused(B.make_model(nodes, {"x": X4}, {"y": None}), tmp_path)
-    assert "node 'y' (LRN) is not supported" in msg
+    assert "node 'y' (Softplus) is not supported" in msg
 
 
 def test_lstm_is_refused(tmp_path: Path) -> None:
@@ -770,11 +772,11 @@ def test_missing_external_data_is_one_line(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------- CLI / process
 def test_cli_refusal_exits_2_without_traceback(tmp_path: Path) -> None:
-    path = B.save(_with(B.node("LRN", ["x"], "y", name="norm1", size=3), X4), tmp_path, "lrn")
+    path = B.save(_with(B.node("Softplus", ["x"], "y", name="soft1"), X4), tmp_path, "softplus")
     proc = subprocess.run([sys.executable, "-m", "tapeout.compiler", "compile", str(path), "-t", "onnx", "-o",
                            str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr and "'norm1' (LRN) is not supported" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr and "'soft1' (Softplus) is not supported" in proc.stderr + proc.stdout
 
 
 def test_compiling_onnx_never_imports_tensorflow(cnn_path: Path, tmp_path: Path) -> None:

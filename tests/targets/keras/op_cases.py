@@ -169,6 +169,11 @@ def elementwise_cases() -> dict[str, Graph]:
     out["batch_norm_rank2"] = m.done(m.node("batch_norm", "x", m.const((5,)), m.const((5,)), m.const((5,)),
                                             m.const((5,), scale=0.1, offset=1.0)))
     m = M(x=IMG)
+    out["lrn_2d"] = m.done(m.node("lrn", m.conv("x", 4, (1, 1)), size=3, alpha=0.5, beta=0.6, bias=2.0))
+    m = M(x=SEQ)
+    out["lrn_1d_and_rank2"] = m.done(m.node("lrn", "x", size=3, alpha=0.3),
+                                     m.node("lrn", m.node("flatten", "x"), size=5, alpha=0.3))
+    m = M(x=IMG)
     a, b = m.conv("x", 2, (1, 1)), m.conv("x", 3, (3, 3), pads=SAME)
     out["concat_channels"] = m.done(m.node("concat", a, b, "x", axis=-1))
     m = M(x=IMG)
