@@ -75,6 +75,8 @@ def test_onnx_keeps_the_lrn_node_and_int8_keeps_it_float(built) -> None:
     readers = [n.op_type for n in int8.graph.node if lrn.output[0] in n.input]
     assert readers == ["QuantizeLinear"]
     assert built["onnx:int8"]["quantization"]["float_layers"] == ["norm"]
+    assert "1 LRN node(s) run in float between DequantizeLinear and QuantizeLinear (onnxruntime has no integer " \
+        "LRN): norm" in built["onnx:int8"]["notes"]
 
 
 def _tflite(built, variant: str):
