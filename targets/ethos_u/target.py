@@ -86,6 +86,10 @@ class EthosUTarget(Target):
         o = self.opts
         if o.system_config is None or o.memory_mode is None:  # the options were checked without Vela
             raise MissingToolError("target 'ethos-u' needs ethosu.vela: pip install 'tapeout[ethos-u]'")
+        lrns = [n.name for n in graph.nodes if n.op == "lrn"]
+        if lrns:  # Vela leaves it to the CPU, where TFLite Micro has no kernel for it: no runnable artifact
+            raise UsageError(f"target ethos-u cannot run node(s) {', '.join(map(repr, lrns))} (lrn): neither the NPU "
+                             "nor TFLite Micro has an LRN kernel")
         tfl = TfliteTarget("int8", io=o.io, c_array=False)
         tfl.io_layout = self.io_layout
         int8 = tfl.emit(graph, ctx)  # model.tflite, tapeout_io.json, tapeout_trace.json

@@ -1,7 +1,7 @@
 """ONNX LRN end to end: Conv -> Relu -> LRN -> MaxPool -> Gemm compiled with the CLI for onnx,
 onnx:int8, tflite:fp32, tflite:int8 and tensorrt:fp16, each verified against onnxruntime on the
 source; what each artifact holds for the LRN; and the one-line refusals (hls4ml, an even size in
-TFLite, TFLite Micro with tflite.mcu)."""
+TFLite, TFLite Micro with tflite.mcu, ethos-u)."""
 
 from __future__ import annotations
 
@@ -141,3 +141,10 @@ def test_tflite_mcu_names_the_missing_lrn_kernel(source, tmp_path) -> None:
     line = _one_line_refusal("compile", source[0], "-t", "tflite:fp32", "--target-option", "tflite.mcu=true",
                              "-o", tmp_path / "out", "--no-cache", "--no-verify")
     assert "has no kernel for LOCAL_RESPONSE_NORMALIZATION" in line
+
+
+def test_ethos_u_refuses_lrn_in_one_line(source, tmp_path) -> None:
+    pytest.importorskip("ethosu.vela")
+    line = _one_line_refusal("compile", source[0], "-t", "ethos-u", "--calibration", source[1], "-o", tmp_path / "out",
+                             "--no-cache")
+    assert "target ethos-u cannot run node(s) 'norm' (lrn): neither the NPU nor TFLite Micro has an LRN kernel" in line
