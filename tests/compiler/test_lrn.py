@@ -81,6 +81,9 @@ def test_even_size_window_reaches_one_channel_further_after(size, alpha, beta, b
     symmetric = _spec(x, size + 1, alpha * (size + 1) / size, beta, bias)  # same alpha per element
     assert np.max(np.abs(got - symmetric)) > 1e-3
     assert lrn_window(size) == (size // 2 - 1, size // 2)
+    # docs/onnx-frontend.md says onnxruntime refuses them; should that change, compare against it here.
+    with pytest.raises(Exception, match=r"size_ % 2 == 1"):
+        _ort(x, size, alpha, beta, bias)
 
 
 def test_window_wider_than_the_channels_and_float64() -> None:
