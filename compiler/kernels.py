@@ -253,7 +253,7 @@ def lrn(node: Node, inputs: list) -> list:
     sq = np.pad(x * x, [(0, 0)] * (x.ndim - 1) + [(before, after)])
     square_sum = sliding_window_view(sq, size, axis=-1).sum(axis=-1)
     t = x.dtype.type
-    alpha, beta, bias = (float(node.attrs.get(k, d)) for k, d in (("alpha", 1e-4), ("beta", 0.75), ("bias", 1.0)))
+    alpha, beta, bias = (float(node.attr(k)) for k in ("alpha", "beta", "bias"))
     return [_f32(x / (t(bias) + t(alpha / size) * square_sum) ** t(beta))]
 
 

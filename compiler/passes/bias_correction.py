@@ -36,7 +36,6 @@ from tapeout.compiler.passes.base import Editor, Pass, PassResult
 from tapeout.compiler.passes.quantize import LINEAR_OPS, fake_quantize, is_excluded, per_channel_weights
 
 
-
 class CorrectBias(Pass):
     name = "correct-bias"
 

@@ -51,6 +51,11 @@ FIXED_OUTPUTS: dict[str, dict[str, tuple[float, int, tuple[float, float]]]] = {
 # float16 (65504) once |x| nears 256, inside the op where fp16 emulation cannot see it (tensorrt pins it).
 ALWAYS_FLOAT_OPS = ("lrn",)
 
+
+def always_float_nodes(graph: Graph) -> list[str]:
+    """The nodes every scheme keeps float for their op (ALWAYS_FLOAT_OPS), in graph order."""
+    return [n.name for n in graph.nodes if n.op in ALWAYS_FLOAT_OPS]
+
 FEW_STEPS = 16  # a fixed-scale output using fewer quantization steps than this is warned about
 
 _INT_RANGE = {"int8": (-128, 127), "int16": (-32768, 32767), "int32": (-2**31, 2**31 - 1),
@@ -266,8 +271,9 @@ class Quantize(Pass):
         g = graph.copy()
         # A QAT quantizer (fixed_quant) computes in float32, between its dequantized input and its output
         # (int8, int16x8), or pinned to float32 (fp16: float16 holds integers exactly only up to 2**11).
+        always = set(always_float_nodes(g))
         float_nodes = tuple(n.name for n in g.nodes if is_excluded(n.name, self.exclude) or n.op == "fixed_quant"
-                            or n.op in ALWAYS_FLOAT_OPS)
+                            or n.name in always)
         self._warnings = []
         if self.scheme == "fp16":
             tensors = self._fp16(g, set(float_nodes))

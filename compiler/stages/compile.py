@@ -9,7 +9,6 @@ options) before the model loads. Targets whose cache entry is valid are restored
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -280,8 +279,9 @@ def _blas_threads(jobs: int) -> Any:
     fought the other job's for 2 CPU-seconds more, and a slower build than -j 1 (benchmarks/build_cache.py)."""
     from threadpoolctl import threadpool_limits
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return threadpool_limits(limits=max(1, cores // jobs), user_api="blas")
+    from tapeout.compiler.sweep.executors import default_jobs  # the cores this process may use
+
+    return threadpool_limits(limits=max(1, default_jobs() // jobs), user_api="blas")
 
 
 def _build_parallel(c: Checked, todo: list[int], data: BuildData, staging: Path, progress: Progress,

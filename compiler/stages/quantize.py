@@ -78,7 +78,7 @@ def quantize(graph: Graph, chosen: Sequence[tuple[type[Target], str]], data: Bui
     the weights causes (compiler.passes.bias_correction), measured on the calibration data; a node
     ``fallback`` keeps float gets its trained bias back.
     """
-    from tapeout.compiler.calibration import DEFAULT_PERCENTILE, calibrate, calibrate_with_means, source_specs
+    from tapeout.compiler.calibration import DEFAULT_PERCENTILE, calibrate_with_means, source_specs
     from tapeout.compiler.passes.pipeline import Pipeline
     from tapeout.compiler.passes.quantize import CALIBRATED_SCHEMES, Quantize, integer_graph, is_excluded
 
@@ -103,14 +103,13 @@ def quantize(graph: Graph, chosen: Sequence[tuple[type[Target], str]], data: Bui
         ds = data.calibration(source_specs(split))
         assert ds is not None  # check_quantization_args refused a missing --calibration
         p = percentile if percentile is not None else DEFAULT_PERCENTILE
-        if bias_correction and not data.synthetic_calibration:  # offsets measured on noise would ship everywhere
-            from tapeout.compiler.passes.bias_correction import correctable_inputs
+        from tapeout.compiler.passes.bias_correction import correctable_inputs
 
-            # The mean layer inputs bias correction needs come from the calibration's own sweep.
-            calibrated, means = calibrate_with_means(split, ds.feeds, correctable_inputs(split), method=method,
-                                                     percentile=p, data_kind=ds.kind)
-        else:
-            calibrated = calibrate(split, ds.feeds, method=method, percentile=p, data_kind=ds.kind)
+        correct = bias_correction and not data.synthetic_calibration  # offsets measured on noise would ship everywhere
+        # The mean layer inputs bias correction needs come from the calibration's own sweep.
+        calibrated, found = calibrate_with_means(split, ds.feeds, correctable_inputs(split) if correct else (),
+                                                 method=method, percentile=p, data_kind=ds.kind)
+        means = found if correct else None
 
     def annotate(scheme: str, exclude: Sequence[str]) -> tuple[Graph, list[str], list[str]]:
         """(annotated graph, detail lines, warnings) with ``exclude`` kept float."""

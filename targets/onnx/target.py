@@ -87,8 +87,10 @@ class OnnxTarget(Target):
             weights = sum(n.op_type == "DequantizeLinear" for n in model.graph.node) - pairs
             notes.append(f"QDQ from the IR's int8 annotations: {pairs} quantized activation(s), "
                          f"{weights} integer constant(s)")
-            lrns = [n.name for n in graph.nodes if n.op == "lrn"]
-            if lrns:  # the quantize pass keeps them float (ALWAYS_FLOAT_OPS)
+            from tapeout.compiler.passes.quantize import always_float_nodes
+
+            lrns = always_float_nodes(graph)
+            if lrns:  # the quantize pass keeps them float
                 notes.append(f"{len(lrns)} LRN node(s) run in float between DequantizeLinear and QuantizeLinear "
                              f"(onnxruntime has no integer LRN): {', '.join(lrns)}")
             extra["qdq"] = {"activations": pairs, "constants": weights}

@@ -171,7 +171,7 @@ class TfliteTarget(Target):
 
     def _integer(self, graph: Graph, notes: list[str], extra: dict[str, Any]) -> tuple[bytes, Any]:
         """int8 / int16x8 from the quantize pass's annotations (see quantized.py)."""
-        from tapeout.compiler.passes.quantize import ALWAYS_FLOAT_OPS
+        from tapeout.compiler.passes.quantize import always_float_nodes
         from tapeout.targets.tflite import convert
         from tapeout.targets.tflite.quantized import align, widen_int16_biases
 
@@ -205,7 +205,7 @@ class TfliteTarget(Target):
             notes.append(f"left in float by the converter: {', '.join(sorted(set(found.float_ops)))}")
         # fixed_quant nodes (QAT quantizers) run as float ops by design; only the rest were the user's --keep-float.
         quantizers = [n.name for n in graph.nodes if n.op == "fixed_quant" and n.name in q.float_nodes]
-        lrns = [n.name for n in graph.nodes if n.op in ALWAYS_FLOAT_OPS and n.name in q.float_nodes]
+        lrns = always_float_nodes(graph)
         requested = [n for n in q.float_nodes if n not in set(quantizers) | set(lrns)]
         if requested:
             notes.append(f"kept float by request: {', '.join(requested)}")
